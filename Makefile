@@ -1,0 +1,42 @@
+# Quick start:  make run   (train the default workload on 4 ranks)
+#               make test  (the whole test suite, MPI tests included)
+PYTHON  ?= python3
+VENV    ?= .venv
+# The CPU wheel of torch; cluster users with GPUs set TORCH=torch (or their site's wheel).
+TORCH   ?= torch==2.13.0
+# Leave MPI_EXTRA empty to build mpi4py against a system MPI already on PATH (module load ...).
+MPI_EXTRA ?= mpich
+NP      ?= 4
+MPIEXEC ?= $(if $(MPI_EXTRA),$(VENV)/bin/mpiexec,mpiexec)
+# Open MPI as root also needs: MPIEXEC_FLAGS=--oversubscribe plus OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIEXEC_FLAGS ?=
+RUN_ARGS ?=
+TEST_TIMEOUT ?= 900
+
+PY := $(VENV)/bin/python
+comma := ,
+EXTRAS := $(if $(MPI_EXTRA),$(MPI_EXTRA)$(comma)test,test)
+
+.PHONY: run test bench install clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+run: install
+	$(MPIEXEC) $(MPIEXEC_FLAGS) -n $(NP) $(PY) -m pffbench.run $(RUN_ARGS)
+
+test: install
+	$(PY) -m pytest -q tests
+	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
+	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 4 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
+
+bench: install
+	$(PY) -m pffbench.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,153 @@
+"""The one configuration object, its command line, and its validation.
+
+Validation happens here, before any MPI communication, so every rank reaches
+the same verdict from the same argv and exits with the same code.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
+DEVICES = ("cpu", "cuda")
+DEFAULT_OUT = "results/pffbench.h5"
+
+
+class UsageError(Exception):
+    """Bad user input: reported as one line, exit code 2 on every rank."""
+
+
+@dataclass
+class Config:
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    download: bool = False
+    layers: tuple[int, ...] = (500, 500, 500, 500)
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 1e-3
+    threshold: float = 1.0
+    sharpness: float = 20.0
+    cooldown: float = 0.5
+    seed: int = 0
+    threads: int = 0
+    device: str = "cpu"
+    eval_every: int = 0
+    score_layers: tuple[int, ...] | None = None
+    out: str = DEFAULT_OUT
+    name: str | None = None
+    model_out: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
+        return cls(**values)
+
+    def resolved_data_dir(self) -> str:
+        return self.data_dir or os.environ.get("PFFBENCH_DATA") or "data"
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so the
+    caller decides which rank speaks."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParser:
+    d = Config()
+    p = _Parser(prog=prog, description="Train a Forward-Forward network with its layers pipelined over MPI ranks "
+                "and append the run's timings to an HDF5 file. Launch with e.g. "
+                "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="data set (default: %(default)s)")
+    data.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="data cache; default $PFFBENCH_DATA, else ./data (bundled MNIST is always found)")
+    data.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
+    model = p.add_argument_group("model and training")
+    model.add_argument("--layers", type=_int_list, default=d.layers, metavar="W1,W2,...",
+                       help="hidden layer widths (default: %s)" % ",".join(map(str, d.layers)))
+    model.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    model.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
+    model.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate per layer (default: %(default)s)")
+    model.add_argument("--threshold", type=float, default=d.threshold,
+                       help="goodness threshold, in mean squared activity per unit (default: %(default)s)")
+    model.add_argument("--sharpness", type=float, default=d.sharpness,
+                       help="slope k of the logistic loss on (goodness - threshold) (default: %(default)s)")
+    model.add_argument("--cooldown", type=float, default=d.cooldown, metavar="FRACTION",
+                       help="learning rate decays linearly to 0 from this fraction of training on; "
+                            "1 = constant (default: %(default)s)")
+    model.add_argument("--score-layers", type=_int_list, default=None, metavar="I,J,...",
+                       help="0-based layers whose goodness is summed to classify (default: all but the first)")
+    model.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    run = p.add_argument_group("execution")
+    run.add_argument("--threads", type=int, default=d.threads,
+                     help="torch threads per rank; 0 = cores on the node / ranks on the node (default)")
+    run.add_argument("--device", default=d.device, choices=DEVICES,
+                     help="cpu, or cuda: GPU = local rank mod GPU count (default: %(default)s)")
+    run.add_argument("--eval-every", type=int, default=d.eval_every, metavar="K",
+                     help="also measure test accuracy every K epochs (0 = only at the end; default)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
+                        "(default: %(default)s)")
+    output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
+    output.add_argument("--model-out", default=None, metavar="FILE.pt", help="save the trained layers here")
+    return p
+
+
+def parse_config(argv=None) -> Config:
+    args = build_parser().parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config, world_size: int | None = None) -> None:
+    """Raise UsageError with one line if the configuration cannot run."""
+    positive = {"--epochs": config.epochs, "--batch-size": config.batch_size}
+    for flag, value in positive.items():
+        if value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    if any(width <= 0 for width in config.layers):
+        raise UsageError(f"--layers widths must be positive, got {','.join(map(str, config.layers))}")
+    if not config.lr > 0:
+        raise UsageError(f"--lr must be positive, got {config.lr}")
+    if not config.threshold > 0:
+        raise UsageError(f"--threshold must be positive, got {config.threshold}")
+    if not config.sharpness > 0:
+        raise UsageError(f"--sharpness must be positive, got {config.sharpness}")
+    if not 0 <= config.cooldown <= 1:
+        raise UsageError(f"--cooldown must be in [0, 1], got {config.cooldown}")
+    if config.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {config.threads}")
+    if config.eval_every < 0:
+        raise UsageError(f"--eval-every must be >= 0, got {config.eval_every}")
+    if config.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {config.seed}")
+    if config.score_layers is not None:
+        bad = [i for i in config.score_layers if not 0 <= i < len(config.layers)]
+        if bad:
+            raise UsageError(f"--score-layers {bad} out of range for {len(config.layers)} layers (0-based)")
+    if world_size is not None and world_size > len(config.layers):
+        raise UsageError(f"{world_size} ranks but only {len(config.layers)} layers: "
+                         f"use at most {len(config.layers)} ranks or more --layers")

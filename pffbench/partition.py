@@ -1,0 +1,40 @@
+"""Contiguous, compute-balanced assignment of layers to ranks."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def layer_costs(dims: list[int] | tuple[int, ...]) -> list[int]:
+    """Work of layer i is proportional to its weight count (forward, backward
+    and update are all matrix products of that size)."""
+    return [dims[i] * dims[i + 1] for i in range(len(dims) - 1)]
+
+
+def balanced_partition(costs: list[int] | tuple[int, ...], parts: int) -> list[range]:
+    """Split ``costs`` into ``parts`` non-empty contiguous blocks minimising the
+    largest block sum: the slowest pipeline stage sets the pipeline's pace.
+
+    Ties go to the split that puts less work on earlier ranks, since rank 0
+    also prepares the data.
+    """
+    n = len(costs)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot split {n} layers into {parts} non-empty blocks")
+    prefix = [0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+
+    @lru_cache(maxsize=None)
+    def best(start: int, k: int) -> tuple[int, tuple[int, ...]]:
+        """(largest block, cut points) for costs[start:] in k blocks."""
+        if k == 1:
+            return prefix[n] - prefix[start], ()
+        options = []
+        for cut in range(start + 1, n - k + 2):
+            rest, cuts = best(cut, k - 1)
+            options.append((max(prefix[cut] - prefix[start], rest), cut, cuts))
+        largest, cut, cuts = min(options, key=lambda o: (o[0], o[1]))
+        return largest, (cut,) + cuts
+
+    bounds = (0,) + best(0, parts)[1] + (n,)
+    return [range(bounds[i], bounds[i + 1]) for i in range(parts)]

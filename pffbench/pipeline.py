@@ -1,0 +1,136 @@
+"""The activation pipeline (the core schedule).
+
+Rank r owns a contiguous block of layers.  For every minibatch, in order:
+rank 0 builds the normalized (positive; negative) input, each rank receives
+its block's input from rank r-1, takes one local FF step on each of its
+layers, and sends the normalized output of the step's own forward pass to
+rank r+1.  Rank p-1 runs a minibatch while rank 0 is already several
+minibatches ahead: the layers train in parallel.
+
+With p = 1 the same loop is the sequential baseline; because every layer sees
+exactly the inputs it would see sequentially, any p gives the same weights.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import ff, transport
+from .config import Config
+from .partition import balanced_partition, layer_costs
+from .timing import EpochTimer
+from .world import World
+
+
+@dataclass
+class Shape:
+    """What every rank must know about the data (only rank 0 holds it)."""
+    num_train: int
+    num_features: int
+    num_classes: int
+
+
+@dataclass
+class TrainResult:
+    """Everything rank 0 reports; other ranks get None."""
+    timing: np.ndarray          # [ranks, epochs, len(COLUMNS)]
+    loss: np.ndarray            # [layers, epochs], mean FF loss per minibatch
+    test_accuracy: np.ndarray   # [epochs], NaN where not evaluated
+    linears: list               # the trained layers, on the CPU
+    dims: list[int]
+    blocks: list[range]
+
+
+def batch_rows(num_train: int, batch_size: int) -> list[int]:
+    full, rest = divmod(num_train, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+class BatchSource:
+    """Rank 0's minibatches: a fresh permutation per epoch and random wrong
+    labels per minibatch, all from one seeded generator."""
+
+    def __init__(self, dataset, config: Config, device: torch.device):
+        self.x = dataset.x_train.to(device)
+        self.y = dataset.y_train.to(device)
+        self.num_classes = dataset.num_classes
+        self.batch_size = config.batch_size
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.order = None
+
+    def start_epoch(self) -> None:
+        self.order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.x.device)
+
+    def batch(self, index: int) -> torch.Tensor:
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        return ff.positive_negative_batch(self.x[rows], self.y[rows], self.num_classes, self.generator)
+
+
+def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=None) -> TrainResult | None:
+    device = world.device(config.device)
+    dims = [shape.num_features, *config.layers]
+    blocks = balanced_partition(layer_costs(dims), world.size)
+    block = blocks[world.rank]
+    layers = {i: ff.FFLayer(ff.make_linear(dims[i], dims[i + 1], config.seed, i).to(device),
+                            config.lr, config.threshold, config.sharpness) for i in block}
+    owner_of = [r for r, b in enumerate(blocks) for _ in b]
+    score_layers = config.score_layers or ff.default_score_layers(len(config.layers))
+
+    sizes = batch_rows(shape.num_train, config.batch_size)
+    total_steps = config.epochs * len(sizes)
+    timer = EpochTimer(config.epochs)
+    source = BatchSource(dataset, config, device) if world.is_first else None
+    receiver = None if world.is_first else transport.ActivationReceiver(
+        world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * config.epochs, timer)
+    sender = None if world.is_last else transport.ActivationSender(world.comm, world.next, timer)
+
+    loss = np.zeros((len(config.layers), config.epochs))
+    accuracy = np.full(config.epochs, np.nan)
+    step = 0
+    for epoch in range(config.epochs):
+        timer.start_epoch(epoch)
+        epoch_loss = {i: torch.zeros((), device=device) for i in block}
+        if source:
+            source.start_epoch()
+        for b, n in enumerate(sizes):
+            if source:
+                with timer("data"):
+                    x = source.batch(b)
+            else:
+                x = receiver.receive().to(device, non_blocking=True)
+            with timer("compute"):
+                lr = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
+                for i in block:
+                    layers[i].set_lr(lr)
+                    x, step_loss = layers[i].train_step(x, n)
+                    epoch_loss[i] += step_loss
+            if sender:
+                sender.send(x)
+            step += 1
+        with timer("compute"):
+            for i in block:
+                loss[i, epoch] = epoch_loss[i].item() / len(sizes)
+        with timer("sync"):
+            reduced = transport.sum_to_root(world.comm, loss[:, epoch])
+        if world.is_first:
+            loss[:, epoch] = reduced
+        last_epoch = epoch == config.epochs - 1
+        if last_epoch and sender:
+            sender.flush()
+        if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+            with timer("eval"):
+                linears = transport.gather_layers(world.comm, {i: layers[i].linear for i in block}, dims, owner_of)
+                if world.is_first:
+                    accuracy[epoch] = ff.accuracy([l.to(device) for l in linears], dataset.x_test.to(device),
+                                                  dataset.y_test.to(device), shape.num_classes, score_layers)
+        timer.end_epoch()
+        if world.is_first and on_epoch:
+            on_epoch(epoch, loss[:, epoch], accuracy[epoch], timer.training_seconds(epoch))
+
+    timing = transport.gather_rows(world.comm, timer.table())
+    if not world.is_first:
+        return None
+    return TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
+                       linears=[l.cpu() for l in linears], dims=dims, blocks=blocks)

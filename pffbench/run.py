@@ -1,0 +1,160 @@
+"""`python -m pffbench.run`: train a Forward-Forward net over MPI ranks and
+append the run to an HDF5 results file.
+
+    mpirun -n 4 python -m pffbench.run --layers 1000,1000,1000,1000
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from . import pipeline, results
+from .config import Config, UsageError, parse_config, validate
+from .timing import COLUMNS
+from .world import World
+
+EXIT_USAGE = 2
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def install_abort_on_error(comm: MPI.Comm) -> None:
+    """An uncaught exception on any rank prints that rank's traceback once and
+    aborts the whole job, so no peer waits forever on a dead rank."""
+    def hook(kind, value, tb):
+        text = "".join(traceback.format_exception(kind, value, tb))
+        prefix = f"[rank {comm.Get_rank()}] "
+        sys.stderr.write("".join(prefix + line for line in text.splitlines(keepends=True)))
+        sys.stderr.flush()
+        comm.Abort(1)
+    sys.excepthook = hook
+
+
+def load_data_on_root(config: Config, world: World):
+    """Rank 0 loads the data; every rank learns its shape, or the one-line
+    error that stops them all."""
+    from .data import DataError, load_dataset
+    dataset, message = None, None
+    if world.is_first:
+        try:
+            dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+            if dataset.num_features <= dataset.num_classes:
+                message = f"{config.dataset}: {dataset.num_features} features leave no room for the label embedding"
+        except DataError as error:
+            message = str(error)
+        shape = None if message else pipeline.Shape(
+            dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
+    else:
+        shape = None
+    shape, message = world.comm.bcast((shape, message), root=0)
+    return dataset, shape, message
+
+
+class Progress:
+    """One line per epoch on rank 0."""
+
+    def __init__(self, config: Config, num_train: int):
+        self.config, self.num_train = config, num_train
+        self.elapsed = 0.0
+
+    def __call__(self, epoch: int, loss: np.ndarray, accuracy: float, seconds: float) -> None:
+        self.elapsed += seconds
+        left = self.config.epochs - epoch - 1
+        eta = self.elapsed / (epoch + 1) * left
+        acc = f"  test acc {100 * accuracy:6.2f}%" if np.isfinite(accuracy) else ""
+        print(f"epoch {epoch + 1:>3}/{self.config.epochs}  loss {loss.sum():8.4f}  "
+              f"{self.num_train / seconds:9.0f} samples/s  elapsed {self.elapsed:7.1f}s  ETA {eta:6.1f}s{acc}",
+              flush=True)
+
+
+def summary_lines(result: pipeline.TrainResult, wall: float) -> list[str]:
+    timing = result.timing.sum(axis=1)  # [ranks, columns]
+    col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
+    lines = [f"test accuracy {100 * result.test_accuracy[-1]:.2f}%   wall time {wall:.1f}s",
+             "rank  layers   compute   comm-wait   data   sync+eval   idle"]
+    for r, block in enumerate(result.blocks):
+        total = col["wall"][r] or 1.0
+        share = lambda *names: 100 * sum(col[n][r] for n in names) / total  # noqa: E731
+        lines.append(f"{r:>4}  {block.start}-{block.stop - 1:<5} {share('compute'):7.1f}%  "
+                     f"{share('send_wait', 'recv_wait'):8.1f}%  {share('data'):5.1f}%  "
+                     f"{share('sync', 'eval'):8.1f}%  {share('idle'):5.1f}%")
+    return lines
+
+
+def run(config: Config, world: World) -> pipeline.TrainResult | None:
+    """Train and record one run; returns rank 0's result (None elsewhere)."""
+    torch.set_num_threads(config.threads or world.default_threads())
+    dataset, shape, message = load_data_on_root(config, world)
+    if message:
+        raise UsageError(message)
+    started = utc_now()
+    hostnames = world.comm.gather(world.hostname, root=0)
+    threads = world.comm.gather(torch.get_num_threads(), root=0)
+    world.comm.Barrier()
+    t0 = time.perf_counter()
+    progress = Progress(config, shape.num_train) if world.is_first else None
+    result = pipeline.train(config, world, shape, dataset, on_epoch=progress)
+    wall = time.perf_counter() - t0
+    if not world.is_first:
+        return None
+    arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
+    arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy})
+    attrs = {
+        "variant": "pipeline", "dataset": config.dataset, "config": dataclasses.asdict(config),
+        "world_size": world.size, "hostnames": hostnames, "threads_per_rank": threads,
+        "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
+        "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
+        "wall_time": wall, "minibatches_per_epoch": len(pipeline.batch_rows(shape.num_train, config.batch_size)),
+        "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
+        **results.provenance(),
+    }
+    name = results.append_run(config.out, arrays, attrs, name=config.name)
+    if config.model_out:
+        save_model(config, result, config.model_out)
+    for line in summary_lines(result, wall):
+        print(line)
+    print(f"appended run '{name}' to {config.out}")
+    return result
+
+
+def save_model(config: Config, result: pipeline.TrainResult, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temp = f"{path}.tmp{os.getpid()}"
+    torch.save({"config": dataclasses.asdict(config), "dims": result.dims,
+                "layers": [linear.state_dict() for linear in result.linears]}, temp)
+    os.replace(temp, path)
+
+
+def main(argv=None) -> int:
+    comm = MPI.COMM_WORLD
+    install_abort_on_error(comm)
+    try:
+        with contextlib.redirect_stdout(sys.stdout if comm.Get_rank() == 0 else io.StringIO()):
+            config = parse_config(argv)  # --help prints once, from rank 0
+        validate(config, comm.Get_size())
+        run(config, World(comm))
+    except UsageError as error:
+        if comm.Get_rank() == 0:
+            print(f"pffbench: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

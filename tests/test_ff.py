@@ -1,0 +1,117 @@
+"""The FF math on its own: no MPI."""
+import math
+
+import pytest
+import torch
+
+from pffbench import ff
+from pffbench.partition import balanced_partition, layer_costs
+
+
+def test_embed_labels_writes_one_hot_and_keeps_the_rest():
+    x = torch.rand(4, 20)
+    out = ff.embed_labels(x, torch.tensor([0, 3, 9, 3]), 10)
+    assert torch.equal(out[:, 10:], x[:, 10:])
+    assert torch.equal(out[:, :10].argmax(1), torch.tensor([0, 3, 9, 3]))
+    assert torch.equal(out[:, :10].sum(1), torch.ones(4))
+    assert not torch.equal(out, x)  # a copy, input untouched
+    neutral = ff.embed_labels(x, None, 10)
+    assert torch.allclose(neutral[:, :10], torch.full((4, 10), 0.1))
+
+
+def test_normalize_gives_unit_rms_and_keeps_direction():
+    h = torch.rand(5, 30) * 7
+    n = ff.normalize(h)
+    assert torch.allclose(n.pow(2).mean(1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(n, h), torch.ones(5), atol=1e-6)
+
+
+def test_goodness_is_mean_square():
+    h = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    assert torch.allclose(ff.goodness(h), torch.tensor([14 / 3, 0.0]))
+
+
+def test_loss_matches_the_formula_and_prefers_separated_goodness():
+    g = torch.tensor([1.5, 0.5, 0.2, 2.0])  # two positive, two negative
+    theta, k = 1.0, 3.0
+    sp = lambda z: math.log1p(math.exp(z))  # noqa: E731
+    expected = (sp(k * (theta - 1.5)) + sp(k * (theta - 0.5)) + sp(k * (0.2 - theta)) + sp(k * (2.0 - theta))) / 2
+    assert ff.ff_loss(g, 2, theta, k).item() == pytest.approx(expected, rel=1e-6)
+    good = ff.ff_loss(torch.tensor([3.0, 3.0, 0.0, 0.0]), 2, theta, k)
+    bad = ff.ff_loss(torch.tensor([0.0, 0.0, 3.0, 3.0]), 2, theta, k)
+    assert good < 0.1 < bad
+
+
+def test_wrong_labels_are_never_the_true_label_and_cover_the_rest():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (5000,), generator=g)
+    wrong = ff.random_wrong_labels(labels, 10, g)
+    assert not (wrong == labels).any()
+    assert set(wrong[labels == 4].tolist()) == set(range(10)) - {4}
+
+
+def test_layer_step_lowers_its_loss_and_returns_pre_update_activity():
+    torch.manual_seed(0)
+    x = ff.normalize(torch.rand(64, 30))
+    layer = ff.FFLayer(ff.make_linear(30, 40, seed=1, layer_index=0), lr=0.01, threshold=1.0, sharpness=5.0)
+    before = torch.relu(layer.linear(x)).detach()
+    out, first = layer.train_step(x, 32)
+    assert torch.allclose(out, ff.normalize(before))  # the activity of the step's own forward pass
+    for _ in range(50):
+        _, last = layer.train_step(x, 32)
+    assert last < 0.5 * first
+
+
+def test_initial_weights_depend_only_on_seed_and_layer_index():
+    a = ff.make_linear(10, 5, seed=3, layer_index=2)
+    b = ff.make_linear(10, 5, seed=3, layer_index=2)
+    c = ff.make_linear(10, 5, seed=3, layer_index=1)
+    assert torch.equal(a.weight, b.weight)
+    assert not torch.equal(a.weight, c.weight)
+
+
+def test_goodness_classifier_picks_the_label_with_most_goodness():
+    # One layer that lights up only for label 2 in slot 2: every input is classified as 2.
+    linear = torch.nn.Linear(12, 1)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[0, 2] = 5.0
+        linear.bias.zero_()
+    x = torch.rand(7, 12)
+    assert torch.equal(ff.predict([linear], x, 10, (0,)), torch.full((7,), 2))
+
+
+def test_cooldown_is_constant_then_linear_to_zero():
+    assert ff.cooldown_lr(1.0, 0, 100, 0.5) == 1.0
+    assert ff.cooldown_lr(1.0, 49, 100, 0.5) == 1.0
+    assert ff.cooldown_lr(1.0, 75, 100, 0.5) == pytest.approx(0.5)
+    assert ff.cooldown_lr(1.0, 99, 100, 0.5) == pytest.approx(0.02)
+    assert ff.cooldown_lr(1.0, 99, 100, 1.0) == 1.0
+
+
+@pytest.mark.parametrize("dims,parts,expected", [
+    ([784, 2000, 2000, 2000, 2000], 4, [(0, 1), (1, 2), (2, 3), (3, 4)]),
+    ([784, 2000, 2000, 2000, 2000], 2, [(0, 2), (2, 4)]),
+    ([784, 2000, 2000, 2000, 2000], 1, [(0, 4)]),
+    ([100, 4000, 10, 10, 10], 2, [(0, 1), (1, 4)]),
+    ([10, 10, 10, 10, 4000], 2, [(0, 3), (3, 4)]),
+])
+def test_balanced_partition(dims, parts, expected):
+    blocks = balanced_partition(layer_costs(dims), parts)
+    assert [(b.start, b.stop) for b in blocks] == expected
+
+
+def test_partition_minimises_the_slowest_block_exhaustively():
+    import itertools
+    costs = [5, 1, 9, 2, 2, 7, 3]
+    for parts in range(1, len(costs) + 1):
+        blocks = balanced_partition(costs, parts)
+        assert [i for b in blocks for i in b] == list(range(len(costs)))
+        best = min(max(sum(costs[a:b]) for a, b in zip((0,) + cuts, cuts + (len(costs),)))
+                   for cuts in itertools.combinations(range(1, len(costs)), parts - 1))
+        assert max(sum(costs[i] for i in b) for b in blocks) == best
+
+
+def test_partition_rejects_more_parts_than_layers():
+    with pytest.raises(ValueError):
+        balanced_partition([1, 2], 3)
