@@ -28,7 +28,7 @@ class Config:
     layers: tuple[int, ...] = (500, 500, 500, 500)
     epochs: int = 4
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     threshold: float = 1.0
     sharpness: float = 20.0
     cooldown: float = 0.5

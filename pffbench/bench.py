@@ -1,0 +1,137 @@
+"""`make bench`: pipeline speedup on MNIST, 1 vs 2 ranks, and how close the
+FF step runs to the machine's matmul rate.
+
+Each measurement is a plain function returning numbers; main() prints them.
+Runs go through `mpiexec python -m pffbench.run`, exactly as users run them,
+and are read back from the HDF5 file they append to.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from . import ff, results
+
+
+def pipeline_bound(p: int, m: int) -> float:
+    """Best speedup of a p-stage pipeline over m minibatches: fill and drain
+    cost p-1 stage-times out of m+p-1."""
+    return p * m / (m + p - 1)
+
+
+def training_seconds(run: results.Run) -> float:
+    """Slowest rank's time in the training loop (end-of-run evaluation and
+    model gathering excluded, they are not what is being sped up)."""
+    a = run.arrays
+    return float((a["timing/wall"] - a["timing/eval"]).sum(axis=1).max())
+
+
+def comm_wait_share(run: results.Run) -> float:
+    a = run.arrays
+    waits = (a["timing/send_wait"] + a["timing/recv_wait"]).sum(axis=1)
+    return float((waits / (a["timing/wall"] - a["timing/eval"]).sum(axis=1)).max())
+
+
+def launch(ranks: int, threads: int, args: list[str], out: str, name: str, mpiexec: str) -> None:
+    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "pffbench.run", *args,
+               "--threads", str(threads), "--out", out, "--name", name]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+
+
+def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, mpiexec: str,
+            warmup: bool = True) -> dict[tuple[int, int], list[results.Run]]:
+    """Every (ranks, threads per rank) case, `repeats` times after one
+    untimed warm-up of the first case; raw runs, keyed by case."""
+    if warmup:
+        ranks, threads = cases[0]
+        launch(ranks, threads, args + ["--epochs", "1"], out + ".warmup", "warmup", mpiexec)
+    names = {case: [] for case in cases}
+    for repeat in range(repeats):
+        for ranks, threads in cases:  # interleaved, so drift in machine load hits every case alike
+            name = f"bench-p{ranks}-t{threads}-r{repeat}"
+            launch(ranks, threads, args, out, name, mpiexec)
+            names[(ranks, threads)].append(name)
+    by_name = {run.name: run for run in results.read_runs(out)}
+    return {case: [by_name[n] for n in case_names] for case, case_names in names.items()}
+
+
+def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps: int = 60) -> dict[str, float]:
+    """FLOP rate of FFLayer.train_step against a bare matmul of the same
+    shape on the same threads.  Useful FLOPs of a step: the forward product
+    and the weight gradient, 2 x 2*rows*in*out (inputs need no gradient)."""
+    torch.set_num_threads(threads)
+    rows = 2 * batch
+    x = ff.normalize(torch.rand(rows, width_in))
+    layer = ff.FFLayer(ff.make_linear(width_in, width_out, 0, 0), 1e-3, 1.0, 20.0)
+    weight = torch.rand(width_in, width_out)
+
+    def timed(fn) -> float:
+        for _ in range(5):
+            fn()
+        samples = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples))
+
+    step = timed(lambda: layer.train_step(x, batch))
+    matmul = timed(lambda: torch.mm(x, weight))
+    step_flops = 4 * rows * width_in * width_out
+    return {"step_gflops": step_flops / step / 1e9, "matmul_gflops": 2 * rows * width_in * width_out / matmul / 1e9}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pffbench.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--width", type=int, default=784, help="both hidden layers (784: balanced with the input)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default=None, help="keep the raw runs in this HDF5 file (default: a temp file)")
+    parser.add_argument("--mpiexec", default=shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+                        or "mpiexec")
+    opts = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0))
+    args = ["--layers", f"{opts.width},{opts.width}", "--epochs", str(opts.epochs),
+            "--batch-size", str(opts.batch_size)] + (["--data-dir", opts.data_dir] if opts.data_dir else [])
+    cases = [(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = opts.out or os.path.join(scratch, "bench.h5")
+        runs = scaling(args, cases, opts.repeats, out, opts.mpiexec)
+    seconds = {case: np.median([training_seconds(r) for r in rs]) for case, rs in runs.items()}
+    minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
+    bound = pipeline_bound(2, minibatches)
+    print(f"machine: {os.uname().nodename}, {cores} cores; MNIST [784,{opts.width},{opts.width}], "
+          f"batch {opts.batch_size}, {opts.epochs} epochs, median of {opts.repeats}")
+    print(f"{'ranks':>5} {'threads':>7} {'train s':>8} {'speedup':>8} {'efficiency':>10} {'comm wait':>9} "
+          f"{'accuracy':>8}")
+    for case in cases:
+        ranks, threads = case
+        speedup = {base: seconds[base] / seconds[case] for base in cases[:2]}
+        wait = np.median([comm_wait_share(r) for r in runs[case]])
+        accuracy = np.median([r.arrays["test_accuracy"][-1] for r in runs[case]])
+        print(f"{ranks:>5} {threads:>7} {seconds[case]:8.2f} {speedup[cases[0]]:8.2f} "
+              f"{speedup[cases[0]] / pipeline_bound(ranks, minibatches):10.1%} {wait:9.2%} {accuracy:8.2%}")
+    parallel = seconds[cases[2]]
+    print(f"speedup at p=2: {seconds[cases[0]] / parallel:.2f}x over 1 rank x {cases[0][1]} threads, "
+          f"{seconds[cases[1]] / parallel:.2f}x over 1 rank x {cases[1][1]} thread(s); "
+          f"pipeline bound {bound:.3f} (m = {minibatches} minibatches per epoch)")
+    rate = ff_step_rate(opts.width, opts.width, opts.batch_size, max(1, cores // 2))
+    print(f"FF step {rate['step_gflops']:.1f} GFLOP/s vs matmul {rate['matmul_gflops']:.1f} GFLOP/s "
+          f"on {max(1, cores // 2)} thread(s): {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

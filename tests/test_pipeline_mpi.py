@@ -1,0 +1,76 @@
+"""The pipeline under mpiexec -n 2 / -n 4 (pytest --with-mpi)."""
+import numpy as np
+import pytest
+import torch
+
+from pffbench import pipeline, results
+from pffbench.config import Config
+from pffbench.data import load_dataset
+
+MPI = pytest.importorskip("mpi4py.MPI")
+pytestmark = pytest.mark.mpi(min_size=2)
+
+# 2000 samples / batch 16 = 125 minibatches per epoch, 3 epochs = 375 steps.
+CONFIG = Config(dataset="synthetic", layers=(64, 64, 64, 64), epochs=3, batch_size=16, lr=3e-3, threads=1)
+
+
+def shape_of(data):
+    return pipeline.Shape(data.x_train.shape[0], data.num_features, data.num_classes)
+
+
+def test_pipeline_gives_the_sequential_weights():
+    """p ranks and 1 rank agree to float32 round-off after 375 steps.
+
+    Tolerance: 1e-6 absolute on weights of order 0.1.  Every rank runs the
+    same float32 kernels on the same inputs with one thread, so in practice
+    the difference is exactly zero; the tolerance only admits BLAS builds
+    whose kernel choice depends on the process."""
+    from pffbench.world import World
+    comm = MPI.COMM_WORLD
+    torch.set_num_threads(1)
+    data = load_dataset("synthetic") if comm.rank == 0 else None
+    shape = comm.bcast(shape_of(data) if data else None)
+    parallel = pipeline.train(CONFIG, World(comm), shape, data)
+    if comm.rank != 0:
+        assert parallel is None
+        return
+    sequential = pipeline.train(CONFIG, World(MPI.COMM_SELF), shape, data)
+    assert [(b.start, b.stop) for b in parallel.blocks][-1][1] == 4
+    for p_layer, s_layer in zip(parallel.linears, sequential.linears):
+        assert (p_layer.weight - s_layer.weight).abs().max().item() <= 1e-6
+        assert (p_layer.bias - s_layer.bias).abs().max().item() <= 1e-6
+    np.testing.assert_allclose(parallel.loss, sequential.loss, rtol=1e-5)
+    assert parallel.test_accuracy[-1] == sequential.test_accuracy[-1]
+    assert parallel.test_accuracy[-1] > 0.5  # 10 classes: chance is 0.1
+
+
+def test_run_appends_timings_to_hdf5(tmp_path_factory):
+    from pffbench.run import run
+    from pffbench.world import World
+    comm = MPI.COMM_WORLD
+    out = comm.bcast(str(tmp_path_factory.mktemp("h5") / "runs.h5") if comm.rank == 0 else None)
+    config = Config(dataset="synthetic", layers=(32, 32, 32, 32), epochs=2, batch_size=50, out=out,
+                    name="probe", eval_every=1)
+    run(config, World(comm))
+    run(config, World(comm))  # a second run must not disturb the first
+    if comm.rank != 0:
+        return
+    first, second = results.read_runs(out)
+    assert (first.name, second.name) == ("probe", "probe-2")
+    p = comm.size
+    for name in ("compute", "send_wait", "recv_wait", "idle", "wall"):
+        assert first.arrays[f"timing/{name}"].shape == (p, 2)
+    wall = first.arrays["timing/wall"]
+    parts = sum(first.arrays[f"timing/{c}"] for c in ("compute", "data", "send_wait", "recv_wait", "sync", "eval",
+                                                       "idle"))
+    np.testing.assert_allclose(parts, wall, rtol=1e-9)
+    assert (first.arrays["timing/compute"] > 0).all()
+    assert (first.arrays["timing/recv_wait"][0] == 0).all()  # rank 0 receives nothing
+    assert (first.arrays["timing/send_wait"][-1] == 0).all()  # the last rank sends nothing
+    assert first.arrays["loss"].shape == (4, 2)
+    assert np.isfinite(first.arrays["test_accuracy"]).all()
+    attrs = first.attrs
+    assert attrs["world_size"] == p and len(attrs["hostnames"]) == p
+    assert attrs["config"]["layers"] == [32, 32, 32, 32]
+    for key in ("mpi_library", "torch", "git_sha", "start_utc", "end_utc", "seed"):
+        assert key in attrs, key
