@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
+# variant name -> module whose train(config, world, shape, dataset, on_epoch) runs it
+VARIANTS = {"pipeline": "pffbench.pipeline"}
 DEVICES = ("cpu", "cuda")
 DEFAULT_OUT = "results/pffbench.h5"
 
@@ -22,6 +24,7 @@ class UsageError(Exception):
 
 @dataclass
 class Config:
+    variant: str = "pipeline"
     dataset: str = "mnist"
     data_dir: str | None = None
     download: bool = False
@@ -78,6 +81,8 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     p = _Parser(prog=prog, description="Train a Forward-Forward network with its layers pipelined over MPI ranks "
                 "and append the run's timings to an HDF5 file. Launch with e.g. "
                 "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
+    p.add_argument("--variant", default=d.variant, choices=tuple(VARIANTS),
+                   help="training schedule (default: %(default)s: layers pipelined over ranks)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="data set (default: %(default)s)")
     data.add_argument("--data-dir", default=None, metavar="DIR",

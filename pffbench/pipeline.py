@@ -12,7 +12,7 @@ exactly the inputs it would see sequentially, any p gives the same weights.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ class TrainResult:
     linears: list               # the trained layers, on the CPU
     dims: list[int]
     blocks: list[range]
+    arrays: dict = field(default_factory=dict)  # variant-specific datasets for the results file
+    attrs: dict = field(default_factory=dict)   # variant-specific attributes for the results file
 
 
 def batch_rows(num_train: int, batch_size: int) -> list[int]:

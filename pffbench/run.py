@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import os
 import sys
@@ -19,7 +20,7 @@ import torch
 from mpi4py import MPI
 
 from . import pipeline, results
-from .config import Config, UsageError, parse_config, validate
+from .config import VARIANTS, Config, UsageError, parse_config, validate
 from .timing import COLUMNS
 from .world import World
 
@@ -105,20 +106,21 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
     world.comm.Barrier()
     t0 = time.perf_counter()
     progress = Progress(config, shape.num_train) if world.is_first else None
-    result = pipeline.train(config, world, shape, dataset, on_epoch=progress)
+    schedule = importlib.import_module(VARIANTS[config.variant])
+    result = schedule.train(config, world, shape, dataset, on_epoch=progress)
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
-    arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy})
+    arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {
-        "variant": "pipeline", "dataset": config.dataset, "config": dataclasses.asdict(config),
+        "variant": config.variant, "dataset": config.dataset, "config": dataclasses.asdict(config),
         "world_size": world.size, "hostnames": hostnames, "threads_per_rank": threads,
         "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
         "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
         "wall_time": wall, "minibatches_per_epoch": len(pipeline.batch_rows(shape.num_train, config.batch_size)),
         "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
-        **results.provenance(),
+        **results.provenance(), **result.attrs,
     }
     name = results.append_run(config.out, arrays, attrs, name=config.name)
     if config.model_out:
