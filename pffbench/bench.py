@@ -65,7 +65,7 @@ def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: st
     return {case: [by_name[n] for n in case_names] for case, case_names in names.items()}
 
 
-def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps: int = 60) -> dict[str, float]:
+def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps: int = 200) -> dict[str, float]:
     """FLOP rate of FFLayer.train_step against a bare matmul of the same
     shape on the same threads.  Useful FLOPs of a step: the forward product
     and the weight gradient, 2 x 2*rows*in*out (inputs need no gradient)."""
@@ -75,18 +75,18 @@ def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps:
     layer = ff.FFLayer(ff.make_linear(width_in, width_out, 0, 0), 1e-3, 1.0, 20.0)
     weight = torch.rand(width_in, width_out)
 
-    def timed(fn) -> float:
-        for _ in range(5):
-            fn()
-        samples = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-        return float(np.median(samples))
-
-    step = timed(lambda: layer.train_step(x, batch))
-    matmul = timed(lambda: torch.mm(x, weight))
+    for _ in range(5):
+        layer.train_step(x, batch)
+        torch.mm(x, weight)
+    step, matmul = [], []
+    for _ in range(steps):  # alternated, so load from other processes hits both alike
+        start = time.perf_counter()
+        layer.train_step(x, batch)
+        middle = time.perf_counter()
+        torch.mm(x, weight)
+        step.append(middle - start)
+        matmul.append(time.perf_counter() - middle)
+    step, matmul = float(np.median(step)), float(np.median(matmul))
     step_flops = 4 * rows * width_in * width_out
     return {"step_gflops": step_flops / step / 1e9, "matmul_gflops": 2 * rows * width_in * width_out / matmul / 1e9}
 

@@ -115,3 +115,19 @@ def test_partition_minimises_the_slowest_block_exhaustively():
 def test_partition_rejects_more_parts_than_layers():
     with pytest.raises(ValueError):
         balanced_partition([1, 2], 3)
+
+
+def test_manual_gradient_matches_autograd():
+    torch.manual_seed(1)
+    x = ff.normalize(torch.rand(40, 30))
+    linear = ff.make_linear(30, 20, seed=2, layer_index=0)
+    reference = torch.nn.Linear(30, 20)
+    reference.load_state_dict(linear.state_dict())
+    layer = ff.FFLayer(linear, lr=0.01, threshold=1.0, sharpness=7.0)
+    layer.optimizer = torch.optim.SGD(linear.parameters(), lr=1.0)  # update = -gradient, to read it back
+    _, loss = layer.train_step(x, 15)
+    expected = ff.ff_loss(ff.goodness(torch.relu(reference(x))), 15, 1.0, 7.0)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(reference.weight.detach() - linear.weight, reference.weight.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(reference.bias.detach() - linear.bias, reference.bias.grad, rtol=1e-4, atol=1e-7)
