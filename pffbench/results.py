@@ -177,7 +177,8 @@ def provenance() -> dict:
 def _mpi_library() -> str:
     try:
         from mpi4py import MPI
-        return MPI.Get_library_version().splitlines()[0].strip()
+        # Open MPI ends the string with a NUL byte, which HDF5 string attributes refuse
+        return MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip()
     except Exception:  # a broken MPI install must not cost the measurements
         return "unavailable"
 
