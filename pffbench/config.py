@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
 # variant name -> module whose train(config, world, shape, dataset, on_epoch) runs it
-VARIANTS = {"pipeline": "pffbench.pipeline"}
+VARIANTS = {"pipeline": "pffbench.pipeline", "single-layer": "pffbench.single_layer",
+            "all-layers": "pffbench.all_layers", "federated": "pffbench.federated", "perf-opt": "pffbench.perf_opt"}
+NEGATIVES = ("random", "fixed", "adaptive", "adaptive-sampled")
+CLASSIFIERS = ("goodness", "softmax")
+PARTITIONS = ("iid", "label-skew")
 DEVICES = ("cpu", "cuda")
 DEFAULT_OUT = "results/pffbench.h5"
 
@@ -43,6 +47,15 @@ class Config:
     out: str = DEFAULT_OUT
     name: str | None = None
     model_out: str | None = None
+    # the paper's PFF variants (issue 3); see pffbench/chapters.py
+    neg: str = "random"
+    classifier: str = "goodness"
+    splits: int = 0
+    softmax_lr: float = 1e-3
+    shards: int = 0
+    partition: str = "iid"
+    classes_per_shard: int = 2
+    preset: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -116,11 +129,49 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                         "(default: %(default)s)")
     output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
     output.add_argument("--model-out", default=None, metavar="FILE.pt", help="save the trained layers here")
+    pff = p.add_argument_group("the paper's PFF variants (single-layer, all-layers, federated, perf-opt)")
+    pff.add_argument("--neg", default=d.neg, choices=NEGATIVES,
+                     help="negative labels: random each chapter, fixed once, adaptive (most-predicted wrong label, "
+                          "each chapter), adaptive-sampled (drawn from the model's softmax); the pipeline "
+                          "variant makes random ones per minibatch (default: %(default)s)")
+    pff.add_argument("--classifier", default=d.classifier, choices=CLASSIFIERS,
+                     help="goodness (argmax of summed goodness) or softmax (a linear head on the scoring "
+                          "layers' normalized activities) (default: %(default)s)")
+    pff.add_argument("--splits", type=int, default=d.splits, metavar="S",
+                     help="chapters; must divide --epochs; 0 = one chapter per epoch (default)")
+    pff.add_argument("--softmax-lr", type=float, default=d.softmax_lr,
+                     help="Adam learning rate of the softmax head (paper: 1e-4) (default: %(default)s)")
+    pff.add_argument("--shards", type=int, default=d.shards, metavar="K",
+                     help="federated: data shards, K >= ranks, rank r holds shards r, r+N, ...; 0 = one per rank")
+    pff.add_argument("--partition", default=d.partition, choices=PARTITIONS,
+                     help="federated: iid shards, or label-skew (each shard ~--classes-per-shard classes)")
+    pff.add_argument("--classes-per-shard", type=int, default=d.classes_per_shard, metavar="M",
+                     help="federated label-skew: classes per shard (default: %(default)s)")
+    pff.add_argument("--preset", default=None, metavar="NAME",
+                     help="settings of a row of the paper's Tables 1-5; explicit flags override (see --list-presets)")
+    pff.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
     return p
 
 
+class _ListPresets(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .presets import listing
+        print(listing())
+        parser.exit(0)
+
+
 def parse_config(argv=None) -> Config:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset is not None:
+        from .presets import PRESETS
+        if args.preset not in PRESETS:
+            raise UsageError(f"unknown --preset {args.preset!r}: see --list-presets")
+        parser.set_defaults(**PRESETS[args.preset].settings)  # explicit flags still win
+        args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     config = Config(**values)
     validate(config)
@@ -153,6 +204,37 @@ def validate(config: Config, world_size: int | None = None) -> None:
         bad = [i for i in config.score_layers if not 0 <= i < len(config.layers)]
         if bad:
             raise UsageError(f"--score-layers {bad} out of range for {len(config.layers)} layers (0-based)")
-    if world_size is not None and world_size > len(config.layers):
+    _validate_pff(config, world_size)
+    if world_size is not None and config.variant == "pipeline" and world_size > len(config.layers):
         raise UsageError(f"{world_size} ranks but only {len(config.layers)} layers: "
                          f"use at most {len(config.layers)} ranks or more --layers")
+
+
+def _validate_pff(config: Config, world_size: int | None) -> None:
+    chapters = config.splits or config.epochs
+    if config.splits < 0:
+        raise UsageError(f"--splits must be >= 0, got {config.splits}")
+    if config.epochs % chapters:
+        raise UsageError(f"--splits {config.splits} does not divide --epochs {config.epochs}")
+    if not config.softmax_lr > 0:
+        raise UsageError(f"--softmax-lr must be positive, got {config.softmax_lr}")
+    if config.shards < 0 or config.classes_per_shard < 1:
+        raise UsageError("--shards must be >= 0 and --classes-per-shard >= 1")
+    if config.variant == "pipeline":
+        if config.neg != "random" or config.classifier != "goodness" or config.splits:
+            raise UsageError("the pipeline variant makes random negatives per minibatch and classifies by goodness: "
+                             "--neg, --classifier and --splits need a PFF --variant (single-layer, all-layers, ...)")
+        return
+    if config.eval_every:
+        raise UsageError(f"--eval-every works with the pipeline variant only; {config.variant} evaluates at the end")
+    if world_size is None:
+        return
+    layers = len(config.layers)
+    if config.variant == "single-layer" and world_size not in (1, layers):
+        raise UsageError(f"single-layer needs one rank per layer ({layers}) or 1 rank (its sequential twin), "
+                         f"got {world_size} ranks")
+    if config.variant in ("all-layers", "perf-opt") and world_size > chapters:
+        raise UsageError(f"{world_size} ranks but only {chapters} chapters (--splits): chapters go round-robin, "
+                         f"so use at most {chapters} ranks")
+    if config.variant == "federated" and world_size > (config.shards or world_size):
+        raise UsageError(f"{world_size} ranks but only {config.shards} --shards: every rank needs a shard")

@@ -1,0 +1,88 @@
+"""All-Layers PFF: every rank trains the whole network, chapters round-robin.
+
+Rank c mod N trains chapter c.  Within a chapter, for each layer: get the
+layer as published in the previous chapter, train it C epochs, publish it,
+forward the data through it, go on to the next layer.  Rank i+1 starts layer l
+of chapter c+1 as soon as rank i has published layer l of chapter c: the
+chapters move through the ranks as a wavefront.  Each rank computes its own
+adaptive negatives after each of its chapters, for its next one.
+
+Federated and Performance-Optimized PFF reuse this loop (``wavefront``) with
+another exchange or another kind of layer.
+"""
+from __future__ import annotations
+
+from .chapters import Chapters
+from .pff_communications import Post
+
+
+class RoundRobin:
+    """Routing of All-Layers: chapter c gets from rank (c-1) mod N and
+    publishes to rank (c+1) mod N; after the last chapter, to rank 0, which
+    evaluates."""
+
+    def __init__(self, post: Post, size: int, num_chapters: int, slots):
+        self.post, self.size, self.num_chapters, self.slots = post, size, num_chapters, list(slots)
+
+    def expect(self, chapter: int) -> None:
+        if chapter > 0:
+            for slot in self.slots:
+                self.post.expect(slot, (chapter - 1) % self.size)
+
+    def get(self, slot: int, chapter: int):
+        return None if chapter == 0 else self.post.get(slot, (chapter - 1) % self.size)
+
+    def publish(self, slot: int, chapter: int, state) -> None:
+        dest = (chapter + 1) % self.size if chapter + 1 < self.num_chapters else 0
+        self.post.publish(slot, state, [dest])
+
+    def flush(self) -> None:
+        self.post.flush()
+
+
+def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> object:
+    """Train ``my_chapters`` layer by layer; ``exchange`` gets and publishes
+    each slot as of a chapter.  Returns rank 0's TrainResult."""
+    for chapter in my_chapters:
+        exchange.expect(chapter)
+        xs = pff.inputs(chapter)
+        layers = []
+        for index in range(pff.num_layers):
+            with pff.clock("recv_wait", pff.first_epoch(chapter)):
+                state = exchange.get(index, chapter)
+            layer = pff.kind.build(index, state)
+            pff.train(layer, index, chapter, xs)
+            with pff.clock("send_wait", pff.last_epoch(chapter)):
+                exchange.publish(index, chapter, pff.state(layer))
+            if index + 1 < pff.num_layers:
+                xs = pff.forward(layer, xs, chapter)
+            layers.append(layer)
+        head = None
+        if pff.kind.has_head:
+            with pff.clock("recv_wait", pff.last_epoch(chapter)):
+                head = pff.kind.build_head(exchange.get(pff.head_slot, chapter))
+        scores = pff.end_chapter(chapter, layers, head)
+        if head is not None:
+            with pff.clock("send_wait", pff.last_epoch(chapter)):
+                exchange.publish(pff.head_slot, chapter, pff.state(head))
+        if scores is not None:
+            pff.negatives.observe(scores)
+
+    last, final = pff.config.epochs - 1, pff.num_chapters
+    layers = head = None
+    with pff.clock("recv_wait", last):
+        if pff.world.is_first:
+            layers = [pff.kind.build(i, exchange.get(i, final)) for i in range(pff.num_layers)]
+            if pff.kind.has_head:
+                head = pff.kind.build_head(exchange.get(pff.head_slot, final))
+        exchange.flush()
+    return pff.finish(layers, head, on_epoch=on_epoch, **finish)
+
+
+def train(config, world, shape, dataset=None, on_epoch=None):
+    pff = Chapters(config, world, shape, dataset)
+    sizes = pff.slot_sizes()
+    exchange = RoundRobin(Post(world.comm, sizes), world.size, pff.num_chapters,
+                          [s for s in sizes if s != pff.scores_slot])
+    return wavefront(pff, exchange, range(world.rank, pff.num_chapters, world.size), on_epoch,
+                     blocks=[range(pff.num_layers)] * world.size)

@@ -1,0 +1,53 @@
+"""Federated PFF: All-Layers on private data.
+
+The training set is cut into K shards (K >= N; rank r holds shards r, r+N,
+...), IID or with label skew.  Every rank trains every chapter, layer by
+layer as in All-Layers, on its own data only; each layer it publishes is
+averaged over the ranks, weighted by their numbers of examples (FedAvg), and
+that average is where every rank starts the layer in the next chapter.  A
+rank never receives another rank's data, only averaged weights.  The paper
+describes this variant but reports no results for it.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import transport
+from .all_layers import wavefront
+from .chapters import Chapters
+from .negatives import generator
+from .pff_communications import Averager
+
+PARTITIONS = ("iid", "label-skew")
+SHARD_KEY = 7919  # keeps the shard draw apart from the training draws
+
+
+def shard_rows(labels: torch.Tensor, shards: int, partition: str, classes_per_shard: int,
+               seed: int) -> list[torch.Tensor]:
+    """Row indices of each shard.  iid: a random equal split.  label-skew
+    (McMahan et al.'s pathological non-IID split): sort by label, cut into
+    shards x classes_per_shard pieces, deal each shard that many pieces at
+    random, so a shard sees about ``classes_per_shard`` classes.  Rows stay
+    in data set order within a shard: one shard is exactly the data set."""
+    draw = generator(seed, SHARD_KEY)
+    order = torch.randperm(len(labels), generator=draw)
+    if partition == "iid":
+        return [rows.sort().values for rows in order.tensor_split(shards)]
+    order = order[torch.sort(labels[order], stable=True).indices]
+    pieces = order.tensor_split(shards * classes_per_shard)
+    deal = torch.randperm(len(pieces), generator=draw).view(shards, classes_per_shard)
+    return [torch.cat([pieces[i] for i in row.tolist()]).sort().values for row in deal]
+
+
+def train(config, world, shape, dataset=None, on_epoch=None):
+    rows = None
+    if world.is_first:
+        shards = shard_rows(dataset.y_train, config.shards or world.size, config.partition,
+                            config.classes_per_shard, config.seed)
+        rows = [torch.cat(shards[r::world.size]).sort().values for r in range(world.size)]
+    pff = Chapters(config, world, shape, dataset, rows_per_rank=rows)
+    label_counts = transport.gather_rows(world.comm, torch.bincount(pff.y.cpu(), minlength=shape.num_classes).numpy())
+    exchange = Averager(world.comm, weight=pff.x.shape[0])
+    return wavefront(pff, exchange, range(pff.num_chapters), on_epoch, blocks=[range(pff.num_layers)] * world.size,
+                     loss_divisor=world.size, arrays={"shard_label_counts": label_counts},
+                     attrs={"shards": config.shards or world.size, "partition": config.partition})

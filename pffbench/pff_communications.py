@@ -1,0 +1,133 @@
+"""MPI for the paper's PFF variants: only weights travel, never activations.
+
+A *slot* is one published unit: a layer's parameters (weights and biases,
+plus its head for Performance-Optimized PFF), the softmax head, or a chapter's
+label scores for adaptive negatives.  A slot travels as one flat float32
+buffer with tag ``SLOT_TAG + slot``; MPI keeps messages with the same source
+and tag in order, so chapter after chapter needs no chapter in the tag.
+"""
+from __future__ import annotations
+
+from collections import defaultdict, deque
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+SLOT_TAG = 2000
+DATA_TAG = 1900
+
+
+class Post:
+    """Point-to-point publish/get of slots.
+
+    ``publish`` starts non-blocking sends straight from a private copy of the
+    state, so the publisher trains on while the layer travels; ``expect``
+    preposts a receive so the layer can arrive during the receiver's own
+    compute; ``get`` completes it.  Publishing to oneself queues the buffer
+    locally, which is how one rank runs as its own sequential twin.
+    """
+
+    def __init__(self, comm: MPI.Comm, sizes: dict[int, int]):
+        self.comm, self.rank, self.sizes = comm, comm.Get_rank(), sizes
+        self._local: dict[int, deque] = defaultdict(deque)
+        self._posted: dict[tuple[int, int], deque] = defaultdict(deque)
+        self._sending: list = []
+
+    def publish(self, slot: int, state: torch.Tensor, dests) -> None:
+        buffer = state.detach().to("cpu", torch.float32).contiguous().numpy().copy()
+        requests = []
+        for dest in sorted(set(dests)):
+            if dest == self.rank:
+                self._local[slot].append(buffer)
+            else:
+                requests.append(self.comm.Isend([buffer, MPI.FLOAT], dest=dest, tag=SLOT_TAG + slot))
+        self._sending = [(r, b) for r, b in self._sending if not MPI.Request.Testall(r)]
+        self._sending.append((requests, buffer))
+
+    def expect(self, slot: int, source: int) -> None:
+        if source == self.rank:
+            return
+        buffer = np.empty(self.sizes[slot], dtype=np.float32)
+        request = self.comm.Irecv([buffer, MPI.FLOAT], source=source, tag=SLOT_TAG + slot)
+        self._posted[(slot, source)].append((request, buffer))
+
+    def get(self, slot: int, source: int) -> np.ndarray:
+        if source == self.rank:
+            return self._local[slot].popleft()
+        if not self._posted[(slot, source)]:
+            self.expect(slot, source)
+        request, buffer = self._posted[(slot, source)].popleft()
+        request.Wait()
+        return buffer
+
+    def flush(self) -> None:
+        for requests, _ in self._sending:
+            MPI.Request.Waitall(requests)
+        self._sending = []
+
+
+class Averager:
+    """Federated exchange: every rank publishes its version of a slot and gets
+    the average over ranks, weighted by shard size (FedAvg).  The sum runs as
+    a non-blocking Iallreduce while the rank trains its next layer; float64
+    makes one rank's average exactly its own state."""
+
+    def __init__(self, comm: MPI.Comm, weight: float):
+        self.comm, self.weight = comm, float(weight)
+        self.total = comm.allreduce(self.weight, op=MPI.SUM)
+        self._pending: dict[int, deque] = defaultdict(deque)
+
+    def publish(self, slot: int, chapter: int, state: torch.Tensor) -> None:
+        buffer = state.detach().to("cpu", torch.float64).numpy() * self.weight
+        request = self.comm.Iallreduce(MPI.IN_PLACE, [buffer, MPI.DOUBLE], op=MPI.SUM)
+        self._pending[slot].append((request, buffer))
+
+    def expect(self, chapter: int) -> None:
+        """Nothing to prepost: the sums are already running."""
+
+    def get(self, slot: int, chapter: int) -> np.ndarray | None:
+        if chapter == 0:
+            return None
+        request, buffer = self._pending[slot].popleft()
+        request.Wait()
+        return (buffer / self.total).astype(np.float32)
+
+    def flush(self) -> None:
+        for queue in self._pending.values():
+            MPI.Request.Waitall([request for request, _ in queue])
+            queue.clear()
+
+
+def share_training_data(comm: MPI.Comm, dataset, rows_per_rank=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's training examples, sent from rank 0 as raw buffers: the
+    whole set (``rows_per_rank`` None) or each rank's own rows (federated:
+    a rank never receives another's shard)."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        x, y = dataset.x_train.contiguous(), dataset.y_train.contiguous()
+        sharded = rows_per_rank is not None
+        counts = [len(r) for r in rows_per_rank] if sharded else [x.shape[0]] * comm.Get_size()
+        meta = (counts, x.shape[1], sharded)
+    else:
+        meta = None
+    counts, width, sharded = comm.bcast(meta, root=0)
+    if not sharded:
+        if rank != 0:
+            x, y = torch.empty(counts[rank], width), torch.empty(counts[rank], dtype=torch.int64)
+        comm.Bcast([x.numpy(), MPI.FLOAT], root=0)
+        comm.Bcast([y.numpy(), MPI.INT64_T], root=0)
+        return x, y
+    if rank == 0:
+        requests, keep = [], []
+        for dest in range(1, comm.Get_size()):
+            part_x, part_y = x[rows_per_rank[dest]].contiguous(), y[rows_per_rank[dest]].contiguous()
+            keep += [part_x, part_y]
+            requests.append(comm.Isend([part_x.numpy(), MPI.FLOAT], dest=dest, tag=DATA_TAG))
+            requests.append(comm.Isend([part_y.numpy(), MPI.INT64_T], dest=dest, tag=DATA_TAG + 1))
+        MPI.Request.Waitall(requests)
+        return x[rows_per_rank[0]].contiguous(), y[rows_per_rank[0]].contiguous()
+    x, y = torch.empty(counts[rank], width), torch.empty(counts[rank], dtype=torch.int64)
+    comm.Recv([x.numpy(), MPI.FLOAT], source=0, tag=DATA_TAG)
+    comm.Recv([y.numpy(), MPI.INT64_T], source=0, tag=DATA_TAG + 1)
+    return x, y

@@ -1,0 +1,80 @@
+"""Single-Layer PFF: rank i owns layer i (N = L; one rank owning every layer
+is the sequential twin).
+
+Per chapter, rank i gets layers 0..i-1 as published for this chapter,
+recomputes its inputs (positive and negative) through them locally, trains
+layer i for C epochs and publishes it for this chapter.  Rank i starts a
+chapter as soon as rank i-1 has published; only weights travel.  The last
+rank also trains the softmax head, and for adaptive negatives computes the
+label scores of the new model and publishes them to every rank, which is
+why adaptive negatives make the ranks wait for one another at each chapter.
+"""
+from __future__ import annotations
+
+import torch
+
+from .chapters import Chapters
+from .pff_communications import Post
+
+
+def train(config, world, shape, dataset=None, on_epoch=None):
+    pff = Chapters(config, world, shape, dataset)
+    post = Post(world.comm, pff.slot_sizes())
+    num_layers, num_chapters, size = pff.num_layers, pff.num_chapters, world.size
+    mine = range(num_layers) if size == 1 else range(world.rank, world.rank + 1)
+    owner = (lambda index: 0) if size == 1 else (lambda index: index)
+    last_rank = size - 1
+
+    def consumers(index: int, chapter: int) -> set[int]:
+        """Who gets layer ``index`` of ``chapter``: the owners of later layers now,
+        its own owner next chapter, rank 0 (to evaluate) after the last."""
+        ranks = {owner(later) for later in range(index + 1, num_layers)}
+        if chapter + 1 < num_chapters:
+            ranks.add(owner(index))
+        else:
+            ranks.add(0)
+        return ranks
+
+    head = None
+    for chapter in range(num_chapters):
+        first, last = pff.first_epoch(chapter), pff.last_epoch(chapter)
+        if chapter > 0 and pff.negatives.adaptive:
+            with pff.clock("recv_wait", first):
+                scores = post.get(pff.scores_slot, last_rank)
+            pff.negatives.observe(torch.from_numpy(scores).view(-1, shape.num_classes))
+        xs = pff.inputs(chapter)
+        layers = []
+        for index in range(mine.stop):
+            with pff.clock("recv_wait", first):
+                state = None if index in mine and chapter == 0 else post.get(index, owner(index))
+            layer = pff.kind.build(index, state)
+            if index in mine:
+                pff.train(layer, index, chapter, xs)
+                with pff.clock("send_wait", last):
+                    post.publish(index, pff.state(layer), consumers(index, chapter))
+            elif chapter + 1 < num_chapters:
+                post.expect(index, owner(index))  # next chapter's copy arrives while we train
+            if index + 1 < mine.stop:
+                xs = pff.forward(layer, xs, chapter)
+            layers.append(layer)
+        if world.rank != last_rank:
+            continue
+        if pff.kind.has_head:
+            with pff.clock("recv_wait", last):
+                head = pff.kind.build_head(None if chapter == 0 else post.get(pff.head_slot, last_rank))
+        scores = pff.end_chapter(chapter, layers, head)
+        with pff.clock("send_wait", last):
+            if head is not None:
+                post.publish(pff.head_slot, pff.state(head), {last_rank if chapter + 1 < num_chapters else 0})
+            if scores is not None:
+                post.publish(pff.scores_slot, scores.reshape(-1), range(size))
+
+    final_layers = final_head = None
+    with pff.clock("recv_wait", config.epochs - 1):
+        if world.is_first:
+            final_layers = [pff.kind.build(i, post.get(i, owner(i))) for i in range(num_layers)]
+            if pff.kind.has_head:
+                final_head = pff.kind.build_head(post.get(pff.head_slot, last_rank))
+        post.flush()
+    blocks = [range(num_layers)] if size == 1 else [range(r, r + 1) for r in range(size)]
+    return pff.finish(final_layers, final_head, blocks, on_epoch=on_epoch)
