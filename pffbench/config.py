@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
+from .data import DATASETS
+
 # variant name -> module whose train(config, world, shape, dataset, on_epoch) runs it
 VARIANTS = {"pipeline": "pffbench.pipeline", "single-layer": "pffbench.single_layer",
             "all-layers": "pffbench.all_layers", "federated": "pffbench.federated", "perf-opt": "pffbench.perf_opt"}
@@ -66,9 +66,6 @@ class Config:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
         return cls(**values)
-
-    def resolved_data_dir(self) -> str:
-        return self.data_dir or os.environ.get("PFFBENCH_DATA") or "data"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
