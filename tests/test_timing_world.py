@@ -1,0 +1,46 @@
+"""Time accounts and thread defaults: no MPI launch needed."""
+import time
+
+import numpy as np
+import pytest
+
+from pffbench.timing import CATEGORIES, COLUMNS, EpochTimer
+
+
+def test_epoch_columns_add_up_to_wall_time():
+    timer = EpochTimer(epochs=2)
+    for epoch in range(2):
+        timer.start_epoch(epoch)
+        with timer("compute"):
+            time.sleep(0.02)
+        with timer("recv_wait"):
+            time.sleep(0.01)
+        time.sleep(0.01)  # unaccounted: idle
+        timer.end_epoch()
+    table = timer.table()
+    assert table.shape == (2, len(COLUMNS))
+    col = dict(zip(COLUMNS, table.T))
+    assert (col["compute"] >= 0.02).all() and (col["recv_wait"] >= 0.01).all()
+    assert (col["idle"] >= 0.009).all()
+    np.testing.assert_allclose(table[:, :len(CATEGORIES) + 1].sum(axis=1), col["wall"], rtol=1e-12)
+    assert timer.training_seconds(1) == pytest.approx(col["wall"][1])
+
+
+class FakeWorld:
+    from pffbench.world import World
+    default_threads = World.default_threads
+
+    def __init__(self, local_size):
+        self.local_size = local_size
+
+
+@pytest.mark.parametrize("cores,bound,local_size,expected", [
+    (8, 8, 4, 2),    # unbound: share the node's cores
+    (8, 8, 3, 2),
+    (2, 2, 4, 1),    # oversubscribed: never below one thread
+    (16, 4, 4, 4),   # the launcher bound us to 4 cores: use them
+])
+def test_default_threads(monkeypatch, cores, bound, local_size, expected):
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(bound)))
+    assert FakeWorld(local_size).default_threads() == expected
