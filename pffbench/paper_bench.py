@@ -1,0 +1,103 @@
+"""`python -m pffbench.paper_bench`: the PFF variants on MNIST with a short
+schedule, each at 1 rank and in parallel, as a Markdown table for docs/paper.md.
+
+Every run goes through `mpiexec -n N python -m pffbench.run` with one torch
+thread per rank, so 1 rank is the sequential twin on one core and N ranks use
+N cores.  The wavefront bound is the speedup the schedule allows when every
+(chapter, layer) costs its weight count and communication is free.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+from . import results
+from .partition import layer_costs
+
+RUNS = [  # (label, variant, extra flags, parallel ranks)
+    ("All-Layers, Random, Goodness", "all-layers", ["--neg", "random"], 2),
+    ("All-Layers, Adaptive, Goodness", "all-layers", ["--neg", "adaptive"], 2),
+    ("All-Layers, Random, Softmax", "all-layers", ["--neg", "random", "--classifier", "softmax"], 2),
+    ("Single-Layer, Random, Goodness", "single-layer", ["--neg", "random"], 4),
+    ("Federated (IID), Random, Goodness", "federated", ["--neg", "random"], 2),
+    ("Performance-Optimized", "perf-opt", [], 2),
+]
+
+
+def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -> float:
+    """Sequential time / the schedule's critical path, in units of layer cost."""
+    sequential = chapters * sum(costs)
+    if variant == "federated":
+        return float(ranks)
+    if variant == "single-layer":  # a pipeline of chapters through the layers
+        return sequential / (sum(costs) + (chapters - 1) * max(costs))
+    done = {}  # all-layers and perf-opt: (chapter, layer) -> finish time
+    free = [0.0] * ranks
+    for chapter in range(chapters):
+        rank = chapter % ranks
+        for layer, cost in enumerate(costs):
+            start = max(free[rank], done.get((chapter - 1, layer), 0.0))
+            done[(chapter, layer)] = free[rank] = start + cost
+    return sequential / max(done.values())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pffbench.paper_bench", description=__doc__.splitlines()[0])
+    p.add_argument("--layers", default="500,500,500,500")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--splits", type=int, default=4)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="results/paper_bench.h5")
+    p.add_argument("--only", default=None, help="comma-separated run numbers (1-based) to run")
+    p.add_argument("--report", action="store_true", help="only print the table of runs already in --out")
+    args = p.parse_args(argv)
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
+    common = ["--layers", args.layers, "--epochs", str(args.epochs), "--splits", str(args.splits),
+              "--threads", "1", "--out", args.out] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(1, len(RUNS) + 1))
+    for number, (label, variant, extra, ranks) in enumerate(RUNS, 1):
+        for n in (1, ranks):
+            if args.report or number not in chosen:
+                continue
+            name = f"{variant}{''.join(extra).replace('--', '-')}-n{n}"
+            print(f"running {label} on {n} rank(s)", flush=True)
+            subprocess.run([mpiexec, "-n", str(n), sys.executable, "-m", "pffbench.run", "--variant", variant,
+                            *extra, *common, "--name", name], check=True, stdout=subprocess.DEVNULL)
+    print(table(args))
+    return 0
+
+
+def training_seconds(run) -> float:
+    """Wall time less rank 0's final evaluation, which no schedule parallelizes."""
+    return run.attrs["wall_time"] - run.arrays["timing/eval"][0].sum()
+
+
+def table(args) -> str:
+    runs = {run.name: run for run in results.read_runs(args.out)} if os.path.exists(args.out) else {}
+    costs = layer_costs([784, *map(int, args.layers.split(","))])
+    lines = ["| run | N | test acc. % | wall s | speedup (training) | wavefront bound | of bound |", "|---|---|---|---|---|---|---|"]
+    for label, variant, extra, ranks in RUNS:
+        base = runs.get(f"{variant}{''.join(extra).replace('--', '-')}-n1")
+        for n in (1, ranks):
+            run = runs.get(f"{variant}{''.join(extra).replace('--', '-')}-n{n}")
+            if run is None:
+                lines.append(f"| {label} | {n} | not yet measured | | | | |")
+                continue
+            a = run.attrs
+            accuracy = f"{100 * a['final_test_accuracy']:.2f}"
+            if variant == "perf-opt":
+                accuracy = f"{100 * a['accuracy_last_head']:.2f} / {100 * a['accuracy_all_heads']:.2f}"
+            speedup = bound = share = ""
+            if base is not None and n > 1:
+                s = training_seconds(base) / training_seconds(run)
+                b = wavefront_bound(variant, costs, args.splits, n)
+                speedup, bound, share = f"{s:.2f}x", f"{b:.2f}x", f"{100 * s / b:.0f} %"
+            lines.append(f"| {label} | {n} | {accuracy} | {a['wall_time']:.1f} | {speedup} | {bound} | {share} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

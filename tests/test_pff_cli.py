@@ -1,0 +1,39 @@
+"""The PFF variants through the command line: mpiexec -n N python -m pffbench.run --variant ..."""
+import pytest
+
+from pffbench import results
+
+from conftest import mpirun
+
+
+@pytest.mark.parametrize("n,argv,needle", [
+    (2, ["--variant", "single-layer", "--layers", "16,16,16"], "single-layer needs one rank per layer"),
+    (2, ["--variant", "all-layers", "--epochs", "5", "--splits", "2"], "--splits 2 does not divide --epochs 5"),
+    (2, ["--variant", "federated", "--shards", "1"], "2 ranks but only 1 --shards"),
+])
+def test_impossible_combinations_exit_2_with_one_line(n, argv, needle, tmp_path):
+    done = mpirun(n, "-m", "pffbench.run", "--dataset", "synthetic", *argv, "--out", str(tmp_path / "r.h5"))
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
+    assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert not (tmp_path / "r.h5").exists()
+
+
+def test_list_presets_prints_every_table_row_once():
+    done = mpirun(2, "-m", "pffbench.run", "--list-presets", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("mnist-goodness-adaptive-all-layers") == 1
+    assert "cifar10-perf-opt" in done.stdout and "11,190.72" in done.stdout
+
+
+def test_all_layers_run_end_to_end(tmp_path):
+    out = tmp_path / "runs.h5"
+    done = mpirun(2, "-m", "pffbench.run", "--variant", "all-layers", "--dataset", "synthetic", "--layers", "64,64",
+                  "--epochs", "4", "--splits", "2", "--neg", "fixed", "--classifier", "softmax", "--softmax-lr",
+                  "1e-2", "--out", str(out), "--name", "al", timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "epoch   4/4" in done.stdout and "test accuracy" in done.stdout
+    run, = results.read_runs(str(out))
+    assert run.attrs["variant"] == "all-layers" and run.attrs["negatives"] == "fixed"
+    assert run.arrays["timing_chapter/compute"].shape == (2, 2)
+    assert run.arrays["test_accuracy"][-1] > 0.6
