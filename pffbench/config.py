@@ -14,7 +14,10 @@ from .data import DATASETS
 
 # variant name -> module whose train(config, world, shape, dataset, on_epoch) runs it
 VARIANTS = {"pipeline": "pffbench.pipeline", "single-layer": "pffbench.single_layer",
-            "all-layers": "pffbench.all_layers", "federated": "pffbench.federated", "perf-opt": "pffbench.perf_opt"}
+            "all-layers": "pffbench.all_layers", "federated": "pffbench.federated", "perf-opt": "pffbench.perf_opt",
+            "backprop": "pffbench.backprop", "dp-backprop": "pffbench.backprop"}
+BASELINES = ("backprop", "dp-backprop")  # backprop on the same MLP (pffbench/backprop.py)
+TRACED = ("pipeline", *BASELINES)  # variants that record --trace
 NEGATIVES = ("random", "fixed", "adaptive", "adaptive-sampled")
 CLASSIFIERS = ("goodness", "softmax")
 PARTITIONS = ("iid", "label-skew")
@@ -47,6 +50,7 @@ class Config:
     out: str = DEFAULT_OUT
     name: str | None = None
     model_out: str | None = None
+    trace: bool = False
     # the paper's PFF variants (issue 3); see pffbench/chapters.py
     neg: str = "random"
     classifier: str = "goodness"
@@ -126,6 +130,9 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                         "(default: %(default)s)")
     output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
     output.add_argument("--model-out", default=None, metavar="FILE.pt", help="save the trained layers here")
+    output.add_argument("--trace", action="store_true",
+                        help="also record every timed block (compute, send/receive wait, ...) per rank with its "
+                             "start and end, for timeline plots (pipeline, backprop, dp-backprop)")
     pff = p.add_argument_group("the paper's PFF variants (single-layer, all-layers, federated, perf-opt)")
     pff.add_argument("--neg", default=d.neg, choices=NEGATIVES,
                      help="negative labels: random each chapter, fixed once, adaptive (most-predicted wrong label, "
@@ -201,6 +208,11 @@ def validate(config: Config, world_size: int | None = None) -> None:
         bad = [i for i in config.score_layers if not 0 <= i < len(config.layers)]
         if bad:
             raise UsageError(f"--score-layers {bad} out of range for {len(config.layers)} layers (0-based)")
+    if config.trace and config.variant not in TRACED:
+        raise UsageError(f"--trace works with the {', '.join(TRACED)} variants, not {config.variant}")
+    if config.variant in BASELINES:
+        _validate_baseline(config, world_size)
+        return
     _validate_pff(config, world_size)
     if world_size is not None and config.variant == "pipeline" and world_size > len(config.layers):
         raise UsageError(f"{world_size} ranks but only {len(config.layers)} layers: "
@@ -235,3 +247,22 @@ def _validate_pff(config: Config, world_size: int | None) -> None:
                          f"so use at most {chapters} ranks")
     if config.variant == "federated" and world_size > (config.shards or world_size):
         raise UsageError(f"{world_size} ranks but only {config.shards} --shards: every rank needs a shard")
+
+
+def _validate_baseline(config: Config, world_size: int | None) -> None:
+    """backprop is one process (dp-backprop is its data-parallel form); the
+    PFF flags mean nothing to either."""
+    d = Config()
+    pff_flags = {"--neg": config.neg != d.neg, "--classifier": config.classifier != d.classifier,
+                 "--splits": config.splits != d.splits, "--shards": config.shards != d.shards,
+                 "--partition": config.partition != d.partition}
+    used = [flag for flag, changed in pff_flags.items() if changed]
+    if used:
+        raise UsageError(f"{', '.join(used)}: PFF flags, meaningless for {config.variant} "
+                         "(an MLP with a softmax head trained by backprop)")
+    if world_size is not None and config.variant == "backprop" and world_size > 1:
+        raise UsageError(f"backprop runs in one process, got {world_size} ranks: "
+                         f"use --variant dp-backprop for data-parallel backprop over MPI")
+    if world_size is not None and world_size > config.batch_size:
+        raise UsageError(f"{world_size} ranks but --batch-size {config.batch_size}: "
+                         "every rank needs a row of each minibatch")

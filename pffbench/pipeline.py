@@ -20,7 +20,7 @@ import torch
 from . import ff, transport
 from .config import Config
 from .partition import balanced_partition, layer_costs
-from .timing import EpochTimer
+from .timing import CATEGORIES, EpochTimer
 from .world import World
 
 
@@ -82,7 +82,9 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
 
     sizes = batch_rows(shape.num_train, config.batch_size)
     total_steps = config.epochs * len(sizes)
-    timer = EpochTimer(config.epochs)
+    if config.trace:
+        world.comm.Barrier()  # a common time origin for the trace
+    timer = EpochTimer(config.epochs, trace=config.trace)
     source = BatchSource(dataset, config, device) if world.is_first else None
     receiver = None if world.is_first else transport.ActivationReceiver(
         world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * config.epochs, timer)
@@ -132,7 +134,9 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
             on_epoch(epoch, loss[:, epoch], accuracy[epoch], timer.training_seconds(epoch))
 
     timing = transport.gather_rows(world.comm, timer.table())
+    trace = transport.gather_events(world.comm, timer.events()) if config.trace else None
     if not world.is_first:
         return None
+    traced = {"arrays": {"trace/events": trace}, "attrs": {"trace_categories": list(CATEGORIES)}} if config.trace else {}
     return TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
-                       linears=[l.cpu() for l in linears], dims=dims, blocks=blocks)
+                       linears=[l.cpu() for l in linears], dims=dims, blocks=blocks, **traced)

@@ -22,7 +22,7 @@ from mpi4py import MPI
 from . import pipeline, results
 from .config import VARIANTS, Config, UsageError, parse_config, validate
 from .timing import COLUMNS
-from .world import World
+from .world import World, launch_mismatch
 
 EXIT_USAGE = 2
 
@@ -145,6 +145,9 @@ def main(argv=None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stdout if comm.Get_rank() == 0 else io.StringIO()):
             config = parse_config(argv)  # --help prints once, from rank 0
+        mismatch = launch_mismatch(comm.Get_size())
+        if mismatch:
+            raise UsageError(mismatch)
         validate(config, comm.Get_size())
         run(config, World(comm))
     except UsageError as error:

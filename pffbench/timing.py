@@ -16,11 +16,14 @@ COLUMNS = CATEGORIES + ("idle", "wall")
 
 
 class EpochTimer:
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, trace: bool = False):
         self._spent = np.zeros((epochs, len(CATEGORIES)))
         self._wall = np.zeros(epochs)
         self._epoch = 0
         self._epoch_start = None
+        # opt-in per-block trace (--trace): (category index, start, end), seconds since this timer was made
+        self._origin = time.perf_counter()
+        self._events = [] if trace else None
 
     def start_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -41,10 +44,19 @@ class EpochTimer:
         try:
             yield
         finally:
-            self._spent[self._epoch, column] += time.perf_counter() - start
+            end = time.perf_counter()
+            self._spent[self._epoch, column] += end - start
+            if self._events is not None:
+                self._events.append((column, start - self._origin, end - self._origin))
 
     def add(self, category: str, seconds: float) -> None:
         self._spent[self._epoch, CATEGORIES.index(category)] += seconds
+
+    def events(self) -> np.ndarray:
+        """[events, 3] float64: category index (into CATEGORIES), start, end,
+        in seconds since the timer was made; empty unless made with trace=True.
+        Gaps between events are idle time."""
+        return np.asarray(self._events or [], dtype=np.float64).reshape(-1, 3)
 
     def table(self) -> np.ndarray:
         """[epochs, len(COLUMNS)]: the buckets, idle, then wall."""

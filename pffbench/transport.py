@@ -123,3 +123,41 @@ def sum_to_root(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
     out = np.empty_like(local) if comm.Get_rank() == 0 else None
     comm.Reduce([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, op=MPI.SUM, root=0)
     return out
+
+
+def gather_events(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
+    """Every rank's [n_r, k] float64 rows on rank 0 (n_r may differ between
+    ranks) as one [sum n_r, k + 1] array whose first column is the rank."""
+    local = np.ascontiguousarray(local, dtype=np.float64)
+    width = local.shape[1]
+    counts = gather_rows(comm, np.array([local.shape[0]], dtype=np.float64))
+    if comm.Get_rank() != 0:
+        comm.Gatherv([local, MPI.DOUBLE], None, root=0)
+        return None
+    counts = counts[:, 0].astype(np.int64)
+    rows = np.empty((int(counts.sum()), width))
+    comm.Gatherv([local, MPI.DOUBLE], [rows, counts * width, np.concatenate(([0], np.cumsum(counts)[:-1])) * width,
+                                        MPI.DOUBLE], root=0)
+    return np.column_stack((np.repeat(np.arange(comm.Get_size()), counts), rows))
+
+
+class GradientAllreduce:
+    """Data-parallel gradient sum: one flat, preallocated float32 buffer that
+    the parameters' .grad tensors view, summed over ranks in place with one
+    buffer-based Allreduce per step (never pickled).  On a GPU the buffer is
+    staged through a preallocated host copy, so any MPI works."""
+
+    def __init__(self, comm: MPI.Comm, flat: torch.Tensor, timer: EpochTimer):
+        self.comm, self.flat, self.timer = comm, flat, timer
+        self._host = flat if flat.device.type == "cpu" else torch.empty(flat.shape, dtype=flat.dtype,
+                                                                         pin_memory=torch.cuda.is_available())
+
+    def allreduce(self) -> None:
+        if self.comm.Get_size() == 1:
+            return
+        with self.timer("sync"):  # the wait for every rank's gradients, and a GPU's host staging
+            if self._host is not self.flat:
+                self._host.copy_(self.flat)
+            self.comm.Allreduce(MPI.IN_PLACE, [self._host.numpy(), MPI.FLOAT], op=MPI.SUM)
+            if self._host is not self.flat:
+                self.flat.copy_(self._host)

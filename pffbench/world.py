@@ -51,3 +51,34 @@ class World:
                 raise RuntimeError("--device cuda: torch sees no CUDA device on " + self.hostname)
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
         return torch.device("cpu")
+
+
+def launch_mismatch(world_size: int, environ=None) -> str | None:
+    """One line if the MPI world is not the one the launcher started, else None.
+
+    Under plain `srun` with no PMI plugin that the MPI library understands
+    (MpiDefault=none, or Open MPI without --mpi=pmix), every task becomes a
+    world of its own: n one-rank jobs that each train the whole run.  The
+    expected size is the launcher's own count: PMI_SIZE (srun --mpi=pmi2,
+    MPICH's mpiexec) or OMPI_COMM_WORLD_SIZE (Open MPI's mpirun), else
+    SLURM_NTASKS inside an srun step (SLURM_STEP_ID set).  SLURM_NTASKS alone
+    is not compared in the batch step itself, where mpiexec and mpirun start
+    their own ranks and Slurm's count describes the allocation, not the world.
+    PFFBENCH_NO_WORLD_CHECK=1 turns the check off.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("PFFBENCH_NO_WORLD_CHECK") == "1":
+        return None
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if env.get(var, "").isdigit():
+            expected, source = int(env[var]), f"{var}={env[var]}"
+            break
+    else:
+        if "SLURM_STEP_ID" not in env or not env.get("SLURM_NTASKS", "").isdigit():
+            return None
+        expected, source = int(env["SLURM_NTASKS"]), f"SLURM_NTASKS={env['SLURM_NTASKS']}"
+    if expected == world_size:
+        return None
+    return (f"the MPI world has {world_size} rank(s) but the launcher started {expected} tasks ({source}): "
+            f"the MPI library did not join them into one job; use `srun --mpi=pmi2` (MPICH) or "
+            f"`srun --mpi=pmix` (Open MPI), or mpirun/mpiexec inside the allocation")
