@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,34 +17,12 @@ import time
 import numpy as np
 import torch
 
-from . import ff, results
-
-
-def pipeline_bound(p: int, m: int) -> float:
-    """Best speedup of a p-stage pipeline over m minibatches: fill and drain
-    cost p-1 stage-times out of m+p-1."""
-    return p * m / (m + p - 1)
-
-
-def training_seconds(run: results.Run) -> float:
-    """Slowest rank's time in the training loop (end-of-run evaluation and
-    model gathering excluded, they are not what is being sped up)."""
-    a = run.arrays
-    return float((a["timing/wall"] - a["timing/eval"]).sum(axis=1).max())
-
-
-def comm_wait_share(run: results.Run) -> float:
-    a = run.arrays
-    waits = (a["timing/send_wait"] + a["timing/recv_wait"]).sum(axis=1)
-    return float((waits / (a["timing/wall"] - a["timing/eval"]).sum(axis=1)).max())
+from . import ff, results, sweep
+from .analysis import comm_wait_share, pipeline_bound, training_seconds  # noqa: F401 (re-exported)
 
 
 def launch(ranks: int, threads: int, args: list[str], out: str, name: str, mpiexec: str) -> None:
-    command = [mpiexec, "-n", str(ranks), sys.executable, "-m", "pffbench.run", *args,
-               "--threads", str(threads), "--out", out, "--name", name]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    sweep.launch([mpiexec], ranks, threads, args, out, name)
 
 
 def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, mpiexec: str,

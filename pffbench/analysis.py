@@ -1,0 +1,160 @@
+"""From raw runs to scaling numbers: what plot, report, sweep and bench share.
+
+Nothing here is stored: every statistic is recomputed from the raw per-rank,
+per-epoch timing arrays of the runs in a results file.
+
+Runs are grouped into *cases*: the same configuration (every setting except
+where output goes, threads, tracing and evaluation frequency), on the same
+machine (rank 0's hostname), with the same number of ranks p and threads per
+rank.  A case's repetitions are its sample.  The cases of one configuration
+at different p form a *series*; its base case is p = 1 with the same threads
+per rank (speedup S = T1 / Tp, efficiency E = S / p), and its best single
+process is p = 1 with the most threads (a second speedup, against the best a
+user gets without MPI).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import results
+
+# settings that do not change what is computed, so runs differing only in these are one case
+NOT_IN_SIGNATURE = ("threads", "name", "out", "model_out", "trace", "eval_every", "data_dir", "download")
+BASELINES = ("backprop", "dp-backprop")
+
+
+def pipeline_bound(p: int, m: int) -> float:
+    """Best speedup of a p-stage pipeline over m minibatches: fill and drain
+    cost p-1 stage-times out of m+p-1."""
+    return p * m / (m + p - 1)
+
+
+def training_seconds(run: results.Run) -> float:
+    """Slowest rank's time in the training loop (evaluation and the final
+    gathering of layers excluded, they are not what is being sped up)."""
+    a = run.arrays
+    return float((a["timing/wall"] - a["timing/eval"]).sum(axis=1).max())
+
+
+def comm_wait_share(run: results.Run) -> float:
+    """Largest share of a rank's training time spent waiting on communication
+    (send, receive, and the synchronizing collectives)."""
+    a = run.arrays
+    waits = (a["timing/send_wait"] + a["timing/recv_wait"] + a["timing/sync"]).sum(axis=1)
+    return float((waits / (a["timing/wall"] - a["timing/eval"]).sum(axis=1)).max())
+
+
+def threads_per_rank(run: results.Run) -> int:
+    threads = run.attrs.get("threads_per_rank", 0)
+    return int(max(threads)) if isinstance(threads, (list, tuple)) else int(threads)
+
+
+def signature(run: results.Run) -> str:
+    config = {k: v for k, v in run.config.items() if k not in NOT_IN_SIGNATURE}
+    return json.dumps({"config": config, "host": run.attrs.get("hostname", "")}, sort_keys=True)
+
+
+def stem(name: str) -> str:
+    """A run name without its repetition suffix: sweep-p2-t1-r0 -> sweep-p2-t1."""
+    return re.sub(r"-r\d+(-\d+)?$", "", name)
+
+
+def accuracy_curve(run: results.Run) -> tuple[np.ndarray, np.ndarray]:
+    """(training seconds at the end of each evaluated epoch, test accuracy)."""
+    a = run.arrays
+    elapsed = np.cumsum(a["timing/wall"] - a["timing/eval"], axis=1).max(axis=0)
+    accuracy = np.asarray(a["test_accuracy"], dtype=float)
+    evaluated = np.isfinite(accuracy)
+    return elapsed[evaluated], accuracy[evaluated]
+
+
+@dataclass
+class Case:
+    signature: str
+    variant: str
+    dataset: str
+    ranks: int
+    threads: int
+    runs: list = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return stem(self.runs[0].name)
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return np.array([training_seconds(run) for run in self.runs])
+
+    @property
+    def stats(self) -> dict:
+        return results.summarize(self.seconds)
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.median([run.attrs.get("final_test_accuracy", np.nan) for run in self.runs]))
+
+    @property
+    def minibatches(self) -> int:
+        return int(self.runs[0].attrs.get("minibatches_per_epoch", 0))
+
+    @property
+    def label(self) -> str:
+        config = self.runs[0].config
+        layers = ",".join(map(str, config.get("layers", ())))
+        return f"{self.variant} [{layers}] {self.dataset}"
+
+
+def cases(runs: list[results.Run]) -> list[Case]:
+    """Runs grouped into cases, in order of first appearance."""
+    found: dict[tuple, Case] = {}
+    for run in runs:
+        if run.attrs.get("status", "complete") != "complete" or "timing/wall" not in run.arrays:
+            continue
+        key = (signature(run), int(run.attrs["world_size"]), threads_per_rank(run))
+        if key not in found:
+            found[key] = Case(key[0], run.attrs.get("variant", "pipeline"), run.attrs.get("dataset", ""),
+                              key[1], key[2])
+        found[key].runs.append(run)
+    return list(found.values())
+
+
+@dataclass
+class Row:
+    case: Case
+    stats: dict
+    base: Case | None            # p = 1, same threads per rank
+    best_single: Case | None     # p = 1, the most threads (None when that is the base itself)
+    speedup: float               # median T1 / median Tp (NaN without a base)
+    efficiency: float            # speedup / p
+    speedup_best: float          # against the best single process
+
+    @property
+    def accuracy(self) -> float:
+        return self.case.accuracy
+
+
+def series(all_cases: list[Case]) -> dict[str, list[Case]]:
+    """Cases by configuration, each list in order of (threads, ranks)."""
+    out: dict[str, list[Case]] = {}
+    for case in all_cases:
+        out.setdefault(case.signature, []).append(case)
+    return {key: sorted(group, key=lambda c: (c.threads, c.ranks)) for key, group in out.items()}
+
+
+def table(runs: list[results.Run]) -> list[Row]:
+    rows = []
+    for group in series(cases(runs)).values():
+        singles = [c for c in group if c.ranks == 1]
+        best = max(singles, key=lambda c: c.threads, default=None)
+        for case in group:
+            stats = case.stats
+            base = next((c for c in singles if c.threads == case.threads), None)
+            speedup = base.stats["median"] / stats["median"] if base else float("nan")
+            best_single = best if best is not None and best is not base else None
+            speedup_best = best.stats["median"] / stats["median"] if best else float("nan")
+            rows.append(Row(case, stats, base, best_single, speedup, speedup / case.ranks, speedup_best))
+    return rows

@@ -1,0 +1,155 @@
+"""`python -m pffbench.sweep`: one configuration at several rank counts,
+every repetition's raw timings appended to one HDF5 file.
+
+    python -m pffbench.sweep --ranks 1,2,4 --repeats 3 --out results/sweep.h5 -- --layers 784,784,784 --epochs 1
+
+Everything after the sweep's own flags is passed to `python -m pffbench.run`
+unchanged.  Each run is launched as users launch it (`mpiexec -n p python -m
+pffbench.run ...`, or `--launcher "srun --mpi=pmi2"` inside a Slurm
+allocation) and appends itself to --out through run.py's normal path.  The
+cases:
+
+- p = each of --ranks with the same torch threads per rank
+  (--threads-per-rank; default: cores // the largest p, so the largest p
+  fills the machine without oversubscribing it).  p = 1 is the base case:
+  the same code on one rank with the same threads per rank.
+- the best single process: 1 rank using all cores (skipped with
+  --no-single-best, or when that is the base case already).
+
+One untimed warm-up run (the first case, into a scratch file) precedes the
+repetitions; the repetitions interleave the cases (p1 p2 p4 p1 p2 p4 ...) so
+drift in machine load hits every case alike.  Statistics are computed when
+read (pffbench.report, pffbench.plot), never stored.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from . import analysis, results
+from .config import UsageError, parse_config, validate
+
+
+def default_launcher() -> list[str]:
+    return [shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"]
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def plan(ranks: list[int], cores: int, threads_per_rank: int = 0, single_best: bool = True) -> list[tuple[int, int]]:
+    """The (ranks, threads per rank) cases of a sweep, base case first."""
+    threads = threads_per_rank or max(1, cores // max(ranks))
+    cases = [(p, threads) for p in sorted(set(ranks) | {1})]
+    if single_best and (1, cores) not in cases:
+        cases.append((1, cores))
+    return cases
+
+
+def launch(launcher: list[str], ranks: int, threads: int, args: list[str], out: str, name: str,
+           timeout: float = 3600) -> None:
+    """One `LAUNCHER -n RANKS python -m pffbench.run ARGS --threads T --out OUT --name NAME`."""
+    placement = ["-n", str(ranks)]
+    if os.path.basename(launcher[0]) == "srun":
+        placement += ["--cpus-per-task", str(threads)]  # one Slurm step per case, cores for every thread
+    command = [*launcher, *placement, sys.executable, "-m", "pffbench.run", *args,
+               "--threads", str(threads), "--out", out, "--name", name]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(command)} failed with exit code {done.returncode}:\n{done.stderr[-2000:]}")
+
+
+def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, launcher: list[str] | None = None,
+          warmup: bool = True, label: str = "sweep", timeout: float = 3600, log=None) -> dict[tuple[int, int], list[str]]:
+    """Run every case `repeats` times after one untimed warm-up; returns the
+    names of the runs appended to `out`, keyed by case."""
+    launcher = launcher or default_launcher()
+    if warmup:
+        ranks, threads = cases[0]
+        with tempfile.TemporaryDirectory() as scratch:
+            launch(launcher, ranks, threads, args, os.path.join(scratch, "warmup.h5"), "warmup", timeout)
+    names: dict[tuple[int, int], list[str]] = {case: [] for case in cases}
+    for repeat in range(repeats):
+        for ranks, threads in cases:
+            name = f"{label}-p{ranks}-t{threads}-r{repeat}"
+            launch(launcher, ranks, threads, args, out, name, timeout)
+            names[(ranks, threads)].append(name)
+            if log:
+                log(f"{name} done")
+    return names
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated rank counts, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"rank counts must be >= 1, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pffbench.sweep", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False,
+                                epilog="Arguments after the sweep's own (or after --) go to python -m pffbench.run.")
+    p.add_argument("--ranks", type=_ranks, default=[1, 2], help="rank counts, e.g. 1,2,4 (default: 1,2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions per case (default: %(default)s)")
+    p.add_argument("--threads-per-rank", type=int, default=0,
+                   help="torch threads per rank in every case; 0 = cores // largest p (default)")
+    p.add_argument("--cores", type=int, default=0, help="cores of the machine or allocation (default: the cores "
+                   "this process may run on)")
+    p.add_argument("--no-single-best", action="store_true", help="skip the 1 rank x all cores case")
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run")
+    p.add_argument("--launcher", default=None, help="how to start p ranks; `-n p` is appended (default: the "
+                   "mpiexec next to this python; inside Slurm e.g. \"srun --mpi=pmi2\")")
+    p.add_argument("--label", default="sweep", help="run names are LABEL-p<ranks>-t<threads>-r<repeat>")
+    p.add_argument("--out", default="results/sweep.h5", help="HDF5 file the runs are appended to")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (default: %(default)s)")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:  # explicit: the sweep's flags, then pffbench.run's
+        split = argv.index("--")
+        opts, run_args = parser.parse_args(argv[:split]), argv[split + 1:]
+    else:
+        opts, run_args = parser.parse_known_args(argv)
+    owned = [flag for flag in ("--threads", "--out", "--name") if flag in run_args]
+    if owned:
+        parser.error(f"{', '.join(owned)}: set by the sweep (see --threads-per-rank, --out, --label)")
+    if opts.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    cores = opts.cores or available_cores()
+    cases = plan(opts.ranks, cores, opts.threads_per_rank, not opts.no_single_best)
+    try:
+        config = parse_config(run_args)
+        for ranks, _ in cases:
+            validate(config, ranks)
+    except UsageError as error:
+        parser.error(str(error))
+    launcher = shlex.split(opts.launcher) if opts.launcher else None
+    print(f"sweep: {config.variant} on {config.dataset}, cases (ranks x threads) "
+          f"{' '.join(f'{p}x{t}' for p, t in cases)}, {opts.repeats} repeats -> {opts.out}", flush=True)
+    try:
+        sweep(run_args, cases, opts.repeats, opts.out, launcher, warmup=not opts.no_warmup, label=opts.label,
+              timeout=opts.timeout, log=lambda line: print(line, flush=True))
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        print(f"pffbench.sweep: error: {error}", file=sys.stderr)
+        return 1
+    from .report import format_table
+    print(format_table(analysis.table(results.read_runs(opts.out)), "text"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
