@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import ff, heads, transport
 from .config import Config
 from .negatives import Negatives, generator
+from .pff_communications import share_training_data
 from .pipeline import Shape, TrainResult, batch_rows
 from .timing import CATEGORIES, COLUMNS
 from .world import World
@@ -139,7 +140,6 @@ class Chapters:
     the steps every variant is made of.  ``kind`` says what a layer is."""
 
     def __init__(self, config: Config, world: World, shape: Shape, dataset, kind=None, rows_per_rank=None):
-        from .pff_communications import share_training_data
         self.config, self.world, self.shape = config, world, shape
         self.device = world.device(config.device)
         self.dims = [shape.num_features, *config.layers]
