@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 from .data import DATASETS
@@ -60,6 +61,13 @@ class Config:
     partition: str = "iid"
     classes_per_shard: int = 2
     preset: str | None = None
+    # reliability (issue 5); see pffbench/faults.py and pffbench/checkpoint.py
+    peer_timeout: float = 600.0
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    inject_fault: tuple[int, int] | None = None  # hidden test flags: RANK:EPOCH
+    inject_hang: tuple[int, int] | None = None
+    inject_nan: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -154,6 +162,19 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     pff.add_argument("--preset", default=None, metavar="NAME",
                      help="settings of a row of the paper's Tables 1-5; explicit flags override (see --list-presets)")
     pff.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
+    rel = p.add_argument_group("reliability")
+    rel.add_argument("--peer-timeout", type=float, default=d.peer_timeout, metavar="SECONDS",
+                     help="abort the job when a rank waits this long on a peer (a hung or lost rank) "
+                          "(default: %(default)s)")
+    rel.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                     help="save every rank's state here at each epoch boundary (pipeline variant), and on "
+                          "SIGTERM/SIGINT")
+    rel.add_argument("--resume", action="store_true",
+                     help="continue from the newest checkpoint in --checkpoint-dir that every rank completed "
+                          "(starts from scratch if there is none)")
+    from .faults import rank_epoch
+    for flag in ("--inject-fault", "--inject-hang", "--inject-nan"):  # for tests: see pffbench/faults.py
+        p.add_argument(flag, type=rank_epoch, default=None, metavar="RANK:EPOCH", help=argparse.SUPPRESS)
     return p
 
 
@@ -184,6 +205,27 @@ def parse_config(argv=None) -> Config:
 
 def validate(config: Config, world_size: int | None = None) -> None:
     """Raise UsageError with one line if the configuration cannot run."""
+    floats = {"--lr": config.lr, "--threshold": config.threshold, "--sharpness": config.sharpness,
+              "--cooldown": config.cooldown, "--softmax-lr": config.softmax_lr, "--peer-timeout": config.peer_timeout}
+    for flag, value in floats.items():
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    if not config.peer_timeout > 0:
+        raise UsageError(f"--peer-timeout must be positive, got {config.peer_timeout}")
+    if config.seed >= 2 ** 32:
+        raise UsageError(f"--seed must be below 2**32, got {config.seed}")
+    if config.resume and not config.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
+    if config.checkpoint_dir is not None and config.variant != "pipeline":
+        raise UsageError(f"--checkpoint-dir and --resume work with the pipeline variant only, not {config.variant}")
+    for flag in ("inject_fault", "inject_hang", "inject_nan"):
+        spec = getattr(config, flag)
+        if spec is None:
+            continue
+        rank, epoch = spec
+        if epoch >= config.epochs or (world_size is not None and rank >= world_size):
+            raise UsageError(f"--{flag.replace('_', '-')} {rank}:{epoch}: no such rank or epoch "
+                             f"({world_size or '?'} ranks, {config.epochs} epochs)")
     positive = {"--epochs": config.epochs, "--batch-size": config.batch_size}
     for flag, value in positive.items():
         if value <= 0:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import ff, transport
+from . import checkpoint, faults, ff, transport
 from .config import Config
 from .partition import balanced_partition, layer_costs
 from .timing import CATEGORIES, EpochTimer
@@ -86,19 +86,30 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         world.comm.Barrier()  # a common time origin for the trace
     timer = EpochTimer(config.epochs, trace=config.trace)
     source = BatchSource(dataset, config, device) if world.is_first else None
+    checkpoints = checkpoint.Checkpoints.from_config(config, world.comm)
+    resumed = checkpoints.load_latest() if checkpoints and config.resume else None
+    start_epoch = resumed[0] if resumed else 0
     receiver = None if world.is_first else transport.ActivationReceiver(
-        world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * config.epochs, timer)
+        world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * (config.epochs - start_epoch), timer)
     sender = None if world.is_last else transport.ActivationSender(world.comm, world.next, timer)
 
     loss = np.zeros((len(config.layers), config.epochs))
     accuracy = np.full(config.epochs, np.nan)
     step = 0
-    for epoch in range(config.epochs):
+    if resumed:
+        step = _restore(resumed[1], layers, source, timer, loss, accuracy)
+        if world.is_first:
+            print(f"resuming from {config.checkpoint_dir} after epoch {start_epoch}/{config.epochs}", flush=True)
+    half = len(sizes) // 2
+    for epoch in range(start_epoch, config.epochs):
+        faults.at_epoch_start(config, world.rank, epoch)
         timer.start_epoch(epoch)
         epoch_loss = {i: torch.zeros((), device=device) for i in block}
         if source:
             source.start_epoch()
         for b, n in enumerate(sizes):
+            if b == half:
+                faults.mid_epoch(config, world.rank, epoch, [layers[i].linear for i in block])
             if source:
                 with timer("data"):
                     x = source.batch(b)
@@ -116,14 +127,15 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         with timer("compute"):
             for i in block:
                 loss[i, epoch] = epoch_loss[i].item() / len(sizes)
-        with timer("sync"):
-            reduced = transport.sum_to_root(world.comm, loss[:, epoch])
+        with timer("sync"):  # the epoch's loss, and every rank's verdict: NaN/Inf? a signal?
+            reduced, failure, signum = faults.agree_at_boundary(world.comm, epoch, loss[:, epoch],
+                                                                {i: layers[i].linear for i in block}, owner_of)
         if world.is_first:
             loss[:, epoch] = reduced
         last_epoch = epoch == config.epochs - 1
         if last_epoch and sender:
             sender.flush()
-        if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+        if not failure and (last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
             with timer("eval"):
                 linears = transport.gather_layers(world.comm, {i: layers[i].linear for i in block}, dims, owner_of)
                 if world.is_first:
@@ -132,11 +144,64 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         timer.end_epoch()
         if world.is_first and on_epoch:
             on_epoch(epoch, loss[:, epoch], accuracy[epoch], timer.training_seconds(epoch))
+        if checkpoints and not failure and not last_epoch:
+            checkpoints.save(epoch + 1, _checkpoint_state(epoch + 1, step, layers, source, timer, loss, accuracy))
+        if failure or (signum and not last_epoch):  # a signal during the last epoch lets the run finish
+            raise _stopped(world, timer, receiver, sender, loss, accuracy, dims, blocks, epoch + 1, failure, signum,
+                           bool(checkpoints))
 
     timing = transport.gather_rows(world.comm, timer.table())
     trace = transport.gather_events(world.comm, timer.events()) if config.trace else None
     if not world.is_first:
         return None
     traced = {"arrays": {"trace/events": trace}, "attrs": {"trace_categories": list(CATEGORIES)}} if config.trace else {}
-    return TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
-                       linears=[l.cpu() for l in linears], dims=dims, blocks=blocks, **traced)
+    result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
+                         linears=[l.cpu() for l in linears], dims=dims, blocks=blocks, **traced)
+    if resumed:
+        result.attrs["resumed_from_epoch"] = start_epoch
+    return result
+
+
+def _checkpoint_state(epochs_done, step, layers, source, timer, loss, accuracy) -> dict:
+    """This rank's part of a checkpoint: its layers with their Adam states, the
+    schedule position, the accounts so far and every random state (on rank 0
+    the minibatch/negatives generator)."""
+    return {"epoch": epochs_done, "step": step,
+            "layers": {i: layer.linear.state_dict() for i, layer in layers.items()},
+            "optimizers": {i: layer.optimizer.state_dict() for i, layer in layers.items()},
+            "loss": loss.copy(), "accuracy": accuracy.copy(), "timer": timer.state(),
+            "rng": checkpoint.rng_state(source.generator if source else None)}
+
+
+def _restore(state, layers, source, timer, loss, accuracy) -> int:
+    for i, layer in layers.items():
+        layer.linear.load_state_dict(state["layers"][i])
+        layer.optimizer.load_state_dict(state["optimizers"][i])
+    loss[:], accuracy[:] = state["loss"], state["accuracy"]
+    timer.restore(state["timer"])
+    checkpoint.set_rng_state(state["rng"], source.generator if source else None)
+    return state["step"]
+
+
+def _stopped(world, timer, receiver, sender, loss, accuracy, dims, blocks, epochs_done, failure, signum,
+             checkpointed) -> faults.RunStopped:
+    """Every rank agreed to stop after ``epochs_done`` epochs: drain, gather
+    the accounts, and build the exception each rank raises (rank 0's carries
+    the partial result for the results file)."""
+    if receiver:
+        receiver.cancel()
+    if sender:
+        sender.flush()
+    timing = transport.gather_rows(world.comm, timer.table())
+    if failure:
+        status, message, code = "failed", failure, faults.EXIT_FAILED
+    else:
+        saved = f"; checkpoint after epoch {epochs_done} saved" if checkpointed else ""
+        status, code = "interrupted", faults.stop_code(signum)
+        message = f"interrupted by {faults.signal_name(signum)} after epoch {epochs_done}{saved}"
+    result = None
+    if world.is_first:
+        loss[:, epochs_done:] = np.nan
+        result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy, linears=[], dims=dims, blocks=blocks,
+                             attrs={"epochs_completed": epochs_done, "stop_reason": message})
+    return faults.RunStopped(status, message, code, result, epochs_done)

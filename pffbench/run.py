@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from . import pipeline, results
+from . import faults, pipeline, results, transport
 from .config import VARIANTS, Config, UsageError, parse_config, validate
 from .timing import COLUMNS
 from .world import World, launch_mismatch
@@ -107,7 +107,12 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
     t0 = time.perf_counter()
     progress = Progress(config, shape.num_train) if world.is_first else None
     schedule = importlib.import_module(VARIANTS[config.variant])
-    result = schedule.train(config, world, shape, dataset, on_epoch=progress)
+    try:
+        result, status, stopped = schedule.train(config, world, shape, dataset, on_epoch=progress), "complete", None
+    except faults.RunStopped as stop:  # every rank agreed to stop (signal, NaN): rank 0 records the partial run
+        if not world.is_first:
+            raise
+        result, status, stopped = stop.result, stop.status, stop
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
@@ -122,7 +127,10 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
         "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
         **results.provenance(), **result.attrs,
     }
-    name = results.append_run(config.out, arrays, attrs, name=config.name)
+    name = results.append_run(config.out, arrays, attrs, name=config.name, status=status)
+    if stopped:
+        print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
+        raise stopped
     if config.model_out:
         save_model(config, result, config.model_out)
     for line in summary_lines(result, wall):
@@ -149,11 +157,18 @@ def main(argv=None) -> int:
         if mismatch:
             raise UsageError(mismatch)
         validate(config, comm.Get_size())
+        transport.set_peer_timeout(config.peer_timeout)
+        faults.INTERRUPTS.install()  # SIGTERM/SIGINT: stop at the next epoch boundary, on every rank together
         run(config, World(comm))
     except UsageError as error:
         if comm.Get_rank() == 0:
             print(f"pffbench: error: {error}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except faults.RunStopped as stop:
+        if comm.Get_rank() == 0:
+            print(f"pffbench: {'error' if stop.status == 'failed' else 'stopped'}: {stop.message}",
+                  file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0
 
 

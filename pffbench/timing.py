@@ -58,6 +58,13 @@ class EpochTimer:
         Gaps between events are idle time."""
         return np.asarray(self._events or [], dtype=np.float64).reshape(-1, 3)
 
+    def state(self) -> dict:
+        """The per-epoch accounts so far, for a checkpoint (the trace is not kept)."""
+        return {"spent": self._spent.copy(), "wall": self._wall.copy()}
+
+    def restore(self, state: dict) -> None:
+        self._spent[:], self._wall[:] = state["spent"], state["wall"]
+
     def table(self) -> np.ndarray:
         """[epochs, len(COLUMNS)]: the buckets, idle, then wall."""
         idle = np.maximum(self._wall - self._spent.sum(axis=1), 0.0)

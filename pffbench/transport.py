@@ -7,6 +7,7 @@ arrives in the other and the previous result leaves from a third.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import numpy as np
@@ -17,6 +18,48 @@ from .timing import EpochTimer
 
 ACTIVATION_TAG = 11
 LAYER_TAG_BASE = 1000
+
+# --- the deadlock guard: every wait on a peer gives up after peer_timeout() s ---
+_PEER_TIMEOUT = [600.0]
+_SPIN = 50e-6          # busy-poll this long first: steady-state waits are short
+_MAX_SLEEP = 1e-3      # then sleep between polls, doubling up to this: no core burnt on a long wait
+
+
+class PeerTimeout(RuntimeError):
+    """A peer made no progress for --peer-timeout seconds."""
+
+
+def set_peer_timeout(seconds: float) -> None:
+    _PEER_TIMEOUT[0] = float(seconds)
+
+
+def peer_timeout() -> float:
+    return _PEER_TIMEOUT[0]
+
+
+def wait(request: MPI.Request, peer, operation: str) -> None:
+    """``request.Wait()`` with the deadlock guard: poll with Test() (a short
+    spin, then sleeps backing off to 1 ms) and raise PeerTimeout naming this
+    rank, ``peer`` and ``operation`` after peer_timeout() seconds."""
+    if request.Test():
+        return
+    start = time.perf_counter()
+    deadline, delay = start + _PEER_TIMEOUT[0], 0.0
+    while not request.Test():
+        now = time.perf_counter()
+        if now - start < _SPIN:
+            continue
+        if now > deadline:
+            who = f"rank {peer}" if isinstance(peer, int) else peer
+            raise PeerTimeout(f"rank {MPI.COMM_WORLD.Get_rank()} waited {now - start:.0f} s for {who} to complete "
+                              f"{operation}; giving up (--peer-timeout {_PEER_TIMEOUT[0]:g})")
+        delay = min(max(2 * delay, 20e-6), _MAX_SLEEP)
+        time.sleep(delay)
+
+
+def wait_all(requests, peer, operation: str) -> None:
+    for request in requests:
+        wait(request, peer, operation)
 
 
 class ActivationSender:
@@ -38,7 +81,7 @@ class ActivationSender:
     def _wait_oldest(self) -> None:
         request, _ = self._in_flight[0]
         with self.timer("send_wait"):
-            request.Wait()
+            wait(request, self.dest, "a send of activations")
         self._in_flight.popleft()
 
     def flush(self) -> None:
@@ -75,9 +118,16 @@ class ActivationReceiver:
         buffer is handed back to MPI for the message after that."""
         request, view = self._pending.popleft()
         with self.timer("recv_wait"):
-            request.Wait()
+            wait(request, self.source, "a receive of activations")
         self._post_next()
         return torch.from_numpy(view)
+
+    def cancel(self) -> None:
+        """Withdraw the preposted receive(s): the run stops early."""
+        while self._pending:
+            request, _ = self._pending.popleft()
+            request.Cancel()
+            request.Wait()  # a cancelled receive completes locally
 
 
 def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[int],
@@ -93,7 +143,7 @@ def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[
                 array = tensor.detach().to("cpu").contiguous().numpy()
                 keep.append(array)
                 requests.append(comm.Isend([array, MPI.FLOAT], dest=0, tag=LAYER_TAG_BASE + 2 * index + part))
-        MPI.Request.Waitall(requests)
+        wait_all(requests, 0, "sending its layers to rank 0")
         return None
     layers = []
     for index, owner in enumerate(owner_of):
@@ -105,7 +155,8 @@ def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[
             linear = torch.nn.Linear(dims[index], dims[index + 1])
             with torch.no_grad():
                 for part, tensor in enumerate((linear.weight, linear.bias)):
-                    comm.Recv([tensor.numpy(), MPI.FLOAT], source=owner, tag=LAYER_TAG_BASE + 2 * index + part)
+                    wait(comm.Irecv([tensor.numpy(), MPI.FLOAT], source=owner, tag=LAYER_TAG_BASE + 2 * index + part),
+                         owner, f"gathering layer {index}")
         layers.append(linear)
     return layers
 
@@ -114,14 +165,23 @@ def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
     """Stack every rank's equally shaped float64 array on rank 0: [size, ...]."""
     local = np.ascontiguousarray(local, dtype=np.float64)
     out = np.empty((comm.Get_size(),) + local.shape) if comm.Get_rank() == 0 else None
-    comm.Gather([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, root=0)
+    wait(comm.Igather([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, root=0),
+         "the other ranks", "a gather to rank 0")
     return out
 
 
 def sum_to_root(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
     local = np.ascontiguousarray(local, dtype=np.float64)
     out = np.empty_like(local) if comm.Get_rank() == 0 else None
-    comm.Reduce([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, op=MPI.SUM, root=0)
+    wait(comm.Ireduce([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, op=MPI.SUM, root=0),
+         "the other ranks", "a reduction to rank 0")
+    return out
+
+
+def sum_everywhere(comm: MPI.Comm, local: np.ndarray, operation: str = "an allreduce") -> np.ndarray:
+    """Element-wise float64 sum over ranks, on every rank (guarded)."""
+    out = np.ascontiguousarray(local, dtype=np.float64).copy()
+    wait(comm.Iallreduce(MPI.IN_PLACE, [out, MPI.DOUBLE], op=MPI.SUM), "the other ranks", operation)
     return out
 
 

@@ -1,0 +1,195 @@
+"""Checkpoints at epoch (or chapter) boundaries, and resuming from them.
+
+Layout of ``--checkpoint-dir DIR``:
+
+    DIR/epoch-000003/rank-0000.pt   rank 0's state after 3 epochs
+    DIR/epoch-000003/rank-0001.pt   ...
+    DIR/epoch-000003/COMPLETE       JSON, written last: every rank finished this checkpoint
+
+Every file is written atomically (temp file, fsync, rename, fsync of the
+folder), and rank 0 writes ``COMPLETE`` only after every rank has reported its
+file durable, so a job killed at any instant leaves either a complete
+checkpoint or one that resume ignores.  ``--resume`` loads the newest complete
+checkpoint whose configuration matches this run's; the two newest complete
+checkpoints are kept, older ones are removed.
+
+What a rank's state holds is the schedule's business (a dict torch.save can
+write); this module only stores it, agrees on it across ranks, and offers
+helpers for the pieces every schedule has (RNG states, optimizers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import time
+
+import numpy as np
+import torch
+
+from . import transport
+from .config import Config, UsageError
+
+MARKER = "COMPLETE"
+KEEP = 2
+_PATTERN = re.compile(r"^epoch-(\d{6})$")
+# flags that do not change what is computed: a checkpoint may be resumed with other values
+_FREE = {"data_dir", "download", "threads", "device", "eval_every", "out", "name", "model_out", "trace",
+         "peer_timeout", "checkpoint_dir", "resume", "inject_fault", "inject_hang", "inject_nan"}
+
+
+def fingerprint(config: Config, world_size: int) -> dict:
+    """What must match for a checkpoint to be resumed: the training config and the world size."""
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in _FREE}
+    return json.loads(json.dumps({"config": values, "world_size": world_size}))
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write) -> None:
+    """``write(file)`` into a temp file beside ``path``, fsync, rename over ``path``."""
+    temp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """The process's random states (torch, numpy, python) and ``generator``'s."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if generator is not None:
+        generator.set_state(state["generator"])
+
+
+class Checkpoints:
+    """One rank's view of ``--checkpoint-dir``.  ``save`` and ``load_latest``
+    are collective: every rank calls them at the same boundary."""
+
+    def __init__(self, directory: str, comm, config: Config):
+        self.directory, self.comm, self.config = directory, comm, config
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.fingerprint = fingerprint(config, self.size)
+
+    @classmethod
+    def from_config(cls, config: Config, comm) -> "Checkpoints | None":
+        return cls(config.checkpoint_dir, comm, config) if config.checkpoint_dir else None
+
+    def _folder(self, tag: int) -> str:
+        return os.path.join(self.directory, f"epoch-{tag:06d}")
+
+    def _file(self, tag: int, rank: int) -> str:
+        return os.path.join(self._folder(tag), f"rank-{rank:04d}.pt")
+
+    def save(self, tag: int, state: dict) -> None:
+        """Store this rank's ``state`` as checkpoint ``tag`` (epochs completed)."""
+        folder = self._folder(tag)
+        ok = 1.0
+        try:
+            os.makedirs(folder, exist_ok=True)
+            atomic_write(self._file(tag, self.rank), lambda f: torch.save(state, f))
+            error = ""
+        except OSError as exc:
+            ok, error = 0.0, f"cannot write checkpoint {self._file(tag, self.rank)}: {exc.strerror or exc}"
+        done = transport.sum_everywhere(self.comm, np.array([ok]), "a checkpoint")
+        if done[0] != self.size:
+            if error:
+                raise OSError(error)  # this rank failed: its traceback ends the job
+            raise OSError(f"checkpoint {folder}: another rank could not write its file")
+        if self.rank == 0:
+            marker = {"tag": tag, "ranks": self.size, "time": time.time(), **self.fingerprint}
+            atomic_write(os.path.join(folder, MARKER), lambda f: f.write(json.dumps(marker).encode()))
+            self._prune(tag)
+
+    def complete_tags(self) -> list[int]:
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return []
+        tags = [int(m.group(1)) for m in map(_PATTERN.match, names) if m]
+        return sorted(t for t in tags if os.path.isfile(os.path.join(self._folder(t), MARKER)))
+
+    def _prune(self, newest: int) -> None:
+        keep = set(self.complete_tags()[-KEEP:])
+        for name in os.listdir(self.directory):
+            match = _PATTERN.match(name)
+            if match and int(match.group(1)) not in keep and int(match.group(1)) <= newest:
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
+    def load_latest(self) -> tuple[int, dict] | None:
+        """(tag, this rank's state) of the newest complete checkpoint, None if
+        there is none.  A checkpoint of another configuration is a UsageError
+        on every rank."""
+        verdict = None
+        if self.rank == 0:
+            verdict = self._pick()
+        verdict = self.comm.bcast(verdict, root=0)
+        if isinstance(verdict, str):
+            raise UsageError(verdict)
+        if verdict is None:
+            return None
+        path = self._file(verdict, self.rank)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a complete checkpoint must load: say which file and how to go on
+            raise OSError(f"cannot load checkpoint {path}: {exc}; delete {self._folder(verdict)} "
+                          f"to resume from the one before") from exc
+        return verdict, state
+
+    def _pick(self):
+        tags = self.complete_tags()
+        if not tags:
+            return None
+        tag = tags[-1]
+        marker_path = os.path.join(self._folder(tag), MARKER)
+        try:
+            with open(marker_path) as f:
+                marker = json.load(f)
+        except (OSError, ValueError) as exc:
+            return f"cannot read checkpoint marker {marker_path}: {exc}"
+        if marker.get("world_size") != self.size:
+            return (f"checkpoint {self._folder(tag)} was written by {marker.get('world_size')} ranks, "
+                    f"this job has {self.size}: resume with the same number of ranks")
+        if marker.get("config") != self.fingerprint["config"]:
+            theirs = marker.get("config") or {}
+            differ = sorted(k for k in set(theirs) | set(self.fingerprint["config"])
+                            if theirs.get(k) != self.fingerprint["config"].get(k))
+            flags = ", ".join("--" + k.replace("_", "-") for k in differ)
+            return (f"checkpoint {self._folder(tag)} was written with other settings ({flags}): "
+                    f"resume with the same flags, or use another --checkpoint-dir")
+        missing = [r for r in range(self.size) if not os.path.isfile(self._file(tag, r))]
+        if missing:
+            return f"checkpoint {self._folder(tag)} is marked complete but lacks rank files {missing}"
+        return tag
