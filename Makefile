@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 comma := ,
 EXTRAS := $(if $(MPI_EXTRA),$(MPI_EXTRA)$(comma)test,test)
 
-.PHONY: run test test-mpi test-openmpi bench install clean
+.PHONY: run test test-mpi test-openmpi bench sweep install clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -46,6 +46,10 @@ test-openmpi:
 
 bench: install
 	$(PY) -m pffbench.bench $(BENCH_ARGS)
+
+# e.g. make sweep SWEEP_ARGS="--ranks 1,2 --repeats 3 --out results/sweep.h5 -- --layers 784,784 --epochs 1"
+sweep: install
+	$(PY) -m pffbench.sweep $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-openmpi *.egg-info .pytest_cache
