@@ -168,7 +168,7 @@ def accuracy_figure(runs: list[results.Run]) -> plt.Figure | None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Test accuracy against wall-clock training time\n{_machine(runs)}", fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     return fig
 
 
