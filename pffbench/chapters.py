@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ff, heads, transport
+from . import faults, ff, heads, transport
 from .config import Config
 from .negatives import Negatives, generator
 from .pff_communications import share_training_data
@@ -189,6 +189,7 @@ class Chapters:
         yields (epoch, mean loss)."""
         total_steps = self.config.epochs * len(self.batches)
         for epoch in range(self.first_epoch(chapter), self.last_epoch(chapter) + 1):
+            faults.at_epoch_start(self.config, self.world.rank, epoch)
             with self.clock("compute", epoch):
                 order = torch.randperm(self.x.shape[0], generator=generator(self.config.seed, chapter, key, epoch))
                 order = order.to(self.device)

@@ -95,7 +95,13 @@ class _Parser(argparse.ArgumentParser):
     caller decides which rank speaks."""
 
     def error(self, message):
-        raise UsageError(message)
+        raise UsageError(one_line(message))
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters escaped: a user's
+    argv (or a path in a message) cannot split the one-line error."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParser:
@@ -212,6 +218,13 @@ def validate(config: Config, world_size: int | None = None) -> None:
             raise UsageError(f"{flag} must be a finite number, got {value}")
     if not config.peer_timeout > 0:
         raise UsageError(f"--peer-timeout must be positive, got {config.peer_timeout}")
+    limits = {"--epochs": (config.epochs, 10 ** 6), "--batch-size": (config.batch_size, 2 ** 31 - 1),
+              "--threads": (config.threads, 4096), "--shards": (config.shards, 10 ** 6),
+              "--classes-per-shard": (config.classes_per_shard, 10 ** 4), "--splits": (config.splits, 10 ** 6),
+              "--layers widths": (max(config.layers, default=0), 10 ** 6)}
+    for flag, (value, limit) in limits.items():
+        if value > limit:
+            raise UsageError(f"{flag} {value} is beyond what pffbench can run (at most {limit})")
     if config.seed >= 2 ** 32:
         raise UsageError(f"--seed must be below 2**32, got {config.seed}")
     if config.resume and not config.checkpoint_dir:

@@ -22,6 +22,9 @@ import time
 
 import torch
 
+# variants whose ranks agree at every epoch boundary (agree_at_boundary): they stop cleanly on a
+# signal; in the others SIGTERM/SIGINT keep their default effect (the job ends at once, like an error)
+AGREEING = ("pipeline",)
 EXIT_FAILED = 3                                   # numerical fault, run recorded as "failed"
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # shell convention 128 + signal number
 

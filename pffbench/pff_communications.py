@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from .transport import wait, wait_all
+
 SLOT_TAG = 2000
 DATA_TAG = 1900
 
@@ -58,12 +60,12 @@ class Post:
         if not self._posted[(slot, source)]:
             self.expect(slot, source)
         request, buffer = self._posted[(slot, source)].popleft()
-        request.Wait()
+        wait(request, source, f"a receive of slot {slot}")
         return buffer
 
     def flush(self) -> None:
         for requests, _ in self._sending:
-            MPI.Request.Waitall(requests)
+            wait_all(requests, "a peer", "a send of published slots")
         self._sending = []
 
 
@@ -90,12 +92,12 @@ class Averager:
         if chapter == 0:
             return None
         request, buffer = self._pending[slot].popleft()
-        request.Wait()
+        wait(request, "the other ranks", f"the average of slot {slot} (chapter {chapter})")
         return (buffer / self.total).astype(np.float32)
 
     def flush(self) -> None:
         for queue in self._pending.values():
-            MPI.Request.Waitall([request for request, _ in queue])
+            wait_all([request for request, _ in queue], "the other ranks", "the last averages")
             queue.clear()
 
 

@@ -20,7 +20,7 @@ import torch
 from mpi4py import MPI
 
 from . import faults, pipeline, results, transport
-from .config import VARIANTS, Config, UsageError, parse_config, validate
+from .config import VARIANTS, Config, UsageError, one_line, parse_config, validate
 from .timing import COLUMNS
 from .world import World, launch_mismatch
 
@@ -158,11 +158,12 @@ def main(argv=None) -> int:
             raise UsageError(mismatch)
         validate(config, comm.Get_size())
         transport.set_peer_timeout(config.peer_timeout)
-        faults.INTERRUPTS.install()  # SIGTERM/SIGINT: stop at the next epoch boundary, on every rank together
+        if config.variant in faults.AGREEING:  # SIGTERM/SIGINT: stop at the next epoch boundary, all ranks together
+            faults.INTERRUPTS.install()
         run(config, World(comm))
     except UsageError as error:
         if comm.Get_rank() == 0:
-            print(f"pffbench: error: {error}", file=sys.stderr, flush=True)
+            print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except faults.RunStopped as stop:
         if comm.Get_rank() == 0:

@@ -1,0 +1,245 @@
+"""Issue 5 end to end: real jobs under mpiexec that fail, hang, diverge, get
+signalled or killed, and how they end.  Every launch runs in its own session
+under a hard timeout; whatever is left of it is killed by pid afterwards, so
+no test can hang or leave ranks behind."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pffbench import results
+
+from conftest import MPIEXEC, MPIEXEC_FLAGS, ROOT
+
+pytestmark = pytest.mark.timeout(300)
+
+TINY = ["--dataset", "synthetic", "--batch-size", "200", "--threads", "1"]
+FAULT_TO_EXIT = []  # (case, seconds) measured below; printed at the end with -s
+
+
+def _leftovers(marker: str) -> list[int]:
+    """Pids of processes whose command line holds ``marker`` (a tmp path unique to the test)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def _cleanup(proc: subprocess.Popen, marker: str) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    for pid in _leftovers(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Job:
+    """``mpiexec -n N python -m pffbench.run ...`` in its own session; stdout
+    and stderr go to files so a test can watch them while it runs."""
+
+    def __init__(self, n: int, argv: list[str], tmp_path: Path, module=("-m", "pffbench.run")):
+        if MPIEXEC is None:
+            pytest.skip("no mpiexec found")
+        self.tmp_path = tmp_path
+        self.out = tmp_path / "runs.h5"
+        self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+        command = [MPIEXEC, *MPIEXEC_FLAGS, "-n", str(n), sys.executable, *module, *argv, "--out", str(self.out)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=ROOT, start_new_session=True)
+
+    def wait(self, timeout: float = 120) -> int:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            self.ended = time.time()
+            _cleanup(self.proc, str(self.tmp_path))
+        return self.proc.returncode
+
+    def wait_for(self, predicate, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                pytest.fail(f"the job ended early ({self.proc.returncode}): {self.stderr}")
+            if time.time() > deadline:
+                _cleanup(self.proc, str(self.tmp_path))
+                pytest.fail(f"timed out waiting on the job: {self.stderr}")
+            time.sleep(0.1)
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+
+def _stamp(text: str, pattern: str) -> float:
+    match = re.search(pattern + r".*?\(t=([0-9.]+)\)", text)
+    assert match, text
+    return float(match.group(1))
+
+
+# --- 1. fail fast --------------------------------------------------------------------------------
+
+FAULTS = [("pipeline", 2, 0), ("pipeline", 2, 1), ("pipeline", 4, 0), ("pipeline", 4, 2), ("pipeline", 4, 3),
+          ("all-layers", 2, 0), ("all-layers", 2, 1), ("all-layers", 4, 0), ("all-layers", 4, 1),
+          ("all-layers", 4, 3)]
+
+
+CASES = [(*case, "plain") for case in FAULTS] + [("pipeline", 2, 1, "mpi4py"), ("all-layers", 4, 0, "mpi4py")]
+
+
+@pytest.mark.parametrize("variant,n,rank,launcher", CASES, ids=[f"{v}-n{n}-rank{r}-{l}" for v, n, r, l in CASES])
+def test_an_exception_on_any_rank_ends_the_job_within_10_s(variant, n, rank, launcher, tmp_path):
+    # all-layers trains chapter c (= epoch c here) on rank c mod n: fault rank r in its own first epoch
+    epoch = 1 if variant == "pipeline" else rank
+    module = ("-m", "mpi4py", "-m", "pffbench.run") if launcher == "mpi4py" else ("-m", "pffbench.run")
+    job = Job(n, ["--variant", variant, *TINY, "--layers", "16,16,16,16", "--epochs", "4",
+                  "--inject-fault", f"{rank}:{epoch}"], tmp_path, module)
+    code = job.wait(timeout=120)
+    err = job.stderr
+    assert code != 0, err
+    assert err.count(f"[rank {rank}] Traceback (most recent call last):") == 1, err
+    assert err.count(f"[rank {rank}] pffbench.faults.InjectedFault: injected fault on rank {rank}") == 1, err
+    assert err.count("Traceback") == 1, err  # no other rank's, no second copy
+    elapsed = job.ended - _stamp(err, "injected fault")
+    FAULT_TO_EXIT.append((f"fault {variant} n={n} rank={rank} {launcher}", elapsed))
+    print(f"fault {variant} n={n} rank={rank} ({launcher}): job ended {elapsed:.2f} s after the exception")
+    assert elapsed < 10
+    assert not job.out.exists()
+
+
+# --- 2. deadlock guard ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,rank,pattern", [
+    (2, 0, r"rank 1 waited \d+ s for rank 0 to complete a receive of activations"),
+    (4, 3, r"rank [0-2] waited \d+ s for (rank \d|the other ranks) to complete "),
+])
+def test_a_hung_rank_aborts_the_job_after_peer_timeout(n, rank, pattern, tmp_path):
+    job = Job(n, [*TINY, "--layers", "16,16,16,16", "--epochs", "3", "--inject-hang", f"{rank}:1",
+                  "--peer-timeout", "3"], tmp_path)
+    code = job.wait(timeout=150)  # no guard: the job would hang until this timeout and the test fail
+    err = job.stderr
+    assert code != 0, err
+    assert re.search(pattern, err), err
+    assert "--peer-timeout 3" in err
+    elapsed = job.ended - _stamp(err, "injected hang")
+    FAULT_TO_EXIT.append((f"hang n={n} rank={rank}, --peer-timeout 3", elapsed))
+    print(f"hang n={n} rank={rank}: job ended {elapsed:.2f} s after the hang (--peer-timeout 3)")
+    assert 3 <= elapsed < 13
+
+
+# --- 8. numerical faults -------------------------------------------------------------------------
+
+def test_nan_stops_the_run_names_layer_rank_epoch_and_records_it_failed(tmp_path):
+    job = Job(2, [*TINY, "--layers", "16,16", "--epochs", "4", "--inject-nan", "1:1"], tmp_path)
+    code = job.wait(timeout=120)
+    err = job.stderr
+    assert code == 3, err
+    line, = [line for line in err.splitlines() if line.startswith("pffbench: error:")]
+    assert "non-finite" in line and "in layer 1 on rank 1 at epoch 2" in line, err
+    assert "Traceback" not in err
+    run, = results.read_runs(str(job.out))
+    assert run.attrs["status"] == "failed" and run.attrs["epochs_completed"] == 2
+    assert (run.arrays["loss"][:, 0] > 0).all() and not torch.isfinite(torch.tensor(run.arrays["loss"][1, 1]))
+
+
+# --- 6. signals ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum,target", [(signal.SIGTERM, "mpiexec"), (signal.SIGINT, "mpiexec"),
+                                           (signal.SIGTERM, "rank 1 only")])
+def test_a_signal_checkpoints_records_interrupted_and_exits_nonzero(signum, target, tmp_path):
+    checkpoints = tmp_path / "ck"
+    job = Job(2, [*TINY, "--layers", "16,16", "--epochs", "1000", "--checkpoint-dir", str(checkpoints)], tmp_path)
+    job.wait_for(lambda: (checkpoints / "epoch-000002" / "COMPLETE").exists())
+    if target == "mpiexec":
+        job.proc.send_signal(signum)  # hydra forwards it to every rank
+    else:  # only one rank sees it (e.g. a signal sent to one process): the ranks must still agree
+        rank1 = [pid for pid in _leftovers(str(checkpoints))
+                 if b"PMI_RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(rank1) == 1, rank1
+        os.kill(rank1[0], signum)
+    code = job.wait(timeout=120)
+    err = job.stderr
+    assert code != 0, err
+    name = signal.Signals(signum).name
+    assert f"pffbench: stopped: interrupted by {name} after epoch" in err, err
+    assert "Traceback" not in err
+    run, = results.read_runs(str(job.out))
+    done = run.attrs["epochs_completed"]
+    assert run.attrs["status"] == "interrupted" and 2 <= done < 1000
+    assert (checkpoints / f"epoch-{done:06d}" / "COMPLETE").exists()  # the ranks checkpointed where they stopped
+
+
+# --- 5. checkpoint and resume --------------------------------------------------------------------
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path):
+    argv = [*TINY, "--layers", "32,32", "--epochs", "4", "--seed", "3", "--batch-size", "64"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir(), (tmp_path / "c").mkdir()
+    whole = Job(2, [*argv, "--model-out", str(tmp_path / "a" / "whole.pt")], tmp_path / "a")
+    assert whole.wait() == 0, whole.stderr
+
+    checkpoints = tmp_path / "ck"
+    killed = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--inject-hang", "1:2"], tmp_path / "b")
+    killed.wait_for(lambda: "injected hang" in killed.stderr)  # rank 1 is halfway through epoch 3 (index 2)
+    os.killpg(killed.proc.pid, signal.SIGKILL)  # the mpiexec process group, as a scheduler would
+    killed.wait(timeout=30)
+    assert sorted(os.listdir(checkpoints)) == ["epoch-000001", "epoch-000002"]
+
+    resumed = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--resume",
+                      "--model-out", str(tmp_path / "c" / "resumed.pt")], tmp_path / "c")
+    assert resumed.wait() == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "after epoch 2/4" in resumed.stdout
+    a, b = torch.load(tmp_path / "a" / "whole.pt"), torch.load(tmp_path / "c" / "resumed.pt")
+    for layer_a, layer_b in zip(a["layers"], b["layers"], strict=True):
+        for key in layer_a:
+            assert torch.equal(layer_a[key], layer_b[key]), key  # exactly, not approximately
+    run_a, = results.read_runs(str(whole.out))
+    run_c, = results.read_runs(str(resumed.out))
+    assert run_c.attrs["resumed_from_epoch"] == 2 and run_c.attrs["status"] == "complete"
+    assert (run_a.arrays["loss"] == run_c.arrays["loss"]).all()
+    assert run_a.arrays["test_accuracy"][-1] == run_c.arrays["test_accuracy"][-1]
+
+
+# --- 3. bad input through mpiexec ------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--resume"], "--resume needs --checkpoint-dir"),
+    (["--inject-fault", "2:0"], "no such rank"),
+    (["--layers", "\n,\x1b[2J"], "comma-separated integers"),
+    (["--epochs", "99999999999999999999"], "--epochs"),
+    (["--checkpoint-dir", "{tmp}/ck", "--variant", "federated"], "pipeline variant only"),
+    (["--peer-timeout", "nan"], "--peer-timeout"),
+])
+def test_nasty_argv_exits_2_on_every_rank_with_one_line(argv, needle, tmp_path):
+    job = Job(2, ["--dataset", "synthetic", *(a.replace("{tmp}", str(tmp_path)) for a in argv)], tmp_path)
+    code = job.wait(timeout=120)
+    err = job.stderr
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("pffbench: error:") and needle in err, err
+    assert not job.out.exists() and not (tmp_path / "ck").exists()
+
+
+def test_report_fault_to_exit_times():
+    """Prints what the tests above measured (run with -s)."""
+    for case, seconds in FAULT_TO_EXIT:
+        print(f"{case}: {seconds:.2f} s")
