@@ -173,7 +173,8 @@ def test_a_signal_checkpoints_records_interrupted_and_exits_nonzero(signum, targ
         job.proc.send_signal(signum)  # hydra forwards it to every rank
     else:  # only one rank sees it (e.g. a signal sent to one process): the ranks must still agree
         is_rank1 = re.compile(rb"(^|\0)(PMI_RANK|OMPI_COMM_WORLD_RANK)=1\0")  # MPICH, Open MPI
-        rank1 = [pid for pid in _leftovers(str(checkpoints)) if is_rank1.search(Path(f"/proc/{pid}/environ").read_bytes())]
+        rank1 = [pid for pid in _leftovers(str(checkpoints))
+                 if is_rank1.search(Path(f"/proc/{pid}/environ").read_bytes())]
         assert len(rank1) == 1, rank1
         os.kill(rank1[0], signum)
     code = job.wait(timeout=120)
