@@ -54,12 +54,32 @@ def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch
     return (labels + offset.to(labels.device)) % num_classes
 
 
-def positive_negative_batch(x: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                            generator: torch.Generator) -> torch.Tensor:
-    """Stacked, normalized [positive; negative] input of the first layer."""
-    wrong = random_wrong_labels(labels, num_classes, generator)
-    pair = torch.cat((embed_labels(x, labels, num_classes), embed_labels(x, wrong, num_classes)))
-    return normalize(pair)
+class FirstLayerInputs:
+    """The first layer's normalized [positive; negative] minibatches, made by
+    rank 0 on the pipeline's critical path, so they cost two row gathers.
+
+    A one-hot label adds exactly 1 to a row's sum of squares whichever label it
+    is, so a row has one RMS under every label: each row is normalized once,
+    with its label slots empty, and a minibatch writes 1/RMS into the slot of
+    its positive and its negative label.  The values are those of
+    normalize(embed_labels(x, label)) up to float32 rounding."""
+
+    def __init__(self, x: torch.Tensor, num_classes: int, eps: float = 1e-8):
+        self.num_classes = num_classes
+        body = x.clone()
+        body[:, :num_classes] = 0.0
+        rms = ((body.double().pow(2).sum(dim=1) + 1.0) / x.shape[1]).sqrt()
+        self.scale = (1.0 / (rms + eps)).to(x.dtype)
+        self.rows = body.mul_(self.scale.unsqueeze(1))
+
+    def batch(self, rows: torch.Tensor, labels: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+        n = len(rows)
+        pair = torch.empty((2 * n, self.rows.shape[1]), dtype=self.rows.dtype, device=self.rows.device)
+        torch.index_select(self.rows, 0, rows, out=pair[:n])
+        pair[n:] = pair[:n]
+        index = torch.arange(2 * n, device=pair.device)
+        pair[index, torch.cat((labels, wrong))] = self.scale[rows].repeat(2)
+        return pair
 
 
 def make_linear(in_features: int, out_features: int, seed: int, layer_index: int) -> torch.nn.Linear:
@@ -108,7 +128,8 @@ class FFLayer:
         rows, width = h.shape
         sign = torch.ones(rows, device=h.device)
         sign[num_positive:] = -1.0
-        z = self.sharpness * sign * (self.threshold - goodness(h))
+        g = goodness(h)
+        z = self.sharpness * sign * (self.threshold - g)
         loss = 2.0 * F.softplus(z).mean()
         grad_h = h * ((-4.0 * self.sharpness / (rows * width)) * sign * torch.sigmoid(z)).unsqueeze(1)
         if weight.grad is None:  # kept between steps: a fresh 4 MB gradient per step costs page faults
@@ -116,7 +137,7 @@ class FFLayer:
         torch.mm(grad_h.t(), x, out=weight.grad)
         torch.sum(grad_h, dim=0, out=bias.grad)
         self.optimizer.step()
-        return normalize(h), loss
+        return h.div_(g.sqrt_().add_(1e-8).unsqueeze(1)), loss  # = normalize(h): g is its mean square
 
 
 def cooldown_lr(base_lr: float, step: int, total_steps: int, start_fraction: float = 0.5) -> float:

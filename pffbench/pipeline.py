@@ -43,6 +43,7 @@ class TrainResult:
     blocks: list[range]
     arrays: dict = field(default_factory=dict)  # variant-specific datasets for the results file
     attrs: dict = field(default_factory=dict)   # variant-specific attributes for the results file
+    heads: list = field(default_factory=list)   # classifier heads on the CPU (softmax, per-layer), for --model-out
 
 
 def batch_rows(num_train: int, batch_size: int) -> list[int]:
@@ -55,7 +56,7 @@ class BatchSource:
     labels per minibatch, all from one seeded generator."""
 
     def __init__(self, dataset, config: Config, device: torch.device):
-        self.x = dataset.x_train.to(device)
+        self.inputs = ff.FirstLayerInputs(dataset.x_train.to(device), dataset.num_classes)
         self.y = dataset.y_train.to(device)
         self.num_classes = dataset.num_classes
         self.batch_size = config.batch_size
@@ -63,11 +64,12 @@ class BatchSource:
         self.order = None
 
     def start_epoch(self) -> None:
-        self.order = torch.randperm(self.x.shape[0], generator=self.generator).to(self.x.device)
+        self.order = torch.randperm(self.y.shape[0], generator=self.generator).to(self.y.device)
 
     def batch(self, index: int) -> torch.Tensor:
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        return ff.positive_negative_batch(self.x[rows], self.y[rows], self.num_classes, self.generator)
+        labels = self.y[rows]
+        return self.inputs.batch(rows, labels, ff.random_wrong_labels(labels, self.num_classes, self.generator))
 
 
 def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=None) -> TrainResult | None:

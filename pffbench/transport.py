@@ -7,6 +7,7 @@ arrives in the other and the previous result leaves from a third.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 
@@ -21,7 +22,10 @@ LAYER_TAG_BASE = 1000
 
 # --- the deadlock guard: every wait on a peer gives up after peer_timeout() s ---
 _PEER_TIMEOUT = [600.0]
-_SPIN = 50e-6          # busy-poll this long first: steady-state waits are short
+# Poll, yielding the core between polls, for the first _SPIN seconds: a steady-state pipeline wait is
+# well under a minibatch's compute, and a sleep would add the kernel's timer slack (>= 50 us) to
+# every one of them; sched_yield() hands the core to a peer when ranks oversubscribe the cores.
+_SPIN = 5e-3
 _MAX_SLEEP = 1e-3      # then sleep between polls, doubling up to this: no core burnt on a long wait
 
 
@@ -38,9 +42,9 @@ def peer_timeout() -> float:
 
 
 def wait(request: MPI.Request, peer, operation: str) -> None:
-    """``request.Wait()`` with the deadlock guard: poll with Test() (a short
-    spin, then sleeps backing off to 1 ms) and raise PeerTimeout naming this
-    rank, ``peer`` and ``operation`` after peer_timeout() seconds."""
+    """``request.Wait()`` with the deadlock guard: poll with Test() (yielding
+    for 5 ms, then sleeps backing off to 1 ms) and raise PeerTimeout naming
+    this rank, ``peer`` and ``operation`` after peer_timeout() seconds."""
     if request.Test():
         return
     start = time.perf_counter()
@@ -48,6 +52,7 @@ def wait(request: MPI.Request, peer, operation: str) -> None:
     while not request.Test():
         now = time.perf_counter()
         if now - start < _SPIN:
+            os.sched_yield()
             continue
         if now > deadline:
             who = f"rank {peer}" if isinstance(peer, int) else peer
@@ -97,7 +102,8 @@ class ActivationReceiver:
         self.comm, self.source, self.timer = comm, source, timer
         row_counts = list(row_counts)
         max_rows = max(row_counts) if row_counts else 0
-        self._buffers = [np.empty((max_rows, width), dtype=np.float32) for _ in range(2)]
+        # torch's allocator aligns to 64 bytes (numpy's to 16), which the next layer's GEMM reads best
+        self._buffers = [torch.empty((max_rows, width), dtype=torch.float32).numpy() for _ in range(2)]
         self._next_buffer = 0
         self._pending: deque = deque()
         self._row_counts = iter(row_counts)

@@ -50,6 +50,19 @@ def test_wrong_labels_are_never_the_true_label_and_cover_the_rest():
     assert set(wrong[labels == 4].tolist()) == set(range(10)) - {4}
 
 
+def test_first_layer_inputs_are_the_normalized_embedded_pairs():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(300, 50, generator=generator)
+    x[7] = 0.0  # an empty image: its RMS comes from the label alone
+    y = torch.randint(0, 10, (300,), generator=generator)
+    rows = torch.tensor([7, 0, 299, 42, 42])
+    wrong = ff.random_wrong_labels(y[rows], 10, generator)
+    pair = ff.FirstLayerInputs(x, 10).batch(rows, y[rows], wrong)
+    expected = ff.normalize(torch.cat((ff.embed_labels(x[rows], y[rows], 10), ff.embed_labels(x[rows], wrong, 10))))
+    torch.testing.assert_close(pair, expected, rtol=1e-6, atol=1e-6)
+    assert (pair[:5, :10].argmax(1) == y[rows]).all() and (pair[5:, :10].argmax(1) == wrong).all()
+
+
 def test_layer_step_lowers_its_loss_and_returns_pre_update_activity():
     torch.manual_seed(0)
     x = ff.normalize(torch.rand(64, 30))
