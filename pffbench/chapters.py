@@ -7,10 +7,13 @@ fresh Adam (only weights travel, as in the paper), and trains C epochs on
 inputs computed through layers 0..l-1 of chapter c.  Minibatch order and
 negatives are keyed by (seed, chapter, layer, epoch), never by rank, so
 whichever rank trains a (chapter, layer) computes the same thing: every
-schedule gives the weights of its one-rank sequential twin.
+schedule gives the weights of its one-rank sequential twin.  The same keys
+make a run resumed at a chapter boundary (``Boundaries``) end with the
+weights of the uninterrupted run.
 """
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import faults, ff, heads, transport
+from . import checkpoint, faults, ff, heads, transport
 from .config import Config
 from .negatives import Negatives, generator
 from .pff_communications import share_training_data
@@ -57,6 +60,13 @@ class Clock:
     def table(self) -> np.ndarray:
         """[epochs, len(COLUMNS)]."""
         return np.column_stack((self._spent, self._spent.sum(axis=1)))
+
+    def state(self) -> np.ndarray:
+        return self._spent.copy()
+
+    def restore(self, spent) -> None:
+        self._spent[:] = spent
+        self._last = time.perf_counter()  # the time between the runs is no epoch's
 
     def chapter_table(self, per_chapter: int) -> np.ndarray:
         """[len(CHAPTER_COLUMNS), chapters] seconds."""
@@ -156,6 +166,8 @@ class Chapters:
         self.negatives = Negatives(config.neg, y, shape.num_classes, config.seed)
         self.loss = np.zeros((self.num_layers, config.epochs))
         self.head_slot, self.scores_slot = self.num_layers, self.num_layers + 1
+        self.failure = None  # (what, layer, chapter, epoch) of this rank's first non-finite layer
+        self.resumed_from = None  # epochs done when this run resumed from a checkpoint
 
     def slot_sizes(self) -> dict[int, int]:
         sizes = {i: sum(p.numel() for p in self.kind.parameters(self.kind.build(i))) for i in range(self.num_layers)}
@@ -184,10 +196,11 @@ class Chapters:
         with self.clock("data", self.first_epoch(chapter)):
             return self.kind.forward(layer, xs)
 
-    def _epochs_of_minibatches(self, chapter: int, key: int, step):
+    def _epochs_of_minibatches(self, chapter: int, key: int, step, linear=None):
         """Run ``step(rows, lr)`` over C shuffled epochs with the global cooldown;
-        yields (epoch, mean loss)."""
+        yields (epoch, mean loss).  ``linear``: what --inject-nan poisons."""
         total_steps = self.config.epochs * len(self.batches)
+        half = len(self.batches) // 2
         for epoch in range(self.first_epoch(chapter), self.last_epoch(chapter) + 1):
             faults.at_epoch_start(self.config, self.world.rank, epoch)
             with self.clock("compute", epoch):
@@ -195,6 +208,8 @@ class Chapters:
                 order = order.to(self.device)
                 loss, start = torch.zeros((), device=self.device), 0
                 for b, n in enumerate(self.batches):
+                    if b == half:
+                        faults.mid_epoch(self.config, self.world.rank, epoch, [] if linear is None else [linear])
                     lr = ff.cooldown_lr(1.0, epoch * len(self.batches) + b, total_steps, self.config.cooldown)
                     loss += step(order[start:start + n], lr)
                     start += n
@@ -205,8 +220,20 @@ class Chapters:
         def step(rows, scale):
             layer.set_lr(self.config.lr * scale)
             return self.kind.step(layer, xs, self.y, rows)
-        for epoch, loss in self._epochs_of_minibatches(chapter, index, step):
+        for epoch, loss in self._epochs_of_minibatches(chapter, index, step, layer.linear):
             self.loss[index, epoch] = loss
+        self.check(self.kind.parameters(layer), index, chapter)
+
+    def check(self, parameters, index: int, chapter: int) -> None:
+        """Note this rank's first non-finite layer (or head) of the run; the
+        ranks agree on it at the next chapter boundary (``Boundaries``)."""
+        if self.failure:
+            return
+        epochs = range(self.first_epoch(chapter), self.last_epoch(chapter) + 1)
+        bad_loss = [e for e in epochs if index < self.num_layers and not math.isfinite(self.loss[index, e])]
+        bad_weights = not all(bool(torch.isfinite(p).all()) for p in parameters)
+        if bad_loss or bad_weights:
+            self.failure = (bool(bad_loss) + 2 * bad_weights, index, chapter, bad_loss[0] if bad_loss else epochs[-1])
 
     def end_chapter(self, chapter: int, layers: list, head) -> torch.Tensor | None:
         """After the chapter's last layer: train the softmax head (if any) on
@@ -221,6 +248,7 @@ class Chapters:
                 return head.train_step(features[rows], self.y[rows])
             for _ in self._epochs_of_minibatches(chapter, self.head_slot, step):
                 pass
+            self.check(head.parameters(), self.head_slot, chapter)
         if not (self.kind.uses_negatives and self.negatives.adaptive) or chapter == self.num_chapters - 1:
             return None
         with self.clock("compute", self.last_epoch(chapter)):
@@ -234,6 +262,8 @@ class Chapters:
         accuracy = np.full(self.config.epochs, np.nan)
         attrs = dict(attrs or {}, splits=self.num_chapters, epochs_per_chapter=self.per_chapter,
                      negatives=self.config.neg if self.kind.uses_negatives else "none")
+        if self.resumed_from is not None:
+            attrs["resumed_from_epoch"] = self.resumed_from
         if self.world.is_first:
             with self.clock("eval", last):
                 accuracy[last], more = self.kind.evaluate(layers, head, self.dataset.x_test.to(self.device),
@@ -253,5 +283,129 @@ class Chapters:
             for epoch in range(self.config.epochs):
                 on_epoch(epoch, loss[:, epoch], accuracy[epoch], max(training[:, epoch].max(), 1e-9))
         linears = [layer.linear.cpu() for layer in layers]
+        classifier_heads = [layer.head.cpu() for layer in layers if hasattr(layer, "head")]  # perf-opt
+        if head is not None:
+            classifier_heads.append(head.linear.cpu())
         return TrainResult(timing=timing, loss=loss, test_accuracy=accuracy, linears=linears, dims=self.dims,
-                           blocks=blocks, arrays=arrays, attrs=attrs)
+                           blocks=blocks, arrays=arrays, attrs=attrs, heads=classifier_heads)
+
+
+class Boundaries:
+    """Between chapters: resuming from a checkpoint, and the ranks' agreement
+    on signals, non-finite layers and checkpoints (see README, Reliability).
+
+    Chapters come in rounds of ``per_round``: one chapter per rank for the
+    round-robin variants, one chapter for those in which every rank trains
+    every chapter.  After its part of round k a rank writes its checkpoint
+    file, posts its flags without waiting (``faults.LaggedAgreement``) and
+    reads the verdict on round k - ``lag``, which every rank posted long ago;
+    so all ranks stop after the same round, every chapter before the cut
+    complete everywhere, and none waits for the slowest.  ``lag`` is how many
+    rounds the first rank may run ahead of the last: one in the wavefront, N
+    chapters in Single-Layer.  The last round ends with the run: it gets no
+    checkpoint, and a signal then lets the run finish, as in the pipeline's
+    last epoch; a non-finite layer still fails it.
+
+    ``carry`` is what a rank published in its last chapter of a round
+    ({slot: state}), which the next round starts from; a resumed run
+    publishes it again.
+    """
+    FLAGS = ("signal", "written", "what", "layer", "chapter", "epoch")
+
+    def __init__(self, pff: Chapters, exchange, blocks: list[range], per_round: int = 1, lag: int = 1,
+                 loss_divisor: int = 1):
+        self.pff, self.exchange, self.blocks, self.loss_divisor = pff, exchange, blocks, loss_divisor
+        self.per_round, self.num_rounds = per_round, -(-pff.num_chapters // per_round)
+        comm = pff.world.comm
+        self.agreement = faults.LaggedAgreement(comm, lag)
+        self.checkpoints = checkpoint.Checkpoints.from_config(pff.config, comm)
+        self.start, self.carry, self.error, self.committed = 0, {}, "", None
+        resumed = self.checkpoints.load_latest() if self.checkpoints and pff.config.resume else None
+        if resumed:
+            pff.resumed_from, state = resumed
+            self.start, self.carry = state["chapter"], state["carry"]
+            pff.negatives.scores, pff.loss[:] = state["scores"], state["loss"]
+            pff.clock.restore(state["clock"])
+            if pff.world.is_first:
+                print(f"resuming from {pff.config.checkpoint_dir} after epoch {pff.resumed_from}/{pff.config.epochs}"
+                      f" (chapter {self.start}/{pff.num_chapters})", flush=True)
+
+    def _epochs_done(self, round_: int) -> int:
+        return min((round_ + 1) * self.per_round, self.pff.num_chapters) * self.pff.per_chapter
+
+    def after(self, chapter: int, carry: dict) -> None:
+        """This rank's part of ``chapter`` is done; may raise RunStopped (on every rank at once)."""
+        round_ = chapter // self.per_round
+        if round_ < self.num_rounds - 1:
+            with self.pff.clock("sync", self.pff.last_epoch(chapter)):
+                self._boundary(round_, carry)
+
+    def _boundary(self, round_: int, carry: dict) -> None:
+        written = 0
+        if self.checkpoints and not self.pff.failure:  # a diverged state is not worth resuming
+            pff = self.pff
+            self.error = self.error or self.checkpoints.write(self._epochs_done(round_), {
+                "chapter": (round_ + 1) * self.per_round, "carry": carry, "scores": pff.negatives.scores,
+                "loss": pff.loss.copy(), "clock": pff.clock.state()})
+            written = -1 if self.error else 1
+        self.agreement.post(round_, [faults.INTERRUPTS.signum, written, *(self.pff.failure or (0, 0, 0, 0))])
+        for past, table in self.agreement.due(round_):
+            self._settle(past, table)
+            failure, signum = self._verdict(table)
+            if failure or signum:
+                for later, table in self.agreement.due():  # the rounds since: every rank has posted them
+                    self._settle(later, table)
+                self._stop(self._epochs_done(round_), table)
+
+    def close(self) -> None:
+        """After this rank's last chapter: a non-finite layer anywhere fails the run."""
+        with self.pff.clock("sync", self.pff.config.epochs - 1):
+            self.agreement.post(self.num_rounds - 1, [0, 0, *(self.pff.failure or (0, 0, 0, 0))])
+            for past, table in self.agreement.due():
+                self._settle(past, table)
+        if self._verdict(table)[0]:
+            self._stop(self.pff.config.epochs, table)
+
+    def _settle(self, round_: int, table) -> None:
+        """Round ``round_``'s checkpoint: complete once every rank wrote its file."""
+        written = table[:, self.FLAGS.index("written")]
+        if (written < 0).any():
+            self.checkpoints.check_written(self._epochs_done(round_), False, self.error)
+        if self.checkpoints and (written > 0).all():
+            self.checkpoints.commit(self._epochs_done(round_))
+            self.committed = self._epochs_done(round_)
+
+    def _verdict(self, table) -> tuple[str | None, int]:
+        """(the first non-finite layer in training order, or None; the signal to stop for, or 0)."""
+        what, layer, chapter, epoch = (self.FLAGS.index(f) for f in ("what", "layer", "chapter", "epoch"))
+        failed = [r for r in range(len(table)) if table[r, what]]
+        failure = None
+        if failed:
+            rank = min(failed, key=lambda r: (table[r, chapter], table[r, layer]))
+            row = table[rank].astype(int)
+            where = "the softmax head" if row[layer] == self.pff.head_slot else f"layer {row[layer]}"
+            failure = faults.diverged(row[what], where, rank, row[epoch],
+                                      f" (chapter {row[chapter] + 1} of {self.pff.num_chapters})")
+        return failure, faults.agreed_signal(table[:, self.FLAGS.index("signal")])
+
+    def _stop(self, epochs_done: int, table) -> None:
+        """Every rank agreed to stop after ``epochs_done`` epochs: settle the
+        messages in flight, gather the accounts, raise RunStopped (rank 0's
+        carries the partial run for the results file)."""
+        failure, signum = self._verdict(table)
+        pff, comm = self.pff, self.pff.world.comm
+        self.exchange.drain()
+        loss = transport.sum_to_root(comm, pff.loss)
+        timing = transport.gather_rows(comm, pff.clock.table())
+        result = None
+        if pff.world.is_first:
+            loss /= self.loss_divisor
+            loss[:, epochs_done:] = np.nan
+            result = TrainResult(timing=timing, loss=loss, test_accuracy=np.full(pff.config.epochs, np.nan),
+                                 linears=[], dims=pff.dims, blocks=self.blocks,
+                                 attrs={"epochs_completed": epochs_done, "splits": pff.num_chapters,
+                                        "epochs_per_chapter": pff.per_chapter})
+        stop = faults.stopped(failure, signum, epochs_done, self.committed == epochs_done, result)
+        if result is not None:
+            result.attrs["stop_reason"] = stop.message
+        raise stop

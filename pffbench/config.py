@@ -130,7 +130,7 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                        help="learning rate decays linearly to 0 from this fraction of training on; "
                             "1 = constant (default: %(default)s)")
     model.add_argument("--score-layers", type=_int_list, default=None, metavar="I,J,...",
-                       help="0-based layers whose goodness is summed to classify (default: all but the first)")
+                       help="0-based layers whose goodness is summed to classify (default: all; the paper's presets: all but the first)")
     model.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     run = p.add_argument_group("execution")
     run.add_argument("--threads", type=int, default=d.threads,
@@ -143,7 +143,7 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
                         "(default: %(default)s)")
     output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
-    output.add_argument("--model-out", default=None, metavar="FILE.pt", help="save the trained layers here")
+    output.add_argument("--model-out", default=None, metavar="FILE.pt", help="save the trained layers (and classifier heads) here")
     output.add_argument("--trace", action="store_true",
                         help="also record every timed block (compute, send/receive wait, ...) per rank with its "
                              "start and end, for timeline plots (pipeline, backprop, dp-backprop)")
@@ -173,8 +173,8 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                      help="abort the job when a rank waits this long on a peer (a hung or lost rank) "
                           "(default: %(default)s)")
     rel.add_argument("--checkpoint-dir", default=None, metavar="DIR",
-                     help="save every rank's state here at each epoch boundary (pipeline variant), and on "
-                          "SIGTERM/SIGINT")
+                     help="save every rank's state here at each epoch (pipeline) or chapter (PFF variants) "
+                          "boundary, and on SIGTERM/SIGINT")
     rel.add_argument("--resume", action="store_true",
                      help="continue from the newest checkpoint in --checkpoint-dir that every rank completed "
                           "(starts from scratch if there is none)")
@@ -229,8 +229,8 @@ def validate(config: Config, world_size: int | None = None) -> None:
         raise UsageError(f"--seed must be below 2**32, got {config.seed}")
     if config.resume and not config.checkpoint_dir:
         raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
-    if config.checkpoint_dir is not None and config.variant != "pipeline":
-        raise UsageError(f"--checkpoint-dir and --resume work with the pipeline variant only, not {config.variant}")
+    if config.checkpoint_dir is not None and config.variant in BASELINES:
+        raise UsageError(f"--checkpoint-dir and --resume work with the FF variants, not {config.variant}")
     for flag in ("inject_fault", "inject_hang", "inject_nan"):
         spec = getattr(config, flag)
         if spec is None:

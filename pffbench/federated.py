@@ -47,7 +47,10 @@ def train(config, world, shape, dataset=None, on_epoch=None):
         rows = [torch.cat(shards[r::world.size]).sort().values for r in range(world.size)]
     pff = Chapters(config, world, shape, dataset, rows_per_rank=rows)
     label_counts = transport.gather_rows(world.comm, torch.bincount(pff.y.cpu(), minlength=shape.num_classes).numpy())
+    minibatches = world.comm.gather(len(pff.batches), root=0)  # a rank's epoch is its own shard's
     exchange = Averager(world.comm, weight=pff.x.shape[0])
     return wavefront(pff, exchange, range(pff.num_chapters), on_epoch, blocks=[range(pff.num_layers)] * world.size,
                      loss_divisor=world.size, arrays={"shard_label_counts": label_counts},
-                     attrs={"shards": config.shards or world.size, "partition": config.partition})
+                     attrs={"shards": config.shards or world.size, "partition": config.partition,
+                            "minibatches_per_epoch": max(minibatches or [0]),
+                            "minibatches_per_epoch_per_rank": minibatches})

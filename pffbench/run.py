@@ -143,7 +143,8 @@ def save_model(config: Config, result: pipeline.TrainResult, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temp = f"{path}.tmp{os.getpid()}"
     torch.save({"config": dataclasses.asdict(config), "dims": result.dims,
-                "layers": [linear.state_dict() for linear in result.linears]}, temp)
+                "layers": [linear.state_dict() for linear in result.linears],
+                "heads": [head.state_dict() for head in result.heads]}, temp)
     os.replace(temp, path)
 
 

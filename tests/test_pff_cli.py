@@ -1,5 +1,6 @@
 """The PFF variants through the command line: mpiexec -n N python -m pffbench.run --variant ..."""
 import pytest
+import torch
 
 from pffbench import results
 
@@ -37,3 +38,23 @@ def test_all_layers_run_end_to_end(tmp_path):
     assert run.attrs["variant"] == "all-layers" and run.attrs["negatives"] == "fixed"
     assert run.arrays["timing_chapter/compute"].shape == (2, 2)
     assert run.arrays["test_accuracy"][-1] > 0.6
+
+
+def test_model_out_keeps_the_classifier_heads_and_federated_counts_its_own_minibatches(tmp_path):
+    common = ["--dataset", "synthetic", "--layers", "32,32,32", "--epochs", "2", "--threads", "1",
+              "--out", str(tmp_path / "r.h5")]
+    for variant, extra, expected_heads in (("perf-opt", [], 3), ("all-layers", ["--classifier", "softmax"], 1)):
+        model = tmp_path / f"{variant}.pt"
+        done = mpirun(2, "-m", "pffbench.run", "--variant", variant, *extra, *common, "--name", variant,
+                      "--model-out", str(model), timeout=180)
+        assert done.returncode == 0, done.stderr
+        saved = torch.load(model)
+        assert len(saved["layers"]) == 3 and len(saved["heads"]) == expected_heads
+        assert saved["heads"][-1]["weight"].shape[0] == 10  # one logit per class
+    done = mpirun(2, "-m", "pffbench.run", "--variant", "federated", "--partition", "label-skew", "--shards", "2",
+                  "--batch-size", "64", *common, "--name", "fed", timeout=180)
+    assert done.returncode == 0, done.stderr
+    run = {r.name: r for r in results.read_runs(str(tmp_path / "r.h5"))}["fed"]
+    per_rank = run.attrs["minibatches_per_epoch_per_rank"]
+    rows = run.arrays["shard_label_counts"].sum(axis=1)
+    assert per_rank == [-(-int(n) // 64) for n in rows] and run.attrs["minibatches_per_epoch"] == max(per_rank)
