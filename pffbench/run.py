@@ -68,12 +68,13 @@ class Progress:
 
     def __init__(self, config: Config, num_train: int):
         self.config, self.num_train = config, num_train
-        self.elapsed = 0.0
+        self.elapsed, self.epochs_seen = 0.0, 0  # this process's epochs: a resumed run starts mid-way
 
     def __call__(self, epoch: int, loss: np.ndarray, accuracy: float, seconds: float) -> None:
         self.elapsed += seconds
+        self.epochs_seen += 1
         left = self.config.epochs - epoch - 1
-        eta = self.elapsed / (epoch + 1) * left
+        eta = self.elapsed / self.epochs_seen * left
         acc = f"  test acc {100 * accuracy:6.2f}%" if np.isfinite(accuracy) else ""
         print(f"epoch {epoch + 1:>3}/{self.config.epochs}  loss {loss.sum():8.4f}  "
               f"{self.num_train / seconds:9.0f} samples/s  elapsed {self.elapsed:7.1f}s  ETA {eta:6.1f}s{acc}",

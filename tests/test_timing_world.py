@@ -44,3 +44,12 @@ def test_default_threads(monkeypatch, cores, bound, local_size, expected):
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(bound)))
     assert FakeWorld(local_size).default_threads() == expected
+
+
+def test_progress_eta_counts_only_this_processs_epochs(capsys):
+    from pffbench.config import Config
+    from pffbench.run import Progress
+    progress = Progress(Config(epochs=10), num_train=600)
+    progress(6, np.array([0.5]), float("nan"), 2.0)  # resumed after 6 epochs: the 7th took 2 s
+    line = capsys.readouterr().out
+    assert "epoch   7/10" in line and "300 samples/s" in line and "ETA    6.0s" in line, line
