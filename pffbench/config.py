@@ -130,7 +130,8 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                        help="learning rate decays linearly to 0 from this fraction of training on; "
                             "1 = constant (default: %(default)s)")
     model.add_argument("--score-layers", type=_int_list, default=None, metavar="I,J,...",
-                       help="0-based layers whose goodness is summed to classify (default: all; the paper's presets: all but the first)")
+                       help="0-based layers whose goodness is summed to classify "
+                            "(default: all; the paper's presets: all but the first)")
     model.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     run = p.add_argument_group("execution")
     run.add_argument("--threads", type=int, default=d.threads,
@@ -143,7 +144,8 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
                         "(default: %(default)s)")
     output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
-    output.add_argument("--model-out", default=None, metavar="FILE.pt", help="save the trained layers (and classifier heads) here")
+    output.add_argument("--model-out", default=None, metavar="FILE.pt",
+                        help="save the trained layers (and classifier heads) here")
     output.add_argument("--trace", action="store_true",
                         help="also record every timed block (compute, send/receive wait, ...) per rank with its "
                              "start and end, for timeline plots (pipeline, backprop, dp-backprop)")

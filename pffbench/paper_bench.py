@@ -78,7 +78,8 @@ def training_seconds(run) -> float:
 def table(args) -> str:
     runs = {run.name: run for run in results.read_runs(args.out)} if os.path.exists(args.out) else {}
     costs = layer_costs([784, *map(int, args.layers.split(","))])
-    lines = ["| run | N | test acc. % | wall s | speedup (training) | wavefront bound | of bound |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | N | test acc. % | wall s | speedup (training) | wavefront bound | of bound |",
+             "|---|---|---|---|---|---|---|"]
     for label, variant, extra, ranks in RUNS:
         base = runs.get(f"{variant}{''.join(extra).replace('--', '-')}-n1")
         for n in (1, ranks):

@@ -156,7 +156,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     trace = transport.gather_events(world.comm, timer.events()) if config.trace else None
     if not world.is_first:
         return None
-    traced = {"arrays": {"trace/events": trace}, "attrs": {"trace_categories": list(CATEGORIES)}} if config.trace else {}
+    traced = ({"arrays": {"trace/events": trace}, "attrs": {"trace_categories": list(CATEGORIES)}}
+              if config.trace else {})
     result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
                          linears=[l.cpu() for l in linears], dims=dims, blocks=blocks, **traced)
     if resumed:

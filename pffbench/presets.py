@@ -62,7 +62,7 @@ def _table() -> dict[str, Preset]:
     # reached 98.10 % (2 ranks on the shared 2-core VM, 4111 s); the figure column shows pffbench's own
     rows["paper-net"] = Preset(dict(layers=PAPER["layers"], batch_size=64, epochs=20, lr=1e-3, eval_every=2,
                                     variant="pipeline"), 4, None, "(98.10)",
-                               "pffbench: activation pipeline on the paper's net, 20 epochs (measured, not the paper's)")
+                               "pffbench: the activation pipeline on the paper's net, 20 epochs (measured here)")
     return rows
 
 

@@ -67,7 +67,8 @@ def launch(launcher: list[str], ranks: int, threads: int, args: list[str], out: 
 
 
 def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, launcher: list[str] | None = None,
-          warmup: bool = True, label: str = "sweep", timeout: float = 3600, log=None) -> dict[tuple[int, int], list[str]]:
+          warmup: bool = True, label: str = "sweep", timeout: float = 3600,
+          log=None) -> dict[tuple[int, int], list[str]]:
     """Run every case `repeats` times after one untimed warm-up; returns the
     names of the runs appended to `out`, keyed by case."""
     launcher = launcher or default_launcher()
