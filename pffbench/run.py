@@ -98,6 +98,9 @@ def summary_lines(result: pipeline.TrainResult, wall: float) -> list[str]:
 def run(config: Config, world: World) -> pipeline.TrainResult | None:
     """Train and record one run; returns rank 0's result (None elsewhere)."""
     torch.set_num_threads(config.threads or world.default_threads())
+    message = world.missing_gpu(config.device)
+    if message:
+        raise UsageError(message)
     dataset, shape, message = load_data_on_root(config, world)
     if message:
         raise UsageError(message)

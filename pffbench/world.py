@@ -45,6 +45,13 @@ class World:
             return max(1, bound)
         return max(1, bound // self.local_size)
 
+    def missing_gpu(self, kind: str) -> str | None:
+        """One line if some rank cannot use ``--device kind`` (asked of every
+        rank together, so all of them stop, not only those without a GPU)."""
+        hosts = self.comm.allgather(self.hostname if kind == "cuda" and not torch.cuda.is_available() else None)
+        missing = sorted({host for host in hosts if host})
+        return f"--device cuda: torch sees no CUDA device on {', '.join(missing)}" if missing else None
+
     def device(self, kind: str) -> torch.device:
         if kind == "cuda":
             if not torch.cuda.is_available():

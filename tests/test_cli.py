@@ -1,6 +1,7 @@
 """The command line, launched the way users launch it: mpiexec -n N python -m pffbench.run."""
 import numpy as np
 import pytest
+import torch
 
 from pffbench import results
 from pffbench.config import UsageError, parse_config
@@ -28,6 +29,8 @@ def test_bad_arguments_raise_usage_errors(argv, needle):
     (2, ["--epochs", "-1"], "--epochs must be positive"),
     (4, ["--layers", "10,10", "--dataset", "synthetic"], "4 ranks but only 2 layers"),
     (2, ["--dataset", "cifar10", "--data-dir", "/nonexistent-pffbench"], "cifar"),
+    pytest.param(2, ["--device", "cuda", "--dataset", "synthetic", "--layers", "8,8"], "no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_input_exits_2_on_every_rank_with_one_line(n, argv, needle, tmp_path):
     done = mpirun(n, "-m", "pffbench.run", *argv, "--out", str(tmp_path / "r.h5"), timeout=120)
