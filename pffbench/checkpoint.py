@@ -115,22 +115,32 @@ class Checkpoints:
 
     def save(self, tag: int, state: dict) -> None:
         """Store this rank's ``state`` as checkpoint ``tag`` (epochs completed)."""
-        folder = self._folder(tag)
-        ok = 1.0
+        error = self.write(tag, state)
+        done = transport.sum_everywhere(self.comm, np.array([0.0 if error else 1.0]), "a checkpoint")
+        self.check_written(tag, done[0] == self.size, error)
+        self.commit(tag)
+
+    def write(self, tag: int, state: dict) -> str:
+        """Write this rank's file of checkpoint ``tag``; returns "" or what went wrong.  Not collective:
+        the ranks then agree that every file is there (``check_written``), and rank 0 commits."""
         try:
-            os.makedirs(folder, exist_ok=True)
+            os.makedirs(self._folder(tag), exist_ok=True)
             atomic_write(self._file(tag, self.rank), lambda f: torch.save(state, f))
-            error = ""
+            return ""
         except OSError as exc:
-            ok, error = 0.0, f"cannot write checkpoint {self._file(tag, self.rank)}: {exc.strerror or exc}"
-        done = transport.sum_everywhere(self.comm, np.array([ok]), "a checkpoint")
-        if done[0] != self.size:
+            return f"cannot write checkpoint {self._file(tag, self.rank)}: {exc.strerror or exc}"
+
+    def check_written(self, tag: int, everyone: bool, error: str) -> None:
+        if not everyone:
             if error:
                 raise OSError(error)  # this rank failed: its traceback ends the job
-            raise OSError(f"checkpoint {folder}: another rank could not write its file")
+            raise OSError(f"checkpoint {self._folder(tag)}: another rank could not write its file")
+
+    def commit(self, tag: int) -> None:
+        """Once every rank's file of ``tag`` is durable: rank 0 marks it complete and prunes old ones."""
         if self.rank == 0:
             marker = {"tag": tag, "ranks": self.size, "time": time.time(), **self.fingerprint}
-            atomic_write(os.path.join(folder, MARKER), lambda f: f.write(json.dumps(marker).encode()))
+            atomic_write(os.path.join(self._folder(tag), MARKER), lambda f: f.write(json.dumps(marker).encode()))
             self._prune(tag)
 
     def complete_tags(self) -> list[int]:

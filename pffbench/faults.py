@@ -9,8 +9,9 @@ Hidden flags (not in --help), for tests only:
 
 Signals: SIGTERM and SIGINT only set a flag (``Interrupts``); the schedule
 reads it at a point where all ranks agree (the pipeline: the epoch-boundary
-reduction), checkpoints, and raises ``RunStopped`` on every rank together, so
-no rank is left waiting.  A second signal of either kind ends the job at once.
+reduction; the PFF variants: ``LaggedAgreement`` at chapter boundaries),
+checkpoints, and raises ``RunStopped`` on every rank together, so no rank is
+left waiting.  A second signal of either kind ends the job at once.
 """
 from __future__ import annotations
 
@@ -164,9 +165,63 @@ def agree_at_boundary(comm, epoch: int, losses, linears: dict, owner_of) -> tupl
     bad = [i for i in range(num_layers) if flags[i]]
     if bad:
         first = bad[0]
-        what = {1: "loss", 2: "weights", 3: "loss and weights"}[int(flags[first])]
-        failure = (f"non-finite {what} (NaN or Inf) in layer {first} on rank {owner_of[first]} at epoch {epoch + 1}"
-                   + (f" (also in layers {', '.join(map(str, bad[1:]))} after it)" if bad[1:] else "")
-                   + ": training diverged; lower --lr or --sharpness")
+        failure = diverged(int(flags[first]), f"layer {first}", owner_of[first], epoch,
+                           f" (also in layers {', '.join(map(str, bad[1:]))} after it)" if bad[1:] else "")
     signum = int(signal.SIGTERM) if signals[1] else int(signal.SIGINT) if signals[0] else 0
     return summed, failure, signum
+
+
+def diverged(code: int, where: str, rank: int, epoch: int, more: str = "") -> str:
+    """The one-line verdict on a non-finite value; ``code`` 1 = loss, 2 = weights, 3 = both."""
+    what = {1: "loss", 2: "weights", 3: "loss and weights"}[code]
+    return (f"non-finite {what} (NaN or Inf) in {where} on rank {rank} at epoch {epoch + 1}{more}"
+            ": training diverged; lower --lr or --sharpness")
+
+
+def agreed_signal(signums) -> int:
+    """The signal the ranks stop for, whoever saw it: SIGTERM wins (the scheduler's)."""
+    seen = {int(s) for s in signums if s}
+    return int(signal.SIGTERM) if signal.SIGTERM in seen else min(seen, default=0)
+
+
+def stopped(failure: str | None, signum: int, epochs_done: int, checkpointed: bool, result=None) -> RunStopped:
+    """The RunStopped every rank raises once the ranks agreed to stop after ``epochs_done`` epochs."""
+    if failure:
+        return RunStopped("failed", failure, EXIT_FAILED, result, epochs_done)
+    saved = f"; checkpoint after epoch {epochs_done} saved" if checkpointed else ""
+    message = f"interrupted by {signal_name(signum)} after epoch {epochs_done}{saved}"
+    return RunStopped("interrupted", message, stop_code(signum), result, epochs_done)
+
+
+class LaggedAgreement:
+    """Every rank's flags at numbered boundaries, for schedules whose ranks
+    pass a boundary at different times (the PFF wavefront).
+
+    Posting does not wait (a non-blocking allgather); boundary k's table is
+    read at boundary k + lag, by when every rank has long posted it.  So
+    reading rarely waits, no rank is held back by the slowest, and every rank
+    reads the same tables at the same boundary: a sound place to stop together.
+    """
+
+    def __init__(self, comm, lag: int):
+        self.comm, self.lag = comm, max(1, lag)
+        self._pending = []
+
+    def post(self, boundary: int, flags) -> None:
+        import numpy as np
+        from mpi4py import MPI
+        table = np.zeros((self.comm.Get_size(), len(flags)))
+        table[self.comm.Get_rank()] = flags
+        request = self.comm.Iallgather(MPI.IN_PLACE, [table, MPI.DOUBLE])
+        self._pending.append((boundary, request, table))
+
+    def due(self, boundary: int | None = None) -> list:
+        """[(boundary, table [ranks, flags])] up to ``boundary - lag`` (every one still open if
+        None), oldest first; waits (guarded) for those."""
+        from . import transport
+        out = []
+        while self._pending and (boundary is None or self._pending[0][0] <= boundary - self.lag):
+            posted, request, table = self._pending.pop(0)
+            transport.wait(request, "the other ranks", f"the agreement after round {posted + 1} of chapters")
+            out.append((posted, table))
+        return out

@@ -35,6 +35,8 @@ class Post:
         self._local: dict[int, deque] = defaultdict(deque)
         self._posted: dict[tuple[int, int], deque] = defaultdict(deque)
         self._sending: list = []
+        self._sent = np.zeros(comm.Get_size(), dtype=np.int64)      # messages, per peer: what drain() settles
+        self._received = np.zeros(comm.Get_size(), dtype=np.int64)
 
     def publish(self, slot: int, state: torch.Tensor, dests) -> None:
         buffer = state.detach().to("cpu", torch.float32).contiguous().numpy().copy()
@@ -44,6 +46,7 @@ class Post:
                 self._local[slot].append(buffer)
             else:
                 requests.append(self.comm.Isend([buffer, MPI.FLOAT], dest=dest, tag=SLOT_TAG + slot))
+                self._sent[dest] += 1
         self._sending = [(r, b) for r, b in self._sending if not MPI.Request.Testall(r)]
         self._sending.append((requests, buffer))
 
@@ -61,12 +64,35 @@ class Post:
             self.expect(slot, source)
         request, buffer = self._posted[(slot, source)].popleft()
         wait(request, source, f"a receive of slot {slot}")
+        self._received[source] += 1
         return buffer
 
     def flush(self) -> None:
         for requests, _ in self._sending:
             wait_all(requests, "a peer", "a send of published slots")
         self._sending = []
+
+    def drain(self) -> None:
+        """The run stops early (collective): withdraw the receives no one will
+        match, take in what peers published for chapters that will not run,
+        so that every send completes and no message is left in flight."""
+        for (_, source), queue in self._posted.items():
+            for request, _ in queue:
+                request.Cancel()
+                status = MPI.Status()
+                request.Wait(status)  # a cancelled receive completes locally; one that had matched counts
+                self._received[source] += not status.Is_cancelled()
+            queue.clear()
+        expected = np.empty_like(self._sent)
+        wait(self.comm.Ialltoall([self._sent, MPI.INT64_T], [expected, MPI.INT64_T]), "the other ranks",
+             "the count of messages in flight")
+        buffer = np.empty(max(self.sizes.values()), dtype=np.float32)
+        for source in np.flatnonzero(expected > self._received):
+            for _ in range(int(expected[source] - self._received[source])):
+                wait(self.comm.Irecv([buffer, MPI.FLOAT], source=int(source), tag=MPI.ANY_TAG), int(source),
+                     "a receive of a slot no one will use")
+        self._received[:] = expected
+        self.flush()
 
 
 class Averager:
@@ -99,6 +125,10 @@ class Averager:
         for queue in self._pending.values():
             wait_all([request for request, _ in queue], "the other ranks", "the last averages")
             queue.clear()
+
+    def drain(self) -> None:
+        """The run stops early: every rank started the same sums, so complete them."""
+        self.flush()
 
 
 def share_training_data(comm: MPI.Comm, dataset, rows_per_rank=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,3 +53,36 @@ def test_checkpoint_is_complete_only_when_every_rank_wrote_its_file():
     comm.Barrier()
     if rank == 0:
         shutil.rmtree(folder)
+
+
+def test_lagged_agreement_gives_every_rank_the_same_tables_lag_rounds_late():
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    agreement = faults.LaggedAgreement(comm, lag=2)
+    seen = []
+    for boundary in range(5):
+        agreement.post(boundary, [rank, boundary, rank * boundary])
+        due = agreement.due(boundary)
+        assert [b for b, _ in due] == ([boundary - 2] if boundary >= 2 else [])
+        seen += due
+    seen += agreement.due()  # the rest, at the end
+    assert [b for b, _ in seen] == list(range(5))
+    for boundary, table in seen:
+        assert table.tolist() == [[r, boundary, r * boundary] for r in range(size)]
+
+
+def test_post_drain_settles_messages_no_one_will_read():
+    """A stopped PFF run: a layer published to the next rank for a chapter that
+    will not run (large enough not to go eagerly), and a receive preposted for
+    one no one will publish; drain must return on every rank, the send done."""
+    from pffbench.pff_communications import Post
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    post = Post(comm, {0: 1 << 20, 1: 4})
+    post.publish(0, torch.full((1 << 20,), float(rank)), [(rank + 1) % size])
+    post.expect(1, (rank - 1) % size)
+    post.drain()
+    assert post._sending == [] and not any(post._posted.values())
+    post.publish(1, torch.full((4,), float(rank)), [(rank + 1) % size])  # the Post still works afterwards
+    assert post.get(1, (rank - 1) % size).tolist() == [float((rank - 1) % size)] * 4
+    post.flush()
