@@ -8,11 +8,12 @@ chapters move through the ranks as a wavefront.  Each rank computes its own
 adaptive negatives after each of its chapters, for its next one.
 
 Federated and Performance-Optimized PFF reuse this loop (``wavefront``) with
-another exchange or another kind of layer.
+another exchange or another kind of layer.  Between chapters, ``Boundaries``
+checkpoints, resumes, and stops every rank together on a signal or NaN.
 """
 from __future__ import annotations
 
-from .chapters import Chapters
+from .chapters import Boundaries, Chapters
 from .pff_communications import Post
 
 
@@ -39,11 +40,22 @@ class RoundRobin:
     def flush(self) -> None:
         self.post.flush()
 
+    def drain(self) -> None:
+        self.post.drain()
+
 
 def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> object:
     """Train ``my_chapters`` layer by layer; ``exchange`` gets and publishes
     each slot as of a chapter.  Returns rank 0's TrainResult."""
+    # a round is every rank's next chapter: N of them round-robin, one when every rank trains every chapter
+    bounds = Boundaries(pff, exchange, finish["blocks"], per_round=my_chapters.step,
+                        loss_divisor=finish.get("loss_divisor", 1))
+    if bounds.start - 1 in my_chapters:  # resumed: the next chapter starts from what this rank published last
+        for slot, state in bounds.carry.items():
+            exchange.publish(slot, bounds.start - 1, state)
     for chapter in my_chapters:
+        if chapter < bounds.start:
+            continue
         exchange.expect(chapter)
         xs = pff.inputs(chapter)
         layers = []
@@ -67,7 +79,10 @@ def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> 
                 exchange.publish(pff.head_slot, chapter, pff.state(head))
         if scores is not None:
             pff.negatives.observe(scores)
+        carry = {index: pff.state(layer) for index, layer in enumerate(layers)}
+        bounds.after(chapter, carry if head is None else {**carry, pff.head_slot: pff.state(head)})
 
+    bounds.close()
     last, final = pff.config.epochs - 1, pff.num_chapters
     layers = head = None
     with pff.clock("recv_wait", last):

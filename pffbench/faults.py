@@ -23,9 +23,9 @@ import time
 
 import torch
 
-# variants whose ranks agree at every epoch boundary (agree_at_boundary): they stop cleanly on a
-# signal; in the others SIGTERM/SIGINT keep their default effect (the job ends at once, like an error)
-AGREEING = ("pipeline",)
+# variants whose ranks agree at boundaries (the pipeline's epochs, the PFF chapters): they stop cleanly on a
+# signal; in the others (backprop baselines) SIGTERM/SIGINT keep their default effect (the job ends at once)
+AGREEING = ("pipeline", "single-layer", "all-layers", "federated", "perf-opt")
 EXIT_FAILED = 3                                   # numerical fault, run recorded as "failed"
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # shell convention 128 + signal number
 

@@ -66,7 +66,8 @@ class Negatives:
         return self.strategy.startswith("adaptive")
 
     def observe(self, scores: torch.Tensor) -> None:
-        self.scores = scores.cpu()
+        if torch.isfinite(scores).all():  # a diverged model's scores would break the draws; that run is failing
+            self.scores = scores.cpu()
 
     def for_chapter(self, chapter: int) -> torch.Tensor:
         if self.strategy == "adaptive" and self.scores is not None:

@@ -8,12 +8,14 @@ chapter as soon as rank i-1 has published; only weights travel.  The last
 rank also trains the softmax head, and for adaptive negatives computes the
 label scores of the new model and publishes them to every rank, which is
 why adaptive negatives make the ranks wait for one another at each chapter.
+Between chapters, ``Boundaries`` checkpoints, resumes, and stops every rank
+together on a signal or NaN.
 """
 from __future__ import annotations
 
 import torch
 
-from .chapters import Chapters
+from .chapters import Boundaries, Chapters
 from .pff_communications import Post
 
 
@@ -35,8 +37,13 @@ def train(config, world, shape, dataset=None, on_epoch=None):
             ranks.add(0)
         return ranks
 
+    blocks = [range(num_layers)] if size == 1 else [range(r, r + 1) for r in range(size)]
+    # rank 0 runs up to N chapters ahead of the last rank: the agreement lags as much, so as not to hold it back
+    bounds = Boundaries(pff, post, blocks, lag=size)
+    for slot, state in bounds.carry.items():  # resumed: each slot's next reader gets it again
+        post.publish(slot, state, range(size) if slot == pff.scores_slot else {world.rank})
     head = None
-    for chapter in range(num_chapters):
+    for chapter in range(bounds.start, num_chapters):
         first, last = pff.first_epoch(chapter), pff.last_epoch(chapter)
         if chapter > 0 and pff.negatives.adaptive:
             with pff.clock("recv_wait", first):
@@ -57,18 +64,22 @@ def train(config, world, shape, dataset=None, on_epoch=None):
             if index + 1 < mine.stop:
                 xs = pff.forward(layer, xs, chapter)
             layers.append(layer)
-        if world.rank != last_rank:
-            continue
-        if pff.kind.has_head:
-            with pff.clock("recv_wait", last):
-                head = pff.kind.build_head(None if chapter == 0 else post.get(pff.head_slot, last_rank))
-        scores = pff.end_chapter(chapter, layers, head)
-        with pff.clock("send_wait", last):
-            if head is not None:
-                post.publish(pff.head_slot, pff.state(head), {last_rank if chapter + 1 < num_chapters else 0})
-            if scores is not None:
-                post.publish(pff.scores_slot, scores.reshape(-1), range(size))
+        carry = {index: pff.state(layers[index]) for index in mine}
+        if world.rank == last_rank:
+            if pff.kind.has_head:
+                with pff.clock("recv_wait", last):
+                    head = pff.kind.build_head(None if chapter == 0 else post.get(pff.head_slot, last_rank))
+            scores = pff.end_chapter(chapter, layers, head)
+            with pff.clock("send_wait", last):
+                if head is not None:
+                    carry[pff.head_slot] = pff.state(head)
+                    post.publish(pff.head_slot, carry[pff.head_slot], {last_rank if chapter + 1 < num_chapters else 0})
+                if scores is not None:
+                    carry[pff.scores_slot] = scores.reshape(-1)
+                    post.publish(pff.scores_slot, carry[pff.scores_slot], range(size))
+        bounds.after(chapter, carry)
 
+    bounds.close()
     final_layers = final_head = None
     with pff.clock("recv_wait", config.epochs - 1):
         if world.is_first:
@@ -76,5 +87,4 @@ def train(config, world, shape, dataset=None, on_epoch=None):
             if pff.kind.has_head:
                 final_head = pff.kind.build_head(post.get(pff.head_slot, last_rank))
         post.flush()
-    blocks = [range(num_layers)] if size == 1 else [range(r, r + 1) for r in range(size)]
     return pff.finish(final_layers, final_head, blocks, on_epoch=on_epoch)

@@ -53,7 +53,7 @@ def test_fuzzed_argv_gives_a_config_or_a_usage_error(argv, world_size):
     (["--threshold", "nan"], "--threshold must be a finite number"),
     (["--peer-timeout", "0"], "--peer-timeout must be positive"),
     (["--resume"], "--resume needs --checkpoint-dir"),
-    (["--checkpoint-dir", "x", "--variant", "all-layers"], "pipeline variant only"),
+    (["--checkpoint-dir", "x", "--variant", "backprop"], "work with the FF variants, not backprop"),
     (["--inject-fault", "1:9"], "no such rank or epoch"),
     (["--inject-hang", "1"], "RANK:EPOCH"),
     (["--seed", str(2 ** 40)], "--seed must be below"),

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -228,7 +229,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     (["--inject-fault", "2:0"], "no such rank"),
     (["--layers", "\n,\x1b[2J"], "comma-separated integers"),
     (["--epochs", "99999999999999999999"], "--epochs"),
-    (["--checkpoint-dir", "{tmp}/ck", "--variant", "federated"], "pipeline variant only"),
+    (["--checkpoint-dir", "{tmp}/ck", "--variant", "dp-backprop"], "FF variants, not dp-backprop"),
     (["--peer-timeout", "nan"], "--peer-timeout"),
 ])
 def test_nasty_argv_exits_2_on_every_rank_with_one_line(argv, needle, tmp_path):
@@ -239,6 +240,114 @@ def test_nasty_argv_exits_2_on_every_rank_with_one_line(argv, needle, tmp_path):
     assert len(err.strip().splitlines()) == 1, err
     assert err.startswith("pffbench: error:") and needle in err, err
     assert not job.out.exists() and not (tmp_path / "ck").exists()
+
+
+# --- the PFF variants: checkpoints, signals and NaN at chapter boundaries -------------------------
+
+PFF = [*TINY, "--layers", "32,32", "--epochs", "8", "--splits", "8", "--seed", "3", "--batch-size", "64"]
+# rank 1 hangs in chapter 5; all-layers and perf-opt agree once per round of 2 chapters (one per rank), federated
+# after every chapter, single-layer after every chapter but 2 chapters late (rank 0 may run that far ahead), and
+# adaptive negatives hold single-layer's rank 0 at chapter 6: the newest checkpoint all ranks complete is after
+PFF_RESUME = [("all-layers", ["--neg", "adaptive", "--classifier", "softmax"], 4),
+              ("single-layer", ["--neg", "adaptive", "--classifier", "softmax"], 4),
+              ("federated", ["--neg", "adaptive-sampled"], 5),
+              ("perf-opt", [], 4)]
+
+
+def _complete(checkpoints: Path) -> list[int]:
+    return sorted(int(ck.parent.name[6:]) for ck in checkpoints.glob("epoch-*/COMPLETE"))
+
+
+@pytest.mark.parametrize("variant,extra,resumed_at", PFF_RESUME, ids=[case[0] for case in PFF_RESUME])
+def test_pff_sigkill_mid_chapter_then_resume_gives_the_uninterrupted_weights(variant, extra, resumed_at, tmp_path):
+    argv = ["--variant", variant, *extra, *PFF]
+    for folder in "abc":
+        (tmp_path / folder).mkdir()
+    whole = Job(2, [*argv, "--model-out", str(tmp_path / "a" / "whole.pt")], tmp_path / "a")
+    assert whole.wait() == 0, whole.stderr
+
+    checkpoints = tmp_path / "ck"
+    killed = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--inject-hang", "1:5"], tmp_path / "b")
+    killed.wait_for(lambda: "injected hang" in killed.stderr and resumed_at in _complete(checkpoints))
+    time.sleep(1)  # nothing newer may complete: the other rank waits for the hung one
+    os.killpg(killed.proc.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert _complete(checkpoints)[-1] == resumed_at
+
+    resumed = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--resume",
+                      "--model-out", str(tmp_path / "c" / "resumed.pt")], tmp_path / "c")
+    assert resumed.wait() == 0, resumed.stderr
+    assert f"resuming from {checkpoints} after epoch {resumed_at}/8" in resumed.stdout
+    a, b = torch.load(tmp_path / "a" / "whole.pt"), torch.load(tmp_path / "c" / "resumed.pt")
+    for part in ("layers", "heads"):
+        for module_a, module_b in zip(a.get(part, []), b.get(part, []), strict=True):
+            for key in module_a:
+                assert torch.equal(module_a[key], module_b[key]), (part, key)  # exactly, not approximately
+    run_a, = results.read_runs(str(whole.out))
+    run_c, = results.read_runs(str(resumed.out))
+    assert run_c.attrs["resumed_from_epoch"] == resumed_at and run_c.attrs["status"] == "complete"
+    assert (run_a.arrays["loss"] == run_c.arrays["loss"]).all()
+    assert run_a.arrays["test_accuracy"][-1] == run_c.arrays["test_accuracy"][-1]
+
+
+PFF_SIGNALS = [("all-layers", signal.SIGTERM, "mpiexec"), ("all-layers", signal.SIGINT, "mpiexec"),
+               ("all-layers", signal.SIGTERM, "rank 1 only"), ("single-layer", signal.SIGTERM, "rank 1 only"),
+               ("federated", signal.SIGINT, "rank 1 only"), ("perf-opt", signal.SIGTERM, "mpiexec")]
+
+
+def _rank_pid(marker: str, rank: int) -> int:
+    is_rank = re.compile(rb"(^|\0)(PMI_RANK|OMPI_COMM_WORLD_RANK)=%d\0" % rank)  # MPICH, Open MPI
+    pids = [pid for pid in _leftovers(marker) if is_rank.search(Path(f"/proc/{pid}/environ").read_bytes())]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+@pytest.mark.parametrize("variant,signum,target", PFF_SIGNALS,
+                         ids=[f"{v}-{s.name}-{t.replace(' ', '-')}" for v, s, t in PFF_SIGNALS])
+def test_pff_signal_stops_every_rank_after_one_round_checkpoints_and_records_interrupted(variant, signum, target,
+                                                                                         tmp_path):
+    checkpoints = tmp_path / "ck"
+    # far more chapters than the test waits for; only the two newest checkpoints are kept, so wait for any
+    job = Job(2, ["--variant", variant, *TINY, "--layers", "16,16", "--epochs", "100000", "--splits", "100000",
+                  "--checkpoint-dir", str(checkpoints)], tmp_path)
+    job.wait_for(lambda: any(tag >= 2 for tag in _complete(checkpoints)))
+    signalled = time.time()
+    if target == "mpiexec":
+        job.proc.send_signal(signum)  # hydra forwards it to every rank
+    else:  # one rank sees it: the ranks must still agree
+        os.kill(_rank_pid(str(checkpoints), 1), signum)
+    code = job.wait(timeout=120)
+    err = job.stderr
+    assert code != 0, err
+    name = signal.Signals(signum).name
+    FAULT_TO_EXIT.append((f"{name} to {target}, {variant}: signal to exit", job.ended - signalled))
+    assert f"pffbench: stopped: interrupted by {name} after epoch" in err, err
+    assert "Traceback" not in err
+    run, = results.read_runs(str(job.out))
+    done = run.attrs["epochs_completed"]
+    assert run.attrs["status"] == "interrupted" and 2 <= done < 100000
+    assert f"checkpoint after epoch {done} saved" in err
+    assert (checkpoints / f"epoch-{done:06d}" / "COMPLETE").exists()  # the ranks checkpointed where they stopped
+    assert np.isfinite(run.arrays["loss"][:, :done]).all() and np.isnan(run.arrays["loss"][:, done:]).all()
+
+
+@pytest.mark.parametrize("variant,nan,where,done", [
+    ("all-layers", "1:3", "in layer 0 on rank 1 at epoch 4 (chapter 4 of 8)", 6),     # seen after round 3 of 4
+    ("single-layer", "1:3", "in layer 1 on rank 1 at epoch 4 (chapter 4 of 8)", 6),   # seen 2 chapters late
+    ("perf-opt", "0:2", "in layer 0 on rank 0 at epoch 3 (chapter 3 of 8)", 6),
+    ("all-layers", "1:7", "in layer 0 on rank 1 at epoch 8 (chapter 8 of 8)", 8),     # the last round: at the end
+])
+def test_pff_nan_stops_the_run_names_layer_rank_chapter_and_records_it_failed(variant, nan, where, done, tmp_path):
+    job = Job(2, ["--variant", variant, *PFF, "--inject-nan", nan], tmp_path)
+    code = job.wait(timeout=120)
+    err = job.stderr
+    assert code == 3, err
+    line, = [line for line in err.splitlines() if line.startswith("pffbench: error:")]
+    assert "non-finite" in line and where in line, err
+    assert "Traceback" not in err
+    run, = results.read_runs(str(job.out))
+    assert run.attrs["status"] == "failed" and run.attrs["epochs_completed"] == done
+    assert not np.isfinite(run.arrays["loss"][:, int(nan.split(":")[1])]).all()
 
 
 def test_report_fault_to_exit_times():
