@@ -84,13 +84,14 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
 
     sizes = batch_rows(shape.num_train, config.batch_size)
     total_steps = config.epochs * len(sizes)
-    if config.trace:
-        world.comm.Barrier()  # a common time origin for the trace
-    timer = EpochTimer(config.epochs, trace=config.trace)
     source = BatchSource(dataset, config, device) if world.is_first else None
     checkpoints = checkpoint.Checkpoints.from_config(config, world.comm)
     resumed = checkpoints.load_latest() if checkpoints and config.resume else None
     start_epoch = resumed[0] if resumed else 0
+    # the clocks start together, after rank 0's data preparation (which 1 rank does untimed as well;
+    # otherwise rank 1 would count it as waiting), and give the trace a common time origin
+    transport.wait(world.comm.Ibarrier(), "every rank", "the barrier before training")
+    timer = EpochTimer(config.epochs, trace=config.trace)
     receiver = None if world.is_first else transport.ActivationReceiver(
         world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * (config.epochs - start_epoch), timer)
     sender = None if world.is_last else transport.ActivationSender(world.comm, world.next, timer)
