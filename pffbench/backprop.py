@@ -127,11 +127,14 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         with timer("compute"):
             loss[0, epoch] = epoch_loss.item() / len(sizes)
         last_epoch = epoch == config.epochs - 1
-        if world.is_first and (last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0)):
+        if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
             with timer("eval"):
-                model.eval()
-                test_accuracy[epoch] = accuracy(model, dataset.x_test.to(device), dataset.y_test.to(device))
-                model.train()
+                if world.is_first:
+                    model.eval()
+                    test_accuracy[epoch] = accuracy(model, dataset.x_test.to(device), dataset.y_test.to(device))
+                    model.train()
+                if world.size > 1:  # the others would wait in the next Allreduce: that wait is evaluation too
+                    transport.wait(world.comm.Ibarrier(), "every rank", "the barrier after evaluation")
         timer.end_epoch()
         if world.is_first and on_epoch:
             on_epoch(epoch, loss[:, epoch], test_accuracy[epoch], timer.training_seconds(epoch))

@@ -144,6 +144,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                 if world.is_first:
                     accuracy[epoch] = ff.accuracy([l.to(device) for l in linears], dataset.x_test.to(device),
                                                   dataset.y_test.to(device), shape.num_classes, score_layers)
+                # the next epoch cannot start before rank 0 is back: the others' wait is evaluation too
+                transport.wait(world.comm.Ibarrier(), "every rank", "the barrier after evaluation")
         timer.end_epoch()
         if world.is_first and on_epoch:
             on_epoch(epoch, loss[:, epoch], accuracy[epoch], timer.training_seconds(epoch))
