@@ -14,6 +14,7 @@ process and are stopped by their PIDs.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -64,6 +65,9 @@ class LocalSlurm:
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
         ctld_port, d_port = _free_ports(2)
         d = self.dir
+        # job ids unique to this cluster: MPICH names its shared-memory segment after the PMI job
+        # (job.step), so a segment left by a killed earlier run with the same ids would hang MPI_Init
+        first_job_id = 1000 + secrets.randbelow(60_000_000)
         self.conf.write_text(f"""\
 ClusterName=pffbenchtest
 SlurmctldHost={self.node}
@@ -84,6 +88,7 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault={self.mpi_default}
+FirstJobId={first_job_id}
 ReturnToService=2
 SchedulerType=sched/builtin
 AccountingStorageType=accounting_storage/none

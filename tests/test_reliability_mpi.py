@@ -38,7 +38,11 @@ def _leftovers(marker: str) -> list[int]:
     return pids
 
 
-def _cleanup(proc: subprocess.Popen, marker: str) -> None:
+def _mpich_segments() -> set[Path]:
+    return set(Path("/dev/shm").glob("mpich_*_*"))
+
+
+def _cleanup(proc: subprocess.Popen, marker: str, segments_before: set[Path]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -47,6 +51,11 @@ def _cleanup(proc: subprocess.Popen, marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    # A killed or aborted MPICH job leaves its shared-memory segment behind, named after a hash of
+    # the launcher's job id (mpiexec's pid): a later job whose id hashes alike would attach to it
+    # and hang or fail in MPI_Init.  Tests run one job at a time, so what is new is this job's.
+    for path in _mpich_segments() - segments_before:
+        path.unlink(missing_ok=True)
 
 
 class Job:
@@ -61,6 +70,7 @@ class Job:
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         command = [MPIEXEC, *MPIEXEC_FLAGS, "-n", str(n), sys.executable, *module, *argv, "--out", str(self.out)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.segments_before = _mpich_segments()
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=ROOT, start_new_session=True)
 
@@ -69,7 +79,7 @@ class Job:
             self.proc.wait(timeout=timeout)
         finally:
             self.ended = time.time()
-            _cleanup(self.proc, str(self.tmp_path))
+            _cleanup(self.proc, str(self.tmp_path), self.segments_before)
         return self.proc.returncode
 
     def wait_for(self, predicate, timeout: float = 120) -> None:
@@ -78,7 +88,7 @@ class Job:
             if self.proc.poll() is not None:
                 pytest.fail(f"the job ended early ({self.proc.returncode}): {self.stderr}")
             if time.time() > deadline:
-                _cleanup(self.proc, str(self.tmp_path))
+                _cleanup(self.proc, str(self.tmp_path), self.segments_before)
                 pytest.fail(f"timed out waiting on the job: {self.stderr}")
             time.sleep(0.1)
 

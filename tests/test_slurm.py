@@ -34,10 +34,10 @@ def job_env(**extra) -> dict:
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}
 
 
-def submit(slurm, tmp_path, script, *args, sbatch=(), timeout=300, **env) -> tuple[int, str]:
+def submit(slurm, tmp_path, script, *args, sbatch=(), timeout=240, **env) -> tuple[int, str]:
     log = tmp_path / "job.out"
     job = slurm.sbatch("--output", str(log), *sbatch, f"jobs/{script}", *args, cwd=ROOT, env=job_env(**env))
-    state = slurm.wait(job, timeout=timeout)
+    state = slurm.wait(job, timeout=timeout)  # below the 300 s test timeout, so a stuck job is cancelled
     text = log.read_text() if log.exists() else ""
     assert state == "COMPLETED", f"job {job} ended {state}:\n{text[-3000:]}\n{slurm.logs()}"
     return job, text
