@@ -134,7 +134,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                     test_accuracy[epoch] = accuracy(model, dataset.x_test.to(device), dataset.y_test.to(device))
                     model.train()
                 if world.size > 1:  # the others would wait in the next Allreduce: that wait is evaluation too
-                    transport.wait(world.comm.Ibarrier(), "every rank", "the barrier after evaluation")
+                    transport.barrier(world.comm, "evaluation")
         timer.end_epoch()
         if world.is_first and on_epoch:
             on_epoch(epoch, loss[:, epoch], test_accuracy[epoch], timer.training_seconds(epoch))

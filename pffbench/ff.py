@@ -65,17 +65,16 @@ class FirstLayerInputs:
     normalize(embed_labels(x, label)) up to float32 rounding."""
 
     def __init__(self, x: torch.Tensor, num_classes: int, eps: float = 1e-8):
-        self.num_classes = num_classes
         body = x.clone()
         body[:, :num_classes] = 0.0
         rms = ((body.double().pow(2).sum(dim=1) + 1.0) / x.shape[1]).sqrt()
         self.scale = (1.0 / (rms + eps)).to(x.dtype)
-        self.rows = body.mul_(self.scale.unsqueeze(1))
+        self.normalized = body.mul_(self.scale.unsqueeze(1))
 
     def batch(self, rows: torch.Tensor, labels: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-        n = len(rows)
-        pair = torch.empty((2 * n, self.rows.shape[1]), dtype=self.rows.dtype, device=self.rows.device)
-        torch.index_select(self.rows, 0, rows, out=pair[:n])
+        n, data = len(rows), self.normalized
+        pair = torch.empty((2 * n, data.shape[1]), dtype=data.dtype, device=data.device)
+        torch.index_select(data, 0, rows, out=pair[:n])
         pair[n:] = pair[:n]
         index = torch.arange(2 * n, device=pair.device)
         pair[index, torch.cat((labels, wrong))] = self.scale[rows].repeat(2)

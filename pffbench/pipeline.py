@@ -90,7 +90,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     start_epoch = resumed[0] if resumed else 0
     # the clocks start together, after rank 0's data preparation (which 1 rank does untimed as well;
     # otherwise rank 1 would count it as waiting), and give the trace a common time origin
-    transport.wait(world.comm.Ibarrier(), "every rank", "the barrier before training")
+    transport.barrier(world.comm, "set-up")
     timer = EpochTimer(config.epochs, trace=config.trace)
     receiver = None if world.is_first else transport.ActivationReceiver(
         world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * (config.epochs - start_epoch), timer)
@@ -145,7 +145,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                     accuracy[epoch] = ff.accuracy([l.to(device) for l in linears], dataset.x_test.to(device),
                                                   dataset.y_test.to(device), shape.num_classes, score_layers)
                 # the next epoch cannot start before rank 0 is back: the others' wait is evaluation too
-                transport.wait(world.comm.Ibarrier(), "every rank", "the barrier after evaluation")
+                transport.barrier(world.comm, "evaluation")
         timer.end_epoch()
         if world.is_first and on_epoch:
             on_epoch(epoch, loss[:, epoch], accuracy[epoch], timer.training_seconds(epoch))

@@ -62,6 +62,11 @@ def wait(request: MPI.Request, peer, operation: str) -> None:
         time.sleep(delay)
 
 
+def barrier(comm: MPI.Comm, after: str) -> None:
+    """Every rank waits here for the others (guarded like any wait)."""
+    wait(comm.Ibarrier(), "every rank", f"the barrier after {after}")
+
+
 def wait_all(requests, peer, operation: str) -> None:
     for request in requests:
         wait(request, peer, operation)
@@ -102,7 +107,7 @@ class ActivationReceiver:
         self.comm, self.source, self.timer = comm, source, timer
         row_counts = list(row_counts)
         max_rows = max(row_counts) if row_counts else 0
-        # torch's allocator aligns to 64 bytes (numpy's to 16), which the next layer's GEMM reads best
+        # allocated by torch, so aligned to 64 bytes like the tensors the layers compute on (numpy: 16)
         self._buffers = [torch.empty((max_rows, width), dtype=torch.float32).numpy() for _ in range(2)]
         self._next_buffer = 0
         self._pending: deque = deque()
