@@ -199,15 +199,12 @@ def _stopped(world, timer, receiver, sender, loss, accuracy, dims, blocks, epoch
     if sender:
         sender.flush()
     timing = transport.gather_rows(world.comm, timer.table())
-    if failure:
-        status, message, code = "failed", failure, faults.EXIT_FAILED
-    else:
-        saved = f"; checkpoint after epoch {epochs_done} saved" if checkpointed else ""
-        status, code = "interrupted", faults.stop_code(signum)
-        message = f"interrupted by {faults.signal_name(signum)} after epoch {epochs_done}{saved}"
     result = None
     if world.is_first:
         loss[:, epochs_done:] = np.nan
         result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy, linears=[], dims=dims, blocks=blocks,
-                             attrs={"epochs_completed": epochs_done, "stop_reason": message})
-    return faults.RunStopped(status, message, code, result, epochs_done)
+                             attrs={"epochs_completed": epochs_done})
+    stop = faults.stopped(failure, signum, epochs_done, checkpointed, result)
+    if result is not None:
+        result.attrs["stop_reason"] = stop.message
+    return stop
