@@ -23,6 +23,7 @@ NEGATIVES = ("random", "fixed", "adaptive", "adaptive-sampled")
 CLASSIFIERS = ("goodness", "softmax")
 PARTITIONS = ("iid", "label-skew")
 DEVICES = ("cpu", "cuda")
+TRANSPORTS = ("auto", "p2p")
 DEFAULT_OUT = "results/pffbench.h5"
 
 
@@ -46,6 +47,7 @@ class Config:
     seed: int = 0
     threads: int = 0
     device: str = "cpu"
+    transport: str = "auto"
     eval_every: int = 0
     score_layers: tuple[int, ...] | None = None
     out: str = DEFAULT_OUT
@@ -138,6 +140,9 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                      help="torch threads per rank; 0 = cores on the node / ranks on the node (default)")
     run.add_argument("--device", default=d.device, choices=DEVICES,
                      help="cpu, or cuda: GPU = local rank mod GPU count (default: %(default)s)")
+    run.add_argument("--transport", default=d.transport, choices=TRANSPORTS,
+                     help="pipeline activations: auto = a shared-memory ring between ranks on one node and MPI "
+                          "messages between nodes; p2p = MPI messages everywhere (default: %(default)s)")
     run.add_argument("--eval-every", type=int, default=d.eval_every, metavar="K",
                      help="also measure test accuracy every K epochs (0 = only at the end; default)")
     output = p.add_argument_group("output")

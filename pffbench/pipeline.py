@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import checkpoint, faults, ff, transport
+from .pipeline_communications import Links
 from .config import Config
 from .partition import balanced_partition, layer_costs
 from .timing import CATEGORIES, EpochTimer
@@ -52,24 +53,26 @@ def batch_rows(num_train: int, batch_size: int) -> list[int]:
 
 
 class BatchSource:
-    """Rank 0's minibatches: a fresh permutation per epoch and random wrong
-    labels per minibatch, all from one seeded generator."""
+    """Rank 0's minibatches: a fresh permutation per epoch and a random wrong
+    label per example, drawn at the epoch's start from one seeded generator
+    (so a checkpoint at an epoch boundary holds the whole random state)."""
 
     def __init__(self, dataset, config: Config, device: torch.device):
         self.inputs = ff.FirstLayerInputs(dataset.x_train.to(device), dataset.num_classes)
         self.y = dataset.y_train.to(device)
         self.num_classes = dataset.num_classes
-        self.batch_size = config.batch_size
+        self.sizes = batch_rows(len(self.y), config.batch_size)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.order = None
+        self.epoch = None
 
     def start_epoch(self) -> None:
-        self.order = torch.randperm(self.y.shape[0], generator=self.generator).to(self.y.device)
+        order = torch.randperm(self.y.shape[0], generator=self.generator).to(self.y.device)
+        labels = self.y[order]
+        wrong = ff.random_wrong_labels(labels, self.num_classes, self.generator)
+        self.epoch = self.inputs.epoch(order, labels, wrong, self.sizes)
 
     def batch(self, index: int) -> torch.Tensor:
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
-        labels = self.y[rows]
-        return self.inputs.batch(rows, labels, ff.random_wrong_labels(labels, self.num_classes, self.generator))
+        return self.epoch.batch(index)
 
 
 def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=None) -> TrainResult | None:
@@ -92,9 +95,11 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     # otherwise rank 1 would count it as waiting), and give the trace a common time origin
     transport.barrier(world.comm, "set-up")
     timer = EpochTimer(config.epochs, trace=config.trace)
-    receiver = None if world.is_first else transport.ActivationReceiver(
-        world.comm, world.prev, dims[block.start], [2 * n for n in sizes] * (config.epochs - start_epoch), timer)
-    sender = None if world.is_last else transport.ActivationSender(world.comm, world.next, timer)
+    links = Links(world.comm, timer, dims[block.start], dims[block.stop],
+                  [2 * n for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
+    receiver, sender = links.receiver, links.sender
+    # the last layer computes straight into the outgoing shared slot (on a GPU it is copied there)
+    in_slot = sender is not None and device.type == "cpu"
 
     loss = np.zeros((len(config.layers), config.epochs))
     accuracy = np.full(config.epochs, np.nan)
@@ -117,12 +122,15 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                 with timer("data"):
                     x = source.batch(b)
             else:
-                x = receiver.receive().to(device, non_blocking=True)
+                x = receiver.receive()
+                if device.type != "cpu":
+                    x = x.to(device, non_blocking=True)
+            slot = sender.slot(2 * n) if in_slot else None  # may wait for the next rank to hand it back
             with timer("compute"):
                 lr = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
                 for i in block:
                     layers[i].set_lr(lr)
-                    x, step_loss = layers[i].train_step(x, n)
+                    x, step_loss = layers[i].train_step(x, n, out=slot if i == block[-1] else None)
                     epoch_loss[i] += step_loss
             if sender:
                 sender.send(x)
@@ -152,9 +160,10 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         if checkpoints and not failure and not last_epoch:
             checkpoints.save(epoch + 1, _checkpoint_state(epoch + 1, step, layers, source, timer, loss, accuracy))
         if failure or (signum and not last_epoch):  # a signal during the last epoch lets the run finish
-            raise _stopped(world, timer, receiver, sender, loss, accuracy, dims, blocks, epoch + 1, failure, signum,
+            raise _stopped(world, timer, links, loss, accuracy, dims, blocks, epoch + 1, failure, signum,
                            bool(checkpoints))
 
+    links.close()
     timing = transport.gather_rows(world.comm, timer.table())
     trace = transport.gather_events(world.comm, timer.events()) if config.trace else None
     if not world.is_first:
@@ -189,15 +198,14 @@ def _restore(state, layers, source, timer, loss, accuracy) -> int:
     return state["step"]
 
 
-def _stopped(world, timer, receiver, sender, loss, accuracy, dims, blocks, epochs_done, failure, signum,
+def _stopped(world, timer, links, loss, accuracy, dims, blocks, epochs_done, failure, signum,
              checkpointed) -> faults.RunStopped:
     """Every rank agreed to stop after ``epochs_done`` epochs: drain, gather
     the accounts, and build the exception each rank raises (rank 0's carries
     the partial result for the results file)."""
-    if receiver:
-        receiver.cancel()
-    if sender:
-        sender.flush()
+    if links.receiver:
+        links.receiver.cancel()
+    links.close()
     timing = transport.gather_rows(world.comm, timer.table())
     result = None
     if world.is_first:

@@ -1,15 +1,12 @@
-"""The only module that touches MPI buffers: point-to-point activation
-transfer for the pipeline, and the collectives that gather results to rank 0.
-
-Activations travel as raw float32 buffers (never pickled).  Sends and receives
-are double-buffered: a rank computes on one buffer while the next minibatch
-arrives in the other and the previous result leaves from a third.
+"""MPI plumbing every schedule shares: the guarded wait (no wait on a peer
+outlasts --peer-timeout), the guarded barrier, and the collectives that
+gather results to rank 0, all on raw buffers (never pickled).  Each
+schedule's own sends and receives live beside it in *_communications.py.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
 
 import numpy as np
 import torch
@@ -17,7 +14,6 @@ from mpi4py import MPI
 
 from .timing import EpochTimer
 
-ACTIVATION_TAG = 11
 LAYER_TAG_BASE = 1000
 
 # --- the deadlock guard: every wait on a peer gives up after peer_timeout() s ---
@@ -42,14 +38,19 @@ def peer_timeout() -> float:
 
 
 def wait(request: MPI.Request, peer, operation: str) -> None:
-    """``request.Wait()`` with the deadlock guard: poll with Test() (yielding
-    for 5 ms, then sleeps backing off to 1 ms) and raise PeerTimeout naming
-    this rank, ``peer`` and ``operation`` after peer_timeout() seconds."""
-    if request.Test():
+    """``request.Wait()`` with the deadlock guard (see wait_until)."""
+    wait_until(request.Test, peer, operation)
+
+
+def wait_until(ready, peer, operation: str) -> None:
+    """Poll ``ready()`` (yielding the core for 5 ms, then sleeping, backing
+    off to 1 ms) and raise PeerTimeout naming this rank, ``peer`` and
+    ``operation`` after peer_timeout() seconds."""
+    if ready():
         return
     start = time.perf_counter()
     deadline, delay = start + _PEER_TIMEOUT[0], 0.0
-    while not request.Test():
+    while not ready():
         now = time.perf_counter()
         if now - start < _SPIN:
             os.sched_yield()
@@ -70,75 +71,6 @@ def barrier(comm: MPI.Comm, after: str) -> None:
 def wait_all(requests, peer, operation: str) -> None:
     for request in requests:
         wait(request, peer, operation)
-
-
-class ActivationSender:
-    """Non-blocking sends to one peer, at most ``depth`` in flight."""
-
-    def __init__(self, comm: MPI.Comm, dest: int, timer: EpochTimer, depth: int = 2):
-        self.comm, self.dest, self.timer, self.depth = comm, dest, timer, depth
-        self._in_flight: deque = deque()
-
-    def send(self, x: torch.Tensor) -> None:
-        """Start sending ``x``; the tensor itself is the send buffer, so it is
-        kept alive (not copied) until its send completes."""
-        if len(self._in_flight) == self.depth:
-            self._wait_oldest()
-        x = x.detach().to("cpu", torch.float32).contiguous()
-        request = self.comm.Isend([x.numpy(), MPI.FLOAT], dest=self.dest, tag=ACTIVATION_TAG)
-        self._in_flight.append((request, x))
-
-    def _wait_oldest(self) -> None:
-        request, _ = self._in_flight[0]
-        with self.timer("send_wait"):
-            wait(request, self.dest, "a send of activations")
-        self._in_flight.popleft()
-
-    def flush(self) -> None:
-        while self._in_flight:
-            self._wait_oldest()
-
-
-class ActivationReceiver:
-    """Receives a known sequence of [rows, width] float32 messages from one
-    peer into two preallocated buffers, one message ahead of the consumer."""
-
-    def __init__(self, comm: MPI.Comm, source: int, width: int, row_counts, timer: EpochTimer):
-        self.comm, self.source, self.timer = comm, source, timer
-        row_counts = list(row_counts)
-        max_rows = max(row_counts) if row_counts else 0
-        # allocated by torch, so aligned to 64 bytes like the tensors the layers compute on (numpy: 16)
-        self._buffers = [torch.empty((max_rows, width), dtype=torch.float32).numpy() for _ in range(2)]
-        self._next_buffer = 0
-        self._pending: deque = deque()
-        self._row_counts = iter(row_counts)
-        self._post_next()
-
-    def _post_next(self) -> None:
-        rows = next(self._row_counts, None)
-        if rows is None:
-            return
-        view = self._buffers[self._next_buffer][:rows]
-        self._next_buffer ^= 1
-        request = self.comm.Irecv([view, MPI.FLOAT], source=self.source, tag=ACTIVATION_TAG)
-        self._pending.append((request, view))
-
-    def receive(self) -> torch.Tensor:
-        """The next message, as a tensor viewing its buffer.  The view stays
-        valid until the *following* receive() call returns, which is when the
-        buffer is handed back to MPI for the message after that."""
-        request, view = self._pending.popleft()
-        with self.timer("recv_wait"):
-            wait(request, self.source, "a receive of activations")
-        self._post_next()
-        return torch.from_numpy(view)
-
-    def cancel(self) -> None:
-        """Withdraw the preposted receive(s): the run stops early."""
-        while self._pending:
-            request, _ = self._pending.popleft()
-            request.Cancel()
-            request.Wait()  # a cancelled receive completes locally
 
 
 def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[int],

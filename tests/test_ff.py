@@ -57,10 +57,16 @@ def test_first_layer_inputs_are_the_normalized_embedded_pairs():
     y = torch.randint(0, 10, (300,), generator=generator)
     rows = torch.tensor([7, 0, 299, 42, 42])
     wrong = ff.random_wrong_labels(y[rows], 10, generator)
-    pair = ff.FirstLayerInputs(x, 10).batch(rows, y[rows], wrong)
-    expected = ff.normalize(torch.cat((ff.embed_labels(x[rows], y[rows], 10), ff.embed_labels(x[rows], wrong, 10))))
-    torch.testing.assert_close(pair, expected, rtol=1e-6, atol=1e-6)
-    assert (pair[:5, :10].argmax(1) == y[rows]).all() and (pair[5:, :10].argmax(1) == wrong).all()
+    inputs = ff.FirstLayerInputs(x, 10)
+    for chunk_bytes in (1, 6 * 50 * 4, 1 << 20):  # a chunk per minibatch, one per 6 pair rows, one for all
+        epoch = inputs.epoch(rows, y[rows], wrong, [2, 1, 2], chunk_bytes)
+        assert len(epoch) == 3
+        for b, part in [(2, slice(3, 5)), (0, slice(0, 2)), (1, slice(2, 3)), (2, slice(3, 5))]:
+            r, right, neg = rows[part], y[rows][part], wrong[part]
+            expected = ff.normalize(torch.cat((ff.embed_labels(x[r], right, 10), ff.embed_labels(x[r], neg, 10))))
+            pair = epoch.batch(b)
+            torch.testing.assert_close(pair, expected, rtol=1e-6, atol=1e-6)
+            assert (pair[:len(r), :10].argmax(1) == right).all() and (pair[len(r):, :10].argmax(1) == neg).all()
 
 
 def test_layer_step_lowers_its_loss_and_returns_pre_update_activity():

@@ -1,4 +1,6 @@
 """The pipeline under mpiexec -n 2 / -n 4 (pytest --with-mpi)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -18,8 +20,10 @@ def shape_of(data):
     return pipeline.Shape(data.x_train.shape[0], data.num_features, data.num_classes)
 
 
-def test_pipeline_gives_the_sequential_weights():
-    """p ranks and 1 rank agree to float32 round-off after 375 steps.
+@pytest.mark.parametrize("transport", ["auto", "p2p"])
+def test_pipeline_gives_the_sequential_weights(transport):
+    """p ranks and 1 rank agree to float32 round-off after 375 steps, with
+    activations in the shared ring (auto) or in MPI messages (p2p).
 
     Tolerance: 1e-6 absolute on weights of order 0.1.  Every rank runs the
     same float32 kernels on the same inputs with one thread, so in practice
@@ -30,7 +34,7 @@ def test_pipeline_gives_the_sequential_weights():
     torch.set_num_threads(1)
     data = load_dataset("synthetic") if comm.rank == 0 else None
     shape = comm.bcast(shape_of(data) if data else None)
-    parallel = pipeline.train(CONFIG, World(comm), shape, data)
+    parallel = pipeline.train(dataclasses.replace(CONFIG, transport=transport), World(comm), shape, data)
     if comm.rank != 0:
         assert parallel is None
         return

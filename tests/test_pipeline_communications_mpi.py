@@ -1,0 +1,81 @@
+"""The pipeline's links under mpiexec -n 2 / -n 4: the shared-memory ring
+(every test run is on one node) and MPI messages carry the same messages."""
+import numpy as np
+import pytest
+import torch
+
+from pffbench import transport
+from pffbench.pipeline_communications import Links, MessageReceiver, MessageSender, RingReceiver, RingSender
+from pffbench.timing import EpochTimer
+
+MPI = pytest.importorskip("mpi4py.MPI")
+pytestmark = pytest.mark.mpi(min_size=2)
+
+WIDTH = 7
+
+
+def message(sender: int, index: int, rows: int) -> torch.Tensor:
+    return torch.arange(rows * WIDTH, dtype=torch.float32).reshape(rows, WIDTH) + 1000 * index + 0.5 * sender
+
+
+@pytest.fixture(autouse=True)
+def short_peer_timeout():
+    transport.set_peer_timeout(20)  # a link that blocks where it must not fails the test instead of hanging it
+    yield
+    transport.set_peer_timeout(600)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_links_carry_every_message_in_order(shared):
+    comm = MPI.COMM_WORLD
+    rows = [5, 3] * 10 + [1]  # more messages than slots, and a short last one
+    links = Links(comm, EpochTimer(1), WIDTH, WIDTH, rows, ahead=3, shared=shared)
+    ring = (RingReceiver, RingSender) if shared else (MessageReceiver, MessageSender)
+    assert links.receiver is None if comm.rank == 0 else isinstance(links.receiver, ring[0])
+    assert links.sender is None if comm.rank == comm.size - 1 else isinstance(links.sender, ring[1])
+    assert links.kind == ("shared" if shared else "messages")
+    for index, n in enumerate(rows):
+        if links.receiver:
+            got = links.receiver.receive()
+            torch.testing.assert_close(got, message(comm.rank - 1, index, n), rtol=0, atol=0)
+        if links.sender:
+            slot = links.sender.slot(n)
+            if slot is not None and index % 2:  # computed in place, or copied in by send()
+                slot.copy_(message(comm.rank, index, n))
+                links.sender.send(slot)
+            else:
+                links.sender.send(message(comm.rank, index, n))
+    links.close()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_sender_runs_ahead_without_waiting_for_its_receiver(shared):
+    comm = MPI.COMM_WORLD
+    ahead = 4
+    rows = [2] * ahead
+    links = Links(comm, EpochTimer(1), WIDTH, WIDTH, rows, ahead=ahead, shared=shared)
+    if links.sender:  # every message goes out before anyone receives
+        for index, n in enumerate(rows):
+            links.sender.send(message(comm.rank, index, n))
+    comm.Barrier()
+    if links.receiver:
+        for index, n in enumerate(rows):
+            assert links.receiver.receive()[0, 0].item() == message(comm.rank - 1, index, n)[0, 0].item()
+    links.close()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_links_close_cleanly_when_a_run_stops_early(shared):
+    comm = MPI.COMM_WORLD
+    rows = [3] * 12
+    links = Links(comm, EpochTimer(1), WIDTH, WIDTH, rows, ahead=2, shared=shared)
+    for index in range(5):  # the ranks agree to stop after 5 of 12 messages
+        if links.receiver:
+            links.receiver.receive()
+        if links.sender:
+            links.sender.send(message(comm.rank, index, 3))
+    if links.receiver:
+        links.receiver.cancel()
+    links.close()
+    comm.Barrier()  # nothing left half-done: the next collective completes
+    assert np.isclose(comm.allreduce(1.0), comm.size)
