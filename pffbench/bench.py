@@ -46,6 +46,7 @@ def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps:
     """FLOP rate of FFLayer.train_step against a bare matmul of the same
     shape on the same threads.  Useful FLOPs of a step: the forward product
     and the weight gradient, 2 x 2*rows*in*out (inputs need no gradient)."""
+    torch.set_flush_denormal(True)  # as `python -m pffbench.run` does
     torch.set_num_threads(threads)
     rows = 2 * batch
     x = ff.normalize(torch.rand(rows, width_in))

@@ -97,6 +97,10 @@ def summary_lines(result: pipeline.TrainResult, wall: float) -> list[str]:
 
 def run(config: Config, world: World) -> pipeline.TrainResult | None:
     """Train and record one run; returns rank 0's result (None elsewhere)."""
+    # flush denormals to zero, before torch starts its threads: Adam's moments for weights whose gradient
+    # is always zero (MNIST's blank border pixels, dead ReLUs) decay into the denormal range, where every
+    # update of them is slow; measured 4 % off the FF step, with no effect on what is learnt
+    torch.set_flush_denormal(True)
     torch.set_num_threads(config.threads or world.default_threads())
     message = world.missing_gpu(config.device)
     if message:
