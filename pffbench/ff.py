@@ -89,7 +89,7 @@ class EpochInputs:
     a chunk of ~``chunk_bytes`` filled by one row gather and one scatter.
     Why chunks: right after a layer step has flushed the caches, a single
     minibatch's gather waits on memory row by row, while one gather of many
-    rows streams at memory bandwidth (on a 2-core VM, MNIST: 220 -> 90 us
+    rows streams at memory bandwidth (on a 2-core VM, MNIST: 220 -> 110 us
     per minibatch).  Every chunk is a fresh tensor, so a minibatch stays
     valid for as long as it is referenced."""
 
