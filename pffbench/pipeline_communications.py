@@ -98,13 +98,13 @@ class _Ring:
         self.written = raw[start:start + 8].view(np.int64)
         self.released = raw[start + _LINE:start + _LINE + 8].view(np.int64)
         body = raw[start + 2 * _LINE:start + 2 * _LINE + slots * rows * width * 4]
-        self.slots = torch.from_numpy(body.view(np.float32).reshape(slots, rows, width))
-        self._full = list(self.slots)  # made once: indexing a tensor right after a layer step costs ~50 us
+        # one view per slot, made once: indexing a tensor right after a layer step costs ~50 us
+        self.slots = list(torch.from_numpy(body.view(np.float32).reshape(slots, rows, width)))
         if fresh:
             self.written[0] = self.released[0] = 0
 
     def slot(self, index: int, rows: int) -> torch.Tensor:
-        full = self._full[index % len(self._full)]
+        full = self.slots[index % len(self.slots)]
         return full if rows == full.shape[0] else full[:rows]
 
 
