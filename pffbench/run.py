@@ -25,6 +25,7 @@ from .timing import COLUMNS
 from .world import World, launch_mismatch
 
 EXIT_USAGE = 2
+ABORT_GRACE_S = 0.5  # time the launcher gets to forward a traceback before the abort
 
 
 def utc_now() -> str:
@@ -39,6 +40,9 @@ def install_abort_on_error(comm: MPI.Comm) -> None:
         prefix = f"[rank {comm.Get_rank()}] "
         sys.stderr.write("".join(prefix + line for line in text.splitlines(keepends=True)))
         sys.stderr.flush()
+        # The launcher forwards a rank's stderr from a pipe; an abort can kill the forwarding
+        # before it has read the traceback (seen once in CI: the job ended with no output at all).
+        time.sleep(ABORT_GRACE_S)
         comm.Abort(1)
     sys.excepthook = hook
 
