@@ -123,7 +123,7 @@ class FFKind:
 
     @staticmethod
     def step(layer, xs: tuple, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return layer.train_step(torch.cat([x[rows] for x in xs]), len(rows))[1]
+        return layer.train_step(torch.cat([x[rows] for x in xs]), len(rows), normalize=False)[1]
 
     @staticmethod
     @torch.no_grad()

@@ -164,15 +164,18 @@ class FFLayer:
             group["lr"] = lr
 
     @torch.no_grad()
-    def train_step(self, x: torch.Tensor, num_positive: int,
-                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, num_positive: int, out: torch.Tensor | None = None,
+                   normalize: bool = True, norm_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step on a stacked (positive; negative) normalized batch.
 
         Returns the normalized activity of this step's own forward pass (i.e.
         *before* the update, which is what makes the pipeline and the
         sequential schedule compute exactly the same thing), written into
         ``out`` if given (e.g. a buffer the next rank reads), and the loss as
-        a 0-d tensor, so no device sync happens here.
+        a 0-d tensor, so no device sync happens here.  With ``normalize=False``
+        the activity is returned as it is (a pass less where nobody reads it,
+        or where the next rank normalizes it: the first rank also makes the
+        data), its row norms written to ``norm_out`` (rows x 1) if given.
 
         The gradient is written out by hand: with L = 2 mean softplus(z),
         z = k s (theta - g), g = mean(h^2), s = +1/-1 for positive/negative,
@@ -181,7 +184,8 @@ class FFLayer:
         autograd's bookkeeping (see test_manual_gradient_matches_autograd).
         """
         weight, bias = self.linear.weight, self.linear.bias
-        h = torch.addmm(bias, x, weight.t()).clamp_(min=0)
+        h = (torch.addmm(bias, x, weight.t()) if normalize or out is None
+             else torch.addmm(bias, x, weight.t(), out=out)).clamp_(min=0)
         rows, width = h.shape
         sign = torch.ones(rows, device=h.device)
         sign[num_positive:] = -1.0
@@ -194,6 +198,10 @@ class FFLayer:
         torch.mm(grad_h.t(), x, out=weight.grad)
         torch.sum(grad_h, dim=0, out=bias.grad)
         self.optimizer.step()
+        if not normalize:
+            if norm_out is not None:
+                torch.sqrt(g, out=norm_out[:, 0]).add_(1e-8)
+            return h, loss
         norm = g.sqrt_().add_(1e-8).unsqueeze(1)  # = normalize(h): g is its mean square
         return (h.div_(norm) if out is None else torch.div(h, norm, out=out)), loss
 

@@ -3,8 +3,9 @@
 Rank r owns a contiguous block of layers.  For every minibatch, in order:
 rank 0 builds the normalized (positive; negative) input, each rank receives
 its block's input from rank r-1, takes one local FF step on each of its
-layers, and sends the normalized output of the step's own forward pass to
-rank r+1.  Rank p-1 runs a minibatch while rank 0 is already several
+layers, and sends the output of the step's own forward pass to rank r+1
+(with its row norms: rank r+1 normalizes it, so rank 0, which also makes the
+data, does not).  Rank p-1 runs a minibatch while rank 0 is already several
 minibatches ahead: the layers train in parallel.
 
 With p = 1 the same loop is the sequential baseline; because every layer sees
@@ -98,7 +99,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     links = Links(world.comm, timer, dims[block.start], dims[block.stop],
                   [2 * n for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
     receiver, sender = links.receiver, links.sender
-    # the last layer computes straight into the outgoing shared slot (on a GPU it is copied there)
+    # the last layer computes straight into the outgoing message (on a GPU it is copied there)
     in_slot = sender is not None and device.type == "cpu"
 
     loss = np.zeros((len(config.layers), config.epochs))
@@ -122,18 +123,26 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                 with timer("data"):
                     x = source.batch(b)
             else:
-                x = receiver.receive()
+                x, norms = receiver.receive()
                 if device.type != "cpu":
-                    x = x.to(device, non_blocking=True)
-            slot = sender.slot(2 * n) if in_slot else None  # may wait for the next rank to hand it back
+                    x, norms = x.to(device, non_blocking=True), norms.to(device, non_blocking=True)
+            out = norms_out = None  # where the block's output goes, unnormalized; nowhere on the last rank
+            if sender:  # may wait for the next rank to hand a slot back
+                out, norms_out = sender.slot(2 * n) if in_slot else (
+                    torch.empty((2 * n, dims[block.stop]), device=device), torch.empty((2 * n, 1), device=device))
             with timer("compute"):
+                if not source:
+                    x = x.div_(norms)
                 lr = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
                 for i in block:
                     layers[i].set_lr(lr)
-                    x, step_loss = layers[i].train_step(x, n, out=slot if i == block[-1] else None)
+                    if i < block[-1]:
+                        x, step_loss = layers[i].train_step(x, n)
+                    else:
+                        x, step_loss = layers[i].train_step(x, n, out=out, normalize=False, norm_out=norms_out)
                     epoch_loss[i] += step_loss
             if sender:
-                sender.send(x)
+                sender.send(out, norms_out)
             step += 1
         with timer("compute"):
             for i in block:

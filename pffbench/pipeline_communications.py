@@ -1,10 +1,16 @@
 """MPI for the activation pipeline: each rank's activations to the next rank.
 
-Two links, one interface.  A sender offers ``slot(rows)`` (a buffer the
-caller may compute the next message into, or None), ``send(x)`` and
-``flush()``; a receiver offers ``receive()`` and ``cancel()``.  Either lets
-the sender run ``ahead`` messages ahead of the receiver, which absorbs the
-jitter of either rank's compute.
+A message is a layer's activity before normalization and its row norms: rows
+x width floats, then rows floats (activity / norms is what the next layer
+trains on).  The receiver normalizes in place; the first rank, which also
+makes every minibatch, so has one pass less to make.
+
+Two links, one interface.  A sender offers ``slot(rows)`` (the (activity,
+norms) views the caller computes the next message into), ``send(activity,
+norms)`` (which copies them in if they were computed elsewhere, e.g. on a
+GPU) and ``flush()``; a receiver offers ``receive()`` -> (activity, norms)
+and ``cancel()``.  Either lets the sender run ``ahead`` messages ahead of
+the receiver, which absorbs the jitter of either rank's compute.
 
 - Between ranks on one node: a single-producer single-consumer ring of
   ``ahead + 1`` slots in a shared-memory window (MPI_Win_allocate_shared)
@@ -16,7 +22,8 @@ jitter of either rank's compute.
   receiver ~0.15-0.2 ms (copy plus the first MPI calls after a layer step,
   whose code and data a step has evicted from the caches), the ring ~0.01 ms.
 - Between nodes, or everywhere with ``--transport p2p``: buffer-based
-  Isend/Irecv of raw float32 (never pickled) into preallocated buffers.
+  Isend/Irecv of raw float32 (never pickled) from and into preallocated
+  buffers.
 """
 from __future__ import annotations
 
@@ -32,6 +39,42 @@ from .transport import wait, wait_until
 ACTIVATION_TAG = 11
 AHEAD = 8  # messages a sender may run ahead: 8 x 5 ms of compute rides out a stall of either rank
 _LINE = 64  # bytes: the counters sit on cache lines of their own, the slots start on one
+
+
+def _split(flat: torch.Tensor, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A message's (activity [rows, width], row norms [rows, 1]) in a flat buffer."""
+    return flat[:rows * width].view(rows, width), flat[rows * width:rows * (width + 1)].view(rows, 1)
+
+
+class _Buffers:
+    """``count`` message buffers of up to ``rows`` x (``width`` + 1) float32
+    over ``memory``, their (activity, norms) views cut once: cutting views
+    right after a layer step, whose work has evicted torch's code and data
+    from the caches, costs ~25 us."""
+
+    def __init__(self, memory: np.ndarray, count: int, rows: int, width: int):
+        size = rows * (width + 1)
+        self.rows, self.width = rows, width
+        self.flat = list(torch.from_numpy(memory[:count * size]).view(count, size))
+        self.full = [_split(flat, rows, width) for flat in self.flat]
+
+    def __len__(self) -> int:
+        return len(self.flat)
+
+    def views(self, index: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activity, norms) of message ``index``, which has ``rows`` rows."""
+        if rows == self.rows:
+            return self.full[index % len(self.flat)]
+        return _split(self.flat[index % len(self.flat)], rows, self.width)
+
+    def message(self, index: int, rows: int) -> np.ndarray:
+        """The bytes of message ``index`` as MPI sends them."""
+        return self.flat[index % len(self.flat)][:rows * (self.width + 1)].numpy()
+
+    @staticmethod
+    def allocate(count: int, rows: int, width: int) -> "_Buffers":
+        # allocated by torch: aligned to 64 bytes like the tensors the layers compute on (numpy: 16)
+        return _Buffers(torch.empty(count * rows * (width + 1), dtype=torch.float32).numpy(), count, rows, width)
 
 
 class Links:
@@ -65,7 +108,7 @@ class Links:
             else MessageReceiver(comm, rank - 1, in_width, row_counts, timer, ahead))
         self.sender = None if rank == size - 1 else (
             RingSender(rank + 1, ring_out, self._window, timer) if ring_out is not None
-            else MessageSender(comm, rank + 1, timer, ahead + 1))
+            else MessageSender(comm, rank + 1, out_width, max_rows, timer, ahead + 1))
 
     @property
     def kind(self) -> str:
@@ -89,7 +132,7 @@ class _Ring:
 
     @staticmethod
     def nbytes(slots: int, rows: int, width: int) -> int:
-        return 3 * _LINE + slots * rows * width * 4  # two counter lines, and room to align the slots
+        return 3 * _LINE + slots * rows * (width + 1) * 4  # two counter lines, and room to align the slots
 
     def __init__(self, window: MPI.Win, owner: int, slots: int, rows: int, width: int, fresh: bool = False):
         memory, _ = window.Shared_query(owner)
@@ -97,15 +140,10 @@ class _Ring:
         start = -raw.ctypes.data % _LINE
         self.written = raw[start:start + 8].view(np.int64)
         self.released = raw[start + _LINE:start + _LINE + 8].view(np.int64)
-        body = raw[start + 2 * _LINE:start + 2 * _LINE + slots * rows * width * 4]
-        # one view per slot, made once: indexing a tensor right after a layer step costs ~50 us
-        self.slots = list(torch.from_numpy(body.view(np.float32).reshape(slots, rows, width)))
+        body = raw[start + 2 * _LINE:start + 2 * _LINE + slots * rows * (width + 1) * 4]
+        self.slots = _Buffers(body.view(np.float32), slots, rows, width)
         if fresh:
             self.written[0] = self.released[0] = 0
-
-    def slot(self, index: int, rows: int) -> torch.Tensor:
-        full = self.slots[index % len(self.slots)]
-        return full if rows == full.shape[0] else full[:rows]
 
 
 class RingSender:
@@ -116,28 +154,33 @@ class RingSender:
         self.dest, self.ring, self.window, self.timer = dest, ring, window, timer
         self._next = 0
 
-    def slot(self, rows: int) -> torch.Tensor:
-        """The buffer message ``self._next`` goes out from; waits (booked as
-        send wait) until the receiver has released the message before in it."""
+    def slot(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (activity, norms) message ``self._next`` goes out from; waits (booked
+        as send wait) until the receiver has released the message before in it."""
         slots, released = len(self.ring.slots), self.ring.released
         needed = self._next - slots + 1
         if released[0] < needed:
             with self.timer("send_wait"):
                 wait_until(lambda: released[0] >= needed, self.dest, "the release of an activation slot")
             self.window.Sync()  # the receiver's reads of the slot happen before our writes
-        return self.ring.slot(self._next, rows)
+        return self.ring.slots.views(self._next, rows)
 
-    def send(self, x: torch.Tensor) -> None:
-        buffer = self.slot(x.shape[0])
-        if x.data_ptr() != buffer.data_ptr():
-            with self.timer("send_wait"):  # the copy an MPI message would make, booked as sending
-                buffer.copy_(x)
+    def send(self, activity: torch.Tensor, norms: torch.Tensor) -> None:
+        out, out_norms = self.slot(activity.shape[0])
+        _copy_in(self.timer, activity, norms, out, out_norms)
         self.window.Sync()  # the slot's bytes are visible before the count that announces them
         self._next += 1
         self.ring.written[0] = self._next
 
     def flush(self) -> None:
         pass  # nothing is in flight: a written slot is already where the receiver reads it
+
+
+def _copy_in(timer: EpochTimer, activity, norms, out, out_norms) -> None:
+    if activity.data_ptr() != out.data_ptr():
+        with timer("send_wait"):  # the copy an MPI message would make, booked as sending
+            out.copy_(activity)
+            out_norms.copy_(norms)
 
 
 class RingReceiver:
@@ -148,9 +191,10 @@ class RingReceiver:
         self.row_counts = row_counts
         self._next = 0
 
-    def receive(self) -> torch.Tensor:
-        """The next message, as a view of its slot, valid until the following
-        receive() call, which releases the slot to the sender."""
+    def receive(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next message's (activity, norms), views of its slot, valid (and
+        the receiver's to write) until the following receive() call, which
+        releases the slot to the sender."""
         index, written = self._next, self.ring.written
         with self.timer("recv_wait"):
             if index:
@@ -160,35 +204,40 @@ class RingReceiver:
                 wait_until(lambda: written[0] > index, self.source, "a receive of activations")
             self.window.Sync()
         self._next += 1
-        return self.ring.slot(index, self.row_counts[index])
+        return self.ring.slots.views(index, self.row_counts[index])
 
     def cancel(self) -> None:
         pass  # nothing is posted
 
 
 class MessageSender:
-    """Non-blocking sends to one peer, at most ``depth`` in flight."""
+    """Non-blocking sends to one peer from ``depth`` preallocated buffers, as
+    many sends in flight."""
 
-    def __init__(self, comm: MPI.Comm, dest: int, timer: EpochTimer, depth: int):
-        self.comm, self.dest, self.timer, self.depth = comm, dest, timer, depth
+    def __init__(self, comm: MPI.Comm, dest: int, width: int, max_rows: int, timer: EpochTimer, depth: int):
+        self.comm, self.dest, self.timer = comm, dest, timer
+        self._buffers = _Buffers.allocate(depth, max_rows, width)
         self._in_flight: deque = deque()
+        self._next = 0
 
-    def slot(self, rows: int) -> None:
-        return None  # any tensor will do: it is sent from where it lies
-
-    def send(self, x: torch.Tensor) -> None:
-        """Start sending ``x``; the tensor itself is the send buffer, so it is
-        kept alive (not copied) until its send completes."""
-        if len(self._in_flight) == self.depth:
+    def slot(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (activity, norms) buffer of the next message; waits (booked as
+        send wait) for the send that used it last."""
+        if len(self._in_flight) == len(self._buffers):
             self._wait_oldest()
-        x = x.detach().to("cpu", torch.float32).contiguous()
-        request = self.comm.Isend([x.numpy(), MPI.FLOAT], dest=self.dest, tag=ACTIVATION_TAG)
-        self._in_flight.append((request, x))
+        return self._buffers.views(self._next, rows)
+
+    def send(self, activity: torch.Tensor, norms: torch.Tensor) -> None:
+        rows = activity.shape[0]
+        out, out_norms = self.slot(rows)
+        _copy_in(self.timer, activity, norms, out, out_norms)
+        message = self._buffers.message(self._next, rows)
+        self._in_flight.append(self.comm.Isend([message, MPI.FLOAT], dest=self.dest, tag=ACTIVATION_TAG))
+        self._next += 1
 
     def _wait_oldest(self) -> None:
-        request, _ = self._in_flight[0]
         with self.timer("send_wait"):
-            wait(request, self.dest, "a send of activations")
+            wait(self._in_flight[0], self.dest, "a send of activations")
         self._in_flight.popleft()
 
     def flush(self) -> None:
@@ -197,46 +246,41 @@ class MessageSender:
 
 
 class MessageReceiver:
-    """Receives a known sequence of [rows, width] float32 messages from one
-    peer into preallocated buffers, with ``ahead`` receives posted before the
-    consumer asks for them."""
+    """Receives a known sequence of messages from one peer into preallocated
+    buffers, with ``ahead`` receives posted before the consumer asks for them."""
 
     def __init__(self, comm: MPI.Comm, source: int, width: int, row_counts, timer: EpochTimer, ahead: int):
         self.comm, self.source, self.timer = comm, source, timer
-        row_counts = list(row_counts)
-        max_rows = max(row_counts, default=0)
-        # allocated by torch, so aligned to 64 bytes like the tensors the layers compute on (numpy: 16);
+        self._row_counts = list(row_counts)
         # one more buffer than receives posted: the consumer's current message lives in it
-        self._buffers = [torch.empty((max_rows, width), dtype=torch.float32).numpy() for _ in range(ahead + 1)]
-        self._next_buffer = 0
+        self._buffers = _Buffers.allocate(ahead + 1, max(self._row_counts, default=0), width)
         self._pending: deque = deque()
-        self._row_counts = iter(row_counts)
+        self._posted = self._next = 0
         for _ in range(ahead):
             self._post_next()
 
     def _post_next(self) -> None:
-        rows = next(self._row_counts, None)
-        if rows is None:
+        if self._posted == len(self._row_counts):
             return
-        view = self._buffers[self._next_buffer][:rows]
-        self._next_buffer = (self._next_buffer + 1) % len(self._buffers)
-        request = self.comm.Irecv([view, MPI.FLOAT], source=self.source, tag=ACTIVATION_TAG)
-        self._pending.append((request, view))
+        message = self._buffers.message(self._posted, self._row_counts[self._posted])
+        self._pending.append(self.comm.Irecv([message, MPI.FLOAT], source=self.source, tag=ACTIVATION_TAG))
+        self._posted += 1
 
-    def receive(self) -> torch.Tensor:
-        """The next message, as a tensor viewing its buffer.  The view stays
-        valid until the *following* receive() call returns, which is when the
-        buffer is handed back to MPI for a later message."""
-        request, view = self._pending.popleft()
+    def receive(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next message's (activity, norms), views of its buffer, valid
+        (and the receiver's to write) until the *following* receive() call
+        returns, which is when the buffer is handed back to MPI."""
+        request = self._pending.popleft()
         with self.timer("recv_wait"):
             wait(request, self.source, "a receive of activations")
         self._post_next()
-        return torch.from_numpy(view)
+        index = self._next
+        self._next += 1
+        return self._buffers.views(index, self._row_counts[index])
 
     def cancel(self) -> None:
         """Withdraw the preposted receive(s): the run stops early."""
         while self._pending:
-            request, _ = self._pending.popleft()
+            request = self._pending.popleft()
             request.Cancel()
             request.Wait()  # a cancelled receive completes locally
-

@@ -81,6 +81,19 @@ def test_layer_step_lowers_its_loss_and_returns_pre_update_activity():
     assert last < 0.5 * first
 
 
+def test_a_step_that_leaves_normalizing_to_the_next_rank_computes_the_same_bits():
+    torch.manual_seed(0)
+    x = ff.normalize(torch.rand(64, 30))
+    layers = [ff.FFLayer(ff.make_linear(30, 40, seed=1, layer_index=0), 0.01, 1.0, 5.0) for _ in range(2)]
+    out, norms = torch.full((64, 40), float("nan")), torch.full((64, 1), float("nan"))
+    for _ in range(3):
+        normalized, loss = layers[0].train_step(x, 32)
+        raw, raw_loss = layers[1].train_step(x, 32, out=out, normalize=False, norm_out=norms)
+        assert raw.data_ptr() == out.data_ptr()
+        assert torch.equal(raw / norms, normalized) and torch.equal(raw_loss, loss)
+        assert torch.equal(layers[0].linear.weight, layers[1].linear.weight)
+
+
 def test_initial_weights_depend_only_on_seed_and_layer_index():
     a = ff.make_linear(10, 5, seed=3, layer_index=2)
     b = ff.make_linear(10, 5, seed=3, layer_index=2)

@@ -14,8 +14,16 @@ pytestmark = pytest.mark.mpi(min_size=2)
 WIDTH = 7
 
 
-def message(sender: int, index: int, rows: int) -> torch.Tensor:
-    return torch.arange(rows * WIDTH, dtype=torch.float32).reshape(rows, WIDTH) + 1000 * index + 0.5 * sender
+def message(sender: int, index: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(activity, norms) of message ``index``: every value tells who sent it and which message it is."""
+    activity = torch.arange(rows * WIDTH, dtype=torch.float32).reshape(rows, WIDTH) + 1000 * index + 0.5 * sender
+    return activity, -activity[:, :1] - 0.25
+
+
+def assert_same(got, expected):
+    assert got[0].shape == expected[0].shape and got[1].shape == expected[1].shape
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
 
 
 @pytest.fixture(autouse=True)
@@ -36,15 +44,16 @@ def test_links_carry_every_message_in_order(shared):
     assert links.kind == ("shared" if shared else "messages")
     for index, n in enumerate(rows):
         if links.receiver:
-            got = links.receiver.receive()
-            torch.testing.assert_close(got, message(comm.rank - 1, index, n), rtol=0, atol=0)
+            assert_same(links.receiver.receive(), message(comm.rank - 1, index, n))
         if links.sender:
-            slot = links.sender.slot(n)
-            if slot is not None and index % 2:  # computed in place, or copied in by send()
-                slot.copy_(message(comm.rank, index, n))
-                links.sender.send(slot)
+            activity, norms = message(comm.rank, index, n)
+            if index % 2:  # computed in place, or copied in by send()
+                out, out_norms = links.sender.slot(n)
+                out.copy_(activity)
+                out_norms.copy_(norms)
+                links.sender.send(out, out_norms)
             else:
-                links.sender.send(message(comm.rank, index, n))
+                links.sender.send(activity, norms)
     links.close()
 
 
@@ -56,11 +65,11 @@ def test_a_sender_runs_ahead_without_waiting_for_its_receiver(shared):
     links = Links(comm, EpochTimer(1), WIDTH, WIDTH, rows, ahead=ahead, shared=shared)
     if links.sender:  # every message goes out before anyone receives
         for index, n in enumerate(rows):
-            links.sender.send(message(comm.rank, index, n))
+            links.sender.send(*message(comm.rank, index, n))
     comm.Barrier()
     if links.receiver:
         for index, n in enumerate(rows):
-            assert links.receiver.receive()[0, 0].item() == message(comm.rank - 1, index, n)[0, 0].item()
+            assert_same(links.receiver.receive(), message(comm.rank - 1, index, n))
     links.close()
 
 
@@ -73,7 +82,7 @@ def test_links_close_cleanly_when_a_run_stops_early(shared):
         if links.receiver:
             links.receiver.receive()
         if links.sender:
-            links.sender.send(message(comm.rank, index, 3))
+            links.sender.send(*message(comm.rank, index, 3))
     if links.receiver:
         links.receiver.cancel()
     links.close()
