@@ -48,6 +48,16 @@ def comm_wait_share(run: results.Run) -> float:
     return float((waits / (a["timing/wall"] - a["timing/eval"]).sum(axis=1)).max())
 
 
+def busy_imbalance(run: results.Run) -> float:
+    """How much longer the busiest rank computed and made data than the least
+    busy one, as a share of the training time: in a pipeline the others wait
+    at least that long whatever the transport, so a comm wait close to it is
+    a difference in the ranks' speed, not the cost of communicating."""
+    a = run.arrays
+    busy = (a["timing/compute"] + a["timing/data"]).sum(axis=1)
+    return float((busy.max() - busy.min()) / training_seconds(run))
+
+
 def threads_per_rank(run: results.Run) -> int:
     threads = run.attrs.get("threads_per_rank", 0)
     return int(max(threads)) if isinstance(threads, (list, tuple)) else int(threads)

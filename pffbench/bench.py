@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
-from .analysis import comm_wait_share, pipeline_bound, training_seconds  # noqa: F401 (re-exported)
+from .analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
 def launch(ranks: int, threads: int, args: list[str], out: str, name: str, mpiexec: str) -> None:
@@ -94,16 +94,17 @@ def main(argv=None) -> int:
           f"batch {opts.batch_size}, {opts.epochs} epochs, median of {opts.repeats}")
     # speedup: against 1 rank with the same threads per rank; of bound: that speedup / p*m/(m+p-1)
     print(f"{'ranks':>5} {'threads':>7} {'train s':>8} {'speedup':>8} {'of bound':>8} {'vs 1xall':>8} "
-          f"{'comm wait':>9} {'accuracy':>8}")
+          f"{'comm wait':>9} {'imbalance':>9} {'accuracy':>8}")
     same_threads = {threads: seconds[case] for case in cases if case[0] == 1 for threads in [case[1]]}
     for case in cases:
         ranks, threads = case
         speedup = same_threads[threads] / seconds[case]
         wait = np.median([comm_wait_share(r) for r in runs[case]])
+        imbalance = np.median([busy_imbalance(r) for r in runs[case]])
         accuracy = np.median([r.arrays["test_accuracy"][-1] for r in runs[case]])
         print(f"{ranks:>5} {threads:>7} {seconds[case]:8.2f} {speedup:8.2f} "
               f"{speedup / pipeline_bound(ranks, minibatches):8.1%} {seconds[cases[0]] / seconds[case]:8.2f} "
-              f"{wait:9.2%} {accuracy:8.2%}")
+              f"{wait:9.2%} {imbalance:9.2%} {accuracy:8.2%}")
     parallel = seconds[cases[2]]
     print(f"speedup at p=2: {seconds[cases[0]] / parallel:.2f}x over 1 rank x {cases[0][1]} threads, "
           f"{seconds[cases[1]] / parallel:.2f}x over 1 rank x {cases[1][1]} thread(s); "

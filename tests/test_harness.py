@@ -181,3 +181,26 @@ def test_launch_mismatch():
 def test_run_json_config_round_trip(results_file):
     run = results.read_runs(results_file)[0]
     assert run.config["trace"] is True and json.dumps(run.config)
+
+
+def _timed_run(compute, data, send_wait, recv_wait, sync, eval_, idle) -> results.Run:
+    """A 2-rank, 1-epoch run whose timing arrays hold these per-rank seconds."""
+    columns = {"compute": compute, "data": data, "send_wait": send_wait, "recv_wait": recv_wait,
+               "sync": sync, "eval": eval_, "idle": idle}
+    arrays = {f"timing/{name}": np.array(values, dtype=float)[:, None] for name, values in columns.items()}
+    arrays["timing/wall"] = sum(arrays[f"timing/{name}"] for name in columns)
+    return results.Run("r", {}, arrays)
+
+
+def test_comm_wait_share_and_busy_imbalance_from_the_timing_arrays():
+    # rank 0: 9 s compute + 1 s data, waits 0.5 s; rank 1: 10 s compute, waits 1 s (receive) + 0.5 s (sync)
+    run = _timed_run(compute=[9.0, 10.0], data=[1.0, 0.0], send_wait=[0.5, 0.0], recv_wait=[0.0, 1.0],
+                     sync=[0.0, 0.5], eval_=[2.0, 2.0], idle=[0.0, 0.0])
+    # evaluation is left out of the training time: 10.5 s on rank 0, 11.5 s on rank 1
+    assert analysis.training_seconds(run) == pytest.approx(11.5)
+    assert analysis.comm_wait_share(run) == pytest.approx(1.5 / 11.5)  # the rank that waited most
+    assert analysis.busy_imbalance(run) == pytest.approx(0.0)  # equally busy: every wait was jitter
+    run = _timed_run(compute=[8.0, 10.0], data=[0.5, 0.0], send_wait=[1.5, 0.0], recv_wait=[0.0, 0.0],
+                     sync=[0.0, 0.0], eval_=[0.0, 0.0], idle=[0.0, 0.0])
+    assert analysis.busy_imbalance(run) == pytest.approx(1.5 / 10.0)
+    assert analysis.comm_wait_share(run) == pytest.approx(1.5 / 10.0)
