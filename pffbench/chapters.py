@@ -98,6 +98,8 @@ class FFKind:
         self.score_layers = config.score_layers or ff.default_score_layers(len(dims) - 1)
         self.has_head = config.classifier == "softmax"
         self._batch = None  # the minibatch buffer of step()
+        self._first_layer = None  # (x, its FirstLayerInputs)
+        self._labels_of = None  # (the positive first-layer inputs last made, their (labels, wrong labels))
 
     def build(self, index: int, state=None) -> ff.FFLayer:
         c = self.config
@@ -119,8 +121,14 @@ class FFKind:
         return head
 
     def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor) -> tuple:
-        return (ff.normalize(ff.embed_labels(x, y, self.num_classes)),
-                ff.normalize(ff.embed_labels(x, wrong.to(x.device), self.num_classes)))
+        # rows normalized once per run, only the label slots written per chapter (MNIST: 0.6-0.8 s -> 0.17 s
+        # a chapter, after 0.54 s once)
+        if self._first_layer is None or self._first_layer[0] is not x:
+            self._first_layer = (x, ff.FirstLayerInputs(x, self.num_classes))
+        first = self._first_layer[1]
+        xs = first.with_labels(y), first.with_labels(wrong)
+        self._labels_of = (xs[0], (y, wrong))
+        return xs
 
     def step(self, layer, xs: tuple, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         # gathered into one reused buffer: indexing twice and concatenating copied every row twice and
@@ -132,10 +140,22 @@ class FFKind:
         torch.index_select(negative, 0, rows, out=self._batch[n:])
         return layer.train_step(self._batch, n, normalize=False)[1]
 
-    @staticmethod
     @torch.no_grad()
-    def forward(layer, xs: tuple) -> tuple:
+    def forward(self, layer, xs: tuple) -> tuple:
+        if self._labels_of is not None and xs[0] is self._labels_of[0]:
+            return self._first_forward(layer, *self._labels_of[1])
         return tuple(ff.normalize(F.relu(layer.linear(x))) for x in xs)
+
+    def _first_forward(self, layer, *labels) -> tuple:
+        """The first layer's outputs for the whole data set, positive and
+        negative: their inputs differ only in the label slots, so the product
+        with the rest of each row is made once and each label's weight column
+        added to it (half the FLOPs of recomputing the next layer's inputs)."""
+        inputs, weight = self._first_layer[1], layer.linear.weight
+        shared = torch.addmm(layer.linear.bias, inputs.normalized, weight.t())
+        columns = weight.t()  # row j: what label slot j adds per unit of its value
+        return tuple(ff.normalize(torch.addcmul(shared, inputs.scale.unsqueeze(1), columns[which]).clamp_(min=0))
+                     for which in labels)
 
     def scores(self, layers, head, x: torch.Tensor) -> torch.Tensor:
         """Label logits of the current model on ``x``: the head's, or goodness
