@@ -127,7 +127,7 @@ class FFKind:
             self._first_layer = (x, ff.FirstLayerInputs(x, self.num_classes))
         first = self._first_layer[1]
         xs = first.with_labels(y), first.with_labels(wrong)
-        self._labels_of = (xs[0], (y, wrong))
+        self._labels_of = (xs[0], (y.to(x.device), wrong.to(x.device)))
         return xs
 
     def step(self, layer, xs: tuple, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
