@@ -58,11 +58,11 @@ class BatchSource:
     label per example, drawn at the epoch's start from one seeded generator
     (so a checkpoint at an epoch boundary holds the whole random state)."""
 
-    def __init__(self, dataset, config: Config, device: torch.device):
+    def __init__(self, dataset, config: Config, device: torch.device, sizes: list[int]):
         self.inputs = ff.FirstLayerInputs(dataset.x_train.to(device), dataset.num_classes)
         self.y = dataset.y_train.to(device)
         self.num_classes = dataset.num_classes
-        self.sizes = batch_rows(len(self.y), config.batch_size)
+        self.sizes = sizes
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = None
 
@@ -88,7 +88,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
 
     sizes = batch_rows(shape.num_train, config.batch_size)
     total_steps = config.epochs * len(sizes)
-    source = BatchSource(dataset, config, device) if world.is_first else None
+    source = BatchSource(dataset, config, device, sizes) if world.is_first else None
     checkpoints = checkpoint.Checkpoints.from_config(config, world.comm)
     resumed = checkpoints.load_latest() if checkpoints and config.resume else None
     start_epoch = resumed[0] if resumed else 0
