@@ -11,6 +11,8 @@ means one matmul per layer and one message per hop.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -61,15 +63,16 @@ class FirstLayerInputs:
 
     A one-hot label adds exactly 1 to a row's sum of squares whichever label it
     is, so a row has one RMS under every label: each row is normalized once,
-    with its label slots empty, and a minibatch writes 1/RMS into the slot of
-    its positive and its negative label.  The values are those of
-    normalize(embed_labels(x, label)) up to float32 rounding."""
+    with its label slots empty, and a minibatch carries 1/RMS in the slot of
+    its positive's and of its negative's label (PairBatch).  The values are
+    those of normalize(embed_labels(x, label)) up to float32 rounding."""
 
     def __init__(self, x: torch.Tensor, num_classes: int, eps: float = 1e-8):
         body = x.clone()
         body[:, :num_classes] = 0.0
         rms = ((body.double().pow(2).sum(dim=1) + 1.0) / x.shape[1]).sqrt()
         self.scale = (1.0 / (rms + eps)).to(x.dtype)
+        self.num_classes = num_classes
         self.normalized = body.mul_(self.scale.unsqueeze(1))
 
     def with_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -85,32 +88,51 @@ class FirstLayerInputs:
         return EpochInputs(self, order, labels, wrong, sizes, chunk_bytes)
 
 
+@dataclass
+class PairBatch:
+    """A first-layer minibatch: n positives and their n negatives, which
+    differ only in the label slots.  Positive i is ``body[i]`` with
+    ``label_slots[i]`` in its first C values, negative i is ``body[i]`` with
+    ``label_slots[n + i]``.  Kept that way, a minibatch is half the rows to
+    gather, and a layer step multiplies the body once for both
+    (FFLayer.train_step_pairs)."""
+    body: torch.Tensor         # [n, d], normalized, its label slots zero
+    label_slots: torch.Tensor  # [2n, C]: the row's 1/RMS in its label's slot, zero elsewhere
+
+    def stacked(self) -> torch.Tensor:
+        """The plain [2n, d] (positive; negative) rows."""
+        rows = torch.cat((self.body, self.body))
+        rows[:, :self.label_slots.shape[1]] = self.label_slots
+        return rows
+
+
 class EpochInputs:
     """One epoch's minibatches, gathered a chunk of minibatches at a time.
 
-    Minibatch b is rows [2 s_b, 2 s_b + 2 n_b) of the epoch's "pair rows"
-    (its n_b positives, then the same rows as negatives), s_b = rows before
-    it.  Where each pair row comes from and which label slot it fills is
-    worked out for the whole epoch up front; a minibatch is then a view into
-    a chunk of ~``chunk_bytes`` filled by one row gather and one scatter.
-    Why chunks: right after a layer step has flushed the caches, a single
-    minibatch's gather waits on memory row by row, while one gather of many
-    rows streams at memory bandwidth (on a 2-core VM, MNIST: 220 -> 110 us
-    per minibatch).  Every chunk is a fresh tensor, so a minibatch stays
-    valid for as long as it is referenced."""
+    Minibatch b is the epoch's rows [s_b, s_b + n_b) (s_b = rows before it)
+    as a PairBatch, its label slots rows [2 s_b, 2 s_b + 2 n_b) of the
+    epoch's pair rows (its n_b positives, then its n_b negatives).  Which
+    slot each pair row fills, and with what, is worked out for the whole
+    epoch up front; a minibatch is then views into a chunk of ~``chunk_bytes``
+    filled by one row gather and one scatter.  Why chunks: right after a
+    layer step has flushed the caches, a single minibatch's gather waits on
+    memory row by row, while one gather of many rows streams at memory
+    bandwidth (on a 2-core VM, MNIST: 220 -> 110 us per minibatch).  Every
+    chunk is a fresh tensor, so a minibatch stays valid for as long as it is
+    referenced."""
 
     def __init__(self, inputs: FirstLayerInputs, order, labels, wrong, sizes: list[int], chunk_bytes: int):
-        self.inputs, self.sizes = inputs, list(sizes)
+        self.inputs, self.order, self.sizes = inputs, order, list(sizes)
         counts = torch.tensor(self.sizes, device=order.device)
         starts = torch.cumsum(counts, 0) - counts
         start_of, n_of = starts.repeat_interleave(counts), counts.repeat_interleave(counts)
         positive = start_of + torch.arange(len(order), device=order.device)  # = 2 s_b + (row within b)
         negative = positive + n_of
-        self.source_rows = torch.empty(2 * len(order), dtype=torch.long, device=order.device)
-        self.source_rows[positive] = self.source_rows[negative] = order
-        self.label_slots = torch.empty_like(self.source_rows)
-        self.label_slots[positive], self.label_slots[negative] = labels, wrong
-        self.bounds = [(2 * s, 2 * (s + n)) for s, n in zip(starts.tolist(), self.sizes)]
+        self.slot_of = torch.empty(2 * len(order), dtype=torch.long, device=order.device)
+        self.slot_of[positive], self.slot_of[negative] = labels, wrong
+        self.scale_of = torch.empty(2 * len(order), dtype=inputs.scale.dtype, device=order.device)
+        self.scale_of[positive] = self.scale_of[negative] = inputs.scale[order]
+        self.bounds = [(s, s + n) for s, n in zip(starts.tolist(), self.sizes)]
 
         row_bytes = inputs.normalized.shape[1] * inputs.normalized.element_size()
         self.chunks, self.chunk_of = [], []  # chunk: [minibatches], at least one each
@@ -125,22 +147,26 @@ class EpochInputs:
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def batch(self, index: int) -> torch.Tensor:
+    def batch(self, index: int) -> PairBatch:
         if self.chunk_of[index] != self._chunk_index:
             self._chunk_index = self.chunk_of[index]
             batches = self.chunks[self._chunk_index]
             first = self.bounds[batches[0]][0]
-            chunk = self._gather(first, self.bounds[batches[-1]][1])
+            body, slots = self._gather(first, self.bounds[batches[-1]][1])
             # the views are cut here, in one go: slicing a tensor right after a layer step costs ~50 us
-            self._views = {b: chunk[self.bounds[b][0] - first:self.bounds[b][1] - first] for b in batches}
+            self._views = {b: PairBatch(body[self.bounds[b][0] - first:self.bounds[b][1] - first],
+                                        slots[2 * (self.bounds[b][0] - first):2 * (self.bounds[b][1] - first)])
+                           for b in batches}
         return self._views[index]
 
-    def _gather(self, first: int, end: int) -> torch.Tensor:
-        data, rows = self.inputs.normalized, self.source_rows[first:end]
-        chunk = torch.empty((end - first, data.shape[1]), dtype=data.dtype, device=data.device)
-        torch.index_select(data, 0, rows, out=chunk)
-        chunk[torch.arange(end - first, device=chunk.device), self.label_slots[first:end]] = self.inputs.scale[rows]
-        return chunk
+    def _gather(self, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data, rows = self.inputs.normalized, self.order[first:end]
+        body = torch.empty((end - first, data.shape[1]), dtype=data.dtype, device=data.device)
+        torch.index_select(data, 0, rows, out=body)
+        slots = torch.zeros((2 * (end - first), self.inputs.num_classes), dtype=data.dtype, device=data.device)
+        slots[torch.arange(2 * (end - first), device=data.device), self.slot_of[2 * first:2 * end]] = \
+            self.scale_of[2 * first:2 * end]
+        return body, slots
 
 
 def make_linear(in_features: int, out_features: int, seed: int, layer_index: int) -> torch.nn.Linear:
@@ -192,6 +218,37 @@ class FFLayer:
         weight, bias = self.linear.weight, self.linear.bias
         h = (torch.addmm(bias, x, weight.t()) if normalize or out is None
              else torch.addmm(bias, x, weight.t(), out=out)).clamp_(min=0)
+        g, loss, grad_h = self._goodness_loss_and_gradient(h, num_positive)
+        torch.mm(grad_h.t(), x, out=weight.grad)
+        torch.sum(grad_h, dim=0, out=bias.grad)
+        self.optimizer.step()
+        return self._activity(h, g, out, normalize, norm_out), loss
+
+    @torch.no_grad()
+    def train_step_pairs(self, pairs: PairBatch, out: torch.Tensor | None = None, normalize: bool = True,
+                         norm_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """train_step(pairs.stacked(), n, ...) at half the matmul work: a
+        positive and its negative differ only in the label slots, so
+        W x = W body + W slots, and the body's product is made once for both;
+        the weight gradient likewise sums the pair's activity gradients before
+        one product with the body.  Equal to train_step up to float32 rounding
+        (test_pair_step_matches_the_plain_step)."""
+        weight, bias = self.linear.weight, self.linear.bias
+        body, slots = pairs.body, pairs.label_slots
+        n, classes = body.shape[0], slots.shape[1]
+        h = out if out is not None and not normalize else weight.new_empty((2 * n, weight.shape[0]))
+        torch.mm(slots, weight[:, :classes].t(), out=h)
+        h.view(2, n, -1).add_(torch.addmm(bias, body, weight.t())).clamp_(min=0)
+        g, loss, grad_h = self._goodness_loss_and_gradient(h, n)
+        torch.mm(grad_h.view(2, n, -1).sum(dim=0).t(), body, out=weight.grad)
+        weight.grad[:, :classes].addmm_(grad_h.t(), slots)  # the body's label slots are zero, so were these columns
+        torch.sum(grad_h, dim=0, out=bias.grad)
+        self.optimizer.step()
+        return self._activity(h, g, out, normalize, norm_out), loss
+
+    def _goodness_loss_and_gradient(self, h: torch.Tensor, num_positive: int):
+        """(goodness per row, loss, dL/dh) of activity ``h``; makes sure the
+        parameters have gradient buffers to write into."""
         rows, width = h.shape
         sign = torch.ones(rows, device=h.device)
         sign[num_positive:] = -1.0
@@ -199,17 +256,19 @@ class FFLayer:
         z = self.sharpness * sign * (self.threshold - g)
         loss = 2.0 * F.softplus(z).mean()
         grad_h = h * ((-4.0 * self.sharpness / (rows * width)) * sign * torch.sigmoid(z)).unsqueeze(1)
+        weight, bias = self.linear.weight, self.linear.bias
         if weight.grad is None:  # kept between steps: a fresh 4 MB gradient per step costs page faults
             weight.grad, bias.grad = torch.empty_like(weight), torch.empty_like(bias)
-        torch.mm(grad_h.t(), x, out=weight.grad)
-        torch.sum(grad_h, dim=0, out=bias.grad)
-        self.optimizer.step()
+        return g, loss, grad_h
+
+    @staticmethod
+    def _activity(h: torch.Tensor, g: torch.Tensor, out, normalize: bool, norm_out) -> torch.Tensor:
         if not normalize:
             if norm_out is not None:
                 torch.sqrt(g, out=norm_out[:, 0]).add_(1e-8)
-            return h, loss
+            return h
         norm = g.sqrt_().add_(1e-8).unsqueeze(1)  # = normalize(h): g is its mean square
-        return (h.div_(norm) if out is None else torch.div(h, norm, out=out)), loss
+        return h.div_(norm) if out is None else torch.div(h, norm, out=out)
 
 
 def cooldown_lr(base_lr: float, step: int, total_steps: int, start_fraction: float = 0.5) -> float:

@@ -1,9 +1,10 @@
 """The activation pipeline (the core schedule).
 
 Rank r owns a contiguous block of layers.  For every minibatch, in order:
-rank 0 builds the normalized (positive; negative) input, each rank receives
-its block's input from rank r-1, takes one local FF step on each of its
-layers, and sends the output of the step's own forward pass to rank r+1
+rank 0 builds the normalized (positive; negative) input (a PairBatch: the two
+differ only in the label, so the first layer multiplies the rest once), each
+rank receives its block's input from rank r-1, takes one local FF step on
+each of its layers, and sends the output of the step's own forward pass to rank r+1
 (with its row norms: rank r+1 normalizes it, so rank 0, which also makes the
 data, does not).  Rank p-1 runs a minibatch while rank 0 is already several
 minibatches ahead: the layers train in parallel.
@@ -72,7 +73,7 @@ class BatchSource:
         wrong = ff.random_wrong_labels(labels, self.num_classes, self.generator)
         self.epoch = self.inputs.epoch(order, labels, wrong, self.sizes)
 
-    def batch(self, index: int) -> torch.Tensor:
+    def batch(self, index: int) -> ff.PairBatch:
         return self.epoch.batch(index)
 
 
@@ -136,10 +137,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                 lr = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
                 for i in block:
                     layers[i].set_lr(lr)
-                    if i < block[-1]:
-                        x, step_loss = layers[i].train_step(x, n)
-                    else:
-                        x, step_loss = layers[i].train_step(x, n, out=out, normalize=False, norm_out=norms_out)
+                    to = {} if i < block[-1] else {"out": out, "normalize": False, "norm_out": norms_out}
+                    x, step_loss = layers[i].train_step_pairs(x, **to) if i == 0 else layers[i].train_step(x, n, **to)
                     epoch_loss[i] += step_loss
             if sender:
                 sender.send(out, norms_out)

@@ -64,7 +64,7 @@ def test_first_layer_inputs_are_the_normalized_embedded_pairs():
         for b, part in [(2, slice(3, 5)), (0, slice(0, 2)), (1, slice(2, 3)), (2, slice(3, 5))]:
             r, right, neg = rows[part], y[rows][part], wrong[part]
             expected = ff.normalize(torch.cat((ff.embed_labels(x[r], right, 10), ff.embed_labels(x[r], neg, 10))))
-            pair = epoch.batch(b)
+            pair = epoch.batch(b).stacked()
             torch.testing.assert_close(pair, expected, rtol=1e-6, atol=1e-6)
             assert (pair[:len(r), :10].argmax(1) == right).all() and (pair[len(r):, :10].argmax(1) == neg).all()
 
@@ -102,6 +102,34 @@ def test_a_step_that_leaves_normalizing_to_the_next_rank_computes_the_same_bits(
         assert raw.data_ptr() == out.data_ptr()
         assert torch.equal(raw / norms, normalized) and torch.equal(raw_loss, loss)
         assert torch.equal(layers[0].linear.weight, layers[1].linear.weight)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_pair_step_matches_the_plain_step(normalize):
+    """The first layer's step that multiplies a positive's and its negative's
+    shared inputs once trains like the plain step on the stacked rows, to
+    float32 round-off, over many steps (Adam included)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.rand(400, 60, generator=generator)
+    y = torch.randint(0, 10, (400,), generator=generator)
+    inputs = ff.FirstLayerInputs(x, 10)
+    order = torch.randperm(400, generator=generator)
+    wrong = ff.random_wrong_labels(y[order], 10, generator)
+    epoch = inputs.epoch(order, y[order], wrong, [32] * 12 + [16])
+    plain, paired = (ff.FFLayer(ff.make_linear(60, 50, seed=1, layer_index=0), 0.01, 1.0, 5.0) for _ in range(2))
+    for b, n in enumerate(epoch.sizes):
+        pairs = epoch.batch(b)
+        out, norms = torch.full((2 * n, 50), float("nan")), torch.full((2 * n, 1), float("nan"))
+        want, want_loss = plain.train_step(pairs.stacked(), n, normalize=normalize)
+        got, got_loss = paired.train_step_pairs(pairs, out=out, normalize=normalize, norm_out=norms)
+        assert got.data_ptr() == out.data_ptr()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+        if not normalize:
+            torch.testing.assert_close(got / norms, ff.normalize(want), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(paired.linear.weight, plain.linear.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(paired.linear.bias, plain.linear.bias, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(paired.linear.weight, ff.make_linear(60, 50, seed=1, layer_index=0).weight)
 
 
 def test_initial_weights_depend_only_on_seed_and_layer_index():
