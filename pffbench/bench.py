@@ -42,6 +42,53 @@ def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: st
     return {case: [by_name[n] for n in case_names] for case, case_names in names.items()}
 
 
+def stage_seconds(width: int, second_widths: list[int], batch: int, threads: int,
+                  steps: int = 100, features: int = 784, classes: int = 10) -> tuple[float, dict[int, float]]:
+    """Median seconds per minibatch of each stage of a 2-rank pipeline over
+    [features, width, w], each as the pipeline runs it: rank 0 takes a
+    minibatch from its epoch's chunks and makes the first layer's pair step
+    into the outgoing message; rank 1 normalizes that message in place and
+    makes the second layer's plain step, for every w in ``second_widths``.
+    Inputs are random rows of MNIST's shape; the stages alternate, so load
+    from other processes hits them alike."""
+    torch.set_flush_denormal(True)  # as `python -m pffbench.run` does
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    rows = steps * batch
+    inputs = ff.FirstLayerInputs(torch.rand(rows, features, generator=generator), classes)
+    order = torch.randperm(rows, generator=generator)
+    labels = torch.randint(0, classes, (rows,), generator=generator)
+    epoch = inputs.epoch(order, labels, ff.random_wrong_labels(labels, classes, generator), [batch] * steps)
+    first = ff.FFLayer(ff.make_linear(features, width, 0, 0), 1e-3, 1.0, 20.0)
+    seconds = {w: ff.FFLayer(ff.make_linear(width, w, 0, 1), 1e-3, 1.0, 20.0) for w in second_widths}
+    message, norms = torch.empty(2 * batch, width), torch.empty(2 * batch, 1)
+    outputs = {w: (torch.empty(2 * batch, w), torch.empty(2 * batch, 1)) for w in second_widths}
+    times = {w: [] for w in [None, *second_widths]}  # None: the first stage
+    for step in range(-5, steps):  # 5 untimed warm-up steps
+        start = time.perf_counter()
+        first.train_step_pairs(epoch.batch(max(step, 0)), out=message, normalize=False, norm_out=norms)
+        times[None].append(time.perf_counter() - start)
+        for w, layer in seconds.items():
+            x = message.clone()
+            start = time.perf_counter()
+            x.div_(norms)
+            layer.train_step(x, batch, out=outputs[w][0], normalize=False, norm_out=outputs[w][1])
+            times[w].append(time.perf_counter() - start)
+    medians = {w: float(np.median(t[5:])) for w, t in times.items()}
+    return medians.pop(None), medians
+
+
+def balanced_width(first: float, seconds: dict[int, float], multiple: int = 16) -> int:
+    """The second layer's width whose stage takes as long as the first
+    stage, from two or more measured (width, seconds): a least-squares line
+    (a stage's time is affine in its output width), rounded to ``multiple``."""
+    widths, times = np.array(list(seconds)), np.array(list(seconds.values()))
+    slope, intercept = np.polyfit(widths, times, 1)
+    if slope <= 0:
+        raise ValueError(f"stage time does not grow with width: {seconds}")
+    return max(multiple, int(round((first - intercept) / slope / multiple)) * multiple)
+
+
 def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps: int = 200) -> dict[str, float]:
     """FLOP rate of FFLayer.train_step against a bare matmul of the same
     shape on the same threads.  Useful FLOPs of a step: the forward product
@@ -71,7 +118,10 @@ def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pffbench.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--width", type=int, default=784, help="both hidden layers (784: balanced with the input)")
+    parser.add_argument("--width", type=int, default=784, help="the first hidden layer")
+    parser.add_argument("--second-width", type=int, default=0,
+                        help="the second hidden layer (default: the width whose step takes as long as rank 0's "
+                             "data and first-layer step, measured on this machine: a balanced pipeline)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -81,17 +131,24 @@ def main(argv=None) -> int:
                         or "mpiexec")
     opts = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
-    args = ["--layers", f"{opts.width},{opts.width}", "--epochs", str(opts.epochs),
+    threads = max(1, cores // 2)
+    second = opts.second_width or balanced_width(*stage_seconds(opts.width, [opts.width // 2, opts.width],
+                                                                opts.batch_size, threads))
+    first_stage, second_stage = stage_seconds(opts.width, [second], opts.batch_size, threads)
+    args = ["--layers", f"{opts.width},{second}", "--epochs", str(opts.epochs),
             "--batch-size", str(opts.batch_size)] + (["--data-dir", opts.data_dir] if opts.data_dir else [])
-    cases = [(1, cores), (1, max(1, cores // 2)), (2, max(1, cores // 2))]
+    cases = [(1, cores), (1, threads), (2, threads)]
     with tempfile.TemporaryDirectory() as scratch:
         out = opts.out or os.path.join(scratch, "bench.h5")
         runs = scaling(args, cases, opts.repeats, out, opts.mpiexec)
     seconds = {case: np.median([training_seconds(r) for r in rs]) for case, rs in runs.items()}
     minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
     bound = pipeline_bound(2, minibatches)
-    print(f"machine: {os.uname().nodename}, {cores} cores; MNIST [784,{opts.width},{opts.width}], "
+    print(f"machine: {os.uname().nodename}, {cores} cores; MNIST [784,{opts.width},{second}], "
           f"batch {opts.batch_size}, {opts.epochs} epochs, median of {opts.repeats}")
+    print(f"stages per minibatch: rank 0 {first_stage * 1e3:.2f} ms (data, 784->{opts.width} pair step), "
+          f"rank 1 {second_stage[second] * 1e3:.2f} ms ({opts.width}->{second} step)"
+          f"{'' if opts.second_width else f'; {second} measured to balance them'}")
     # speedup: against 1 rank with the same threads per rank; of bound: that speedup / p*m/(m+p-1)
     print(f"{'ranks':>5} {'threads':>7} {'train s':>8} {'speedup':>8} {'of bound':>8} {'vs 1xall':>8} "
           f"{'comm wait':>9} {'imbalance':>9} {'accuracy':>8}")
@@ -109,9 +166,9 @@ def main(argv=None) -> int:
     print(f"speedup at p=2: {seconds[cases[0]] / parallel:.2f}x over 1 rank x {cases[0][1]} threads, "
           f"{seconds[cases[1]] / parallel:.2f}x over 1 rank x {cases[1][1]} thread(s); "
           f"pipeline bound {bound:.3f} (m = {minibatches} minibatches per epoch)")
-    rate = ff_step_rate(opts.width, opts.width, opts.batch_size, max(1, cores // 2))
-    print(f"FF step {rate['step_gflops']:.1f} GFLOP/s vs matmul {rate['matmul_gflops']:.1f} GFLOP/s "
-          f"on {max(1, cores // 2)} thread(s): {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
+    rate = ff_step_rate(opts.width, second, opts.batch_size, threads)
+    print(f"FF step ({opts.width}->{second}) {rate['step_gflops']:.1f} GFLOP/s vs matmul "
+          f"{rate['matmul_gflops']:.1f} GFLOP/s on {threads} thread(s): {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
     return 0
 
 

@@ -208,3 +208,20 @@ def test_comm_wait_share_and_busy_imbalance_from_the_timing_arrays():
                      sync=[0.0, 0.0], eval_=[0.0, 0.0], idle=[0.0, 0.0])
     assert analysis.busy_imbalance(run) == pytest.approx(1.5 / 10.0)
     assert analysis.comm_wait_share(run) == pytest.approx(1.5 / 10.0)
+
+
+def test_bench_balanced_width_solves_the_fitted_line():
+    from pffbench.bench import balanced_width
+    # stage time 1 ms + 4 us per unit of width: 3.56 ms is reached at width 640, 3.4 ms at 600
+    seconds = {w: 1e-3 + 4e-6 * w for w in (200, 400, 800)}
+    assert balanced_width(3.56e-3, seconds) == 640
+    assert balanced_width(3.4e-3, {200: seconds[200], 800: seconds[800]}, multiple=64) == 576
+    assert balanced_width(1e-4, seconds) == 16  # never below one multiple
+    with pytest.raises(ValueError):
+        balanced_width(3.4e-3, {200: 2e-3, 400: 1e-3})
+
+
+def test_bench_stage_seconds_times_each_stage():
+    from pffbench.bench import stage_seconds
+    first, seconds = stage_seconds(64, [16, 128], batch=8, threads=1, steps=10, features=40)
+    assert first > 0 and set(seconds) == {16, 128} and all(s > 0 for s in seconds.values())
