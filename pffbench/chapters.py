@@ -88,6 +88,35 @@ def flat_state(parameters) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in parameters])
 
 
+class FirstLayerPairs:
+    """A chapter's first-layer inputs: every training row, normalized, with
+    its label (the positive) and its wrong label (the negative).  The two
+    differ only in the label slots, so neither is materialized: a minibatch
+    is a PairBatch and the first layer's step multiplies its rows once for
+    both (FFLayer.train_step_pairs); the next layer's inputs likewise."""
+
+    def __init__(self, inputs: ff.FirstLayerInputs, labels: torch.Tensor, wrong: torch.Tensor):
+        self.inputs, self.labels, self.wrong = inputs, labels, wrong
+
+    def batch(self, rows: torch.Tensor) -> ff.PairBatch:
+        n, scale = len(rows), self.inputs.scale[rows]
+        slots = scale.new_zeros((2 * n, self.inputs.num_classes))
+        slots[:n].scatter_(1, self.labels[rows].unsqueeze(1), scale.unsqueeze(1))
+        slots[n:].scatter_(1, self.wrong[rows].unsqueeze(1), scale.unsqueeze(1))
+        return ff.PairBatch(self.inputs.normalized.index_select(0, rows), slots)
+
+    @torch.no_grad()
+    def forward(self, linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first layer's normalized outputs for every row, positive and
+        negative: the product with the rows is made once and each label's
+        weight column added to it (half the FLOPs of two forward passes)."""
+        shared = torch.addmm(linear.bias, self.inputs.normalized, linear.weight.t())
+        columns = linear.weight.t()  # row j: what label slot j adds per unit of its value
+        scale = self.inputs.scale.unsqueeze(1)
+        return tuple(ff.normalize(torch.addcmul(shared, scale, columns[which]).clamp_(min=0))
+                     for which in (self.labels, self.wrong))
+
+
 class FFKind:
     """Layer-wise Forward-Forward: (positive; negative) inputs, goodness loss,
     and the Goodness or Softmax classifier."""
@@ -99,7 +128,6 @@ class FFKind:
         self.has_head = config.classifier == "softmax"
         self._batch = None  # the minibatch buffer of step()
         self._first_layer = None  # (x, its FirstLayerInputs)
-        self._labels_of = None  # (the positive first-layer inputs last made, their (labels, wrong labels))
 
     def build(self, index: int, state=None) -> ff.FFLayer:
         c = self.config
@@ -120,17 +148,15 @@ class FFKind:
             load_flat(head.parameters(), state)
         return head
 
-    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor) -> tuple:
-        # rows normalized once per run, only the label slots written per chapter (MNIST: 0.6-0.8 s -> 0.17 s
-        # a chapter, after 0.54 s once)
+    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor) -> "FirstLayerPairs":
+        # rows normalized once per run (MNIST: 0.54 s), each chapter only brings its labels
         if self._first_layer is None or self._first_layer[0] is not x:
             self._first_layer = (x, ff.FirstLayerInputs(x, self.num_classes))
-        first = self._first_layer[1]
-        xs = first.with_labels(y), first.with_labels(wrong)
-        self._labels_of = (xs[0], (y.to(x.device), wrong.to(x.device)))
-        return xs
+        return FirstLayerPairs(self._first_layer[1], y.to(x.device), wrong.to(x.device))
 
-    def step(self, layer, xs: tuple, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def step(self, layer, xs, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if isinstance(xs, FirstLayerPairs):
+            return layer.train_step_pairs(xs.batch(rows), normalize=False)[1]
         # gathered into one reused buffer: indexing twice and concatenating copied every row twice and
         # allocated twice per minibatch (MNIST, 784 wide, batch 64: 300 -> 190 us)
         n, (positive, negative) = len(rows), xs
@@ -141,21 +167,10 @@ class FFKind:
         return layer.train_step(self._batch, n, normalize=False)[1]
 
     @torch.no_grad()
-    def forward(self, layer, xs: tuple) -> tuple:
-        if self._labels_of is not None and xs[0] is self._labels_of[0]:
-            return self._first_forward(layer, *self._labels_of[1])
+    def forward(self, layer, xs) -> tuple:
+        if isinstance(xs, FirstLayerPairs):
+            return xs.forward(layer.linear)
         return tuple(ff.normalize(F.relu(layer.linear(x))) for x in xs)
-
-    def _first_forward(self, layer, *labels) -> tuple:
-        """The first layer's outputs for the whole data set, positive and
-        negative: their inputs differ only in the label slots, so the product
-        with the rest of each row is made once and each label's weight column
-        added to it (half the FLOPs of recomputing the next layer's inputs)."""
-        inputs, weight = self._first_layer[1], layer.linear.weight
-        shared = torch.addmm(layer.linear.bias, inputs.normalized, weight.t())
-        columns = weight.t()  # row j: what label slot j adds per unit of its value
-        return tuple(ff.normalize(torch.addcmul(shared, inputs.scale.unsqueeze(1), columns[which]).clamp_(min=0))
-                     for which in labels)
 
     def scores(self, layers, head, x: torch.Tensor) -> torch.Tensor:
         """Label logits of the current model on ``x``: the head's, or goodness

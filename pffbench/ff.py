@@ -75,12 +75,6 @@ class FirstLayerInputs:
         self.num_classes = num_classes
         self.normalized = body.mul_(self.scale.unsqueeze(1))
 
-    def with_labels(self, labels: torch.Tensor) -> torch.Tensor:
-        """Every row, normalized, with ``labels`` embedded (one label per row)."""
-        rows = self.normalized.clone()
-        rows[torch.arange(rows.shape[0], device=rows.device), labels.to(rows.device)] = self.scale
-        return rows
-
     def epoch(self, order: torch.Tensor, labels: torch.Tensor, wrong: torch.Tensor, sizes: list[int],
               chunk_bytes: int = 4 << 20) -> "EpochInputs":
         """The minibatches of one pass over ``order`` (rows of x, with their

@@ -69,16 +69,6 @@ def test_first_layer_inputs_are_the_normalized_embedded_pairs():
             assert (pair[:len(r), :10].argmax(1) == right).all() and (pair[len(r):, :10].argmax(1) == neg).all()
 
 
-def test_first_layer_inputs_with_labels_embeds_one_label_per_row():
-    generator = torch.Generator().manual_seed(2)
-    x = torch.rand(200, 40, generator=generator)
-    x[3] = 0.0
-    labels = torch.randint(0, 10, (200,), generator=generator)
-    got = ff.FirstLayerInputs(x, 10).with_labels(labels)
-    torch.testing.assert_close(got, ff.normalize(ff.embed_labels(x, labels, 10)), rtol=1e-6, atol=1e-6)
-    assert (got[:, :10].argmax(1) == labels).all()
-
-
 def test_layer_step_lowers_its_loss_and_returns_pre_update_activity():
     torch.manual_seed(0)
     x = ff.normalize(torch.rand(64, 30))
@@ -203,17 +193,26 @@ def test_manual_gradient_matches_autograd():
     torch.testing.assert_close(reference.bias.detach() - linear.bias, reference.bias.grad, rtol=1e-4, atol=1e-7)
 
 
-def test_pff_first_layer_forward_shares_the_product_of_a_positive_and_its_negative():
+def test_pff_first_layer_inputs_share_the_product_of_a_positive_and_its_negative():
+    """FFKind never materializes a chapter's positive and negative first-layer
+    inputs: its steps and its forward pass over the data set match those on
+    the embedded rows."""
     from pffbench import chapters
     from pffbench.config import Config
     generator = torch.Generator().manual_seed(3)
     x = torch.rand(400, 60, generator=generator)
     y = torch.randint(0, 10, (400,), generator=generator)
     wrong = ff.random_wrong_labels(y, 10, generator)
+    embedded = [ff.normalize(ff.embed_labels(x, labels, 10)) for labels in (y, wrong)]
     kind = chapters.FFKind(Config(layers=(30, 20)), [60, 30, 20], 10, torch.device("cpu"))
     xs = kind.inputs(x, y, wrong)
-    first, second = kind.build(0), kind.build(1)
-    for layer, inputs in ((first, xs), (second, kind.forward(first, xs))):  # the shared path, then the plain one
-        got = kind.forward(layer, inputs)
-        for a, b in zip(got, inputs):
+    first, second, plain = kind.build(0), kind.build(1), kind.build(0)
+    for rows in torch.randperm(400, generator=generator).split(32):
+        loss = kind.step(first, xs, y, rows)
+        want = plain.train_step(torch.cat([e[rows] for e in embedded]), len(rows), normalize=False)[1]
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.linear.weight, plain.linear.weight, rtol=1e-4, atol=1e-5)
+    for layer, inputs, plain_inputs in ((first, xs, embedded), (second, kind.forward(first, xs), None)):
+        got = kind.forward(layer, inputs)  # the shared path, then the plain one
+        for a, b in zip(got, plain_inputs or inputs):
             torch.testing.assert_close(a, ff.normalize(torch.relu(layer.linear(b))), rtol=1e-5, atol=1e-5)
