@@ -42,7 +42,7 @@ def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: st
     return {case: [by_name[n] for n in case_names] for case, case_names in names.items()}
 
 
-def stage_seconds(width: int, second_widths: list[int], batch: int, threads: int,
+def stage_seconds(width: int, second_widths: list[int], batch: int,
                   steps: int = 100, features: int = 784, classes: int = 10) -> tuple[float, dict[int, float]]:
     """Median seconds per minibatch of each stage of a 2-rank pipeline over
     [features, width, w], each as the pipeline runs it: rank 0 takes a
@@ -50,9 +50,8 @@ def stage_seconds(width: int, second_widths: list[int], batch: int, threads: int
     into the outgoing message; rank 1 normalizes that message in place and
     makes the second layer's plain step, for every w in ``second_widths``.
     Inputs are random rows of MNIST's shape; the stages alternate, so load
-    from other processes hits them alike."""
-    torch.set_flush_denormal(True)  # as `python -m pffbench.run` does
-    torch.set_num_threads(threads)
+    from other processes hits them alike.  Runs on this process's torch
+    threads."""
     generator = torch.Generator().manual_seed(0)
     rows = steps * batch
     inputs = ff.FirstLayerInputs(torch.rand(rows, features, generator=generator), classes)
@@ -89,12 +88,10 @@ def balanced_width(first: float, seconds: dict[int, float], multiple: int = 16) 
     return max(multiple, int(round((first - intercept) / slope / multiple)) * multiple)
 
 
-def ff_step_rate(width_in: int, width_out: int, batch: int, threads: int, steps: int = 200) -> dict[str, float]:
+def ff_step_rate(width_in: int, width_out: int, batch: int, steps: int = 200) -> dict[str, float]:
     """FLOP rate of FFLayer.train_step against a bare matmul of the same
     shape on the same threads.  Useful FLOPs of a step: the forward product
     and the weight gradient, 2 x 2*rows*in*out (inputs need no gradient)."""
-    torch.set_flush_denormal(True)  # as `python -m pffbench.run` does
-    torch.set_num_threads(threads)
     rows = 2 * batch
     x = ff.normalize(torch.rand(rows, width_in))
     layer = ff.FFLayer(ff.make_linear(width_in, width_out, 0, 0), 1e-3, 1.0, 20.0)
@@ -132,9 +129,11 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // 2)
+    torch.set_flush_denormal(True)  # the step measurements below run as one pipeline rank does
+    torch.set_num_threads(threads)
     second = opts.second_width or balanced_width(*stage_seconds(opts.width, [opts.width // 2, opts.width],
-                                                                opts.batch_size, threads))
-    first_stage, second_stage = stage_seconds(opts.width, [second], opts.batch_size, threads)
+                                                                opts.batch_size))
+    first_stage, second_stage = stage_seconds(opts.width, [second], opts.batch_size)
     args = ["--layers", f"{opts.width},{second}", "--epochs", str(opts.epochs),
             "--batch-size", str(opts.batch_size)] + (["--data-dir", opts.data_dir] if opts.data_dir else [])
     cases = [(1, cores), (1, threads), (2, threads)]
@@ -152,21 +151,21 @@ def main(argv=None) -> int:
     # speedup: against 1 rank with the same threads per rank; of bound: that speedup / p*m/(m+p-1)
     print(f"{'ranks':>5} {'threads':>7} {'train s':>8} {'speedup':>8} {'of bound':>8} {'vs 1xall':>8} "
           f"{'comm wait':>9} {'imbalance':>9} {'accuracy':>8}")
-    same_threads = {threads: seconds[case] for case in cases if case[0] == 1 for threads in [case[1]]}
+    same_threads = {case[1]: seconds[case] for case in cases if case[0] == 1}
     for case in cases:
-        ranks, threads = case
-        speedup = same_threads[threads] / seconds[case]
+        ranks, per_rank = case
+        speedup = same_threads[per_rank] / seconds[case]
         wait = np.median([comm_wait_share(r) for r in runs[case]])
         imbalance = np.median([busy_imbalance(r) for r in runs[case]])
         accuracy = np.median([r.arrays["test_accuracy"][-1] for r in runs[case]])
-        print(f"{ranks:>5} {threads:>7} {seconds[case]:8.2f} {speedup:8.2f} "
+        print(f"{ranks:>5} {per_rank:>7} {seconds[case]:8.2f} {speedup:8.2f} "
               f"{speedup / pipeline_bound(ranks, minibatches):8.1%} {seconds[cases[0]] / seconds[case]:8.2f} "
               f"{wait:9.2%} {imbalance:9.2%} {accuracy:8.2%}")
     parallel = seconds[cases[2]]
     print(f"speedup at p=2: {seconds[cases[0]] / parallel:.2f}x over 1 rank x {cases[0][1]} threads, "
           f"{seconds[cases[1]] / parallel:.2f}x over 1 rank x {cases[1][1]} thread(s); "
           f"pipeline bound {bound:.3f} (m = {minibatches} minibatches per epoch)")
-    rate = ff_step_rate(opts.width, second, opts.batch_size, threads)
+    rate = ff_step_rate(opts.width, second, opts.batch_size)
     print(f"FF step ({opts.width}->{second}) {rate['step_gflops']:.1f} GFLOP/s vs matmul "
           f"{rate['matmul_gflops']:.1f} GFLOP/s on {threads} thread(s): {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
     return 0

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pffbench import analysis, plot, report, results, sweep
+from pffbench import analysis, plot, results, sweep
 from pffbench.config import UsageError, parse_config, validate
 from pffbench.timing import CATEGORIES
 from pffbench.world import launch_mismatch
@@ -223,5 +223,5 @@ def test_bench_balanced_width_solves_the_fitted_line():
 
 def test_bench_stage_seconds_times_each_stage():
     from pffbench.bench import stage_seconds
-    first, seconds = stage_seconds(64, [16, 128], batch=8, threads=1, steps=10, features=40)
+    first, seconds = stage_seconds(64, [16, 128], batch=8, steps=10, features=40)
     assert first > 0 and set(seconds) == {16, 128} and all(s > 0 for s in seconds.values())
