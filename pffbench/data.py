@@ -19,6 +19,7 @@ import io
 import math
 import os
 import pickle
+import re
 import shlex
 import sys
 import tarfile
@@ -80,6 +81,10 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 class DataError(Exception):
     """A missing or bad data file; the message is one line naming the file and the fix."""
+
+    def __init__(self, message: str):
+        # causes quoted from libraries may span lines (pickle's UnpicklingError does)
+        super().__init__(re.sub(r"\s*[\r\n]+\s*", " ", message))
 
 
 class _BadFile(Exception):
