@@ -77,7 +77,7 @@ def training_seconds(run) -> float:
 
 def table(args) -> str:
     runs = {run.name: run for run in results.read_runs(args.out)} if os.path.exists(args.out) else {}
-    costs = layer_costs([784, *map(int, args.layers.split(","))])
+    dims = [784, *map(int, args.layers.split(","))]
     lines = ["| run | N | test acc. % | wall s | speedup (training) | wavefront bound | of bound |",
              "|---|---|---|---|---|---|---|"]
     for label, variant, extra, ranks in RUNS:
@@ -94,7 +94,7 @@ def table(args) -> str:
             speedup = bound = share = ""
             if base is not None and n > 1:
                 s = training_seconds(base) / training_seconds(run)
-                b = wavefront_bound(variant, costs, args.splits, n)
+                b = wavefront_bound(variant, layer_costs(dims, paired_first=variant != "perf-opt"), args.splits, n)
                 speedup, bound, share = f"{s:.2f}x", f"{b:.2f}x", f"{100 * s / b:.0f} %"
             lines.append(f"| {label} | {n} | {accuracy} | {a['wall_time']:.1f} | {speedup} | {bound} | {share} |")
     return "\n".join(lines)

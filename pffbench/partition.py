@@ -4,12 +4,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 
-def layer_costs(dims: list[int] | tuple[int, ...]) -> list[int]:
+def layer_costs(dims: list[int] | tuple[int, ...], paired_first: bool = True) -> list[int]:
     """Work of layer i is proportional to its weight count (forward, backward
-    and update are all matrix products of that size), halved for the first
-    layer, whose positives and negatives share everything but the label, so
-    its products are made once per pair (FFLayer.train_step_pairs)."""
-    return [dims[i] * dims[i + 1] // (2 if i == 0 else 1) for i in range(len(dims) - 1)]
+    and update are all matrix products of that size), halved for an FF
+    first layer, whose positives and negatives share everything but the
+    label, so its products are made once per pair (FFLayer.train_step_pairs);
+    ``paired_first=False`` for layers trained without negatives."""
+    return [dims[i] * dims[i + 1] // (2 if i == 0 and paired_first else 1) for i in range(len(dims) - 1)]
 
 
 def balanced_partition(costs: list[int] | tuple[int, ...], parts: int) -> list[range]:

@@ -161,6 +161,15 @@ def test_balanced_partition(dims, parts, expected):
     assert [(b.start, b.stop) for b in blocks] == expected
 
 
+def test_layer_costs_count_a_paired_first_layer_at_half_its_weights():
+    assert layer_costs([784, 500, 500, 10]) == [196_000, 250_000, 5_000]
+    assert layer_costs([784, 500, 500, 10], paired_first=False) == [392_000, 250_000, 5_000]
+    # the cheaper first layer lets rank 0 take the second layer too (1.4 M, less than the 1.5 M rank 1 would get)
+    assert balanced_partition(layer_costs([800, 1000, 1000, 500]), 2) == [range(0, 2), range(2, 3)]
+    assert balanced_partition(layer_costs([800, 1000, 1000, 500], paired_first=False), 2) == [range(0, 1),
+                                                                                            range(1, 3)]
+
+
 def test_partition_minimises_the_slowest_block_exhaustively():
     import itertools
     costs = [5, 1, 9, 2, 2, 7, 3]
