@@ -44,11 +44,12 @@ def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: st
 
 def stage_seconds(width: int, second_widths: list[int], batch: int,
                   steps: int = 100, features: int = 784, classes: int = 10) -> tuple[float, dict[int, float]]:
-    """Median seconds per minibatch of each stage of a 2-rank pipeline over
+    """Seconds per minibatch of each stage of a 2-rank pipeline over
     [features, width, w], each as the pipeline runs it: rank 0 takes a
-    minibatch from its epoch's chunks and makes the first layer's pair step
-    into the outgoing message; rank 1 normalizes that message in place and
-    makes the second layer's plain step, for every w in ``second_widths``.
+    minibatch from its epoch's chunks (mean time) and makes the first layer's
+    pair step into the outgoing message (median); rank 1 normalizes that
+    message in place and makes the second layer's plain step (median), for
+    every w in ``second_widths``.
     Inputs are random rows of MNIST's shape; the stages alternate, so load
     from other processes hits them alike.  Runs on this process's torch
     threads."""
@@ -62,19 +63,24 @@ def stage_seconds(width: int, second_widths: list[int], batch: int,
     seconds = {w: ff.FFLayer(ff.make_linear(width, w, 0, 1), 1e-3, 1.0, 20.0) for w in second_widths}
     message, norms = torch.empty(2 * batch, width), torch.empty(2 * batch, 1)
     outputs = {w: (torch.empty(2 * batch, w), torch.empty(2 * batch, 1)) for w in second_widths}
-    times = {w: [] for w in [None, *second_widths]}  # None: the first stage
+    times = {w: [] for w in ["data", None, *second_widths]}  # None: the first layer's step
     for step in range(-5, steps):  # 5 untimed warm-up steps
         start = time.perf_counter()
-        first.train_step_pairs(epoch.batch(max(step, 0)), out=message, normalize=False, norm_out=norms)
-        times[None].append(time.perf_counter() - start)
+        pairs = epoch.batch(max(step, 0))
+        middle = time.perf_counter()
+        first.train_step_pairs(pairs, out=message, normalize=False, norm_out=norms)
+        times["data"].append(middle - start)
+        times[None].append(time.perf_counter() - middle)
         for w, layer in seconds.items():
             x = message.clone()
             start = time.perf_counter()
             x.div_(norms)
             layer.train_step(x, batch, out=outputs[w][0], normalize=False, norm_out=outputs[w][1])
             times[w].append(time.perf_counter() - start)
+    # data: the mean, as a chunk is gathered once every few minibatches (every 20 on MNIST)
+    data = float(np.mean(times.pop("data")[5:]))
     medians = {w: float(np.median(t[5:])) for w, t in times.items()}
-    return medians.pop(None), medians
+    return data + medians.pop(None), medians
 
 
 def balanced_width(first: float, seconds: dict[int, float], multiple: int = 16) -> int:

@@ -227,13 +227,13 @@ class Chapters:
     def state(self, layer) -> torch.Tensor:
         return flat_state(self.kind.parameters(layer))
 
-    def inputs(self, chapter: int) -> tuple:
+    def inputs(self, chapter: int):
         """The first layer's inputs in ``chapter``, with the chapter's negatives."""
         with self.clock("data", self.first_epoch(chapter)):
             wrong = self.negatives.for_chapter(chapter) if self.kind.uses_negatives else None
             return self.kind.inputs(self.x, self.y, wrong)
 
-    def forward(self, layer, xs: tuple, chapter: int) -> tuple:
+    def forward(self, layer, xs, chapter: int) -> tuple:
         """The next layer's inputs: the paper recomputes them locally, once per chapter."""
         with self.clock("data", self.first_epoch(chapter)):
             return self.kind.forward(layer, xs)
@@ -257,7 +257,7 @@ class Chapters:
                     start += n
                 yield epoch, loss.item() / len(self.batches)
 
-    def train(self, layer, index: int, chapter: int, xs: tuple) -> None:
+    def train(self, layer, index: int, chapter: int, xs) -> None:
         """Layer ``index``'s C epochs of ``chapter``."""
         def step(rows, scale):
             layer.set_lr(self.config.lr * scale)

@@ -7,7 +7,9 @@ functions run.
 
 Positive and negative examples of a minibatch travel together as one tensor
 ``x`` of shape [2n, d]: rows [:n] positive, rows [n:] negative.  One tensor
-means one matmul per layer and one message per hop.
+means one matmul per layer and one message per hop.  The first layer's are a
+PairBatch instead: the same n normalized rows under two labels, which its
+step multiplies once for both.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch
 
 
 class FirstLayerInputs:
-    """The first layer's normalized [positive; negative] minibatches, which
+    """The first layer's normalized (positive; negative) minibatches, which
     rank 0 makes on the pipeline's critical path, so they must cost little
     more than copying their rows.
 
@@ -225,8 +227,9 @@ class FFLayer:
         positive and its negative differ only in the label slots, so
         W x = W body + W slots, and the body's product is made once for both;
         the weight gradient likewise sums the pair's activity gradients before
-        one product with the body.  Equal to train_step up to float32 rounding
-        (test_pair_step_matches_the_plain_step)."""
+        one product with the body.  The body's label slots must be zero (as
+        FirstLayerInputs makes them): both products rely on it.  Equal to
+        train_step up to float32 rounding (test_pair_step_matches_the_plain_step)."""
         weight, bias = self.linear.weight, self.linear.bias
         body, slots = pairs.body, pairs.label_slots
         n, classes = body.shape[0], slots.shape[1]

@@ -55,18 +55,24 @@ def test_first_layer_inputs_are_the_normalized_embedded_pairs():
     x = torch.rand(300, 50, generator=generator)
     x[7] = 0.0  # an empty image: its RMS comes from the label alone
     y = torch.randint(0, 10, (300,), generator=generator)
-    rows = torch.tensor([7, 0, 299, 42, 42])
+    rows = torch.tensor([7, 0, 299, 42, 42, 5, 6, 100])
     wrong = ff.random_wrong_labels(y[rows], 10, generator)
+    sizes = [2, 1, 1, 1, 2, 1]
+    starts = [sum(sizes[:b]) for b in range(len(sizes))]
     inputs = ff.FirstLayerInputs(x, 10)
-    for chunk_bytes in (1, 6 * 50 * 4, 1 << 20):  # a chunk per minibatch, one per 6 pair rows, one for all
-        epoch = inputs.epoch(rows, y[rows], wrong, [2, 1, 2], chunk_bytes)
-        assert len(epoch) == 3
-        for b, part in [(2, slice(3, 5)), (0, slice(0, 2)), (1, slice(2, 3)), (2, slice(3, 5))]:
+    # a chunk per minibatch; chunks of up to 3 rows ([0, 1], [2, 3], [4, 5]); one chunk for all
+    for chunk_bytes in (1, 3 * 50 * 4, 1 << 20):
+        epoch = inputs.epoch(rows, y[rows], wrong, sizes, chunk_bytes)
+        assert len(epoch) == len(sizes)
+        for b in [3, 0, 1, 2, 4, 5, 5, 2]:  # out of order and repeated: chunks are gathered again
+            part = slice(starts[b], starts[b] + sizes[b])
             r, right, neg = rows[part], y[rows][part], wrong[part]
             expected = ff.normalize(torch.cat((ff.embed_labels(x[r], right, 10), ff.embed_labels(x[r], neg, 10))))
             pair = epoch.batch(b).stacked()
             torch.testing.assert_close(pair, expected, rtol=1e-6, atol=1e-6)
             assert (pair[:len(r), :10].argmax(1) == right).all() and (pair[len(r):, :10].argmax(1) == neg).all()
+        if chunk_bytes == 3 * 50 * 4:
+            assert epoch.chunks == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_layer_step_lowers_its_loss_and_returns_pre_update_activity():
