@@ -238,7 +238,9 @@ class FFLayer:
         h.view(2, n, -1).add_(torch.addmm(bias, body, weight.t())).clamp_(min=0)
         g, loss, grad_h = self._goodness_loss_and_gradient(h, n)
         torch.mm(grad_h.view(2, n, -1).sum(dim=0).t(), body, out=weight.grad)
-        weight.grad[:, :classes].addmm_(grad_h.t(), slots)  # the body's label slots are zero, so were these columns
+        # the body's label slots are zero, so were these columns; the [classes, width] product is contiguous
+        # (adding into the strided columns directly cost ~0.1 ms more per step, 784 x 784)
+        weight.grad[:, :classes].add_(torch.mm(slots.t(), grad_h).t())
         torch.sum(grad_h, dim=0, out=bias.grad)
         self.optimizer.step()
         return self._activity(h, g, out, normalize, norm_out), loss
