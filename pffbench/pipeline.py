@@ -116,7 +116,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         timer.start_epoch(epoch)
         epoch_loss = {i: torch.zeros((), device=device) for i in block}
         if source:
-            source.start_epoch()
+            with timer("data"):  # the epoch's permutation, wrong labels and gather plan: ~4 ms on MNIST
+                source.start_epoch()
         for b, n in enumerate(sizes):
             if b == half:
                 faults.mid_epoch(config, world.rank, epoch, [layers[i].linear for i in block])
