@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -133,19 +134,32 @@ def main(argv=None) -> int:
     parser.add_argument("--mpiexec", default=shutil.which("mpiexec", path=os.path.dirname(sys.executable))
                         or "mpiexec")
     opts = parser.parse_args(argv)
+    for flag in ("width", "epochs", "batch_size", "repeats"):
+        if getattr(opts, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if opts.second_width < 0:
+        parser.error("--second-width must be >= 1 (or 0: measure the balanced one)")
     cores = len(os.sched_getaffinity(0))
     threads = max(1, cores // 2)
     torch.set_flush_denormal(True)  # the step measurements below run as one pipeline rank does
     torch.set_num_threads(threads)
-    second = opts.second_width or balanced_width(*stage_seconds(opts.width, [opts.width // 2, opts.width],
-                                                                opts.batch_size))
+    try:
+        candidates = [max(1, opts.width // 2), max(2, opts.width)]  # two widths to fit a line through
+        second = opts.second_width or balanced_width(*stage_seconds(opts.width, candidates, opts.batch_size))
+    except ValueError as error:  # layers so small that timing noise hides their cost
+        print(f"pffbench.bench: error: {error}; pass --second-width", file=sys.stderr)
+        return 1
     first_stage, second_stage = stage_seconds(opts.width, [second], opts.batch_size)
     args = ["--layers", f"{opts.width},{second}", "--epochs", str(opts.epochs),
             "--batch-size", str(opts.batch_size)] + (["--data-dir", opts.data_dir] if opts.data_dir else [])
     cases = [(1, cores), (1, threads), (2, threads)]
     with tempfile.TemporaryDirectory() as scratch:
         out = opts.out or os.path.join(scratch, "bench.h5")
-        runs = scaling(args, cases, opts.repeats, out, opts.mpiexec)
+        try:
+            runs = scaling(args, cases, opts.repeats, out, opts.mpiexec)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:  # a run failed: its command and stderr
+            print(f"pffbench.bench: error: {error}", file=sys.stderr)
+            return 1
     seconds = {case: np.median([training_seconds(r) for r in rs]) for case, rs in runs.items()}
     minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
     bound = pipeline_bound(2, minibatches)

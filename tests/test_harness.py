@@ -225,3 +225,13 @@ def test_bench_stage_seconds_times_each_stage():
     from pffbench.bench import stage_seconds
     first, seconds = stage_seconds(64, [16, 128], batch=8, steps=10, features=40)
     assert first > 0 and set(seconds) == {16, 128} and all(s > 0 for s in seconds.values())
+
+
+def test_bench_refuses_bad_sizes_and_reports_a_failed_run():
+    done = run_module("pffbench.bench", "--second-width", "-5", timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == \
+        "python -m pffbench.bench: error: --second-width must be >= 1 (or 0: measure the balanced one)"
+    done = run_module("pffbench.bench", "--mpiexec", "/bin/false", "--width", "32", "--second-width", "16",
+                      "--batch-size", "8", timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.startswith("pffbench.bench: error: /bin/false -n 1 ") and "exit code 1" in done.stderr
