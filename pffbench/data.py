@@ -116,15 +116,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
     ``imagefolder`` reads ``<data_dir>/{train,test}/<class>/*.png|jpg|jpeg``.
     """
     data_dir = default_data_dir() if data_dir is None else os.fspath(data_dir)
-    if name in ("mnist", "fashion-mnist"):
-        return _load_idx_dataset(name, data_dir, download)
-    if name == "cifar10":
-        return _load_cifar10(data_dir, download)
-    if name == "imagefolder":
-        return _load_imagefolder(Path(data_dir))
-    if name == "synthetic":
-        return _synthetic()
-    raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    loaders = {"mnist": lambda: _load_idx_dataset(name, data_dir, download),
+               "fashion-mnist": lambda: _load_idx_dataset(name, data_dir, download),
+               "cifar10": lambda: _load_cifar10(data_dir, download),
+               "imagefolder": lambda: _load_imagefolder(Path(data_dir)),
+               "synthetic": _synthetic}
+    if name not in loaders:
+        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    try:
+        return loaders[name]()
+    except OSError as error:  # a file or folder this process may not read, a failing disk, ...
+        raise DataError(f"{name}: cannot read {error.filename or data_dir}: {error.strerror or error}") from None
 
 
 def fetch(name: str, data_dir: str | os.PathLike | None = None) -> list[str]:
@@ -387,8 +389,9 @@ def _load_imagefolder(root: Path) -> Dataset:
                             f"{root}/test/<class>/ (*.png, *.jpg) and pass that folder as --data-dir")
         splits[split] = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
     classes = splits["train"]
-    if not classes:
-        raise DataError(f"image folder {root}/train has no class subfolders: expected {root}/train/<class>/*.png")
+    if len(classes) < 2:
+        raise DataError(f"image folder {root}/train has {len(classes)} class subfolder(s), FF needs at least 2 "
+                        f"(a negative is an image under a wrong label): expected {root}/train/<class>/*.png")
     if splits["test"] != classes:
         raise DataError(f"image folder {root}: test classes {splits['test']} differ from train classes {classes}")
     files = {split: [sorted(p for p in (root / split / c).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
@@ -405,6 +408,9 @@ def _load_imagefolder(root: Path) -> Dataset:
         tensors += [_decode_images(paths, size, mode, first), torch.from_numpy(labels.astype(np.int64))]
     channels = 1 if mode == "L" else 3
     return Dataset("imagefolder", *tensors, num_classes=len(classes), image_shape=(channels, size[1], size[0]))
+
+
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 def _open_image(path: Path) -> Image.Image:
@@ -426,6 +432,9 @@ def _decode_images(paths: list[Path], size: tuple[int, int], mode: str, first: P
             if image.size != size:
                 raise DataError(f"image {path} is {image.size[0]}x{image.size[1]} but {first} is "
                                 f"{width}x{height}: all images must have the same size")
+            if image.mode not in _EIGHT_BIT_MODES:  # PIL's convert would clip 16-bit or float pixels to white
+                raise DataError(f"image {path} has {image.mode} pixels: pffbench reads 8-bit grayscale, RGB or "
+                                f"palette images; convert it to 8 bits per channel")
             try:
                 image.draft(mode, size)  # JPEG: the decoder emits `mode` itself, no convert pass
                 pixels[index] = np.asarray(image if image.mode == mode else image.convert(mode)).reshape(

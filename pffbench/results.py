@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import socket
@@ -72,6 +72,40 @@ class Run:
         return json.loads(config) if isinstance(config, str) else config
 
 
+def check_name(name) -> None:
+    """Raise ValueError unless ``name`` can name a run (an HDF5 group under /runs)."""
+    if not isinstance(name, str) or name in ("", ".") or "/" in name:
+        raise ValueError(f"run name {name!r} must be a non-empty string without '/'")
+
+
+def unappendable(path: str) -> str | None:
+    """One line saying why append_run(path, ...) would fail, checked before a
+    run starts so that no finished run is lost to a wrong --out; None if it
+    would not (an existing pffbench results file, or a new file in a folder
+    that exists or can be made)."""
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a results file"
+    if os.path.exists(path):
+        try:
+            with _open(path):
+                pass
+        except ResultsError as error:
+            return str(error)
+    return unwritable_parent(path)
+
+
+def unwritable_parent(path: str) -> str | None:
+    """One line if the file ``path`` cannot be created for want of a folder to put it in, else None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"cannot create {path}: {folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create {path}: no permission to write in {folder}"
+    return None
+
+
 def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str | None = None,
                status: str = "complete", lock_timeout: float = 60.0) -> str:
     """Append one run as group /runs/<name> and return the name used.
@@ -86,8 +120,8 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
     for key in arrays:
         if not isinstance(key, str) or any(part in ("", ".") for part in key.split("/")):
             raise ValueError(f"array key {key!r} must be a string of non-empty '/'-separated parts")
-    if name is not None and (not isinstance(name, str) or name in ("", ".") or "/" in name):
-        raise ValueError(f"run name {name!r} must be a non-empty string without '/'")
+    if name is not None:
+        check_name(name)
 
     # Resolve symlinks so the rename replaces the file, not the link.
     path = os.path.realpath(path)
@@ -95,9 +129,13 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
     try:
         os.makedirs(directory, exist_ok=True)
         with _exclusive_lock(path, lock_timeout):
-            # Under the lock no other writer is alive, so any temporary is a dead one's.
-            for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(f".{base}.") + "*.tmp")):
-                os.remove(stale)
+            # Under the lock no other writer is alive, so any temporary is a dead one's; matched exactly,
+            # as ".{base}.*.tmp" also matches ".{base}.x.<pid>.<hex>.tmp", a temporary of "{base}.x", whose
+            # writer holds another lock.
+            ours = re.compile(re.escape(f".{base}.") + r"\d+\.[0-9a-f]{8}\.tmp")
+            for stale in os.listdir(directory):
+                if ours.fullmatch(stale):
+                    os.remove(os.path.join(directory, stale))
             tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             try:
                 if os.path.exists(path):

@@ -5,6 +5,7 @@ import torch
 
 from pffbench import results
 from pffbench.config import UsageError, parse_config
+from pffbench.run import output_problem
 
 from conftest import mpirun
 
@@ -39,6 +40,31 @@ def test_bad_input_exits_2_on_every_rank_with_one_line(n, argv, needle, tmp_path
     assert len(lines) == 1 and needle.lower() in lines[0].lower(), done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_unwritable_outputs_are_refused_before_training(tmp_path):
+    notes, folder = tmp_path / "notes.txt", tmp_path / "folder"
+    notes.write_text("not a results file")
+    folder.mkdir()
+    problems = {("--name", "a/b"): "--name: run name 'a/b'",
+                ("--out", str(notes)): "not an HDF5 file",
+                ("--out", str(folder)): "is a folder, not a results file",
+                ("--out", str(notes / "r.h5")): "notes.txt is a file, not a folder",
+                ("--out", ""): "must name a file",
+                ("--model-out", str(folder)): "--model-out: " + str(folder) + " is a folder",
+                ("--model-out", str(notes / "m.pt")): "--model-out: cannot create",
+                ("--checkpoint-dir", str(notes)): "--checkpoint-dir: " + str(notes) + " is a file"}
+    out = ["--out", str(tmp_path / "ok.h5")]
+    for flags, needle in problems.items():
+        argv = out + list(flags) if flags[0] != "--out" else list(flags)
+        assert needle in (output_problem(parse_config(argv)) or ""), flags
+    assert output_problem(parse_config(out + ["--model-out", str(tmp_path / "new" / "m.pt")])) is None
+    # and through the command line: one line, exit 2 on both ranks, no epoch trained, the file untouched
+    done = mpirun(2, "-m", "pffbench.run", "--dataset", "synthetic", "--layers", "8,8", "--out", str(notes),
+                  timeout=120)
+    assert done.returncode == 2 and "epoch" not in done.stdout, done.stdout + done.stderr
+    assert done.stderr.count("pffbench: error: --out:") == 1 and "Traceback" not in done.stderr
+    assert notes.read_text() == "not a results file"
 
 
 def test_help_lists_every_flag_once(tmp_path):

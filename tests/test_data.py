@@ -333,14 +333,14 @@ def test_imagefolder_grayscale(tmp_path):
 
 def test_imagefolder_mismatched_size_names_file(tmp_path):
     ok, odd = np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)
-    write_images(tmp_path, {"train": {"a": [ok, ok]}, "test": {"a": [ok, odd]}})
+    write_images(tmp_path, {"train": {"a": [ok, ok], "b": [ok]}, "test": {"a": [ok, odd], "b": [ok]}})
     with pytest.raises(DataError, match=r"image .*test/a/001.png is 4x5 but .*train/a/000.png is 4x4"):
         load_dataset("imagefolder", tmp_path)
 
 
 def test_imagefolder_undecodable_file(tmp_path):
     ok = np.zeros((4, 4, 3), np.uint8)
-    write_images(tmp_path, {"train": {"a": [ok]}, "test": {"a": [ok]}})
+    write_images(tmp_path, {"train": {"a": [ok], "b": [ok]}, "test": {"a": [ok], "b": [ok]}})
     (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(DataError, match=r"cannot decode image .*broken.png"):
         load_dataset("imagefolder", tmp_path)
@@ -353,6 +353,30 @@ def test_imagefolder_structure_errors(tmp_path):
     write_images(tmp_path, {"train": {"a": [ok], "b": [ok]}, "test": {"a": [ok]}})
     with pytest.raises(DataError, match=r"test classes \['a'\] differ from train classes \['a', 'b'\]"):
         load_dataset("imagefolder", tmp_path)
+
+
+def test_imagefolder_needs_two_classes(tmp_path):
+    ok = np.zeros((2, 2, 3), np.uint8)
+    write_images(tmp_path, {"train": {"cat": [ok]}, "test": {"cat": [ok]}})
+    with pytest.raises(DataError, match=r"has 1 class subfolder\(s\), FF needs at least 2"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_imagefolder_refuses_16_bit_pixels(tmp_path):
+    # PIL's convert would clip every 16-bit value above 255: all-white images, silently
+    deep = np.full((4, 4), 30000, np.uint16)
+    write_images(tmp_path, {"train": {"a": [deep], "b": [deep]}, "test": {"a": [deep], "b": [deep]}})
+    with pytest.raises(DataError, match=r"image .*000.png has I;16 pixels: .*8 bits per channel"):
+        load_dataset("imagefolder", tmp_path)
+
+
+def test_unreadable_files_are_one_data_error(monkeypatch, tmp_path):
+    # as root the permission bits do not stop us, so the loader fails as an unreadable file would
+    def denied(*args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz"))
+    monkeypatch.setattr(data, "_load_idx_dataset", denied)
+    with pytest.raises(DataError, match=r"^mnist: cannot read .*train-images-idx3-ubyte.gz: Permission denied$"):
+        load_dataset("mnist", tmp_path)
 
 
 # --- synthetic ----------------------------------------------------------------------

@@ -219,6 +219,16 @@ def test_killed_writer_leaves_earlier_runs_intact(path, stage):
     assert temporaries(path) == []
 
 
+def test_another_files_temporary_is_left_alone(path):
+    # "results.h5.old" is another results file; its live writer's temporary starts like ours
+    theirs = path.parent / f".{path.name}.old.4242.deadbeef.tmp"
+    theirs.write_bytes(b"half-written")
+    ours = path.parent / f".{path.name}.4242.deadbeef.tmp"  # a dead writer's, under our lock: removed
+    ours.write_bytes(b"stale")
+    append_run(str(path), *small_run(0), name="r0")
+    assert theirs.read_bytes() == b"half-written" and not ours.exists()
+
+
 CONCURRENT_WRITER = """
 import os, sys, time
 import numpy as np
