@@ -73,7 +73,7 @@ def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> 
         if pff.kind.has_head:
             with pff.clock("recv_wait", pff.last_epoch(chapter)):
                 head = pff.kind.build_head(exchange.get(pff.head_slot, chapter))
-        scores = pff.end_chapter(chapter, layers, head)
+        scores = pff.end_chapter(chapter, layers, head, next_chapter=chapter + my_chapters.step)
         if head is not None:
             with pff.clock("send_wait", pff.last_epoch(chapter)):
                 exchange.publish(pff.head_slot, chapter, pff.state(head))

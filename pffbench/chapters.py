@@ -57,6 +57,18 @@ class Clock:
             self._last = time.perf_counter()
             self._spent[epoch, CATEGORIES.index(category)] += self._last - start
 
+    @contextmanager
+    def off(self, epoch: int):
+        """A block that is no training time (writing a checkpoint, which the
+        pipeline also does between its timed epochs); the gap before it is
+        ``epoch``'s idle time."""
+        start = time.perf_counter()
+        self._spent[epoch, -1] += start - self._last
+        try:
+            yield
+        finally:
+            self._last = time.perf_counter()
+
     def table(self) -> np.ndarray:
         """[epochs, len(COLUMNS)]."""
         return np.column_stack((self._spent, self._spent.sum(axis=1)))
@@ -277,9 +289,10 @@ class Chapters:
         if bad_loss or bad_weights:
             self.failure = (bool(bad_loss) + 2 * bad_weights, index, chapter, bad_loss[0] if bad_loss else epochs[-1])
 
-    def end_chapter(self, chapter: int, layers: list, head) -> torch.Tensor | None:
+    def end_chapter(self, chapter: int, layers: list, head, next_chapter: int) -> torch.Tensor | None:
         """After the chapter's last layer: train the softmax head (if any) on
-        the new layers, and return the label scores adaptive negatives need."""
+        the new layers, and return the label scores adaptive negatives need
+        in ``next_chapter`` (None if there is none)."""
         if head is not None:
             with self.clock("compute", self.last_epoch(chapter)):
                 linears = [layer.linear for layer in layers]
@@ -291,7 +304,7 @@ class Chapters:
             for _ in self._epochs_of_minibatches(chapter, self.head_slot, step):
                 pass
             self.check(head.parameters(), self.head_slot, chapter)
-        if not (self.kind.uses_negatives and self.negatives.adaptive) or chapter == self.num_chapters - 1:
+        if not (self.kind.uses_negatives and self.negatives.adaptive) or next_chapter >= self.num_chapters:
             return None
         with self.clock("compute", self.last_epoch(chapter)):
             return self.kind.scores(layers, head, self.x)
@@ -345,8 +358,9 @@ class Boundaries:
     complete everywhere, and none waits for the slowest.  ``lag`` is how many
     rounds the first rank may run ahead of the last: one in the wavefront, N
     chapters in Single-Layer.  The last round ends with the run: it gets no
-    checkpoint, and a signal then lets the run finish, as in the pipeline's
-    last epoch; a non-finite layer still fails it.
+    checkpoint, and the verdicts still due then (on the last ``lag`` + 1
+    rounds) are read only for non-finite layers, which fail the run; a signal
+    in those rounds lets it finish, as one in the pipeline's last epoch does.
 
     ``carry`` is what a rank published in its last chapter of a round
     ({slot: state}), which the next round starts from; a resumed run
@@ -379,17 +393,23 @@ class Boundaries:
         """This rank's part of ``chapter`` is done; may raise RunStopped (on every rank at once)."""
         round_ = chapter // self.per_round
         if round_ < self.num_rounds - 1:
-            with self.pff.clock("sync", self.pff.last_epoch(chapter)):
-                self._boundary(round_, carry)
+            epoch = self.pff.last_epoch(chapter)
+            with self.pff.clock.off(epoch):
+                written = self._checkpoint(round_, carry)
+            with self.pff.clock("sync", epoch):
+                self._boundary(round_, written)
 
-    def _boundary(self, round_: int, carry: dict) -> None:
-        written = 0
-        if self.checkpoints and not self.pff.failure:  # a diverged state is not worth resuming
-            pff = self.pff
-            self.error = self.error or self.checkpoints.write(self._epochs_done(round_), {
-                "chapter": (round_ + 1) * self.per_round, "carry": carry, "scores": pff.negatives.scores,
-                "loss": pff.loss.copy(), "clock": pff.clock.state()})
-            written = -1 if self.error else 1
+    def _checkpoint(self, round_: int, carry: dict) -> int:
+        """This rank's file of round ``round_``'s checkpoint: 1 written, -1 failed, 0 none."""
+        if not self.checkpoints or self.pff.failure:  # a diverged state is not worth resuming
+            return 0
+        pff = self.pff
+        self.error = self.error or self.checkpoints.write(self._epochs_done(round_), {
+            "chapter": (round_ + 1) * self.per_round, "carry": carry, "scores": pff.negatives.scores,
+            "loss": pff.loss.copy(), "clock": pff.clock.state()})
+        return -1 if self.error else 1
+
+    def _boundary(self, round_: int, written: int) -> None:
         self.agreement.post(round_, [faults.INTERRUPTS.signum, written, *(self.pff.failure or (0, 0, 0, 0))])
         for past, table in self.agreement.due(round_):
             self._settle(past, table)

@@ -138,6 +138,8 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
     dataset, shape, message = load_data_on_root(config, world)
     if message:
         raise UsageError(message)
+    # torch imports torch._dynamo when it makes its first optimizer (~1 s): here, not on a schedule's clock
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     started = utc_now()
     hostnames = world.comm.gather(world.hostname, root=0)
     threads = world.comm.gather(torch.get_num_threads(), root=0)

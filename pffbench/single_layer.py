@@ -69,7 +69,7 @@ def train(config, world, shape, dataset=None, on_epoch=None):
             if pff.kind.has_head:
                 with pff.clock("recv_wait", last):
                     head = pff.kind.build_head(None if chapter == 0 else post.get(pff.head_slot, last_rank))
-            scores = pff.end_chapter(chapter, layers, head)
+            scores = pff.end_chapter(chapter, layers, head, next_chapter=chapter + 1)
             with pff.clock("send_wait", last):
                 if head is not None:
                     carry[pff.head_slot] = pff.state(head)
