@@ -22,23 +22,11 @@ from . import ff, results, sweep
 from .analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
-def launch(ranks: int, threads: int, args: list[str], out: str, name: str, mpiexec: str) -> None:
-    sweep.launch([mpiexec], ranks, threads, args, out, name)
-
-
 def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, mpiexec: str,
             warmup: bool = True) -> dict[tuple[int, int], list[results.Run]]:
-    """Every (ranks, threads per rank) case, `repeats` times after one
-    untimed warm-up of the first case; raw runs, keyed by case."""
-    if warmup:
-        ranks, threads = cases[0]
-        launch(ranks, threads, args + ["--epochs", "1"], out + ".warmup", "warmup", mpiexec)
-    names = {case: [] for case in cases}
-    for repeat in range(repeats):
-        for ranks, threads in cases:  # interleaved, so drift in machine load hits every case alike
-            name = f"bench-p{ranks}-t{threads}-r{repeat}"
-            launch(ranks, threads, args, out, name, mpiexec)
-            names[(ranks, threads)].append(name)
+    """Every (ranks, threads per rank) case, `repeats` times, interleaved,
+    after one untimed warm-up of the first case; raw runs, keyed by case."""
+    names = sweep.sweep(args, cases, repeats, out, [mpiexec], warmup=warmup, label="bench")
     by_name = {run.name: run for run in results.read_runs(out)}
     return {case: [by_name[n] for n in case_names] for case, case_names in names.items()}
 
@@ -59,7 +47,9 @@ def stage_seconds(width: int, second_widths: list[int], batch: int,
     inputs = ff.FirstLayerInputs(torch.rand(rows, features, generator=generator), classes)
     order = torch.randperm(rows, generator=generator)
     labels = torch.randint(0, classes, (rows,), generator=generator)
-    epoch = inputs.epoch(order, labels, ff.random_wrong_labels(labels, classes, generator), [batch] * steps)
+    wrong = ff.random_wrong_labels(labels, classes, generator)
+    # the warm-up steps take their minibatches from an epoch of their own, so the timed ones gather every chunk
+    warm, epoch = (inputs.epoch(order, labels, wrong, [batch] * steps) for _ in range(2))
     first = ff.FFLayer(ff.make_linear(features, width, 0, 0), 1e-3, 1.0, 20.0)
     seconds = {w: ff.FFLayer(ff.make_linear(width, w, 0, 1), 1e-3, 1.0, 20.0) for w in second_widths}
     message, norms = torch.empty(2 * batch, width), torch.empty(2 * batch, 1)
@@ -67,7 +57,7 @@ def stage_seconds(width: int, second_widths: list[int], batch: int,
     times = {w: [] for w in ["data", None, *second_widths]}  # None: the first layer's step
     for step in range(-5, steps):  # 5 untimed warm-up steps
         start = time.perf_counter()
-        pairs = epoch.batch(max(step, 0))
+        pairs = warm.batch(step + 5) if step < 0 else epoch.batch(step)
         middle = time.perf_counter()
         first.train_step_pairs(pairs, out=message, normalize=False, norm_out=norms)
         times["data"].append(middle - start)

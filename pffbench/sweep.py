@@ -70,8 +70,12 @@ def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str,
           warmup: bool = True, label: str = "sweep", timeout: float = 3600,
           log=None) -> dict[tuple[int, int], list[str]]:
     """Run every case `repeats` times after one untimed warm-up; returns the
-    names of the runs appended to `out`, keyed by case."""
+    names of the runs appended to `out`, keyed by case.  Names are
+    "<label>-p<ranks>-t<threads>-r<repeat>", the label suffixed "-2", "-3", ...
+    if `out` already holds runs of that label (a results file collects runs,
+    and append_run would otherwise rename ours behind our back)."""
     launcher = launcher or default_launcher()
+    label = unused_label(out, label)
     if warmup:
         ranks, threads = cases[0]
         with tempfile.TemporaryDirectory() as scratch:
@@ -85,6 +89,16 @@ def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str,
             if log:
                 log(f"{name} done")
     return names
+
+
+def unused_label(out: str, label: str) -> str:
+    """``label``, or the first of ``label``-2, -3, ... that starts no run name in ``out``."""
+    taken = results.list_runs(out) if os.path.exists(out) else []
+    candidate, suffix = label, 1
+    while any(name.startswith(candidate + "-p") for name in taken):
+        suffix += 1
+        candidate = f"{label}-{suffix}"
+    return candidate
 
 
 def _ranks(text: str) -> list[int]:

@@ -44,6 +44,15 @@ def results_file(tmp_path_factory):
     return out
 
 
+def test_a_reused_results_file_gets_a_fresh_label(results_file, tmp_path):
+    # append_run would store a second "ff-p1-t1-r0" as "ff-p1-t1-r0-2", and a sweep or bench looking its runs
+    # up by the names it asked for would read the first invocation's
+    assert sweep.unused_label(results_file, "ff") == "ff-2"
+    assert sweep.unused_label(results_file, "bp") == "bp-2"
+    assert sweep.unused_label(results_file, "f") == "f"  # "ff-p1..." is not a run of label "f"
+    assert sweep.unused_label(str(tmp_path / "new.h5"), "ff") == "ff"
+
+
 def raw_seconds(path):
     """Training seconds per run, straight from h5py: slowest rank's sum of (wall - eval)."""
     with h5py.File(path, "r", locking=False) as f:
