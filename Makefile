@@ -2,9 +2,10 @@
 #               make test  (the whole test suite, MPI tests included)
 PYTHON  ?= python3
 VENV    ?= .venv
-# The CPU wheel of torch; cluster users with GPUs set TORCH=torch (or their site's wheel).
+# torch, pinned (the CPU build where the index serves it, see README); cluster users with GPUs set their own.
 TORCH   ?= torch==2.13.0
-# Leave MPI_EXTRA empty to build mpi4py against a system MPI already on PATH (module load ...).
+# Leave MPI_EXTRA empty to build mpi4py from source against a system MPI on PATH (module load ...),
+# in a venv of its own: make install VENV=.venv-site MPI_EXTRA=
 MPI_EXTRA ?= mpich
 NP      ?= 4
 MPIEXEC ?= $(if $(MPI_EXTRA),$(VENV)/bin/mpiexec,mpiexec)
@@ -24,6 +25,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
+	$(if $(MPI_EXTRA),,$(PY) -m pip install -q --no-binary=mpi4py mpi4py)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 

@@ -10,8 +10,9 @@ Every file is written atomically (temp file, fsync, rename, fsync of the
 folder), and rank 0 writes ``COMPLETE`` only after every rank has reported its
 file durable, so a job killed at any instant leaves either a complete
 checkpoint or one that resume ignores.  ``--resume`` loads the newest complete
-checkpoint whose configuration matches this run's; the two newest complete
-checkpoints are kept, older ones are removed.
+checkpoint, and refuses it if it was written with other settings or another
+number of ranks; the two newest complete checkpoints are kept, older ones are
+removed.
 
 What a rank's state holds is the schedule's business (a dict torch.save can
 write); this module only stores it, agrees on it across ranks, and offers

@@ -45,7 +45,7 @@ def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pffbench.paper_bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m pffbench.paper_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", default="500,500,500,500")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--splits", type=int, default=4)

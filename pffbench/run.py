@@ -11,6 +11,7 @@ import importlib
 import io
 import os
 import sys
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -167,7 +168,7 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
         "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
         **results.provenance(), **result.attrs,
     }
-    name = results.append_run(config.out, arrays, attrs, name=config.name, status=status)
+    name = record(config, arrays, attrs, status)
     if stopped:
         print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
         raise stopped
@@ -177,6 +178,30 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
         print(line)
     print(f"appended run '{name}' to {config.out}")
     return result
+
+
+class NotRecorded(Exception):
+    """The run could not be appended to --out; the message says where it went instead."""
+
+
+def record(config: Config, arrays: dict, attrs: dict, status: str) -> str:
+    """Append the run to --out and return its name.  If that fails after
+    training (another job holding the file's lock past the timeout, a full
+    disk), the run goes to a file of its own beside --out, or in the temp
+    folder, and NotRecorded says where: a finished run is never lost."""
+    try:
+        return results.append_run(config.out, arrays, attrs, name=config.name, status=status)
+    except results.ResultsError as error:
+        problem = str(error)
+    stem = os.path.splitext(os.path.basename(config.out))[0]
+    for folder in (os.path.dirname(os.path.abspath(config.out)), tempfile.gettempdir()):
+        rescue = os.path.join(folder, f"{stem}-unsaved-{os.getpid()}.h5")
+        try:
+            name = results.append_run(rescue, arrays, attrs, name=config.name, status=status)
+        except results.ResultsError:
+            continue
+        raise NotRecorded(f"{problem}; run '{name}' is saved in {rescue} instead")
+    raise NotRecorded(f"{problem}; the run could not be saved anywhere else either")
 
 
 def save_model(config: Config, result: pipeline.TrainResult, path: str) -> None:
@@ -210,6 +235,9 @@ def main(argv=None) -> int:
         if comm.Get_rank() == 0:
             print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except NotRecorded as error:  # only rank 0 records
+        print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
+        return 1
     except faults.RunStopped as stop:
         if comm.Get_rank() == 0:
             print(f"pffbench: {'error' if stop.status == 'failed' else 'stopped'}: {stop.message}",

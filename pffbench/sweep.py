@@ -1,7 +1,7 @@
 """`python -m pffbench.sweep`: one configuration at several rank counts,
 every repetition's raw timings appended to one HDF5 file.
 
-    python -m pffbench.sweep --ranks 1,2,4 --repeats 3 --out results/sweep.h5 -- --layers 784,784,784 --epochs 1
+    python -m pffbench.sweep --ranks 1,2,4 --repeats 3 --out results/sweep.h5 -- --layers 784,784,784,784 --epochs 1
 
 Everything after the sweep's own flags is passed to `python -m pffbench.run`
 unchanged.  Each run is launched as users launch it (`mpiexec -n p python -m

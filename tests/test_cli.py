@@ -67,6 +67,24 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path):
     assert notes.read_text() == "not a results file"
 
 
+def test_a_run_that_cannot_be_appended_is_saved_beside_it(tmp_path, monkeypatch):
+    from pffbench import run
+    out = tmp_path / "runs.h5"
+    real_append = results.append_run
+
+    def busy(path, *args, **kwargs):  # as when another job holds runs.h5's lock past the timeout
+        if path == str(out):
+            raise results.ResultsError(f"{path}: another job is writing to this file")
+        return real_append(path, *args, **kwargs)
+    monkeypatch.setattr(results, "append_run", busy)
+    config = parse_config(["--out", str(out), "--name", "kept"])
+    with pytest.raises(run.NotRecorded, match=r"another job is writing to this file; run 'kept' is saved in "):
+        run.record(config, {"loss": np.ones((2, 3))}, {"variant": "pipeline"}, "complete")
+    rescued, = tmp_path.glob("runs-unsaved-*.h5")
+    kept, = results.read_runs(str(rescued))
+    assert kept.name == "kept" and kept.arrays["loss"].shape == (2, 3)
+
+
 def test_help_lists_every_flag_once(tmp_path):
     done = mpirun(2, "-m", "pffbench.run", "--help", timeout=60)
     assert done.returncode == 0
