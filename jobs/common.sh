@@ -1,6 +1,6 @@
 # Sourced by the jobs/*.sbatch scripts (submit them from the repository root).
-# Sets threads per rank, the Python and the MPI launcher, and forwards the
-# --signal warning to the run so a time limit stops it cleanly.
+# Sets threads per rank, the Python and the MPI launcher, and hands the
+# --signal warning to the run's ranks so a time limit stops it cleanly.
 #
 #   PYTHON    python with pffbench installed (default: .venv/bin/python)
 #   LAUNCHER  "srun --mpi=pmi2" (default; MPICH-based MPIs, the pip mpich wheel),
@@ -15,25 +15,65 @@ export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"
 export SRUN_CPUS_PER_TASK="${SLURM_CPUS_PER_TASK:-1}"   # srun no longer inherits --cpus-per-task (Slurm >= 22.05)
 mkdir -p results
 
-# launch N ARGS...: start N ranks of ARGS with $LAUNCHER
+# launch N ARGS...: start N ranks of ARGS with $LAUNCHER (exec'd, so that a background
+# launch's pid is the launcher's own)
 launch() {
   local n="$1"; shift
   # shellcheck disable=SC2086
-  $LAUNCHER -n "$n" "$@"
+  exec $LAUNCHER -n "$n" "$@"
 }
 
-# supervise CMD...: run CMD in the background and forward the --signal warning
-# (SIGTERM or SIGUSR1 to this batch shell, #SBATCH --signal=B:...) to it and its
-# children (srun/mpirun pass it on to the ranks), then wait for them to finish.
+# job_ranks PID: the pids of this job's pffbench ranks on this node (inside
+# Slurm: python processes running pffbench.run with this job's id, wherever the
+# launcher put them; outside: python processes below PID)
+job_ranks() {
+  local pid candidates
+  if [ -n "${SLURM_JOB_ID:-}" ]; then
+    candidates=$(pgrep -f -- '-m pffbench[.]run' || true)
+  else
+    candidates=$(descendants "$1")
+  fi
+  for pid in $candidates; do
+    # python only: the launchers' own command lines name pffbench.run too
+    [ "$(head -c 6 "/proc/$pid/comm" 2>/dev/null)" = python ] || continue
+    if [ -z "${SLURM_JOB_ID:-}" ] || tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_JOB_ID=$SLURM_JOB_ID"; then
+      echo "$pid"
+    fi
+  done
+}
+
+descendants() {
+  local child
+  for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done
+}
+
+# stop_ranks PID: send SIGTERM to the ranks of the run in progress, so that it
+# stops at its next epoch boundary, checkpointed and recorded as interrupted.
+# Straight to the ranks, not to the launcher: srun turns a SIGTERM into killing
+# its step, and Open MPI's mpirun kills its job seconds after one.  One rank
+# would do (the ranks agree on stopping); srun's ranks may be on other nodes,
+# so there scancel hands it to every step's tasks.
+stop_ranks() {
+  trap '' TERM USR1  # one warning is enough; the ranks stop on their own from here
+  echo "pffbench job: time limit near, stopping the run at its next epoch boundary" >&2
+  case "$LAUNCHER" in
+    srun*) scancel --signal=TERM "$SLURM_JOB_ID" || true ;;
+    *) local pid
+       for pid in $(job_ranks "$1"); do kill -TERM "$pid" 2>/dev/null || true; done ;;
+  esac
+}
+
+# supervise CMD...: run CMD in the background; when the time-limit warning
+# reaches this batch shell (#SBATCH --signal=B:TERM@...), stop the ranks of the
+# run in progress; return CMD's exit code once it has finished.
 supervise() {
   "$@" &
-  local pid=$!
-  trap 'echo "pffbench job: time limit near, forwarding SIGTERM to $pid" >&2; kill -TERM $pid $(pgrep -P $pid) 2>/dev/null || true' TERM USR1
-  local rc=0
-  wait "$pid" || rc=$?
-  if [ "$rc" -ge 128 ] && kill -0 "$pid" 2>/dev/null; then  # wait was interrupted by the trap
+  local pid=$! rc
+  trap "stop_ranks $pid" TERM USR1
+  while :; do
     rc=0; wait "$pid" || rc=$?
-  fi
+    kill -0 "$pid" 2>/dev/null || break  # finished, rather than a wait cut short by the trap
+  done
   trap - TERM USR1
   return "$rc"
 }

@@ -98,12 +98,17 @@ def nonfinite_layers(losses: dict, linears: dict) -> list[int]:
 
 
 class Interrupts:
-    """SIGTERM / SIGINT set a flag the schedule polls; the second one ends
-    the job immediately (KeyboardInterrupt, which run.py's hook turns into an
-    abort).  Installed by run.main on every rank."""
+    """SIGTERM / SIGINT set a flag the schedule polls; a second one ends the
+    job immediately (KeyboardInterrupt, which run.py's hook turns into an
+    abort), unless it comes within DUPLICATE_S of the first: that is the same
+    warning delivered twice (Ctrl-C reaches a rank from the terminal and again
+    from mpiexec, which forwards it; a batch script may signal the ranks that
+    its launcher also signals).  Installed by run.main on every rank."""
+    DUPLICATE_S = 2.0
 
     def __init__(self):
         self.signum = 0
+        self._first = 0.0
         self._previous = {}
 
     def install(self) -> "Interrupts":
@@ -120,9 +125,10 @@ class Interrupts:
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
-        if self.signum:
+        if not self.signum:
+            self.signum, self._first = signum, time.monotonic()
+        elif time.monotonic() - self._first > self.DUPLICATE_S:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping at once")
-        self.signum = signum
 
     @property
     def requested(self) -> bool:

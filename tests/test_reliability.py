@@ -132,11 +132,17 @@ def test_verdict_names_layer_rank_and_epoch_of_the_first_non_finite_value():
 
 
 def test_first_signal_sets_a_flag_the_second_stops_at_once():
-    interrupts = faults.Interrupts().install()
+    interrupts = faults.Interrupts()
+    interrupts.DUPLICATE_S = 0.3
+    interrupts.install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         assert interrupts.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # the same warning again, e.g. forwarded by mpiexec: still one
+        time.sleep(0.05)
+        assert interrupts.signum == signal.SIGTERM
+        time.sleep(0.3)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)

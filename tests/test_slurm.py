@@ -6,7 +6,9 @@ Jobs are submitted from the repository root with tiny synthetic workloads and
 polled with squeue; each test checks the HDF5 file the job wrote.
 """
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,31 @@ def test_single_run_mpiexec(slurm, tmp_path):
            OUT=str(out), LAUNCHER=str(Path(sys.executable).parent / "mpiexec"))
     (run,) = results.read_runs(str(out))
     assert run.attrs["world_size"] == 2
+
+
+@pytest.mark.parametrize("launcher", ["srun --mpi=pmi2", "mpiexec"])
+def test_time_limit_warning_stops_the_run_cleanly(slurm, tmp_path, launcher):
+    """What #SBATCH --signal=B:TERM@120 does before the time limit, sent at once
+    (scancel --batch --signal): the batch shell hands SIGTERM to the ranks, the
+    run stops at an epoch boundary, checkpointed and recorded as interrupted."""
+    log, out, checkpoints = tmp_path / "job.out", tmp_path / "signal.h5", tmp_path / "checkpoints"
+    if launcher == "mpiexec":
+        launcher = str(Path(sys.executable).parent / "mpiexec")
+    job = slurm.sbatch("--output", str(log), "--ntasks=2", "--cpus-per-task=1", "jobs/single_run.sbatch",
+                       "--dataset", "synthetic", "--layers", "1024,1024", "--batch-size", "10", "--epochs", "100",
+                       "--checkpoint-dir", str(checkpoints), cwd=ROOT, env=job_env(OUT=str(out), LAUNCHER=launcher))
+    deadline = time.monotonic() + 120
+    while "epoch   2/100" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"job {job} did not start training:\n{slurm.logs()}"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", str(job)], env=slurm.env, check=True, timeout=10)
+    slurm.wait(job, timeout=120)
+    text = log.read_text()
+    (run,) = results.read_runs(str(out))
+    assert run.attrs["status"] == "interrupted", text
+    done = run.attrs["epochs_completed"]
+    assert 2 <= done < 100 and "pffbench: stopped: interrupted by SIGTERM" in text
+    assert "second signal" not in text and (checkpoints / f"epoch-{done:06d}" / "COMPLETE").exists()
 
 
 def test_scaling_study(slurm, tmp_path):
