@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ff, transport
+from . import faults, ff, transport
 from .config import Config
 from .pff_communications import share_training_data
 from .pipeline import Shape, TrainResult, batch_rows
@@ -93,8 +93,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     setup_seconds = time.perf_counter() - setup_start
     if config.trace:
-        world.comm.Barrier()  # a common time origin for the trace
-    timer = EpochTimer(config.epochs, trace=config.trace)
+        transport.barrier(world.comm, "set-up")  # a common time origin for the trace
+    timer = EpochTimer(config.epochs, trace=config.trace, device=device)
     reducer = transport.GradientAllreduce(world.comm, flat, timer)
     generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
 
@@ -103,12 +103,16 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     loss = np.zeros((1, config.epochs))
     test_accuracy = np.full(config.epochs, np.nan)
     step = 0
+    half = len(sizes) // 2
     for epoch in range(config.epochs):
+        faults.at_epoch_start(config, world.rank, epoch)
         timer.start_epoch(epoch)
         with timer("data"):
             order = torch.randperm(shape.num_train, generator=generator).to(device)
         epoch_loss = torch.zeros((), device=device)
         for b, n in enumerate(sizes):
+            if b == half:
+                faults.mid_epoch(config, world.rank, epoch)  # --inject-hang (--inject-nan is refused)
             with timer("data"):
                 rows = order[b * config.batch_size:b * config.batch_size + n][shard(n, world.rank, world.size)]
                 x, y = x_train[rows], y_train[rows]

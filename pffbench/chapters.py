@@ -26,7 +26,7 @@ from .config import Config
 from .negatives import Negatives, generator
 from .pff_communications import share_training_data
 from .pipeline import Shape, TrainResult, batch_rows
-from .timing import CATEGORIES, COLUMNS
+from .timing import CATEGORIES, COLUMNS, settler
 from .world import World
 
 # per-chapter accounts, and the per-epoch columns they sum
@@ -43,7 +43,8 @@ class Clock:
     the epochs to the rank's whole training time.
     """
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, device: torch.device | None = None):
+        self._settle = settler(device)  # on a GPU a block ends when its queued work has run
         self._spent = np.zeros((epochs, len(CATEGORIES) + 1))  # the last column is idle
         self._last = time.perf_counter()
 
@@ -54,6 +55,8 @@ class Clock:
         try:
             yield
         finally:
+            if self._settle:
+                self._settle()
             self._last = time.perf_counter()
             self._spent[epoch, CATEGORIES.index(category)] += self._last - start
 
@@ -211,7 +214,7 @@ class Chapters:
         self.num_chapters = config.splits or config.epochs
         self.per_chapter = config.epochs // self.num_chapters
         self.kind = kind or FFKind(config, self.dims, shape.num_classes, self.device)
-        self.clock = Clock(config.epochs)
+        self.clock = Clock(config.epochs, self.device)
         with self.clock("data", 0):
             x, y = share_training_data(world.comm, dataset, rows_per_rank)
         self.x, self.y = x.to(self.device), y.to(self.device)

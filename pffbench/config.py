@@ -238,6 +238,8 @@ def validate(config: Config, world_size: int | None = None) -> None:
         raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
     if config.checkpoint_dir is not None and config.variant in BASELINES:
         raise UsageError(f"--checkpoint-dir and --resume work with the FF variants, not {config.variant}")
+    if config.inject_nan is not None and config.variant in BASELINES:
+        raise UsageError(f"--inject-nan tests the FF variants' checks for non-finite layers; {config.variant} has none")
     for flag in ("inject_fault", "inject_hang", "inject_nan"):
         spec = getattr(config, flag)
         if spec is None:

@@ -147,8 +147,8 @@ def share_training_data(comm: MPI.Comm, dataset, rows_per_rank=None) -> tuple[to
     if not sharded:
         if rank != 0:
             x, y = torch.empty(counts[rank], width), torch.empty(counts[rank], dtype=torch.int64)
-        comm.Bcast([x.numpy(), MPI.FLOAT], root=0)
-        comm.Bcast([y.numpy(), MPI.INT64_T], root=0)
+        wait_all([comm.Ibcast([x.numpy(), MPI.FLOAT], root=0), comm.Ibcast([y.numpy(), MPI.INT64_T], root=0)],
+                 0 if rank else "the other ranks", "sharing the training data")
         return x, y
     if rank == 0:
         requests, keep = [], []
@@ -157,9 +157,9 @@ def share_training_data(comm: MPI.Comm, dataset, rows_per_rank=None) -> tuple[to
             keep += [part_x, part_y]
             requests.append(comm.Isend([part_x.numpy(), MPI.FLOAT], dest=dest, tag=DATA_TAG))
             requests.append(comm.Isend([part_y.numpy(), MPI.INT64_T], dest=dest, tag=DATA_TAG + 1))
-        MPI.Request.Waitall(requests)
+        wait_all(requests, "the other ranks", "sending their shards")
         return x[rows_per_rank[0]].contiguous(), y[rows_per_rank[0]].contiguous()
     x, y = torch.empty(counts[rank], width), torch.empty(counts[rank], dtype=torch.int64)
-    comm.Recv([x.numpy(), MPI.FLOAT], source=0, tag=DATA_TAG)
-    comm.Recv([y.numpy(), MPI.INT64_T], source=0, tag=DATA_TAG + 1)
+    wait_all([comm.Irecv([x.numpy(), MPI.FLOAT], source=0, tag=DATA_TAG),
+              comm.Irecv([y.numpy(), MPI.INT64_T], source=0, tag=DATA_TAG + 1)], 0, "receiving its shard")
     return x, y

@@ -96,7 +96,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     # the clocks start together, after rank 0's data preparation (which 1 rank does untimed as well;
     # otherwise rank 1 would count it as waiting), and give the trace a common time origin
     transport.barrier(world.comm, "set-up")
-    timer = EpochTimer(config.epochs, trace=config.trace)
+    timer = EpochTimer(config.epochs, trace=config.trace, device=device)
     links = Links(world.comm, timer, dims[block.start], dims[block.stop],
                   [2 * n for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
     receiver, sender = links.receiver, links.sender

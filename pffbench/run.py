@@ -89,6 +89,9 @@ def load_data_on_root(config: Config, world: World):
             dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
     else:
         shape = None
+    # the others sleep meanwhile (a blocking bcast would spin, taking cores from the loading); no time limit,
+    # as a --download may take long
+    transport.barrier(world.comm, "loading the data", timeout=float("inf"))
     shape, message = world.comm.bcast((shape, message), root=0)
     return dataset, shape, message
 
@@ -144,7 +147,7 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
     started = utc_now()
     hostnames = world.comm.gather(world.hostname, root=0)
     threads = world.comm.gather(torch.get_num_threads(), root=0)
-    world.comm.Barrier()
+    transport.barrier(world.comm, "set-up")
     t0 = time.perf_counter()
     progress = Progress(config, shape.num_train) if world.is_first else None
     schedule = importlib.import_module(VARIANTS[config.variant])

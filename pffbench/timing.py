@@ -2,7 +2,9 @@
 
 Every second of an epoch lands in exactly one bucket; whatever no bucket
 claims (loop overhead, bookkeeping) is reported as idle, so the columns of a
-row always add up to the epoch's wall time.
+row always add up to the epoch's wall time.  On a GPU a block ends when the
+work it queued has run (CUDA runs asynchronously: without that, a kernel's
+time would land in whichever later block first waits for it).
 """
 from __future__ import annotations
 
@@ -10,13 +12,22 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 
 CATEGORIES = ("compute", "data", "send_wait", "recv_wait", "sync", "eval")
 COLUMNS = CATEGORIES + ("idle", "wall")
 
 
+def settler(device: torch.device | None):
+    """What ends a timed block on ``device``: a CUDA synchronize, or nothing."""
+    if device is not None and device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return None
+
+
 class EpochTimer:
-    def __init__(self, epochs: int, trace: bool = False):
+    def __init__(self, epochs: int, trace: bool = False, device: torch.device | None = None):
+        self._settle = settler(device)
         self._spent = np.zeros((epochs, len(CATEGORIES)))
         self._wall = np.zeros(epochs)
         self._epoch = 0
@@ -44,6 +55,8 @@ class EpochTimer:
         try:
             yield
         finally:
+            if self._settle:
+                self._settle()
             end = time.perf_counter()
             self._spent[self._epoch, column] += end - start
             if self._events is not None:

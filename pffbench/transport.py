@@ -42,14 +42,15 @@ def wait(request: MPI.Request, peer, operation: str) -> None:
     wait_until(request.Test, peer, operation)
 
 
-def wait_until(ready, peer, operation: str) -> None:
+def wait_until(ready, peer, operation: str, timeout: float | None = None) -> None:
     """Poll ``ready()`` (yielding the core for 5 ms, then sleeping, backing
     off to 1 ms) and raise PeerTimeout naming this rank, ``peer`` and
-    ``operation`` after peer_timeout() seconds."""
+    ``operation`` after ``timeout`` (default peer_timeout()) seconds."""
     if ready():
         return
     start = time.perf_counter()
-    deadline, delay = start + _PEER_TIMEOUT[0], 0.0
+    timeout = _PEER_TIMEOUT[0] if timeout is None else timeout
+    deadline, delay = start + timeout, 0.0
     while not ready():
         now = time.perf_counter()
         if now - start < _SPIN:
@@ -58,14 +59,15 @@ def wait_until(ready, peer, operation: str) -> None:
         if now > deadline:
             who = f"rank {peer}" if isinstance(peer, int) else peer
             raise PeerTimeout(f"rank {MPI.COMM_WORLD.Get_rank()} waited {now - start:.0f} s for {who} to complete "
-                              f"{operation}; giving up (--peer-timeout {_PEER_TIMEOUT[0]:g})")
+                              f"{operation}; giving up (--peer-timeout {timeout:g})")
         delay = min(max(2 * delay, 20e-6), _MAX_SLEEP)
         time.sleep(delay)
 
 
-def barrier(comm: MPI.Comm, after: str) -> None:
-    """Every rank waits here for the others (guarded like any wait)."""
-    wait(comm.Ibarrier(), "every rank", f"the barrier after {after}")
+def barrier(comm: MPI.Comm, after: str, timeout: float | None = None) -> None:
+    """Every rank waits here for the others (guarded like any wait, and
+    asleep, not spinning, once a wait is long)."""
+    wait_until(comm.Ibarrier().Test, "every rank", f"the barrier after {after}", timeout)
 
 
 def wait_all(requests, peer, operation: str) -> None:
@@ -135,20 +137,22 @@ def gather_events(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
     width = local.shape[1]
     counts = gather_rows(comm, np.array([local.shape[0]], dtype=np.float64))
     if comm.Get_rank() != 0:
-        comm.Gatherv([local, MPI.DOUBLE], None, root=0)
+        wait(comm.Igatherv([local, MPI.DOUBLE], None, root=0), 0, "a gather of trace events")
         return None
     counts = counts[:, 0].astype(np.int64)
     rows = np.empty((int(counts.sum()), width))
-    comm.Gatherv([local, MPI.DOUBLE], [rows, counts * width, np.concatenate(([0], np.cumsum(counts)[:-1])) * width,
-                                        MPI.DOUBLE], root=0)
+    displacements = np.concatenate(([0], np.cumsum(counts)[:-1])) * width
+    wait(comm.Igatherv([local, MPI.DOUBLE], [rows, counts * width, displacements, MPI.DOUBLE], root=0),
+         "the other ranks", "a gather of trace events")
     return np.column_stack((np.repeat(np.arange(comm.Get_size()), counts), rows))
 
 
 class GradientAllreduce:
     """Data-parallel gradient sum: one flat, preallocated float32 buffer that
     the parameters' .grad tensors view, summed over ranks in place with one
-    buffer-based Allreduce per step (never pickled).  On a GPU the buffer is
-    staged through a preallocated host copy, so any MPI works."""
+    buffer-based Allreduce per step (never pickled), guarded like every wait
+    on a peer.  On a GPU the buffer is staged through a preallocated host
+    copy, so any MPI works."""
 
     def __init__(self, comm: MPI.Comm, flat: torch.Tensor, timer: EpochTimer):
         self.comm, self.flat, self.timer = comm, flat, timer
@@ -161,6 +165,7 @@ class GradientAllreduce:
         with self.timer("sync"):  # the wait for every rank's gradients, and a GPU's host staging
             if self._host is not self.flat:
                 self._host.copy_(self.flat)
-            self.comm.Allreduce(MPI.IN_PLACE, [self._host.numpy(), MPI.FLOAT], op=MPI.SUM)
+            wait(self.comm.Iallreduce(MPI.IN_PLACE, [self._host.numpy(), MPI.FLOAT], op=MPI.SUM),
+                 "the other ranks", "the gradient allreduce")
             if self._host is not self.flat:
                 self.flat.copy_(self._host)

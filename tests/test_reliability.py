@@ -56,6 +56,7 @@ def test_fuzzed_argv_gives_a_config_or_a_usage_error(argv, world_size):
     (["--checkpoint-dir", "x", "--variant", "backprop"], "work with the FF variants, not backprop"),
     (["--inject-fault", "1:9"], "no such rank or epoch"),
     (["--inject-hang", "1"], "RANK:EPOCH"),
+    (["--inject-nan", "0:0", "--variant", "dp-backprop"], "dp-backprop has none"),
     (["--seed", str(2 ** 40)], "--seed must be below"),
 ])
 def test_reliability_flags_are_validated(argv, needle):

@@ -34,6 +34,24 @@ class FakeWorld:
         self.local_size = local_size
 
 
+def test_a_gpu_block_ends_when_its_queued_work_has_run(monkeypatch):
+    # CUDA runs asynchronously: without a synchronize at the end of each block, a kernel's time lands in
+    # whichever later block first waits for it (e.g. the copy of a message, booked as sending)
+    import torch
+    from pffbench.chapters import Clock
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(str(device)))
+    timer, clock = EpochTimer(1, device=torch.device("cuda", 1)), Clock(1, torch.device("cuda", 1))
+    with timer("compute"):
+        pass
+    with clock("compute", 0):
+        pass
+    assert calls == ["cuda:1", "cuda:1"]
+    with EpochTimer(1, device=torch.device("cpu"))("compute"), Clock(1, torch.device("cpu"))("data", 0):
+        pass
+    assert len(calls) == 2  # nothing to wait for on the CPU
+
+
 @pytest.mark.parametrize("cores,bound,local_size,expected", [
     (8, 8, 4, 2),    # unbound: share the node's cores
     (8, 8, 3, 2),
