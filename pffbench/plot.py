@@ -81,10 +81,11 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
     fig, (ax_s, ax_e) = plt.subplots(1, 2, figsize=(11, 4.8), constrained_layout=True)
     all_p = sorted({r.case.ranks for rows in series for r in rows})
     ax_s.plot(all_p, all_p, "k:", label="ideal S = p")
-    notes = []
+    notes, top_s, top_e = [], max(all_p) * 1.2, 1.15  # raised below for points above them: none is cut off
     for i, rows in enumerate(series):
         color = f"C{i}"
         p, s, err, rows = _speedup_points(rows)
+        top_s, top_e = max(top_s, 1.1 * float(np.max(s + err[1]))), max(top_e, 1.1 * float(np.max((s + err[1]) / p)))
         case = rows[0].case
         label = f"{case.label}, {case.threads} thread(s)/rank"
         ax_s.errorbar(p, s, yerr=err, fmt="o-", color=color, capsize=4, label=label)
@@ -104,7 +105,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
         notes.append(note)
     _log2_axis(ax_s, all_p, "x")
     _log2_axis(ax_s, [2.0 ** k for k in range(-3, 8)], "y")
-    ax_s.set_ylim(min(0.9, ax_s.get_ylim()[0]), max(all_p) * 1.2)
+    ax_s.set_ylim(min(0.9, ax_s.get_ylim()[0]), top_s)
     ax_s.set_xlabel("MPI ranks p")
     ax_s.set_ylabel("speedup S(p) = T1 / Tp")
     ax_s.set_title("Speedup (median, IQR error bars)")
@@ -112,7 +113,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
     ax_s.legend(fontsize=8, loc="upper left")
     ax_e.axhline(1.0, color="k", linestyle=":", label="ideal E = 1")
     _log2_axis(ax_e, all_p, "x")
-    ax_e.set_ylim(0, 1.15)
+    ax_e.set_ylim(0, top_e)
     ax_e.set_xlabel("MPI ranks p")
     ax_e.set_ylabel("efficiency E = S / p")
     ax_e.set_title("Parallel efficiency")
@@ -133,15 +134,17 @@ def variants_figure(runs: list[results.Run]) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=(6.5, 4.8), constrained_layout=True)
     all_p = sorted({r.case.ranks for rows in series for r in rows})
     ax.plot(all_p, all_p, "k:", label="ideal S = p")
+    top = max(all_p) * 1.2
     for i, rows in enumerate(series):
         p, s, err, rows = _speedup_points(rows)
+        top = max(top, 1.1 * float(np.max(s + err[1])))
         case = rows[0].case
         style = "s--" if case.variant in analysis.BASELINES else "o-"
         ax.errorbar(p, s, yerr=err, fmt=style, color=f"C{i}", capsize=4,
                     label=f"{case.label} (T1 = {rows[0].base.stats['median']:.1f} s)")
     _log2_axis(ax, all_p, "x")
     _log2_axis(ax, [2.0 ** k for k in range(-3, 8)], "y")
-    ax.set_ylim(min(0.9, ax.get_ylim()[0]), max(all_p) * 1.2)
+    ax.set_ylim(min(0.9, ax.get_ylim()[0]), top)
     ax.set_xlabel("MPI ranks p")
     ax.set_ylabel("speedup S(p) = T1 / Tp (each against its own 1-rank run)")
     ax.set_title(f"FF variants vs data-parallel backprop\n{_machine(runs)}", fontsize=11)

@@ -99,6 +99,22 @@ def test_report_matches_a_recomputation_from_raw_arrays(results_file):
         assert done.returncode == 0 and marker in done.stdout, done.stdout
 
 
+def test_a_super_linear_point_is_not_cut_off(results_file):
+    # a slow 1-rank run (noise) makes p = 2 look 3x faster: the axes must still show it
+    runs = results.read_runs(results_file)
+    for run in runs:
+        if run.name.startswith("ff-p1-t1"):
+            run.arrays["timing/wall"] = run.arrays["timing/wall"] * 10
+    fig = plot.speedup_figure(runs)
+    ax_s, ax_e = fig.axes
+    speedups = [y for line in (c.lines[0] for c in ax_s.containers) for y in line.get_ydata()]
+    efficiencies = [y for line in (c.lines[0] for c in ax_e.containers) for y in line.get_ydata()]
+    assert max(speedups) > 3 and max(speedups) < ax_s.get_ylim()[1]
+    assert max(efficiencies) > 1.5 and max(efficiencies) < ax_e.get_ylim()[1]
+    fig = plot.variants_figure(runs)
+    assert max(speedups) < fig.axes[0].get_ylim()[1]
+
+
 def test_speedup_figure(results_file):
     fig = plot.speedup_figure(results.read_runs(results_file))
     ax_s, ax_e = fig.axes
