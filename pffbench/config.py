@@ -169,7 +169,8 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     pff.add_argument("--shards", type=int, default=d.shards, metavar="K",
                      help="federated: data shards, K >= ranks, rank r holds shards r, r+N, ...; 0 = one per rank")
     pff.add_argument("--partition", default=d.partition, choices=PARTITIONS,
-                     help="federated: iid shards, or label-skew (each shard ~--classes-per-shard classes)")
+                     help="federated: iid shards, or label-skew (each shard at most --classes-per-shard classes, or "
+                          "classes/shards rounded up if more: every example is in a shard)")
     pff.add_argument("--classes-per-shard", type=int, default=d.classes_per_shard, metavar="M",
                      help="federated label-skew: classes per shard (default: %(default)s)")
     pff.add_argument("--preset", default=None, metavar="NAME",

@@ -25,17 +25,24 @@ SHARD_KEY = 7919  # keeps the shard draw apart from the training draws
 def shard_rows(labels: torch.Tensor, shards: int, partition: str, classes_per_shard: int,
                seed: int) -> list[torch.Tensor]:
     """Row indices of each shard.  iid: a random equal split.  label-skew
-    (McMahan et al.'s pathological non-IID split): sort by label, cut into
-    shards x classes_per_shard pieces, deal each shard that many pieces at
-    random, so a shard sees about ``classes_per_shard`` classes.  Rows stay
-    in data set order within a shard: one shard is exactly the data set."""
+    (McMahan et al.'s pathological non-IID split): cut every class into
+    pieces, shards x M of them in all, and deal each shard M pieces at
+    random, so a shard sees at most M classes, M = ``classes_per_shard``, or
+    ceil(classes / shards) if that is more (every example is in some shard,
+    so fewer shards than that cannot cover the classes).  A piece never
+    straddles two classes.  Rows stay in data set order within a shard: one
+    shard is exactly the data set."""
     draw = generator(seed, SHARD_KEY)
     order = torch.randperm(len(labels), generator=draw)
     if partition == "iid":
         return [rows.sort().values for rows in order.tensor_split(shards)]
-    order = order[torch.sort(labels[order], stable=True).indices]
-    pieces = order.tensor_split(shards * classes_per_shard)
-    deal = torch.randperm(len(pieces), generator=draw).view(shards, classes_per_shard)
+    classes = labels.unique()
+    per_shard = max(classes_per_shard, -(-len(classes) // shards))
+    total = shards * per_shard
+    pieces = []
+    for i, label in enumerate(classes.tolist()):  # the pieces spread over the classes as evenly as they go
+        pieces += order[labels[order] == label].tensor_split(total // len(classes) + (i < total % len(classes)))
+    deal = torch.randperm(total, generator=draw).view(shards, per_shard)
     return [torch.cat([pieces[i] for i in row.tolist()]).sort().values for row in deal]
 
 

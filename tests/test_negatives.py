@@ -103,11 +103,13 @@ def test_iid_shards_split_every_row_once_and_one_shard_is_the_data_set():
     assert torch.equal(shard_rows(LABELS, 1, "iid", 2, seed=0)[0], torch.arange(len(LABELS)))
 
 
-def test_label_skew_shards_see_few_classes():
-    shards = shard_rows(LABELS, 5, "label-skew", 2, seed=0)
-    assert sorted(torch.cat(shards).tolist()) == list(range(len(LABELS)))
-    for rows in shards:
-        assert len(set(LABELS[rows].tolist())) <= 4  # 2 pieces, each within at most 2 adjacent classes
+@pytest.mark.parametrize("shards,per_shard,most", [(5, 2, 2), (10, 2, 2), (4, 2, 3), (2, 2, 5), (3, 4, 4), (1, 2, 10)])
+def test_label_skew_shards_see_few_classes(shards, per_shard, most):
+    # at most M classes a shard, or ceil(10 / shards) when fewer shards than that could not cover the classes
+    parts = shard_rows(LABELS, shards, "label-skew", per_shard, seed=0)
+    assert sorted(torch.cat(parts).tolist()) == list(range(len(LABELS)))
+    seen = [len(set(LABELS[rows].tolist())) for rows in parts]
+    assert max(seen) == most and min(seen) >= 1, seen
 
 
 def test_clock_columns_add_up_to_wall_and_chapters_sum_epochs():
