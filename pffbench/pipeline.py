@@ -181,6 +181,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
               if config.trace else {})
     result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
                          linears=[l.cpu() for l in linears], dims=dims, blocks=blocks, **traced)
+    result.attrs["transport"] = links.kind  # rank 0's link to rank 1: "shared" (ring) or "messages"
     if resumed:
         result.attrs["resumed_from_epoch"] = start_epoch
     return result

@@ -47,7 +47,7 @@ def train(config, data, comm=None):
 def assert_same_weights(a, b):
     """Same float32 operations on the same inputs, one thread each: equal to round-off
     (in practice exactly); 1e-6 admits BLAS builds that pick kernels per process."""
-    for x, y in zip(a.linears, b.linears):
+    for x, y in zip(a.linears, b.linears, strict=True):
         assert (x.weight - y.weight).abs().max().item() <= 1e-6
         assert (x.bias - y.bias).abs().max().item() <= 1e-6
 

@@ -132,18 +132,19 @@ def test_verdict_names_layer_rank_and_epoch_of_the_first_non_finite_value():
     assert "non-finite weights" in failure and "layer 0" in failure
 
 
-def test_first_signal_sets_a_flag_the_second_stops_at_once():
-    interrupts = faults.Interrupts()
-    interrupts.DUPLICATE_S = 0.3
-    interrupts.install()
+def test_first_signal_sets_a_flag_the_second_stops_at_once(monkeypatch):
+    now = [100.0]  # a clock the test moves, so a slow machine cannot stretch the 2 s window
+    monkeypatch.setattr(faults.time, "monotonic", lambda: now[0])
+    interrupts = faults.Interrupts().install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
         assert interrupts.signum == signal.SIGTERM
+        now[0] += interrupts.DUPLICATE_S / 2
         os.kill(os.getpid(), signal.SIGTERM)  # the same warning again, e.g. forwarded by mpiexec: still one
         time.sleep(0.05)
         assert interrupts.signum == signal.SIGTERM
-        time.sleep(0.3)
+        now[0] += interrupts.DUPLICATE_S
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)

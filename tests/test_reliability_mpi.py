@@ -361,7 +361,9 @@ def test_pff_nan_stops_the_run_names_layer_rank_chapter_and_records_it_failed(va
     assert not np.isfinite(run.arrays["loss"][:, int(nan.split(":")[1])]).all()
 
 
-def test_report_fault_to_exit_times():
-    """Prints what the tests above measured (run with -s)."""
+@pytest.fixture(scope="module", autouse=True)
+def report_fault_to_exit_times():
+    """Prints what the tests of this module measured, after the last of them (run with -s)."""
+    yield
     for case, seconds in FAULT_TO_EXIT:
         print(f"{case}: {seconds:.2f} s")
