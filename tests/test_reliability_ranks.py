@@ -55,6 +55,31 @@ def test_checkpoint_is_complete_only_when_every_rank_wrote_its_file():
         shutil.rmtree(folder)
 
 
+def test_a_checkpoint_one_rank_could_not_write_is_never_marked_complete(monkeypatch):
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    folder = comm.bcast(tempfile.mkdtemp(prefix="pffbench-ck-") if rank == 0 else None, root=0)
+    store = checkpoint.Checkpoints.from_config(Config(dataset="synthetic", layers=(4,) * size, checkpoint_dir=folder),
+                                               comm)
+    store.save(1, {"rank": rank})
+    real_write = checkpoint.atomic_write
+
+    def full_disk(path, write):  # the last rank's file of checkpoint 2 cannot be written
+        if rank == size - 1 and "epoch-000002" in path:
+            raise OSError(28, "No space left on device")
+        real_write(path, write)
+    monkeypatch.setattr(checkpoint, "atomic_write", full_disk)
+    expected = "No space left on device" if rank == size - 1 else "another rank could not write its file"
+    with pytest.raises(OSError, match=expected):  # every rank stops, not only the one whose write failed
+        store.save(2, {"rank": rank})
+    comm.Barrier()
+    assert not os.path.exists(os.path.join(folder, "epoch-000002", checkpoint.MARKER))
+    assert store.load_latest()[0] == 1  # resume takes the last complete one
+    comm.Barrier()
+    if rank == 0:
+        shutil.rmtree(folder)
+
+
 def test_lagged_agreement_gives_every_rank_the_same_tables_lag_rounds_late():
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
