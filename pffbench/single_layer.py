@@ -6,12 +6,19 @@ recomputes its inputs (positive and negative) through them locally, trains
 layer i for C epochs and publishes it for this chapter.  Rank i starts a
 chapter as soon as rank i-1 has published; only weights travel.  The last
 rank also trains the softmax head, and for adaptive negatives computes the
-label scores of the new model and publishes them to every rank, which is
-why adaptive negatives make the ranks wait for one another at each chapter.
+label scores of the new model and publishes them to every rank.  Chapter c's
+adaptive negatives come from the model after chapter c - N: the last rank
+finishes chapter c - N as rank 0 starts chapter c, so no rank waits for
+them (with c - 1, every rank would wait for the whole previous chapter and
+the schedule would run serially).  N = 1 is the sequential twin, with the
+previous chapter's; All-Layers' negatives lag N chapters as well, and the
+two schedules give the same weights.
 Between chapters, ``Boundaries`` checkpoints, resumes, and stops every rank
 together on a signal or NaN.
 """
 from __future__ import annotations
+
+from collections import deque
 
 import torch
 
@@ -40,12 +47,19 @@ def train(config, world, shape, dataset=None, on_epoch=None):
     blocks = [range(num_layers)] if size == 1 else [range(r, r + 1) for r in range(size)]
     # rank 0 runs up to N chapters ahead of the last rank: the agreement lags as much, so as not to hold it back
     bounds = Boundaries(pff, post, blocks, lag=size)
+    # the last rank's published scores that chapters still to run will read: (chapter, flat scores)
+    unread = deque()
     for slot, state in bounds.carry.items():  # resumed: each slot's next reader gets it again
-        post.publish(slot, state, range(size) if slot == pff.scores_slot else {world.rank})
+        if slot == pff.scores_slot:  # those of chapters start - N .. start - 1, in order
+            for offset, flat in enumerate(state):
+                post.publish(slot, flat, range(size))
+                unread.append((max(0, bounds.start - size) + offset, flat))
+        else:
+            post.publish(slot, state, {world.rank})
     head = None
     for chapter in range(bounds.start, num_chapters):
         first, last = pff.first_epoch(chapter), pff.last_epoch(chapter)
-        if chapter > 0 and pff.negatives.adaptive:
+        if chapter >= size and pff.negatives.adaptive:  # the scores of chapter - N
             with pff.clock("recv_wait", first):
                 scores = post.get(pff.scores_slot, last_rank)
             pff.negatives.observe(torch.from_numpy(scores).view(-1, shape.num_classes))
@@ -69,14 +83,18 @@ def train(config, world, shape, dataset=None, on_epoch=None):
             if pff.kind.has_head:
                 with pff.clock("recv_wait", last):
                     head = pff.kind.build_head(None if chapter == 0 else post.get(pff.head_slot, last_rank))
-            scores = pff.end_chapter(chapter, layers, head, next_chapter=chapter + 1)
+            scores = pff.end_chapter(chapter, layers, head, next_chapter=chapter + size)
             with pff.clock("send_wait", last):
                 if head is not None:
                     carry[pff.head_slot] = pff.state(head)
                     post.publish(pff.head_slot, carry[pff.head_slot], {last_rank if chapter + 1 < num_chapters else 0})
                 if scores is not None:
-                    carry[pff.scores_slot] = scores.reshape(-1)
-                    post.publish(pff.scores_slot, carry[pff.scores_slot], range(size))
+                    unread.append((chapter, scores.reshape(-1)))
+                    post.publish(pff.scores_slot, unread[-1][1], range(size))
+            while unread and unread[0][0] < chapter + 1 - size:  # read by chapter + 1 at the latest
+                unread.popleft()
+            if unread:
+                carry[pff.scores_slot] = torch.stack([flat for _, flat in unread])
         bounds.after(chapter, carry)
 
     bounds.close()

@@ -257,10 +257,10 @@ def test_nasty_argv_exits_2_on_every_rank_with_one_line(argv, needle, tmp_path):
 
 PFF = [*TINY, "--layers", "32,32", "--epochs", "8", "--splits", "8", "--seed", "3", "--batch-size", "64"]
 # rank 1 hangs in chapter 5; all-layers and perf-opt agree once per round of 2 chapters (one per rank), federated
-# after every chapter, single-layer after every chapter but 2 chapters late (rank 0 may run that far ahead), and
-# adaptive negatives hold single-layer's rank 0 at chapter 6: the newest checkpoint all ranks complete is after
+# after every chapter, single-layer after every chapter but 2 chapters late (rank 0 may run that far ahead, its
+# adaptive negatives coming from 2 chapters back): the newest checkpoint all ranks complete is after
 PFF_RESUME = [("all-layers", ["--neg", "adaptive", "--classifier", "softmax"], 4),
-              ("single-layer", ["--neg", "adaptive", "--classifier", "softmax"], 4),
+              ("single-layer", ["--neg", "adaptive", "--classifier", "softmax"], 5),
               ("federated", ["--neg", "adaptive-sampled"], 5),
               ("perf-opt", [], 4)]
 
