@@ -379,6 +379,7 @@ class Boundaries:
         self.agreement = faults.LaggedAgreement(comm, lag)
         self.checkpoints = checkpoint.Checkpoints.from_config(pff.config, comm)
         self.start, self.carry, self.error, self.committed = 0, {}, "", None
+        self.first_posted = None  # the first round whose flags carried a signal or a failure
         resumed = self.checkpoints.load_latest() if self.checkpoints and pff.config.resume else None
         if resumed:
             pff.resumed_from, state = resumed
@@ -417,10 +418,12 @@ class Boundaries:
         for past, table in self.agreement.due(round_):
             self._settle(past, table)
             failure, signum = self._verdict(table)
+            if (failure or signum) and self.first_posted is None:
+                self.first_posted = past
             if failure or signum:
                 for later, table in self.agreement.due():  # the rounds since: every rank has posted them
                     self._settle(later, table)
-                self._stop(self._epochs_done(round_), table)
+                self._stop(self._epochs_done(round_), table, seen=self._epochs_done(self.first_posted))
 
     def close(self) -> None:
         """After this rank's last chapter: a non-finite layer anywhere fails the run."""
@@ -453,10 +456,11 @@ class Boundaries:
                                       f" (chapter {row[chapter] + 1} of {self.pff.num_chapters})")
         return failure, faults.agreed_signal(table[:, self.FLAGS.index("signal")])
 
-    def _stop(self, epochs_done: int, table) -> None:
-        """Every rank agreed to stop after ``epochs_done`` epochs: settle the
-        messages in flight, gather the accounts, raise RunStopped (rank 0's
-        carries the partial run for the results file)."""
+    def _stop(self, epochs_done: int, table, seen: int | None = None) -> None:
+        """Every rank agreed to stop after ``epochs_done`` epochs (a rank first
+        posted the problem after ``seen``): settle the messages in flight,
+        gather the accounts, raise RunStopped (rank 0's carries the partial
+        run for the results file)."""
         failure, signum = self._verdict(table)
         pff, comm = self.pff, self.pff.world.comm
         self.exchange.drain()
@@ -469,7 +473,8 @@ class Boundaries:
             result = TrainResult(timing=timing, loss=loss, test_accuracy=np.full(pff.config.epochs, np.nan),
                                  linears=[], dims=pff.dims, blocks=self.blocks,
                                  attrs={"epochs_completed": epochs_done, "splits": pff.num_chapters,
-                                        "epochs_per_chapter": pff.per_chapter})
+                                        "epochs_per_chapter": pff.per_chapter,
+                                        "stop_posted_after_epoch": epochs_done if seen is None else seen})
         stop = faults.stopped(failure, signum, epochs_done, self.committed == epochs_done, result)
         if result is not None:
             result.attrs["stop_reason"] = stop.message

@@ -337,6 +337,10 @@ def test_pff_signal_stops_every_rank_after_one_round_checkpoints_and_records_int
     run, = results.read_runs(str(job.out))
     done = run.attrs["epochs_completed"]
     assert run.attrs["status"] == "interrupted" and 2 <= done < 100000
+    # the agreement's lag after the round whose flags first carried the signal, in epochs (1 a chapter, N = 2):
+    # one round of N chapters (all-layers, perf-opt), one chapter (federated), N chapters (single-layer)
+    lag = {"all-layers": 2, "perf-opt": 2, "federated": 1, "single-layer": 2}[variant]
+    assert done - run.attrs["stop_posted_after_epoch"] == lag
     assert f"checkpoint after epoch {done} saved" in err
     assert (checkpoints / f"epoch-{done:06d}" / "COMPLETE").exists()  # the ranks checkpointed where they stopped
     assert np.isfinite(run.arrays["loss"][:, :done]).all() and np.isnan(run.arrays["loss"][:, done:]).all()
