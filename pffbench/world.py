@@ -16,6 +16,7 @@ class World:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
+        self.node_masks = node.allgather(sorted(os.sched_getaffinity(0)))  # the cores each rank here may use
         node.Free()
         self.hostname = MPI.Get_processor_name()
 
@@ -36,14 +37,15 @@ class World:
         return self.rank + 1 if self.rank < self.size - 1 else None
 
     def default_threads(self) -> int:
-        """Cores on the node / ranks on the node, so p ranks on p cores never
-        oversubscribe.  A launcher that already bound us to fewer cores than
-        the node has (srun --cpus-per-task, mpirun --bind-to) has done the
-        division for us: use the cores we are bound to."""
-        bound = len(os.sched_getaffinity(0))
-        if bound < (os.cpu_count() or bound):
-            return max(1, bound)
-        return max(1, bound // self.local_size)
+        """The cores this rank may run on / the ranks on this node that may
+        run on any of them, so p ranks on p cores never oversubscribe: unbound
+        ranks share the node's cores; ranks a launcher bound to cores of their
+        own (srun --cpus-per-task, mpirun --bind-to core) use theirs; ranks
+        that share a set (a job's cgroup on a shared node, Open MPI binding
+        to a socket) divide it."""
+        mine = set(os.sched_getaffinity(0))
+        sharing = sum(1 for mask in self.node_masks if mine.intersection(mask))
+        return max(1, len(mine) // max(1, sharing))
 
     def missing_gpu(self, kind: str) -> str | None:
         """One line if some rank cannot use ``--device kind`` (asked of every
@@ -56,7 +58,9 @@ class World:
         if kind == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError("--device cuda: torch sees no CUDA device on " + self.hostname)
-            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            device = torch.device("cuda", self.local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)  # so that what names no device (pinned memory, contexts) uses ours, not GPU 0
+            return device
         return torch.device("cpu")
 
 

@@ -30,8 +30,8 @@ class FakeWorld:
     from pffbench.world import World
     default_threads = World.default_threads
 
-    def __init__(self, local_size):
-        self.local_size = local_size
+    def __init__(self, node_masks):
+        self.node_masks = node_masks
 
 
 def test_a_gpu_block_ends_when_its_queued_work_has_run(monkeypatch):
@@ -52,16 +52,21 @@ def test_a_gpu_block_ends_when_its_queued_work_has_run(monkeypatch):
     assert len(calls) == 2  # nothing to wait for on the CPU
 
 
-@pytest.mark.parametrize("cores,bound,local_size,expected", [
-    (8, 8, 4, 2),    # unbound: share the node's cores
-    (8, 8, 3, 2),
-    (2, 2, 4, 1),    # oversubscribed: never below one thread
-    (16, 4, 4, 4),   # the launcher bound us to 4 cores: use them
+def cores(first, count):
+    return list(range(first, first + count))
+
+
+@pytest.mark.parametrize("mine,node_masks,expected", [
+    (cores(0, 8), [cores(0, 8)] * 4, 2),     # unbound on 8 cores: share them
+    (cores(0, 8), [cores(0, 8)] * 3, 2),
+    (cores(0, 2), [cores(0, 2)] * 4, 1),     # oversubscribed: never below one thread
+    (cores(4, 4), [cores(4 * r, 4) for r in range(4)], 4),  # bound to 4 cores of its own: use them
+    (cores(0, 2), [cores(0, 2)] * 2, 1),     # a job's 2 cores on a shared 8-core node: split them, not 2 each
+    (cores(8, 8), [cores(0, 8)] * 2 + [cores(8, 8)] * 2, 4),  # Open MPI binding 2 ranks to each socket
 ])
-def test_default_threads(monkeypatch, cores, bound, local_size, expected):
-    monkeypatch.setattr("os.cpu_count", lambda: cores)
-    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(bound)))
-    assert FakeWorld(local_size).default_threads() == expected
+def test_default_threads(monkeypatch, mine, node_masks, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(mine))
+    assert FakeWorld(node_masks).default_threads() == expected
 
 
 def test_progress_eta_counts_only_this_processs_epochs(capsys):
