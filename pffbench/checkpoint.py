@@ -106,7 +106,38 @@ class Checkpoints:
 
     @classmethod
     def from_config(cls, config: Config, comm) -> "Checkpoints | None":
-        return cls(config.checkpoint_dir, comm, config) if config.checkpoint_dir else None
+        """The run's checkpoints (None without --checkpoint-dir), once every
+        rank has shown that it sees the folder rank 0 sees (collective)."""
+        if not config.checkpoint_dir:
+            return None
+        store = cls(config.checkpoint_dir, comm, config)
+        store.check_shared()
+        return store
+
+    def check_shared(self) -> None:
+        """Raise UsageError on every rank unless every rank sees the file rank
+        0 puts in the folder: a folder local to each node (e.g. $TMPDIR on a
+        cluster) would give checkpoints marked complete that no resume can
+        read, every rank's file being on its own node."""
+        probe = os.path.join(self.directory, f".probe-{os.getpid()}-{time.time_ns()}") if self.rank == 0 else None
+        problem = ""
+        if self.rank == 0:
+            try:
+                os.makedirs(self.directory, exist_ok=True)
+                with open(probe, "w"):
+                    pass
+            except OSError as exc:
+                problem = f"--checkpoint-dir {self.directory}: cannot write in it: {exc.strerror or exc}"
+        probe, problem = self.comm.bcast((probe, problem), root=0)
+        unseen = transport.sum_everywhere(self.comm, np.array([0.0 if problem or os.path.exists(probe) else 1.0]),
+                                          "the check of the checkpoint folder")
+        if self.rank == 0 and not problem:
+            os.remove(probe)
+        if problem:
+            raise UsageError(problem)
+        if unseen[0]:
+            raise UsageError(f"--checkpoint-dir {self.directory}: {int(unseen[0])} rank(s) do not see what rank 0 "
+                             f"writes there: use a folder every node shares (not a node-local one such as $TMPDIR)")
 
     def _folder(self, tag: int) -> str:
         return os.path.join(self.directory, f"epoch-{tag:06d}")

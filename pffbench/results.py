@@ -91,7 +91,18 @@ def unappendable(path: str) -> str | None:
                 pass
         except ResultsError as error:
             return str(error)
-    return unwritable_parent(path)
+    problem = unwritable_parent(path)
+    if problem or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        return problem  # a folder append_run will make: nothing to try the lock on yet
+    try:  # the lock append_run takes: some cluster file systems refuse flock (Lustre mounted noflock)
+        with _exclusive_lock(os.path.realpath(path), timeout=0):
+            pass
+    except ResultsError:
+        pass  # held by another writer right now: append_run will wait for it
+    except OSError as error:
+        return f"{path}: cannot lock it for appending ({error.strerror or error}); put results on a file " \
+               f"system with flock, e.g. not a Lustre mount with noflock"
+    return None
 
 
 def unwritable_parent(path: str) -> str | None:

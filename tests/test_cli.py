@@ -1,4 +1,6 @@
 """The command line, launched the way users launch it: mpiexec -n N python -m pffbench.run."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +67,29 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path):
     assert done.returncode == 2 and "epoch" not in done.stdout, done.stdout + done.stderr
     assert done.stderr.count("pffbench: error: --out:") == 1 and "Traceback" not in done.stderr
     assert notes.read_text() == "not a results file"
+
+
+NODE_LOCAL = """
+import os, sys
+from mpi4py import MPI
+folder = os.path.join(sys.argv[1], f"node{MPI.COMM_WORLD.rank}")  # as if every rank ran on a node of its own
+os.makedirs(folder)
+os.chdir(folder)
+from pffbench.run import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_checkpoint_folder_the_ranks_do_not_share_is_refused(tmp_path):
+    # a relative (or $TMPDIR) --checkpoint-dir on several nodes: checkpoints marked complete that no resume can read
+    script = tmp_path / "node_local.py"
+    script.write_text(NODE_LOCAL)
+    done = mpirun(2, str(script), str(tmp_path), "--dataset", "synthetic", "--layers", "8,8", "--epochs", "2",
+                  "--checkpoint-dir", "ck", "--out", str(tmp_path / "r.h5"), timeout=120)
+    assert done.returncode == 2 and "epoch" not in done.stdout, done.stdout + done.stderr
+    line, = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
+    assert "--checkpoint-dir ck: 1 rank(s) do not see what rank 0 writes there" in line
+    assert "Traceback" not in done.stderr and os.listdir(tmp_path / "node0" / "ck") == []  # the probe is gone
 
 
 def test_a_run_that_cannot_be_appended_is_saved_beside_it(tmp_path, monkeypatch):

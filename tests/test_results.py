@@ -219,6 +219,15 @@ def test_killed_writer_leaves_earlier_runs_intact(path, stage):
     assert temporaries(path) == []
 
 
+def test_a_file_system_without_flock_is_reported_before_a_run(path, monkeypatch):
+    from pffbench import results
+    assert results.unappendable(str(path)) is None
+    def no_flock(*args):  # Lustre mounted noflock
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(results.fcntl, "flock", no_flock)
+    assert "cannot lock it for appending (Function not implemented)" in results.unappendable(str(path))
+
+
 def test_another_files_temporary_is_left_alone(path):
     # "results.h5.old" is another results file; its live writer's temporary starts like ours
     theirs = path.parent / f".{path.name}.old.4242.deadbeef.tmp"
