@@ -25,7 +25,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(if $(MPI_EXTRA),,$(PY) -m pip install -q --no-binary=mpi4py mpi4py)
+	$(if $(MPI_EXTRA),,$(PY) -m pip install -q --no-binary=mpi4py --no-cache-dir mpi4py)
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 

@@ -7,7 +7,8 @@ fresh Adam (only weights travel, as in the paper), and trains C epochs on
 inputs computed through layers 0..l-1 of chapter c.  Minibatch order and
 negatives are keyed by (seed, chapter, layer, epoch), never by rank, so
 whichever rank trains a (chapter, layer) computes the same thing: every
-schedule gives the weights of its one-rank sequential twin.  The same keys
+schedule gives the weights of its one-rank sequential twin (adaptive
+negatives aside: on N ranks they come from the model N chapters back).  The same keys
 make a run resumed at a chapter boundary (``Boundaries``) end with the
 weights of the uninterrupted run.
 """
@@ -431,8 +432,10 @@ class Boundaries:
             self.agreement.post(self.num_rounds - 1, [0, 0, *(self.pff.failure or (0, 0, 0, 0))])
             for past, table in self.agreement.due():
                 self._settle(past, table)
+                if self._verdict(table)[0] and self.first_posted is None:
+                    self.first_posted = past
         if self._verdict(table)[0]:
-            self._stop(self.pff.config.epochs, table)
+            self._stop(self.pff.config.epochs, table, seen=self._epochs_done(self.first_posted))
 
     def _settle(self, round_: int, table) -> None:
         """Round ``round_``'s checkpoint: complete once every rank wrote its file."""

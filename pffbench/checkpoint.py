@@ -42,10 +42,14 @@ _FREE = {"data_dir", "download", "threads", "device", "eval_every", "out", "name
          "peer_timeout", "checkpoint_dir", "resume", "inject_fault", "inject_hang", "inject_nan"}
 
 
+# what a rank's state holds; raised when that changes.  2: Single-Layer carries the scores of the last N chapters
+FORMAT = 2
+
+
 def fingerprint(config: Config, world_size: int) -> dict:
-    """What must match for a checkpoint to be resumed: the training config and the world size."""
+    """What must match for a checkpoint to be resumed: the state's format, the training config and the world size."""
     values = {k: v for k, v in dataclasses.asdict(config).items() if k not in _FREE}
-    return json.loads(json.dumps({"config": values, "world_size": world_size}))
+    return json.loads(json.dumps({"format": FORMAT, "config": values, "world_size": world_size}))
 
 
 def _fsync_dir(path: str) -> None:
@@ -221,6 +225,10 @@ class Checkpoints:
                 marker = json.load(f)
         except (OSError, ValueError) as exc:
             return f"cannot read checkpoint marker {marker_path}: {exc}"
+        if marker.get("format", 1) != FORMAT:
+            return (f"checkpoint {self._folder(tag)} was written by another version of pffbench (checkpoint "
+                    f"format {marker.get('format', 1)}, this one reads {FORMAT}): resume with that version, or "
+                    f"use another --checkpoint-dir")
         if marker.get("world_size") != self.size:
             return (f"checkpoint {self._folder(tag)} was written by {marker.get('world_size')} ranks, "
                     f"this job has {self.size}: resume with the same number of ranks")

@@ -42,8 +42,14 @@ def shard_rows(labels: torch.Tensor, shards: int, partition: str, classes_per_sh
     pieces = []
     for i, label in enumerate(classes.tolist()):  # the pieces spread over the classes as evenly as they go
         pieces += order[labels[order] == label].tensor_split(total // len(classes) + (i < total % len(classes)))
-    deal = torch.randperm(total, generator=draw).view(shards, per_shard)
-    return [torch.cat([pieces[i] for i in row.tolist()]).sort().values for row in deal]
+    # deal in random order, larger pieces first, each to the smallest shard with room: shards of about equal
+    # size (so that ranks do equal work), whichever classes they get
+    shuffled = [pieces[i] for i in torch.randperm(total, generator=draw).tolist()]
+    dealt = [[] for _ in range(shards)]
+    for piece in sorted(shuffled, key=len, reverse=True):
+        room = [s for s in range(shards) if len(dealt[s]) < per_shard]
+        dealt[min(room, key=lambda s: sum(map(len, dealt[s])))].append(piece)
+    return [torch.cat(parts).sort().values for parts in dealt]
 
 
 def train(config, world, shape, dataset=None, on_epoch=None):

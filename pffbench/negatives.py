@@ -5,7 +5,8 @@ A negative example is a training image carrying a wrong label.  Strategies:
 - random: a fresh uniformly random wrong label per example every chapter;
 - fixed: drawn once, the same in every chapter;
 - adaptive: the most-predicted incorrect label under the model at the end of
-  the previous chapter (random in chapter 0);
+  an earlier chapter: the previous one on 1 rank, chapter c - N on N ranks
+  in Single-Layer and All-Layers (random until there is one);
 - adaptive-sampled: Hinton's variant, a wrong label sampled from the model's
   softmax over the label scores.  Hinton draws per minibatch; here every
   example gets a fresh draw each chapter, which is the same thing when a

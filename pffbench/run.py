@@ -171,14 +171,22 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
         "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
         **results.provenance(), **result.attrs,
     }
-    name = record(config, arrays, attrs, status)
+    try:
+        name, elsewhere = record(config, arrays, attrs, status), None
+    except NotRecorded as error:  # saved elsewhere: say so last, after what else the run has to do
+        name, elsewhere = None, error
     if stopped:
-        print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
-        raise stopped
+        if elsewhere:
+            print(f"pffbench: error: {one_line(elsewhere)}", file=sys.stderr, flush=True)
+        else:
+            print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
+        raise stopped  # its own exit code (interrupted, failed)
     if config.model_out:
         save_model(config, result, config.model_out)
     for line in summary_lines(result, wall):
         print(line)
+    if elsewhere:
+        raise elsewhere
     print(f"appended run '{name}' to {config.out}")
     return result
 

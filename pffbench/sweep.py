@@ -152,6 +152,9 @@ def main(argv=None) -> int:
             validate(config, ranks)
     except UsageError as error:
         parser.error(str(error))
+    problem = results.unappendable(opts.out)  # before any run: a bad --out would fail every one of them
+    if problem:
+        parser.error(f"--out: {problem}")
     launcher = shlex.split(opts.launcher) if opts.launcher else None
     print(f"sweep: {config.variant} on {config.dataset}, cases (ranks x threads) "
           f"{' '.join(f'{p}x{t}' for p, t in cases)}, {opts.repeats} repeats -> {opts.out}", flush=True)

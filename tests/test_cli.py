@@ -108,6 +108,19 @@ def test_a_run_that_cannot_be_appended_is_saved_beside_it(tmp_path, monkeypatch)
     rescued, = tmp_path.glob("runs-unsaved-*.h5")
     kept, = results.read_runs(str(rescued))
     assert kept.name == "kept" and kept.arrays["loss"].shape == (2, 3)
+    # a whole run: the model is still saved, then the one error line
+    from pffbench.world import World
+    model = tmp_path / "model.pt"
+    config = parse_config(["--dataset", "synthetic", "--layers", "8", "--epochs", "1", "--out", str(out),
+                           "--model-out", str(model)])
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(run.NotRecorded):
+            run.run(config, World())
+    finally:  # run() sets both for the process, as a rank's main does; hypothesis tests later need subnormals
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+    assert model.stat().st_size > 0 and len(results.read_runs(str(rescued))) == 2  # the same process: one file
 
 
 def test_help_lists_every_flag_once(tmp_path):

@@ -111,7 +111,9 @@ def test_label_skew_shards_see_few_classes(shards, per_shard, most):
     parts = shard_rows(LABELS, shards, "label-skew", per_shard, seed=0)
     assert sorted(torch.cat(parts).tolist()) == list(range(len(LABELS)))
     seen = [len(set(LABELS[rows].tolist())) for rows in parts]
-    assert max(seen) == most and min(seen) >= 1, seen
+    assert max(seen) <= most and min(seen) >= 1, seen
+    sizes = [len(rows) for rows in parts]  # about equal work for every rank
+    assert max(sizes) <= 1.25 * len(LABELS) / shards, sizes
 
 
 def test_clock_columns_add_up_to_wall_and_chapters_sum_epochs():
