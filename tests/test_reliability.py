@@ -188,6 +188,16 @@ def test_resuming_with_other_settings_is_a_usage_error(tmp_path):
         checkpoint.Checkpoints(str(tmp_path), MPI.COMM_SELF, Config(dataset="synthetic", layers=(8, 9))).load_latest()
 
 
+def test_a_checkpoint_of_another_format_is_a_usage_error(tmp_path):
+    _checkpoints(tmp_path).save(1, {"epoch": 1})
+    marker = tmp_path / "epoch-000001" / checkpoint.MARKER
+    written = json.loads(marker.read_text())
+    del written["format"]  # as pffbench wrote them before formats were numbered
+    marker.write_text(json.dumps(written))
+    with pytest.raises(UsageError, match=r"written by another version of pffbench \(checkpoint format 1, this one "):
+        _checkpoints(tmp_path).load_latest()
+
+
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "f"
     checkpoint.atomic_write(str(path), lambda f: f.write(b"old"))
