@@ -56,7 +56,7 @@ def output_problem(config: Config) -> str | None:
             results.check_name(config.name)
         except ValueError as error:
             return f"--name: {error}"
-    if not config.out or not config.model_out and config.model_out is not None:
+    if config.out == "" or config.model_out == "":
         return "--out and --model-out must name a file"
     problem = results.unappendable(config.out)
     if problem:
