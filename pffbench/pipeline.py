@@ -173,6 +173,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                            bool(checkpoints))
 
     links.close()
+    link_counts = transport.sum_to_root(world.comm, np.array(links.counts(), dtype=np.float64))
     timing = transport.gather_rows(world.comm, timer.table())
     trace = transport.gather_events(world.comm, timer.events()) if config.trace else None
     if not world.is_first:
@@ -181,7 +182,9 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
               if config.trace else {})
     result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy,
                          linears=[l.cpu() for l in linears], dims=dims, blocks=blocks, **traced)
-    result.attrs["transport"] = links.kind  # rank 0's link to rank 1: "shared" (ring) or "messages"
+    rings, messages = link_counts
+    result.attrs["transport"] = "none" if rings + messages == 0 else "messages" if not rings else \
+        "shared" if not messages else "mixed"  # mixed: some links within a node, some between nodes
     if resumed:
         result.attrs["resumed_from_epoch"] = start_epoch
     return result

@@ -113,8 +113,13 @@ class Links:
     @property
     def kind(self) -> str:
         """'shared' if a neighbour link is a shared ring, else 'messages'."""
+        return "shared" if self.counts()[0] else "messages"
+
+    def counts(self) -> tuple[int, int]:
+        """(shared rings, message links) among this rank's links."""
         links = [link for link in (self.receiver, self.sender) if link is not None]
-        return "shared" if any(isinstance(link, (RingReceiver, RingSender)) for link in links) else "messages"
+        rings = sum(isinstance(link, (RingReceiver, RingSender)) for link in links)
+        return rings, len(links) - rings
 
     def close(self) -> None:
         """Complete what is in flight and free the window; every rank calls

@@ -40,6 +40,7 @@ def test_pipeline_gives_the_sequential_weights(transport):
         return
     sequential = pipeline.train(CONFIG, World(MPI.COMM_SELF), shape, data)
     assert parallel.attrs["transport"] == ("shared" if transport == "auto" else "messages")  # all ranks on one node
+    assert sequential.attrs["transport"] == "none"
     assert [(b.start, b.stop) for b in parallel.blocks][-1][1] == 4
     for p_layer, s_layer in zip(parallel.linears, sequential.linears, strict=True):
         assert (p_layer.weight - s_layer.weight).abs().max().item() <= 1e-6
