@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
-from .analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
+from .study.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
 def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, mpiexec: str,

@@ -15,7 +15,8 @@ import subprocess
 import sys
 
 from . import results
-from .partition import layer_costs
+from .core.partition import layer_costs
+from .study.analysis import training_seconds
 
 RUNS = [  # (label, variant, extra flags, parallel ranks)
     ("All-Layers, Random, Goodness", "all-layers", ["--neg", "random"], 2),
@@ -68,11 +69,6 @@ def main(argv=None) -> int:
                             *extra, *common, "--name", name], check=True, stdout=subprocess.DEVNULL)
     print(table(args))
     return 0
-
-
-def training_seconds(run) -> float:
-    """Wall time less rank 0's final evaluation, which no schedule parallelizes."""
-    return run.attrs["wall_time"] - run.arrays["timing/eval"][0].sum()
 
 
 def table(args) -> str:

@@ -29,8 +29,9 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from . import analysis, results  # noqa: E402
-from .timing import CATEGORIES  # noqa: E402
+from . import results  # noqa: E402
+from .instrument.timer import CATEGORIES  # noqa: E402
+from .study import analysis  # noqa: E402
 
 COLORS = {"compute": "#1f77b4", "data": "#9ecae1", "send_wait": "#ff7f0e", "recv_wait": "#d62728",
           "sync": "#9467bd", "eval": "#7f7f7f"}

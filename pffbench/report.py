@@ -2,7 +2,7 @@
 results files, recomputed from their raw timing arrays.
 
 One row per case (same configuration, machine, ranks and threads per rank;
-see pffbench.analysis).  Times are training seconds: the slowest rank's epoch
+see pffbench.study.analysis).  Times are training seconds: the slowest rank's epoch
 wall times summed, evaluation excluded.  speedup = median T1 / median Tp with
 T1 the same configuration on 1 rank with the same threads per rank;
 efficiency = speedup / p; "vs 1xall" is the speedup against 1 rank with the
@@ -16,7 +16,8 @@ import io
 import math
 import sys
 
-from . import analysis, results
+from . import results
+from .study import analysis
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
           "efficiency", "speedup vs 1xall", "accuracy %")

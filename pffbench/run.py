@@ -20,10 +20,18 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from . import faults, pipeline, results, transport
-from .config import VARIANTS, Config, UsageError, one_line, parse_config, validate
-from .timing import COLUMNS
-from .world import World, launch_mismatch
+from .comm import guard
+from .core.cli import parse_config
+from .core.config import Config, UsageError, one_line
+from .core.types import Shape, TrainResult, batch_rows
+from .core.validate import validate
+from .core.variants import VARIANTS
+from .core.world import World, launch_mismatch
+from .instrument.timer import COLUMNS
+from .reliability import faults
+from .store import writer
+from .store.format import ResultsError
+from .store.atomic import atomic_write
 
 EXIT_USAGE = 2
 ABORT_GRACE_S = 0.5  # time the launcher gets to forward a traceback before the abort
@@ -53,18 +61,18 @@ def output_problem(config: Config) -> str | None:
     training rather than after it (where the run would be lost)."""
     if config.name is not None:
         try:
-            results.check_name(config.name)
+            writer.check_name(config.name)
         except ValueError as error:
             return f"--name: {error}"
     if config.out == "" or config.model_out == "":
         return "--out and --model-out must name a file"
-    problem = results.unappendable(config.out)
+    problem = writer.unappendable(config.out)
     if problem:
         return f"--out: {problem}"
     if config.model_out is not None:
         if os.path.isdir(config.model_out):
             return f"--model-out: {config.model_out} is a folder; name the file to save the model in"
-        problem = results.unwritable_parent(config.model_out)
+        problem = writer.unwritable_parent(config.model_out)
         if problem:
             return f"--model-out: {problem}"
     if config.checkpoint_dir is not None and os.path.exists(config.checkpoint_dir) \
@@ -85,13 +93,13 @@ def load_data_on_root(config: Config, world: World):
                 message = f"{config.dataset}: {dataset.num_features} features leave no room for the label embedding"
         except DataError as error:
             message = str(error)
-        shape = None if message else pipeline.Shape(
+        shape = None if message else Shape(
             dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
     else:
         shape = None
     # the others sleep meanwhile (a blocking bcast would spin, taking cores from the loading); no time limit,
     # as a --download may take long
-    transport.barrier(world.comm, "loading the data", timeout=float("inf"))
+    guard.barrier(world.comm, "loading the data", timeout=float("inf"))
     shape, message = world.comm.bcast((shape, message), root=0)
     return dataset, shape, message
 
@@ -114,7 +122,7 @@ class Progress:
               flush=True)
 
 
-def summary_lines(result: pipeline.TrainResult, wall: float) -> list[str]:
+def summary_lines(result: TrainResult, wall: float) -> list[str]:
     timing = result.timing.sum(axis=1)  # [ranks, columns]
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
     lines = [f"test accuracy {100 * result.test_accuracy[-1]:.2f}%   wall time {wall:.1f}s",
@@ -128,7 +136,7 @@ def summary_lines(result: pipeline.TrainResult, wall: float) -> list[str]:
     return lines
 
 
-def run(config: Config, world: World) -> pipeline.TrainResult | None:
+def run(config: Config, world: World) -> TrainResult | None:
     """Train and record one run; returns rank 0's result (None elsewhere)."""
     # flush denormals to zero, before torch starts its threads: Adam's moments for weights whose gradient
     # is always zero (MNIST's blank border pixels, dead ReLUs) decay into the denormal range, where every
@@ -147,10 +155,10 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
     started = utc_now()
     hostnames = world.comm.gather(world.hostname, root=0)
     threads = world.comm.gather(torch.get_num_threads(), root=0)
-    transport.barrier(world.comm, "set-up")
+    guard.barrier(world.comm, "set-up")
     t0 = time.perf_counter()
     progress = Progress(config, shape.num_train) if world.is_first else None
-    schedule = importlib.import_module(VARIANTS[config.variant])
+    schedule = importlib.import_module(VARIANTS[config.variant].module)
     try:
         result, status, stopped = schedule.train(config, world, shape, dataset, on_epoch=progress), "complete", None
     except faults.RunStopped as stop:  # every rank agreed to stop (signal, NaN): rank 0 records the partial run
@@ -167,9 +175,9 @@ def run(config: Config, world: World) -> pipeline.TrainResult | None:
         "world_size": world.size, "hostnames": hostnames, "threads_per_rank": threads,
         "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
         "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
-        "wall_time": wall, "minibatches_per_epoch": len(pipeline.batch_rows(shape.num_train, config.batch_size)),
+        "wall_time": wall, "minibatches_per_epoch": len(batch_rows(shape.num_train, config.batch_size)),
         "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
-        **results.provenance(), **result.attrs,
+        **writer.provenance(), **result.attrs,
     }
     try:
         name, elsewhere = record(config, arrays, attrs, status), None
@@ -201,31 +209,27 @@ def record(config: Config, arrays: dict, attrs: dict, status: str) -> str:
     disk), the run goes to a file of its own beside --out, or in the temp
     folder, and NotRecorded says where: a finished run is never lost."""
     try:
-        return results.append_run(config.out, arrays, attrs, name=config.name, status=status)
-    except results.ResultsError as error:
+        return writer.append_run(config.out, arrays, attrs, name=config.name, status=status)
+    except ResultsError as error:
         problem = str(error)
     stem = os.path.splitext(os.path.basename(config.out))[0]
     for folder in (os.path.dirname(os.path.abspath(config.out)), tempfile.gettempdir()):
         rescue = os.path.join(folder, f"{stem}-unsaved-{os.getpid()}.h5")
         try:
-            name = results.append_run(rescue, arrays, attrs, name=config.name, status=status)
-        except results.ResultsError:
+            name = writer.append_run(rescue, arrays, attrs, name=config.name, status=status)
+        except ResultsError:
             continue
         raise NotRecorded(f"{problem}; run '{name}' is saved in {rescue} instead")
     raise NotRecorded(f"{problem}; the run could not be saved anywhere else either")
 
 
-def save_model(config: Config, result: pipeline.TrainResult, path: str) -> None:
+def save_model(config: Config, result: TrainResult, path: str) -> None:
+    """--model-out: the config, dims, layers and heads, written atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temp = f"{path}.tmp{os.getpid()}"
-    try:
-        torch.save({"config": dataclasses.asdict(config), "dims": result.dims,
-                    "layers": [linear.state_dict() for linear in result.linears],
-                    "heads": [head.state_dict() for head in result.heads]}, temp)
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
+    model = {"config": dataclasses.asdict(config), "dims": result.dims,
+             "layers": [linear.state_dict() for linear in result.linears],
+             "heads": [head.state_dict() for head in result.heads]}
+    atomic_write(path, lambda f: torch.save(model, f))
 
 
 def main(argv=None) -> int:
@@ -238,8 +242,8 @@ def main(argv=None) -> int:
         if mismatch:
             raise UsageError(mismatch)
         validate(config, comm.Get_size())
-        transport.set_peer_timeout(config.peer_timeout)
-        if config.variant in faults.AGREEING:  # SIGTERM/SIGINT: stop at the next epoch boundary, all ranks together
+        guard.set_peer_timeout(config.peer_timeout)
+        if VARIANTS[config.variant].agreement:  # SIGTERM/SIGINT: stop at the next epoch boundary, all ranks together
             faults.INTERRUPTS.install()
         run(config, World(comm))
     except UsageError as error:

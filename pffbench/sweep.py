@@ -31,8 +31,11 @@ import subprocess
 import sys
 import tempfile
 
-from . import analysis, results
-from .config import UsageError, parse_config, validate
+from . import results
+from .core.cli import parse_config
+from .core.config import UsageError
+from .core.validate import validate
+from .study import analysis
 
 
 def default_launcher() -> list[str]:

@@ -1,20 +1,14 @@
-"""MPI plumbing every schedule shares: the guarded wait (no wait on a peer
-outlasts --peer-timeout), the guarded barrier, and the collectives that
-gather results to rank 0, all on raw buffers (never pickled).  Each
-schedule's own sends and receives live beside it in *_communications.py.
+"""The deadlock guard every wait on a peer goes through: no wait outlasts
+--peer-timeout, and a long wait sleeps instead of burning a core.  The
+collectives (pffbench/comm/collectives.py) and every schedule's own sends and
+receives (schedules/*/communications.py) wait through it.
 """
 from __future__ import annotations
 
 import os
 import time
 
-import numpy as np
-import torch
 from mpi4py import MPI
-
-from .timing import EpochTimer
-
-LAYER_TAG_BASE = 1000
 
 # --- the deadlock guard: every wait on a peer gives up after peer_timeout() s ---
 _PEER_TIMEOUT = [600.0]
@@ -73,99 +67,3 @@ def barrier(comm: MPI.Comm, after: str, timeout: float | None = None) -> None:
 def wait_all(requests, peer, operation: str) -> None:
     for request in requests:
         wait(request, peer, operation)
-
-
-def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[int],
-                  owner_of: list[int]) -> list[torch.nn.Linear] | None:
-    """Copy every layer's weights to rank 0 over point-to-point buffers.
-    Returns the full list of layers (CPU) on rank 0, None elsewhere."""
-    rank = comm.Get_rank()
-    if rank != 0:
-        requests = []
-        keep = []
-        for index, linear in owned.items():
-            for part, tensor in enumerate((linear.weight, linear.bias)):
-                array = tensor.detach().to("cpu").contiguous().numpy()
-                keep.append(array)
-                requests.append(comm.Isend([array, MPI.FLOAT], dest=0, tag=LAYER_TAG_BASE + 2 * index + part))
-        wait_all(requests, 0, "sending its layers to rank 0")
-        return None
-    layers = []
-    for index, owner in enumerate(owner_of):
-        if owner == 0:
-            source = owned[index]
-            linear = torch.nn.Linear(dims[index], dims[index + 1])
-            linear.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
-        else:
-            linear = torch.nn.Linear(dims[index], dims[index + 1])
-            with torch.no_grad():
-                for part, tensor in enumerate((linear.weight, linear.bias)):
-                    wait(comm.Irecv([tensor.numpy(), MPI.FLOAT], source=owner, tag=LAYER_TAG_BASE + 2 * index + part),
-                         owner, f"gathering layer {index}")
-        layers.append(linear)
-    return layers
-
-
-def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
-    """Stack every rank's equally shaped float64 array on rank 0: [size, ...]."""
-    local = np.ascontiguousarray(local, dtype=np.float64)
-    out = np.empty((comm.Get_size(),) + local.shape) if comm.Get_rank() == 0 else None
-    wait(comm.Igather([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, root=0),
-         "the other ranks", "a gather to rank 0")
-    return out
-
-
-def sum_to_root(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
-    local = np.ascontiguousarray(local, dtype=np.float64)
-    out = np.empty_like(local) if comm.Get_rank() == 0 else None
-    wait(comm.Ireduce([local, MPI.DOUBLE], [out, MPI.DOUBLE] if out is not None else None, op=MPI.SUM, root=0),
-         "the other ranks", "a reduction to rank 0")
-    return out
-
-
-def sum_everywhere(comm: MPI.Comm, local: np.ndarray, operation: str = "an allreduce") -> np.ndarray:
-    """Element-wise float64 sum over ranks, on every rank (guarded)."""
-    out = np.ascontiguousarray(local, dtype=np.float64).copy()
-    wait(comm.Iallreduce(MPI.IN_PLACE, [out, MPI.DOUBLE], op=MPI.SUM), "the other ranks", operation)
-    return out
-
-
-def gather_events(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:
-    """Every rank's [n_r, k] float64 rows on rank 0 (n_r may differ between
-    ranks) as one [sum n_r, k + 1] array whose first column is the rank."""
-    local = np.ascontiguousarray(local, dtype=np.float64)
-    width = local.shape[1]
-    counts = gather_rows(comm, np.array([local.shape[0]], dtype=np.float64))
-    if comm.Get_rank() != 0:
-        wait(comm.Igatherv([local, MPI.DOUBLE], None, root=0), 0, "a gather of trace events")
-        return None
-    counts = counts[:, 0].astype(np.int64)
-    rows = np.empty((int(counts.sum()), width))
-    displacements = np.concatenate(([0], np.cumsum(counts)[:-1])) * width
-    wait(comm.Igatherv([local, MPI.DOUBLE], [rows, counts * width, displacements, MPI.DOUBLE], root=0),
-         "the other ranks", "a gather of trace events")
-    return np.column_stack((np.repeat(np.arange(comm.Get_size()), counts), rows))
-
-
-class GradientAllreduce:
-    """Data-parallel gradient sum: one flat, preallocated float32 buffer that
-    the parameters' .grad tensors view, summed over ranks in place with one
-    buffer-based Allreduce per step (never pickled), guarded like every wait
-    on a peer.  On a GPU the buffer is staged through a preallocated host
-    copy, so any MPI works."""
-
-    def __init__(self, comm: MPI.Comm, flat: torch.Tensor, timer: EpochTimer):
-        self.comm, self.flat, self.timer = comm, flat, timer
-        self._host = flat if flat.device.type == "cpu" else torch.empty(flat.shape, dtype=flat.dtype,
-                                                                         pin_memory=torch.cuda.is_available())
-
-    def allreduce(self) -> None:
-        if self.comm.Get_size() == 1:
-            return
-        with self.timer("sync"):  # the wait for every rank's gradients, and a GPU's host staging
-            if self._host is not self.flat:
-                self._host.copy_(self.flat)
-            wait(self.comm.Iallreduce(MPI.IN_PLACE, [self._host.numpy(), MPI.FLOAT], op=MPI.SUM),
-                 "the other ranks", "the gradient allreduce")
-            if self._host is not self.flat:
-                self.flat.copy_(self._host)

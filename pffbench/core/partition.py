@@ -1,7 +1,12 @@
-"""Contiguous, compute-balanced assignment of layers to ranks."""
+"""Partitions: layers into contiguous, compute-balanced blocks of ranks (the
+pipeline), and a training set into shards (federated PFF)."""
 from __future__ import annotations
 
 from functools import lru_cache
+
+import torch
+
+from ..ff.negatives import generator
 
 
 def layer_costs(dims: list[int] | tuple[int, ...], paired_first: bool = True) -> list[int]:
@@ -43,3 +48,37 @@ def balanced_partition(costs: list[int] | tuple[int, ...], parts: int) -> list[r
 
     bounds = (0,) + best(0, parts)[1] + (n,)
     return [range(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+PARTITIONS = ("iid", "label-skew")
+SHARD_KEY = 7919  # keeps the shard draw apart from the training draws
+
+
+def shard_rows(labels: torch.Tensor, shards: int, partition: str, classes_per_shard: int,
+               seed: int) -> list[torch.Tensor]:
+    """Row indices of each shard.  iid: a random equal split.  label-skew
+    (McMahan et al.'s pathological non-IID split): cut every class into
+    pieces, shards x M of them in all, and deal each shard M pieces at
+    random, so a shard sees at most M classes, M = ``classes_per_shard``, or
+    ceil(classes / shards) if that is more (every example is in some shard,
+    so fewer shards than that cannot cover the classes).  A piece never
+    straddles two classes.  Rows stay in data set order within a shard: one
+    shard is exactly the data set."""
+    draw = generator(seed, SHARD_KEY)
+    order = torch.randperm(len(labels), generator=draw)
+    if partition == "iid":
+        return [rows.sort().values for rows in order.tensor_split(shards)]
+    classes = labels.unique()
+    per_shard = max(classes_per_shard, -(-len(classes) // shards))
+    total = shards * per_shard
+    pieces = []
+    for i, label in enumerate(classes.tolist()):  # the pieces spread over the classes as evenly as they go
+        pieces += order[labels[order] == label].tensor_split(total // len(classes) + (i < total % len(classes)))
+    # deal in random order, larger pieces first, each to the smallest shard with room: shards of about equal
+    # size (so that ranks do equal work), whichever classes they get
+    shuffled = [pieces[i] for i in torch.randperm(total, generator=draw).tolist()]
+    dealt = [[] for _ in range(shards)]
+    for piece in sorted(shuffled, key=len, reverse=True):
+        room = [s for s in range(shards) if len(dealt[s]) < per_shard]
+        dealt[min(room, key=lambda s: sum(map(len, dealt[s])))].append(piece)
+    return [torch.cat(parts).sort().values for parts in dealt]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import ff
+from . import layer as ff
 
 
 @torch.no_grad()

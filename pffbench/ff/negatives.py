@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import torch
 
-from . import ff
-
 STRATEGIES = ("random", "fixed", "adaptive", "adaptive-sampled")
 FIXED_CHAPTER = -1  # the key of the one draw that fixed negatives make
 
@@ -32,6 +30,12 @@ def generator(*keys: int) -> torch.Generator:
     for key in keys:
         seed = (seed * 1_000_003 + key + 7) % (2 ** 61 - 1)
     return torch.Generator().manual_seed(seed)
+
+
+def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random label different from the true one, per example."""
+    offset = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels + offset.to(labels.device)) % num_classes
 
 
 def most_predicted_wrong(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -77,4 +81,4 @@ class Negatives:
         draw = generator(self.seed, key)
         if self.strategy == "adaptive-sampled" and self.scores is not None:
             return sampled_wrong(self.scores, self.labels, draw)
-        return ff.random_wrong_labels(self.labels, self.num_classes, draw)
+        return random_wrong_labels(self.labels, self.num_classes, draw)

@@ -31,15 +31,13 @@ import time
 import numpy as np
 import torch
 
-from . import transport
-from .config import Config, UsageError
+from ..comm import collectives
+from ..core.config import INCIDENTAL, Config, UsageError, computing_settings
+from ..store.atomic import atomic_write
 
 MARKER = "COMPLETE"
 KEEP = 2
 _PATTERN = re.compile(r"^epoch-(\d{6})$")
-# flags that do not change what is computed: a checkpoint may be resumed with other values
-_FREE = {"data_dir", "download", "threads", "device", "eval_every", "out", "name", "model_out", "trace",
-         "peer_timeout", "checkpoint_dir", "resume", "inject_fault", "inject_hang", "inject_nan"}
 
 
 # what a rank's state holds; raised when that changes.  2: Single-Layer carries the scores of the last N chapters
@@ -47,40 +45,11 @@ FORMAT = 2
 
 
 def fingerprint(config: Config, world_size: int) -> dict:
-    """What must match for a checkpoint to be resumed: the state's format, the training config and the world size."""
-    values = {k: v for k, v in dataclasses.asdict(config).items() if k not in _FREE}
+    """What must match for a checkpoint to be resumed: the state's format, the
+    settings that change what is computed (core/config.py; the others may
+    differ) and the world size."""
+    values = computing_settings(dataclasses.asdict(config))
     return json.loads(json.dumps({"format": FORMAT, "config": values, "world_size": world_size}))
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, write) -> None:
-    """``write(file)`` into a temp file beside ``path``, fsync, rename over ``path``."""
-    temp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(temp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
@@ -133,7 +102,7 @@ class Checkpoints:
             except OSError as exc:
                 problem = f"--checkpoint-dir {self.directory}: cannot write in it: {exc.strerror or exc}"
         probe, problem = self.comm.bcast((probe, problem), root=0)
-        unseen = transport.sum_everywhere(self.comm, np.array([0.0 if problem or os.path.exists(probe) else 1.0]),
+        unseen = collectives.sum_everywhere(self.comm, np.array([0.0 if problem or os.path.exists(probe) else 1.0]),
                                           "the check of the checkpoint folder")
         if self.rank == 0 and not problem:
             os.remove(probe)
@@ -152,7 +121,7 @@ class Checkpoints:
     def save(self, tag: int, state: dict) -> None:
         """Store this rank's ``state`` as checkpoint ``tag`` (epochs completed)."""
         error = self.write(tag, state)
-        done = transport.sum_everywhere(self.comm, np.array([0.0 if error else 1.0]), "a checkpoint")
+        done = collectives.sum_everywhere(self.comm, np.array([0.0 if error else 1.0]), "a checkpoint")
         self.check_written(tag, done[0] == self.size, error)
         self.commit(tag)
 
@@ -232,10 +201,11 @@ class Checkpoints:
         if marker.get("world_size") != self.size:
             return (f"checkpoint {self._folder(tag)} was written by {marker.get('world_size')} ranks, "
                     f"this job has {self.size}: resume with the same number of ranks")
-        if marker.get("config") != self.fingerprint["config"]:
-            theirs = marker.get("config") or {}
-            differ = sorted(k for k in set(theirs) | set(self.fingerprint["config"])
-                            if theirs.get(k) != self.fingerprint["config"].get(k))
+        ours, theirs = self.fingerprint["config"], marker.get("config") or {}
+        # settings that do not change what is computed may differ (checkpoints written before --transport
+        # was known to be one of them name it: they resume all the same)
+        differ = sorted(k for k in set(theirs) | set(ours) if k not in INCIDENTAL and theirs.get(k) != ours.get(k))
+        if differ:
             flags = ", ".join("--" + k.replace("_", "-") for k in differ)
             return (f"checkpoint {self._folder(tag)} was written with other settings ({flags}): "
                     f"resume with the same flags, or use another --checkpoint-dir")

@@ -9,23 +9,20 @@ Hidden flags (not in --help), for tests only:
 
 Signals: SIGTERM and SIGINT only set a flag (``Interrupts``); the schedule
 reads it at a point where all ranks agree (the pipeline: the epoch-boundary
-reduction; the PFF variants: ``LaggedAgreement`` at chapter boundaries),
+reduction; the PFF variants: ``LaggedAgreement`` at chapter boundaries; both in
+agreement.py; which variants agree: core/variants.py),
 checkpoints, and raises ``RunStopped`` on every rank together, so no rank is
 left waiting.  A second signal of either kind ends the job at once.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 import time
 
 import torch
 
-# variants whose ranks agree at boundaries (the pipeline's epochs, the PFF chapters): they stop cleanly on a
-# signal; in the others (backprop baselines) SIGTERM/SIGINT keep their default effect (the job ends at once)
-AGREEING = ("pipeline", "single-layer", "all-layers", "federated", "perf-opt")
 EXIT_FAILED = 3                                   # numerical fault, run recorded as "failed"
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}  # shell convention 128 + signal number
 
@@ -86,17 +83,6 @@ def mid_epoch(config, rank: int, epoch: int, layers=()) -> None:
             time.sleep(3600)
 
 
-def nonfinite_layers(losses: dict, linears: dict) -> list[int]:
-    """Indices of the layers whose epoch loss or weights hold NaN or Inf.
-    ``losses`` maps layer index -> float, ``linears`` layer index -> Linear."""
-    bad = []
-    for index, linear in linears.items():
-        loss = losses.get(index, 0.0)
-        if not math.isfinite(loss) or not all(bool(torch.isfinite(p).all()) for p in linear.parameters()):
-            bad.append(index)
-    return bad
-
-
 class Interrupts:
     """SIGTERM / SIGINT set a flag the schedule polls; a second one ends the
     job immediately (KeyboardInterrupt, which run.py's hook turns into an
@@ -130,10 +116,6 @@ class Interrupts:
         elif time.monotonic() - self._first > self.DUPLICATE_S:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping at once")
 
-    @property
-    def requested(self) -> bool:
-        return bool(self.signum)
-
 
 INTERRUPTS = Interrupts()  # the process's one instance
 
@@ -149,45 +131,11 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def agree_at_boundary(comm, epoch: int, losses, linears: dict, owner_of) -> tuple:
-    """The one collective of an epoch boundary (a guarded allreduce): sums
-    the per-layer losses (each layer's on its owner rank, zeros elsewhere)
-    and combines every rank's numerical and signal flags, so all ranks reach
-    the same verdict.  Returns (summed losses, failure message or None, signal
-    number or 0)."""
-    import numpy as np
-
-    from . import transport
-    num_layers = len(losses)
-    flags = np.zeros(num_layers)
-    for index, linear in linears.items():
-        flags[index] += 0 if math.isfinite(float(losses[index])) else 1
-        flags[index] += 0 if all(bool(torch.isfinite(p).all()) for p in linear.parameters()) else 2
-    signals = [float(INTERRUPTS.signum == signal.SIGINT), float(INTERRUPTS.signum == signal.SIGTERM)]
-    total = transport.sum_everywhere(comm, np.concatenate((np.asarray(losses, dtype=np.float64), flags, signals)),
-                                     f"the reduction at the end of epoch {epoch + 1}")
-    summed, flags, signals = total[:num_layers], total[num_layers:2 * num_layers], total[2 * num_layers:]
-    failure = None
-    bad = [i for i in range(num_layers) if flags[i]]
-    if bad:
-        first = bad[0]
-        failure = diverged(int(flags[first]), f"layer {first}", owner_of[first], epoch,
-                           f" (also in layers {', '.join(map(str, bad[1:]))} after it)" if bad[1:] else "")
-    signum = int(signal.SIGTERM) if signals[1] else int(signal.SIGINT) if signals[0] else 0
-    return summed, failure, signum
-
-
 def diverged(code: int, where: str, rank: int, epoch: int, more: str = "") -> str:
     """The one-line verdict on a non-finite value; ``code`` 1 = loss, 2 = weights, 3 = both."""
     what = {1: "loss", 2: "weights", 3: "loss and weights"}[code]
     return (f"non-finite {what} (NaN or Inf) in {where} on rank {rank} at epoch {epoch + 1}{more}"
             ": training diverged; lower --lr or --sharpness")
-
-
-def agreed_signal(signums) -> int:
-    """The signal the ranks stop for, whoever saw it: SIGTERM wins (the scheduler's)."""
-    seen = {int(s) for s in signums if s}
-    return int(signal.SIGTERM) if signal.SIGTERM in seen else min(seen, default=0)
 
 
 def stopped(failure: str | None, signum: int, epochs_done: int, checkpointed: bool, result=None) -> RunStopped:
@@ -197,37 +145,3 @@ def stopped(failure: str | None, signum: int, epochs_done: int, checkpointed: bo
     saved = f"; checkpoint after epoch {epochs_done} saved" if checkpointed else ""
     message = f"interrupted by {signal_name(signum)} after epoch {epochs_done}{saved}"
     return RunStopped("interrupted", message, stop_code(signum), result, epochs_done)
-
-
-class LaggedAgreement:
-    """Every rank's flags at numbered boundaries, for schedules whose ranks
-    pass a boundary at different times (the PFF wavefront).
-
-    Posting does not wait (a non-blocking allgather); boundary k's table is
-    read at boundary k + lag, by when every rank has long posted it.  So
-    reading rarely waits, no rank is held back by the slowest, and every rank
-    reads the same tables at the same boundary: a sound place to stop together.
-    """
-
-    def __init__(self, comm, lag: int):
-        self.comm, self.lag = comm, max(1, lag)
-        self._pending = []
-
-    def post(self, boundary: int, flags) -> None:
-        import numpy as np
-        from mpi4py import MPI
-        table = np.zeros((self.comm.Get_size(), len(flags)))
-        table[self.comm.Get_rank()] = flags
-        request = self.comm.Iallgather(MPI.IN_PLACE, [table, MPI.DOUBLE])
-        self._pending.append((boundary, request, table))
-
-    def due(self, boundary: int | None = None) -> list:
-        """[(boundary, table [ranks, flags])] up to ``boundary - lag`` (every one still open if
-        None), oldest first; waits (guarded) for those."""
-        from . import transport
-        out = []
-        while self._pending and (boundary is None or self._pending[0][0] <= boundary - self.lag):
-            posted, request, table = self._pending.pop(0)
-            transport.wait(request, "the other ranks", f"the agreement after round {posted + 1} of chapters")
-            out.append((posted, table))
-        return out

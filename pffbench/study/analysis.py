@@ -3,9 +3,9 @@
 Nothing here is stored: every statistic is recomputed from the raw per-rank,
 per-epoch timing arrays of the runs in a results file.
 
-Runs are grouped into *cases*: the same configuration (every setting except
-where output goes, threads, tracing and evaluation frequency), on the same
-machine (rank 0's hostname), with the same number of ranks p and threads per
+Runs are grouped into *cases*: the same configuration (the settings that
+change what is computed or how long it takes, core/config.py, except
+threads), on the same machine (rank 0's hostname), with the same number of ranks p and threads per
 rank.  A case's repetitions are its sample.  The cases of one configuration
 at different p form a *series*; its base case is p = 1 with the same threads
 per rank (speedup S = T1 / Tp, efficiency E = S / p), and its best single
@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import results
-
-# settings that do not change what is computed, so runs differing only in these are one case
-NOT_IN_SIGNATURE = ("threads", "name", "out", "model_out", "trace", "eval_every", "data_dir", "download")
-BASELINES = ("backprop", "dp-backprop")
+from .. import results
+from ..core.config import case_settings
+from ..core.variants import BASELINES  # noqa: F401  (plot draws them dashed)
+from ..instrument import timer
 
 
 def pipeline_bound(p: int, m: int) -> float:
@@ -34,10 +33,9 @@ def pipeline_bound(p: int, m: int) -> float:
 
 
 def training_seconds(run: results.Run) -> float:
-    """Slowest rank's time in the training loop (evaluation and the final
-    gathering of layers excluded, they are not what is being sped up)."""
-    a = run.arrays
-    return float((a["timing/wall"] - a["timing/eval"]).sum(axis=1).max())
+    """The run's training time (pffbench/instrument/timer.py): the slowest
+    rank's epochs, evaluation excluded, which is not what is being sped up."""
+    return timer.training_seconds(run.arrays["timing/wall"], run.arrays["timing/eval"])
 
 
 def comm_wait_share(run: results.Run) -> float:
@@ -45,7 +43,7 @@ def comm_wait_share(run: results.Run) -> float:
     (send, receive, and the synchronizing collectives)."""
     a = run.arrays
     waits = (a["timing/send_wait"] + a["timing/recv_wait"] + a["timing/sync"]).sum(axis=1)
-    return float((waits / (a["timing/wall"] - a["timing/eval"]).sum(axis=1)).max())
+    return float((waits / timer.training_time(a["timing/wall"], a["timing/eval"]).sum(axis=1)).max())
 
 
 def busy_imbalance(run: results.Run) -> float:
@@ -64,7 +62,7 @@ def threads_per_rank(run: results.Run) -> int:
 
 
 def signature(run: results.Run) -> str:
-    config = {k: v for k, v in run.config.items() if k not in NOT_IN_SIGNATURE}
+    config = case_settings(run.config)
     return json.dumps({"config": config, "host": run.attrs.get("hostname", "")}, sort_keys=True)
 
 
@@ -76,7 +74,7 @@ def stem(name: str) -> str:
 def accuracy_curve(run: results.Run) -> tuple[np.ndarray, np.ndarray]:
     """(training seconds at the end of each evaluated epoch, test accuracy)."""
     a = run.arrays
-    elapsed = np.cumsum(a["timing/wall"] - a["timing/eval"], axis=1).max(axis=0)
+    elapsed = np.cumsum(timer.training_time(a["timing/wall"], a["timing/eval"]), axis=1).max(axis=0)
     accuracy = np.asarray(a["test_accuracy"], dtype=float)
     evaluated = np.isfinite(accuracy)
     return elapsed[evaluated], accuracy[evaluated]

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from pffbench import results
-from pffbench.config import UsageError, parse_config
+from pffbench.store import writer
+from pffbench.core.cli import parse_config
+from pffbench.core.config import UsageError
 from pffbench.run import output_problem
 
 from conftest import mpirun
@@ -95,13 +97,13 @@ def test_a_checkpoint_folder_the_ranks_do_not_share_is_refused(tmp_path):
 def test_a_run_that_cannot_be_appended_is_saved_beside_it(tmp_path, monkeypatch):
     from pffbench import run
     out = tmp_path / "runs.h5"
-    real_append = results.append_run
+    real_append = writer.append_run
 
     def busy(path, *args, **kwargs):  # as when another job holds runs.h5's lock past the timeout
         if path == str(out):
             raise results.ResultsError(f"{path}: another job is writing to this file")
         return real_append(path, *args, **kwargs)
-    monkeypatch.setattr(results, "append_run", busy)
+    monkeypatch.setattr(writer, "append_run", busy)
     config = parse_config(["--out", str(out), "--name", "kept"])
     with pytest.raises(run.NotRecorded, match=r"another job is writing to this file; run 'kept' is saved in "):
         run.record(config, {"loss": np.ones((2, 3))}, {"variant": "pipeline"}, "complete")
@@ -109,7 +111,7 @@ def test_a_run_that_cannot_be_appended_is_saved_beside_it(tmp_path, monkeypatch)
     kept, = results.read_runs(str(rescued))
     assert kept.name == "kept" and kept.arrays["loss"].shape == (2, 3)
     # a whole run: the model is still saved, then the one error line
-    from pffbench.world import World
+    from pffbench.core.world import World
     model = tmp_path / "model.pt"
     config = parse_config(["--dataset", "synthetic", "--layers", "8", "--epochs", "1", "--out", str(out),
                            "--model-out", str(model)])

@@ -9,10 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from pffbench import analysis, plot, results, sweep
-from pffbench.config import UsageError, parse_config, validate
-from pffbench.timing import CATEGORIES
-from pffbench.world import launch_mismatch
+from pffbench import plot, results, sweep
+from pffbench.core.cli import parse_config
+from pffbench.core.config import UsageError
+from pffbench.core.validate import validate
+from pffbench.core.world import launch_mismatch
+from pffbench.instrument.timer import CATEGORIES
+from pffbench.study import analysis
 
 from conftest import ROOT, mpirun
 

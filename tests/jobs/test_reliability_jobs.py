@@ -128,7 +128,7 @@ def test_an_exception_on_any_rank_ends_the_job_within_10_s(variant, n, rank, lau
     err = job.stderr
     assert code != 0, err
     assert err.count(f"[rank {rank}] Traceback (most recent call last):") == 1, err
-    assert err.count(f"[rank {rank}] pffbench.faults.InjectedFault: injected fault on rank {rank}") == 1, err
+    assert err.count(f"[rank {rank}] pffbench.reliability.faults.InjectedFault: injected fault on rank {rank}") == 1, err
     assert err.count("Traceback") == 1, err  # no other rank's, no second copy
     elapsed = job.ended - _stamp(err, "injected fault")
     FAULT_TO_EXIT.append((f"fault {variant} n={n} rank={rank} {launcher}", elapsed))

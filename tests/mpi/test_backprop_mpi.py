@@ -3,10 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench import backprop, pipeline, transport
-from pffbench.config import Config
+from pffbench.comm import guard
+from pffbench.comm.collectives import gather_events
+from pffbench.core.types import Shape
+from pffbench.core.config import Config
 from pffbench.data import load_dataset
-from pffbench.timing import CATEGORIES, EpochTimer
+from pffbench.instrument.timer import CATEGORIES, EpochTimer
+from pffbench.schedules.backprop import data_parallel as backprop
+from pffbench.schedules.backprop.mlp import MLP
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -21,11 +25,11 @@ def test_data_parallel_backprop_gives_the_single_process_weights():
     Allreduce per step: the same weights as one process, to float32 round-off
     (the shards' partial sums add in another order).  Tolerance 1e-5 absolute
     after 64 Adam steps, on weights of order 0.1."""
-    from pffbench.world import World
+    from pffbench.core.world import World
     comm = MPI.COMM_WORLD
     torch.set_num_threads(1)
     data = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(pipeline.Shape(data.x_train.shape[0], data.num_features, data.num_classes)
+    shape = comm.bcast(Shape(data.x_train.shape[0], data.num_features, data.num_classes)
                        if data else None)
     parallel = backprop.train(CONFIG, World(comm), shape, data)
     if comm.rank != 0:
@@ -47,7 +51,7 @@ def test_data_parallel_backprop_gives_the_single_process_weights():
 
 
 def test_gradient_buffer_is_one_flat_view():
-    model = backprop.MLP([6, 5], 3, seed=0)
+    model = MLP([6, 5], 3, seed=0)
     flat = backprop.flat_gradients(model, torch.device("cpu"))
     torch.nn.functional.cross_entropy(model(torch.rand(4, 6)), torch.tensor([0, 1, 2, 0])).backward()
     assert all(p.grad.data_ptr() >= flat.data_ptr() for p in model.parameters())
@@ -58,7 +62,7 @@ def test_gradient_buffer_is_one_flat_view():
 def test_gather_events_stacks_ragged_rows():
     comm = MPI.COMM_WORLD
     local = np.arange(comm.rank * 3, dtype=float).reshape(-1, 3)  # rank r has r rows
-    stacked = transport.gather_events(comm, local)
+    stacked = gather_events(comm, local)
     if comm.rank != 0:
         assert stacked is None
         return

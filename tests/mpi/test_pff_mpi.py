@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench import pipeline, results
-from pffbench.config import VARIANTS, Config
+from pffbench import results
+from pffbench.core.types import Shape
+from pffbench.core.config import Config
+from pffbench.core.variants import VARIANTS
 from pffbench.data import load_dataset
 
 MPI = pytest.importorskip("mpi4py.MPI")
@@ -32,15 +34,15 @@ def data():
     comm = MPI.COMM_WORLD
     torch.set_num_threads(1)
     dataset = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(pipeline.Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
+    shape = comm.bcast(Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
                        if dataset else None)
     return dataset, shape
 
 
 def train(config, data, comm=None):
-    from pffbench.world import World
+    from pffbench.core.world import World
     dataset, shape = data
-    schedule = importlib.import_module(VARIANTS[config.variant])
+    schedule = importlib.import_module(VARIANTS[config.variant].module)
     return schedule.train(config, World(comm or MPI.COMM_WORLD), shape, dataset)
 
 
@@ -137,8 +139,8 @@ def test_federated_label_skew_shards_are_private_and_skewed(data):
 @pytest.mark.parametrize("variant", ["single-layer", "all-layers", "federated", "perf-opt"])
 def test_run_records_per_chapter_timings(variant, tmp_path_factory):
     from pffbench.run import run
-    from pffbench.timing import COLUMNS
-    from pffbench.world import World
+    from pffbench.instrument.timer import COLUMNS
+    from pffbench.core.world import World
     comm = MPI.COMM_WORLD
     out = comm.bcast(str(tmp_path_factory.mktemp("h5") / "pff.h5") if comm.rank == 0 else None)
     config = config_for(variant, comm.size, epochs=2 * comm.size, splits=comm.size, out=out, name=variant)

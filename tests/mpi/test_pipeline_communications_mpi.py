@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench import transport
-from pffbench.pipeline_communications import Links, MessageReceiver, MessageSender, RingReceiver, RingSender
-from pffbench.timing import EpochTimer
+from pffbench.comm import guard
+from pffbench.instrument.timer import EpochTimer
+from pffbench.schedules.pipeline.communications import Links, MessageReceiver, MessageSender, RingReceiver, RingSender
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -28,9 +28,9 @@ def assert_same(got, expected):
 
 @pytest.fixture(autouse=True)
 def short_peer_timeout():
-    transport.set_peer_timeout(20)  # a link that blocks where it must not fails the test instead of hanging it
+    guard.set_peer_timeout(20)  # a link that blocks where it must not fails the test instead of hanging it
     yield
-    transport.set_peer_timeout(600)
+    guard.set_peer_timeout(600)
 
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench import pipeline, results
-from pffbench.config import Config
+from pffbench import results
+from pffbench.core.config import Config
+from pffbench.core.types import Shape
+from pffbench.schedules.pipeline import schedule as pipeline
 from pffbench.data import load_dataset
 
 MPI = pytest.importorskip("mpi4py.MPI")
@@ -17,7 +19,7 @@ CONFIG = Config(dataset="synthetic", layers=(64, 64, 64, 64), epochs=3, batch_si
 
 
 def shape_of(data):
-    return pipeline.Shape(data.x_train.shape[0], data.num_features, data.num_classes)
+    return Shape(data.x_train.shape[0], data.num_features, data.num_classes)
 
 
 @pytest.mark.parametrize("transport", ["auto", "p2p"])
@@ -29,7 +31,7 @@ def test_pipeline_gives_the_sequential_weights(transport):
     same float32 kernels on the same inputs with one thread, so in practice
     the difference is exactly zero; the tolerance only admits BLAS builds
     whose kernel choice depends on the process."""
-    from pffbench.world import World
+    from pffbench.core.world import World
     comm = MPI.COMM_WORLD
     torch.set_num_threads(1)
     data = load_dataset("synthetic") if comm.rank == 0 else None
@@ -52,7 +54,7 @@ def test_pipeline_gives_the_sequential_weights(transport):
 
 def test_run_appends_timings_to_hdf5(tmp_path_factory):
     from pffbench.run import run
-    from pffbench.world import World
+    from pffbench.core.world import World
     comm = MPI.COMM_WORLD
     out = comm.bcast(str(tmp_path_factory.mktemp("h5") / "runs.h5") if comm.rank == 0 else None)
     config = Config(dataset="synthetic", layers=(32, 32, 32, 32), epochs=2, batch_size=50, out=out,

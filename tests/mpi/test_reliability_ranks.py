@@ -9,8 +9,9 @@ import pytest
 import torch
 from mpi4py import MPI
 
-from pffbench import checkpoint, faults
-from pffbench.config import Config
+from pffbench.core.config import Config
+from pffbench.reliability import checkpoint, faults
+from pffbench.reliability.agreement import LaggedAgreement, agree_at_boundary
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(120)]
 
@@ -26,7 +27,7 @@ def test_every_rank_gets_the_same_verdict_whoever_saw_the_problem(monkeypatch):
     losses = np.zeros(size)
     losses[rank] = 1.0
     monkeypatch.setattr(faults.INTERRUPTS, "signum", int(signal.SIGTERM) if rank == 1 else 0)
-    summed, failure, signum = faults.agree_at_boundary(comm, 2, losses, {rank: linear}, owner_of)
+    summed, failure, signum = agree_at_boundary(comm, 2, losses, {rank: linear}, owner_of)
     assert list(summed) == [1.0] * size
     assert failure.startswith(f"non-finite weights (NaN or Inf) in layer {size - 1} on rank {size - 1} at epoch 3")
     assert signum == signal.SIGTERM  # only rank 1 was signalled
@@ -83,7 +84,7 @@ def test_a_checkpoint_one_rank_could_not_write_is_never_marked_complete(monkeypa
 def test_lagged_agreement_gives_every_rank_the_same_tables_lag_rounds_late():
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
-    agreement = faults.LaggedAgreement(comm, lag=2)
+    agreement = LaggedAgreement(comm, lag=2)
     seen = []
     for boundary in range(5):
         agreement.post(boundary, [rank, boundary, rank * boundary])
@@ -100,7 +101,7 @@ def test_post_drain_settles_messages_no_one_will_read():
     """A stopped PFF run: a layer published to the next rank for a chapter that
     will not run (large enough not to go eagerly), and a receive preposted for
     one no one will publish; drain must return on every rank, the send done."""
-    from pffbench.pff_communications import Post
+    from pffbench.schedules.pff.communications import Post
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     post = Post(comm, {0: 1 << 20, 1: 4})

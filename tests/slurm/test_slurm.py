@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pffbench import analysis, results
+from pffbench import results
+from pffbench.study import analysis
 
 from slurm_local import LocalSlurm, available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(available() is not None, reason=str(available()))]
 
 TINY = ["--dataset", "synthetic", "--layers", "16,16", "--epochs", "1", "--batch-size", "100"]

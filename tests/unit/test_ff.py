@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pffbench import ff
-from pffbench.partition import balanced_partition, layer_costs
+from pffbench.core.partition import balanced_partition, layer_costs
 
 
 def test_embed_labels_writes_one_hot_and_keeps_the_rest():
@@ -212,14 +212,14 @@ def test_pff_first_layer_inputs_share_the_product_of_a_positive_and_its_negative
     """FFKind never materializes a chapter's positive and negative first-layer
     inputs: its steps and its forward pass over the data set match those on
     the embedded rows."""
-    from pffbench import chapters
-    from pffbench.config import Config
+    from pffbench.core.config import Config
+    from pffbench.schedules.pff import kinds
     generator = torch.Generator().manual_seed(3)
     x = torch.rand(400, 60, generator=generator)
     y = torch.randint(0, 10, (400,), generator=generator)
     wrong = ff.random_wrong_labels(y, 10, generator)
     embedded = [ff.normalize(ff.embed_labels(x, labels, 10)) for labels in (y, wrong)]
-    kind = chapters.FFKind(Config(layers=(30, 20)), [60, 30, 20], 10, torch.device("cpu"))
+    kind = kinds.FFKind(Config(layers=(30, 20)), [60, 30, 20], 10, torch.device("cpu"))
     xs = kind.inputs(x, y, wrong)
     first, second, plain = kind.build(0), kind.build(1), kind.build(0)
     for rows in torch.randperm(400, generator=generator).split(32):

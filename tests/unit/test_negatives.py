@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench import heads
-from pffbench.chapters import Clock
-from pffbench.config import UsageError, parse_config, validate
-from pffbench.federated import shard_rows
-from pffbench.negatives import Negatives, most_predicted_wrong, sampled_wrong, generator
+from pffbench.core.cli import parse_config
+from pffbench.core.config import UsageError
+from pffbench.core.partition import shard_rows
+from pffbench.core.validate import validate
+from pffbench.ff import heads
+from pffbench.ff.negatives import Negatives, most_predicted_wrong, sampled_wrong, generator
+from pffbench.instrument.timer import COLUMNS, GapTimer
+from pffbench.schedules.pff.chapters import chapter_table
 from pffbench.presets import PRESETS
-from pffbench.timing import COLUMNS
 
 LABELS = torch.randint(0, 10, (3000,), generator=torch.Generator().manual_seed(3))
 
@@ -118,7 +120,7 @@ def test_label_skew_shards_see_few_classes(shards, per_shard, most):
 
 def test_clock_columns_add_up_to_wall_and_chapters_sum_epochs():
     start = time.perf_counter()
-    clock = Clock(epochs=4)
+    clock = GapTimer(epochs=4)
     for epoch, category in [(0, "data"), (0, "compute"), (1, "compute"), (1, "send_wait"), (3, "recv_wait")]:
         time.sleep(0.02)  # no block's time: the next block's epoch idles
         with clock(category, epoch):
@@ -129,7 +131,7 @@ def test_clock_columns_add_up_to_wall_and_chapters_sum_epochs():
     idle, wall = table[:, COLUMNS.index("idle")], table[:, -1]
     assert idle[0] >= 0.04 and idle[1] >= 0.04 and idle[3] >= 0.02 and idle[2] == 0  # the gaps, where they fell
     assert elapsed >= wall.sum() >= elapsed - 0.01  # every second since the clock started, once
-    chapters = clock.chapter_table(per_chapter=2)
+    chapters = chapter_table(clock.table(), per_chapter=2)
     assert chapters.shape == (3, 2)
     assert chapters[0, 0] == pytest.approx(table[:2, [0, 1]].sum())  # compute = compute + data
 

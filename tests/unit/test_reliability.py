@@ -15,8 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
-from pffbench import checkpoint, faults, transport
-from pffbench.config import Config, UsageError, build_parser, parse_config, validate
+from pffbench.comm import guard
+from pffbench.core.cli import build_parser, parse_config
+from pffbench.core.config import Config, UsageError
+from pffbench.core.validate import validate
+from pffbench.reliability import agreement, checkpoint, faults
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,14 +84,14 @@ def test_wait_gives_up_naming_rank_peer_and_operation_without_burning_a_core():
     comm = MPI.COMM_SELF
     buffer = np.empty(4, dtype=np.float32)
     request = comm.Irecv([buffer, MPI.FLOAT], source=0, tag=77)  # nobody ever sends it
-    transport.set_peer_timeout(1.0)
+    guard.set_peer_timeout(1.0)
     try:
         wall, cpu = time.perf_counter(), time.process_time()
-        with pytest.raises(transport.PeerTimeout) as info:
-            transport.wait(request, 3, "a receive of activations")
+        with pytest.raises(guard.PeerTimeout) as info:
+            guard.wait(request, 3, "a receive of activations")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
-        transport.set_peer_timeout(600.0)
+        guard.set_peer_timeout(600.0)
         request.Cancel()
         request.Wait()
     message = str(info.value)
@@ -103,8 +106,8 @@ def test_wait_returns_as_soon_as_the_message_is_there():
     out, back = np.arange(4, dtype=np.float32), np.empty(4, dtype=np.float32)
     receive = comm.Irecv([back, MPI.FLOAT], source=0, tag=78)
     send = comm.Isend([out, MPI.FLOAT], dest=0, tag=78)
-    transport.wait(receive, 0, "receive")
-    transport.wait(send, 0, "send")
+    guard.wait(receive, 0, "receive")
+    guard.wait(send, 0, "send")
     assert np.array_equal(out, back)
 
 
@@ -123,12 +126,12 @@ def _linears(*finite):
 
 def test_verdict_names_layer_rank_and_epoch_of_the_first_non_finite_value():
     comm = MPI.COMM_SELF
-    summed, failure, signum = faults.agree_at_boundary(comm, 4, np.array([1.0, 2.0, 3.0]), _linears(1, 1, 1), [0, 0, 0])
+    summed, failure, signum = agreement.agree_at_boundary(comm, 4, np.array([1.0, 2.0, 3.0]), _linears(1, 1, 1), [0, 0, 0])
     assert failure is None and signum == 0 and list(summed) == [1.0, 2.0, 3.0]
-    _, failure, _ = faults.agree_at_boundary(comm, 4, np.array([1.0, np.nan, np.nan]), _linears(1, 0, 1), [0, 0, 0])
+    _, failure, _ = agreement.agree_at_boundary(comm, 4, np.array([1.0, np.nan, np.nan]), _linears(1, 0, 1), [0, 0, 0])
     assert failure.startswith("non-finite loss and weights (NaN or Inf) in layer 1 on rank 0 at epoch 5")
     assert "also in layers 2" in failure
-    _, failure, _ = faults.agree_at_boundary(comm, 0, np.array([1.0, 2.0]), _linears(0, 1), [0, 0])
+    _, failure, _ = agreement.agree_at_boundary(comm, 0, np.array([1.0, 2.0]), _linears(0, 1), [0, 0])
     assert "non-finite weights" in failure and "layer 0" in failure
 
 
@@ -155,7 +158,7 @@ def test_first_signal_sets_a_flag_the_second_stops_at_once(monkeypatch):
 
 def test_verdict_carries_a_pending_signal(monkeypatch):
     monkeypatch.setattr(faults.INTERRUPTS, "signum", int(signal.SIGINT))
-    _, failure, signum = faults.agree_at_boundary(MPI.COMM_SELF, 0, np.zeros(1), _linears(1), [0])
+    _, failure, signum = agreement.agree_at_boundary(MPI.COMM_SELF, 0, np.zeros(1), _linears(1), [0])
     assert failure is None and signum == signal.SIGINT
 
 

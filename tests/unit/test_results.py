@@ -15,9 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pffbench.results import ResultsError, append_run, list_runs, provenance, read_runs, summarize
+from pffbench.results import ResultsError, list_runs, read_runs, summarize
+from pffbench.store.writer import append_run, provenance
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHILD_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
@@ -172,7 +173,7 @@ def test_failure_while_writing_leaves_file_and_no_temporary(path):
 KILLED_WRITER = """
 import os, sys, time
 import h5py, numpy as np
-from pffbench import results
+from pffbench.store import writer
 
 path, stage = sys.argv[1:]
 
@@ -188,7 +189,7 @@ if stage == "dataset":
     h5py.Group.create_dataset = create_then_stall
 else:
     os.replace = stall
-results.append_run(path, {"big": np.ones((500, 1000)), "more": np.ones(10)}, {"variant": "doomed"})
+writer.append_run(path, {"big": np.ones((500, 1000)), "more": np.ones(10)}, {"variant": "doomed"})
 """
 
 
@@ -220,12 +221,12 @@ def test_killed_writer_leaves_earlier_runs_intact(path, stage):
 
 
 def test_a_file_system_without_flock_is_reported_before_a_run(path, monkeypatch):
-    from pffbench import results
-    assert results.unappendable(str(path)) is None
+    from pffbench.store import writer
+    assert writer.unappendable(str(path)) is None
     def no_flock(*args):  # Lustre mounted noflock
         raise OSError(38, "Function not implemented")
-    monkeypatch.setattr(results.fcntl, "flock", no_flock)
-    assert "cannot lock it for appending (Function not implemented)" in results.unappendable(str(path))
+    monkeypatch.setattr(writer.fcntl, "flock", no_flock)
+    assert "cannot lock it for appending (Function not implemented)" in writer.unappendable(str(path))
 
 
 def test_another_files_temporary_is_left_alone(path):
@@ -241,14 +242,14 @@ def test_another_files_temporary_is_left_alone(path):
 CONCURRENT_WRITER = """
 import os, sys, time
 import numpy as np
-from pffbench import results
+from pffbench.store.writer import append_run
 
 path, writer, go = sys.argv[1:]
 while not os.path.exists(go):
     time.sleep(0.01)
 for i in range(20):
-    results.append_run(path, {"x": np.full(100, int(writer))}, {"writer": int(writer), "i": i},
-                       name="w", lock_timeout=15)
+    append_run(path, {"x": np.full(100, int(writer))}, {"writer": int(writer), "i": i},
+               name="w", lock_timeout=15)
 """
 
 

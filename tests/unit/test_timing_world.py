@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from pffbench.timing import CATEGORIES, COLUMNS, EpochTimer
+from pffbench.instrument.timer import CATEGORIES, COLUMNS, EpochTimer, GapTimer
 
 
 def test_epoch_columns_add_up_to_wall_time():
@@ -27,7 +27,7 @@ def test_epoch_columns_add_up_to_wall_time():
 
 
 class FakeWorld:
-    from pffbench.world import World
+    from pffbench.core.world import World
     default_threads = World.default_threads
 
     def __init__(self, node_masks):
@@ -38,16 +38,15 @@ def test_a_gpu_block_ends_when_its_queued_work_has_run(monkeypatch):
     # CUDA runs asynchronously: without a synchronize at the end of each block, a kernel's time lands in
     # whichever later block first waits for it (e.g. the copy of a message, booked as sending)
     import torch
-    from pffbench.chapters import Clock
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(str(device)))
-    timer, clock = EpochTimer(1, device=torch.device("cuda", 1)), Clock(1, torch.device("cuda", 1))
+    timer, clock = EpochTimer(1, device=torch.device("cuda", 1)), GapTimer(1, device=torch.device("cuda", 1))
     with timer("compute"):
         pass
     with clock("compute", 0):
         pass
     assert calls == ["cuda:1", "cuda:1"]
-    with EpochTimer(1, device=torch.device("cpu"))("compute"), Clock(1, torch.device("cpu"))("data", 0):
+    with EpochTimer(1, device=torch.device("cpu"))("compute"), GapTimer(1, device=torch.device("cpu"))("data", 0):
         pass
     assert len(calls) == 2  # nothing to wait for on the CPU
 
@@ -70,7 +69,7 @@ def test_default_threads(monkeypatch, mine, node_masks, expected):
 
 
 def test_progress_eta_counts_only_this_processs_epochs(capsys):
-    from pffbench.config import Config
+    from pffbench.core.config import Config
     from pffbench.run import Progress
     progress = Progress(Config(epochs=10), num_train=600)
     progress(6, np.array([0.5]), float("nan"), 2.0)  # resumed after 6 epochs: the 7th took 2 s

@@ -15,9 +15,9 @@ loss summed over the shard and divided by n, so the gradient sum over ranks
 is exactly the minibatch-mean gradient.  The parameters' gradients are views
 of one flat preallocated float32 buffer (one more slot carries the step's
 loss), summed with one buffer-based Allreduce per step
-(transport.GradientAllreduce); every rank then takes the same Adam step and
+(communications.GradientAllreduce); every rank then takes the same Adam step and
 the replicas stay identical.  The data broadcast and model set-up happen
-before the first epoch's clock starts (attribute ``setup_seconds``).  One rank is the single-process baseline
+before the timer starts, like every schedule's set-up (attribute ``setup_seconds``).  One rank is the single-process baseline
 through the same code (the Allreduce is skipped).
 
 Time accounts, in the core's per-epoch table: ``compute`` = forward,
@@ -32,26 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import faults, ff, transport
-from .config import Config
-from .pff_communications import share_training_data
-from .pipeline import Shape, TrainResult, batch_rows
-from .timing import CATEGORIES, EpochTimer
-from .world import World
-
-
-class MLP(torch.nn.Module):
-    """dims[0] -> dims[1] -> ... ReLU layers, then a linear softmax head."""
-
-    def __init__(self, dims: list[int], num_classes: int, seed: int):
-        super().__init__()
-        self.hidden = torch.nn.ModuleList(ff.make_linear(dims[i], dims[i + 1], seed, i) for i in range(len(dims) - 1))
-        self.head = ff.make_linear(dims[-1], num_classes, seed, len(dims) - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for linear in self.hidden:
-            x = F.relu(linear(x))
-        return self.head(x)
+from ... import ff
+from ...comm import collectives, guard
+from ...core import outcome
+from ...core.config import Config
+from ...core.types import Shape, TrainResult, batch_rows
+from ...core.world import World
+from ...instrument.timer import EpochTimer
+from ...reliability import faults
+from .communications import GradientAllreduce
+from .mlp import MLP, accuracy
 
 
 def flat_gradients(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -72,86 +62,86 @@ def shard(n: int, rank: int, size: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-@torch.no_grad()
-def accuracy(model: MLP, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    correct = sum((model(x[i:i + batch_size]).argmax(dim=1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, x.shape[0], batch_size))
-    return correct / x.shape[0]
+class Replica:
+    """This rank's copy of everything: the training set, the model, its flat
+    gradient buffer and optimizer."""
+
+    def __init__(self, config: Config, world: World, shape: Shape, dataset):
+        self.device = device = world.device(config.device)
+        self.dims = [shape.num_features, *config.layers]
+        if world.size > 1:
+            x_train, y_train = collectives.share_training_data(world.comm, dataset)
+        else:
+            x_train, y_train = dataset.x_train, dataset.y_train
+        self.x_train, self.y_train = x_train.to(device), y_train.to(device)
+        self.model = MLP(self.dims, shape.num_classes, config.seed).to(device)
+        self.flat = flat_gradients(self.model, device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
 
 
 def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=None) -> TrainResult | None:
-    device = world.device(config.device)
-    dims = [shape.num_features, *config.layers]
-    setup_start = time.perf_counter()  # set-up is not timed per epoch, like the pipeline's
-    if world.size > 1:
-        x_train, y_train = share_training_data(world.comm, dataset)
-    else:
-        x_train, y_train = dataset.x_train, dataset.y_train
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    model = MLP(dims, shape.num_classes, config.seed).to(device)
-    flat = flat_gradients(model, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
+    """Train ``config.epochs`` epochs; rank 0's TrainResult (None elsewhere)."""
+    setup_start = time.perf_counter()
+    replica = Replica(config, world, shape, dataset)
     setup_seconds = time.perf_counter() - setup_start
-    if config.trace:
-        transport.barrier(world.comm, "set-up")  # a common time origin for the trace
-    timer = EpochTimer(config.epochs, trace=config.trace, device=device)
-    reducer = transport.GradientAllreduce(world.comm, flat, timer)
+    guard.barrier(world.comm, "set-up")  # set-up ends together, the timer starts (a common origin for the trace)
+    timer = EpochTimer(config.epochs, trace=config.trace, device=replica.device)
+    reducer = GradientAllreduce(world.comm, replica.flat, timer)
     generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
-
     sizes = batch_rows(shape.num_train, config.batch_size)
-    total_steps = config.epochs * len(sizes)
     loss = np.zeros((1, config.epochs))
     test_accuracy = np.full(config.epochs, np.nan)
     step = 0
-    half = len(sizes) // 2
     for epoch in range(config.epochs):
         faults.at_epoch_start(config, world.rank, epoch)
         timer.start_epoch(epoch)
-        with timer("data"):
-            order = torch.randperm(shape.num_train, generator=generator).to(device)
-        epoch_loss = torch.zeros((), device=device)
-        for b, n in enumerate(sizes):
-            if b == half:
-                faults.mid_epoch(config, world.rank, epoch)  # --inject-hang (--inject-nan is refused)
-            with timer("data"):
-                rows = order[b * config.batch_size:b * config.batch_size + n][shard(n, world.rank, world.size)]
-                x, y = x_train[rows], y_train[rows]
-            with timer("compute"):
-                flat.zero_()
-                step_loss = F.cross_entropy(model(x), y, reduction="sum") / n
-                step_loss.backward()
-                flat[-1] = step_loss.detach()
-            reducer.allreduce()
-            with timer("compute"):
-                for group in optimizer.param_groups:
-                    group["lr"] = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
-                optimizer.step()
-                epoch_loss += flat[-1]
-            step += 1
-        with timer("compute"):
-            loss[0, epoch] = epoch_loss.item() / len(sizes)
-        last_epoch = epoch == config.epochs - 1
-        if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+        step = _epoch(config, world, replica, reducer, timer, generator, shape, sizes, epoch, step, loss)
+        if outcome.evaluates(config, epoch):
             with timer("eval"):
                 if world.is_first:
-                    model.eval()
-                    test_accuracy[epoch] = accuracy(model, dataset.x_test.to(device), dataset.y_test.to(device))
-                    model.train()
+                    replica.model.eval()
+                    test_accuracy[epoch] = accuracy(replica.model, dataset.x_test.to(replica.device),
+                                                    dataset.y_test.to(replica.device))
+                    replica.model.train()
                 if world.size > 1:  # the others would wait in the next Allreduce: that wait is evaluation too
-                    transport.barrier(world.comm, "evaluation")
-        timer.end_epoch()
-        if world.is_first and on_epoch:
-            on_epoch(epoch, loss[:, epoch], test_accuracy[epoch], timer.training_seconds(epoch))
+                    guard.barrier(world.comm, "evaluation")
+        outcome.end_epoch(timer, world, on_epoch, epoch, loss, test_accuracy)
+    model = replica.model
+    return outcome.finish(
+        world.comm, timer, config.trace, loss=loss, test_accuracy=test_accuracy,
+        linears=[linear.cpu() for linear in (*model.hidden, model.head)] if world.is_first else [],
+        dims=[*replica.dims, shape.num_classes], blocks=[range(len(model.hidden) + 1)] * world.size,
+        attrs={"classifier": "softmax head, cross-entropy, trained end to end by backprop",
+               "gradient_buffer_floats": int(replica.flat.numel()), "setup_seconds": setup_seconds})
 
-    timing = transport.gather_rows(world.comm, timer.table())
-    trace = transport.gather_events(world.comm, timer.events()) if config.trace else None
-    if not world.is_first:
-        return None
-    linears = [linear.cpu() for linear in (*model.hidden, model.head)]
-    arrays = {"trace/events": trace} if trace is not None else {}
-    attrs = {"classifier": "softmax head, cross-entropy, trained end to end by backprop",
-             "gradient_buffer_floats": int(flat.numel()), "setup_seconds": setup_seconds,
-             **({"trace_categories": list(CATEGORIES)} if trace is not None else {})}
-    return TrainResult(timing=timing, loss=loss, test_accuracy=test_accuracy, linears=linears,
-                       dims=[*dims, shape.num_classes], blocks=[range(len(linears))] * world.size,
-                       arrays=arrays, attrs=attrs)
+
+def _epoch(config, world, replica: Replica, reducer, timer, generator, shape, sizes, epoch: int, step: int,
+           loss: np.ndarray) -> int:
+    """One epoch: for each minibatch, this rank's shard forward and backward,
+    the gradients summed over ranks, the same Adam step everywhere."""
+    device, flat, model, optimizer = replica.device, replica.flat, replica.model, replica.optimizer
+    total_steps, half = config.epochs * len(sizes), len(sizes) // 2
+    with timer("data"):
+        order = torch.randperm(shape.num_train, generator=generator).to(device)
+    epoch_loss = torch.zeros((), device=device)
+    for b, n in enumerate(sizes):
+        if b == half:
+            faults.mid_epoch(config, world.rank, epoch)  # --inject-hang (--inject-nan is refused)
+        with timer("data"):
+            rows = order[b * config.batch_size:b * config.batch_size + n][shard(n, world.rank, world.size)]
+            x, y = replica.x_train[rows], replica.y_train[rows]
+        with timer("compute"):
+            flat.zero_()
+            step_loss = F.cross_entropy(model(x), y, reduction="sum") / n
+            step_loss.backward()
+            flat[-1] = step_loss.detach()
+        reducer.allreduce()
+        with timer("compute"):
+            for group in optimizer.param_groups:
+                group["lr"] = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
+            optimizer.step()
+            epoch_loss += flat[-1]
+        step += 1
+    with timer("compute"):
+        loss[0, epoch] = epoch_loss.item() / len(sizes)
+    return step

@@ -13,8 +13,9 @@ checkpoints, resumes, and stops every rank together on a signal or NaN.
 """
 from __future__ import annotations
 
-from .chapters import Boundaries, Chapters
-from .pff_communications import Post
+from .boundaries import Boundaries
+from .chapters import Chapters
+from .communications import Post
 
 
 class RoundRobin:
@@ -53,6 +54,7 @@ def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> 
     if bounds.start - 1 in my_chapters:  # resumed: the next chapter starts from what this rank published last
         for slot, state in bounds.carry.items():
             exchange.publish(slot, bounds.start - 1, state)
+    pff.start()
     for chapter in my_chapters:
         if chapter < bounds.start:
             continue

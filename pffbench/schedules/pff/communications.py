@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .transport import wait, wait_all
+from ...comm.guard import wait, wait_all
 
 SLOT_TAG = 2000
-DATA_TAG = 1900
 
 
 class Post:
@@ -129,37 +128,3 @@ class Averager:
     def drain(self) -> None:
         """The run stops early: every rank started the same sums, so complete them."""
         self.flush()
-
-
-def share_training_data(comm: MPI.Comm, dataset, rows_per_rank=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every rank's training examples, sent from rank 0 as raw buffers: the
-    whole set (``rows_per_rank`` None) or each rank's own rows (federated:
-    a rank never receives another's shard)."""
-    rank = comm.Get_rank()
-    if rank == 0:
-        x, y = dataset.x_train.contiguous(), dataset.y_train.contiguous()
-        sharded = rows_per_rank is not None
-        counts = [len(r) for r in rows_per_rank] if sharded else [x.shape[0]] * comm.Get_size()
-        meta = (counts, x.shape[1], sharded)
-    else:
-        meta = None
-    counts, width, sharded = comm.bcast(meta, root=0)
-    if not sharded:
-        if rank != 0:
-            x, y = torch.empty(counts[rank], width), torch.empty(counts[rank], dtype=torch.int64)
-        wait_all([comm.Ibcast([x.numpy(), MPI.FLOAT], root=0), comm.Ibcast([y.numpy(), MPI.INT64_T], root=0)],
-                 0 if rank else "the other ranks", "sharing the training data")
-        return x, y
-    if rank == 0:
-        requests, keep = [], []
-        for dest in range(1, comm.Get_size()):
-            part_x, part_y = x[rows_per_rank[dest]].contiguous(), y[rows_per_rank[dest]].contiguous()
-            keep += [part_x, part_y]
-            requests.append(comm.Isend([part_x.numpy(), MPI.FLOAT], dest=dest, tag=DATA_TAG))
-            requests.append(comm.Isend([part_y.numpy(), MPI.INT64_T], dest=dest, tag=DATA_TAG + 1))
-        wait_all(requests, "the other ranks", "sending their shards")
-        return x[rows_per_rank[0]].contiguous(), y[rows_per_rank[0]].contiguous()
-    x, y = torch.empty(counts[rank], width), torch.empty(counts[rank], dtype=torch.int64)
-    wait_all([comm.Irecv([x.numpy(), MPI.FLOAT], source=0, tag=DATA_TAG),
-              comm.Irecv([y.numpy(), MPI.INT64_T], source=0, tag=DATA_TAG + 1)], 0, "receiving its shard")
-    return x, y

@@ -22,8 +22,9 @@ from collections import deque
 
 import torch
 
-from .chapters import Boundaries, Chapters
-from .pff_communications import Post
+from .boundaries import Boundaries
+from .chapters import Chapters
+from .communications import Post
 
 
 def train(config, world, shape, dataset=None, on_epoch=None):
@@ -56,6 +57,7 @@ def train(config, world, shape, dataset=None, on_epoch=None):
                 unread.append((max(0, bounds.start - size) + offset, flat))
         else:
             post.publish(slot, state, {world.rank})
+    pff.start()
     head = None
     for chapter in range(bounds.start, num_chapters):
         first, last = pff.first_epoch(chapter), pff.last_epoch(chapter)

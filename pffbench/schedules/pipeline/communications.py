@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from .timing import EpochTimer
-from .transport import wait, wait_until
+from ...comm.guard import wait, wait_until
+from ...instrument.timer import EpochTimer
 
 ACTIVATION_TAG = 11
 AHEAD = 8  # messages a sender may run ahead: 8 x 5 ms of compute rides out a stall of either rank

@@ -1,0 +1,1 @@
+"""MPI shared by every schedule: the guarded waits (guard) and the collectives (collectives)."""

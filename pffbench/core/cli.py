@@ -1,0 +1,140 @@
+"""The command line of `python -m pffbench.run`: the parser, presets, and the
+Config it makes (validated by core/validate.py before any MPI communication,
+so every rank reaches the same verdict from the same argv)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from .config import CLASSIFIERS, DATASETS, DEVICES, NEGATIVES, PARTITIONS, TRANSPORTS, Config, UsageError, one_line
+from .validate import validate
+from .variants import VARIANTS
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so the
+    caller decides which rank speaks."""
+
+    def error(self, message):
+        raise UsageError(one_line(message))
+
+
+def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParser:
+    d = Config()
+    p = _Parser(prog=prog, description="Train a Forward-Forward network with its layers pipelined over MPI ranks "
+                "and append the run's timings to an HDF5 file. Launch with e.g. "
+                "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
+    p.add_argument("--variant", default=d.variant, choices=tuple(VARIANTS),
+                   help="training schedule (default: %(default)s: layers pipelined over ranks)")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="data set (default: %(default)s)")
+    data.add_argument("--data-dir", default=None, metavar="DIR",
+                      help="data cache; default $PFFBENCH_DATA, else ./data (bundled MNIST is always found)")
+    data.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
+    model = p.add_argument_group("model and training")
+    model.add_argument("--layers", type=_int_list, default=d.layers, metavar="W1,W2,...",
+                       help="hidden layer widths (default: %s)" % ",".join(map(str, d.layers)))
+    model.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    model.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
+    model.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate per layer (default: %(default)s)")
+    model.add_argument("--threshold", type=float, default=d.threshold,
+                       help="goodness threshold, in mean squared activity per unit (default: %(default)s)")
+    model.add_argument("--sharpness", type=float, default=d.sharpness,
+                       help="slope k of the logistic loss on (goodness - threshold) (default: %(default)s)")
+    model.add_argument("--cooldown", type=float, default=d.cooldown, metavar="FRACTION",
+                       help="learning rate decays linearly to 0 from this fraction of training on; "
+                            "1 = constant (default: %(default)s)")
+    model.add_argument("--score-layers", type=_int_list, default=None, metavar="I,J,...",
+                       help="0-based layers whose goodness is summed to classify "
+                            "(default: all; the paper's presets: all but the first)")
+    model.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    run = p.add_argument_group("execution")
+    run.add_argument("--threads", type=int, default=d.threads,
+                     help="torch threads per rank; 0 = cores on the node / ranks on the node (default)")
+    run.add_argument("--device", default=d.device, choices=DEVICES,
+                     help="cpu, or cuda: GPU = local rank mod GPU count (default: %(default)s)")
+    run.add_argument("--transport", default=d.transport, choices=TRANSPORTS,
+                     help="pipeline activations: auto = a shared-memory ring between ranks on one node and MPI "
+                          "messages between nodes; p2p = MPI messages everywhere (default: %(default)s)")
+    run.add_argument("--eval-every", type=int, default=d.eval_every, metavar="K",
+                     help="also measure test accuracy every K epochs (0 = only at the end; default)")
+    output = p.add_argument_group("output")
+    output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
+                        "(default: %(default)s)")
+    output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
+    output.add_argument("--model-out", default=None, metavar="FILE.pt",
+                        help="save the trained layers (and classifier heads) here")
+    output.add_argument("--trace", action="store_true",
+                        help="also record every timed block (compute, send/receive wait, ...) per rank with its "
+                             "start and end, for timeline plots (every variant)")
+    pff = p.add_argument_group("the paper's PFF variants (single-layer, all-layers, federated, perf-opt)")
+    pff.add_argument("--neg", default=d.neg, choices=NEGATIVES,
+                     help="negative labels: random each chapter, fixed once, adaptive (most-predicted wrong label, "
+                          "each chapter), adaptive-sampled (drawn from the model's softmax); the pipeline "
+                          "variant makes random ones per minibatch (default: %(default)s)")
+    pff.add_argument("--classifier", default=d.classifier, choices=CLASSIFIERS,
+                     help="goodness (argmax of summed goodness) or softmax (a linear head on the scoring "
+                          "layers' normalized activities) (default: %(default)s)")
+    pff.add_argument("--splits", type=int, default=d.splits, metavar="S",
+                     help="chapters; must divide --epochs; 0 = one chapter per epoch (default)")
+    pff.add_argument("--softmax-lr", type=float, default=d.softmax_lr,
+                     help="Adam learning rate of the softmax head (paper: 1e-4) (default: %(default)s)")
+    pff.add_argument("--shards", type=int, default=d.shards, metavar="K",
+                     help="federated: data shards, K >= ranks, rank r holds shards r, r+N, ...; 0 = one per rank")
+    pff.add_argument("--partition", default=d.partition, choices=PARTITIONS,
+                     help="federated: iid shards, or label-skew (each shard at most --classes-per-shard classes, or "
+                          "classes/shards rounded up if more: every example is in a shard)")
+    pff.add_argument("--classes-per-shard", type=int, default=d.classes_per_shard, metavar="M",
+                     help="federated label-skew: classes per shard (default: %(default)s)")
+    pff.add_argument("--preset", default=None, metavar="NAME",
+                     help="settings of a row of the paper's Tables 1-5; explicit flags override (see --list-presets)")
+    pff.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
+    rel = p.add_argument_group("reliability")
+    rel.add_argument("--peer-timeout", type=float, default=d.peer_timeout, metavar="SECONDS",
+                     help="abort the job when a rank waits this long on a peer (a hung or lost rank) "
+                          "(default: %(default)s)")
+    rel.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                     help="save every rank's state here at each epoch (pipeline) or chapter (PFF variants) "
+                          "boundary, and on SIGTERM/SIGINT")
+    rel.add_argument("--resume", action="store_true",
+                     help="continue from the newest checkpoint in --checkpoint-dir that every rank completed "
+                          "(starts from scratch if there is none)")
+    from ..reliability.faults import rank_epoch
+    for flag in ("--inject-fault", "--inject-hang", "--inject-nan"):  # for tests: see pffbench/reliability/faults.py
+        p.add_argument(flag, type=rank_epoch, default=None, metavar="RANK:EPOCH", help=argparse.SUPPRESS)
+    return p
+
+
+class _ListPresets(argparse.Action):
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..presets import listing
+        print(listing())
+        parser.exit(0)
+
+
+def parse_config(argv=None) -> Config:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset is not None:
+        from ..presets import PRESETS
+        if args.preset not in PRESETS:
+            raise UsageError(f"unknown --preset {args.preset!r}: see --list-presets")
+        parser.set_defaults(**PRESETS[args.preset].settings)  # explicit flags still win
+        args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    config = Config(**values)
+    validate(config)
+    return config

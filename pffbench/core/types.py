@@ -1,0 +1,36 @@
+"""The types every schedule shares: what each rank knows of the data
+(``Shape``), what a schedule returns (``TrainResult``), and the minibatch
+sizes of an epoch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Shape:
+    """What every rank must know about the data (only rank 0 holds it)."""
+    num_train: int
+    num_features: int
+    num_classes: int
+
+
+@dataclass
+class TrainResult:
+    """Everything rank 0 reports; other ranks get None."""
+    timing: np.ndarray          # [ranks, epochs, len(COLUMNS)]
+    loss: np.ndarray            # [layers, epochs], mean FF loss per minibatch
+    test_accuracy: np.ndarray   # [epochs], NaN where not evaluated
+    linears: list               # the trained layers, on the CPU
+    dims: list[int]
+    blocks: list[range]
+    arrays: dict = field(default_factory=dict)  # variant-specific datasets for the results file
+    attrs: dict = field(default_factory=dict)   # variant-specific attributes for the results file
+    heads: list = field(default_factory=list)   # classifier heads on the CPU (softmax, per-layer), for --model-out
+
+
+def batch_rows(num_train: int, batch_size: int) -> list[int]:
+    """The rows of each minibatch of an epoch: full ones, then the rest."""
+    full, rest = divmod(num_train, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])

@@ -1,0 +1,143 @@
+"""Validation of a Config: one line (UsageError) if it cannot run.
+
+Runs before any MPI communication, so every rank reaches the same verdict
+from the same argv and exits with the same code.  What a variant accepts
+comes from its entry in core/variants.py.
+"""
+from __future__ import annotations
+
+import math
+
+from .config import Config, UsageError
+from .variants import VARIANTS
+
+
+def validate(config: Config, world_size: int | None = None) -> None:
+    """Raise UsageError with one line if the configuration cannot run
+    (``world_size`` None: what can be checked without knowing the ranks)."""
+    variant = VARIANTS[config.variant]
+    _check_limits(config)
+    _check_reliability(config, variant, world_size)
+    _check_values(config)
+    if variant.baseline:
+        _validate_baseline(config, world_size)
+        return
+    _validate_pff(config, world_size)
+    if world_size is not None and variant.family == "pipeline" and world_size > len(config.layers):
+        raise UsageError(f"{world_size} ranks but only {len(config.layers)} layers: "
+                         f"use at most {len(config.layers)} ranks or more --layers")
+
+
+def _check_limits(config: Config) -> None:
+    """Finite numbers, and sizes pffbench can run."""
+    floats = {"--lr": config.lr, "--threshold": config.threshold, "--sharpness": config.sharpness,
+              "--cooldown": config.cooldown, "--softmax-lr": config.softmax_lr, "--peer-timeout": config.peer_timeout}
+    for flag, value in floats.items():
+        if not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, got {value}")
+    if not config.peer_timeout > 0:
+        raise UsageError(f"--peer-timeout must be positive, got {config.peer_timeout}")
+    limits = {"--epochs": (config.epochs, 10 ** 6), "--batch-size": (config.batch_size, 2 ** 31 - 1),
+              "--threads": (config.threads, 4096), "--shards": (config.shards, 10 ** 6),
+              "--classes-per-shard": (config.classes_per_shard, 10 ** 4), "--splits": (config.splits, 10 ** 6),
+              "--layers widths": (max(config.layers, default=0), 10 ** 6)}
+    for flag, (value, limit) in limits.items():
+        if value > limit:
+            raise UsageError(f"{flag} {value} is beyond what pffbench can run (at most {limit})")
+    if config.seed >= 2 ** 32:
+        raise UsageError(f"--seed must be below 2**32, got {config.seed}")
+
+
+def _check_reliability(config: Config, variant, world_size: int | None) -> None:
+    """Checkpoints and the hidden fault-injection flags."""
+    if config.resume and not config.checkpoint_dir:
+        raise UsageError("--resume needs --checkpoint-dir DIR (where the checkpoints are)")
+    if config.checkpoint_dir is not None and not variant.checkpointable:
+        raise UsageError(f"--checkpoint-dir and --resume work with the FF variants, not {config.variant}")
+    if config.inject_nan is not None and not variant.checks_finite:
+        raise UsageError(f"--inject-nan tests the FF variants' checks for non-finite layers; {config.variant} has none")
+    for flag in ("inject_fault", "inject_hang", "inject_nan"):
+        spec = getattr(config, flag)
+        if spec is None:
+            continue
+        rank, epoch = spec
+        if epoch >= config.epochs or (world_size is not None and rank >= world_size):
+            raise UsageError(f"--{flag.replace('_', '-')} {rank}:{epoch}: no such rank or epoch "
+                             f"({world_size or '?'} ranks, {config.epochs} epochs)")
+
+
+def _check_values(config: Config) -> None:
+    """Every variant's numbers in their ranges."""
+    positive = {"--epochs": config.epochs, "--batch-size": config.batch_size}
+    for flag, value in positive.items():
+        if value <= 0:
+            raise UsageError(f"{flag} must be positive, got {value}")
+    if any(width <= 0 for width in config.layers):
+        raise UsageError(f"--layers widths must be positive, got {','.join(map(str, config.layers))}")
+    if not config.lr > 0:
+        raise UsageError(f"--lr must be positive, got {config.lr}")
+    if not config.threshold > 0:
+        raise UsageError(f"--threshold must be positive, got {config.threshold}")
+    if not config.sharpness > 0:
+        raise UsageError(f"--sharpness must be positive, got {config.sharpness}")
+    if not 0 <= config.cooldown <= 1:
+        raise UsageError(f"--cooldown must be in [0, 1], got {config.cooldown}")
+    if config.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {config.threads}")
+    if config.eval_every < 0:
+        raise UsageError(f"--eval-every must be >= 0, got {config.eval_every}")
+    if config.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {config.seed}")
+    if config.score_layers is not None:
+        bad = [i for i in config.score_layers if not 0 <= i < len(config.layers)]
+        if bad:
+            raise UsageError(f"--score-layers {bad} out of range for {len(config.layers)} layers (0-based)")
+
+
+def _validate_pff(config: Config, world_size: int | None) -> None:
+    chapters = config.splits or config.epochs
+    if config.splits < 0:
+        raise UsageError(f"--splits must be >= 0, got {config.splits}")
+    if config.epochs % chapters:
+        raise UsageError(f"--splits {config.splits} does not divide --epochs {config.epochs}")
+    if not config.softmax_lr > 0:
+        raise UsageError(f"--softmax-lr must be positive, got {config.softmax_lr}")
+    if config.shards < 0 or config.classes_per_shard < 1:
+        raise UsageError("--shards must be >= 0 and --classes-per-shard >= 1")
+    if VARIANTS[config.variant].family == "pipeline":
+        if config.neg != "random" or config.classifier != "goodness" or config.splits:
+            raise UsageError("the pipeline variant makes random negatives per minibatch and classifies by goodness: "
+                             "--neg, --classifier and --splits need a PFF --variant (single-layer, all-layers, ...)")
+        return
+    if config.eval_every:
+        raise UsageError(f"--eval-every works with the pipeline variant only; {config.variant} evaluates at the end")
+    if world_size is None:
+        return
+    layers = len(config.layers)
+    if config.variant == "single-layer" and world_size not in (1, layers):
+        raise UsageError(f"single-layer needs one rank per layer ({layers}) or 1 rank (its sequential twin), "
+                         f"got {world_size} ranks")
+    if config.variant in ("all-layers", "perf-opt") and world_size > chapters:
+        raise UsageError(f"{world_size} ranks but only {chapters} chapters (--splits): chapters go round-robin, "
+                         f"so use at most {chapters} ranks")
+    if config.variant == "federated" and world_size > (config.shards or world_size):
+        raise UsageError(f"{world_size} ranks but only {config.shards} --shards: every rank needs a shard")
+
+
+def _validate_baseline(config: Config, world_size: int | None) -> None:
+    """backprop is one process (dp-backprop is its data-parallel form); the
+    PFF flags mean nothing to either."""
+    d = Config()
+    pff_flags = {"--neg": config.neg != d.neg, "--classifier": config.classifier != d.classifier,
+                 "--splits": config.splits != d.splits, "--shards": config.shards != d.shards,
+                 "--partition": config.partition != d.partition}
+    used = [flag for flag, changed in pff_flags.items() if changed]
+    if used:
+        raise UsageError(f"{', '.join(used)}: PFF flags, meaningless for {config.variant} "
+                         "(an MLP with a softmax head trained by backprop)")
+    if world_size is not None and config.variant == "backprop" and world_size > 1:
+        raise UsageError(f"backprop runs in one process, got {world_size} ranks: "
+                         f"use --variant dp-backprop for data-parallel backprop over MPI")
+    if world_size is not None and world_size > config.batch_size:
+        raise UsageError(f"{world_size} ranks but --batch-size {config.batch_size}: "
+                         "every rank needs a row of each minibatch")

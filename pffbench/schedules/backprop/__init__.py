@@ -1,0 +1,2 @@
+"""The backprop baselines on the FF net's MLP: data_parallel.py (backprop and
+dp-backprop), mlp.py (the model), communications.py (the gradient allreduce)."""

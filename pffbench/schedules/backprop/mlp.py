@@ -1,0 +1,30 @@
+"""The backprop baselines' network: the FF net's MLP (the same widths, Linear +
+ReLU layers with the same initial weights, ff.make_linear keyed by seed and
+layer index) plus a softmax head.  Pure torch."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ... import ff
+
+
+class MLP(torch.nn.Module):
+    """dims[0] -> dims[1] -> ... ReLU layers, then a linear softmax head."""
+
+    def __init__(self, dims: list[int], num_classes: int, seed: int):
+        super().__init__()
+        self.hidden = torch.nn.ModuleList(ff.make_linear(dims[i], dims[i + 1], seed, i) for i in range(len(dims) - 1))
+        self.head = ff.make_linear(dims[-1], num_classes, seed, len(dims) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for linear in self.hidden:
+            x = F.relu(linear(x))
+        return self.head(x)
+
+
+@torch.no_grad()
+def accuracy(model: MLP, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    correct = sum((model(x[i:i + batch_size]).argmax(dim=1) == y[i:i + batch_size]).sum().item()
+                  for i in range(0, x.shape[0], batch_size))
+    return correct / x.shape[0]

@@ -1,0 +1,1 @@
+"""From results to findings: cases, series and speedups (analysis)."""
