@@ -158,3 +158,33 @@ def test_run_records_per_chapter_timings(variant, tmp_path_factory):
     assert recorded.arrays["loss"].shape == (len(config.layers), epochs)
     assert recorded.attrs["variant"] == variant and recorded.attrs["splits"] == chapters
     assert np.isfinite(recorded.attrs["final_test_accuracy"])
+
+
+@pytest.mark.parametrize("variant", ["single-layer", "all-layers", "federated", "perf-opt"])
+def test_a_traced_run_records_every_timed_block_and_draws_a_timeline(variant, tmp_path_factory):
+    from pffbench import plot
+    from pffbench.core.world import World
+    from pffbench.instrument.timer import CATEGORIES
+    from pffbench.run import run
+    comm = MPI.COMM_WORLD
+    folder = comm.bcast(str(tmp_path_factory.mktemp("traced")) if comm.rank == 0 else None)
+    config = config_for(variant, comm.size, epochs=2 * comm.size, splits=comm.size, out=f"{folder}/pff.h5",
+                        name=variant, trace=True)
+    run(config, World(comm))
+    if comm.rank != 0:
+        return
+    recorded, = results.read_runs(config.out)
+    events = recorded.arrays["trace/events"]
+    assert recorded.attrs["trace_categories"] == list(CATEGORIES)
+    assert events.shape[1] == 4 and set(np.unique(events[:, 0])) == set(range(comm.size))
+    assert (events[:, 2] >= 0).all() and (events[:, 3] >= events[:, 2]).all()
+    for rank in range(comm.size):  # every timed block is in the trace: its durations sum to the table's columns
+        for index, category in enumerate(CATEGORIES):
+            mine = events[(events[:, 0] == rank) & (events[:, 1] == index)]
+            assert (mine[:, 3] - mine[:, 2]).sum() == pytest.approx(
+                recorded.arrays[f"timing/{category}"][rank].sum(), rel=1e-6, abs=1e-9)
+    fig = plot.timeline_figure(recorded)
+    assert [ax.get_title() for ax in fig.axes] == ["whole run"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [f"rank {r}" for r in range(comm.size)]
+    written = plot.make_all([recorded], f"{folder}/plots")
+    assert f"{folder}/plots/timeline.png" in written
