@@ -21,7 +21,7 @@ class Run:
     @property
     def config(self) -> dict:
         config = self.attrs.get("config") or {}
-        # A writer may have stored Config.to_json() text instead of a dict.
+        # A writer may have stored the config as JSON text instead of a dict.
         return json.loads(config) if isinstance(config, str) else config
 
 

@@ -136,8 +136,8 @@ def summary_lines(result: TrainResult, wall: float) -> list[str]:
     return lines
 
 
-def run(config: Config, world: World) -> TrainResult | None:
-    """Train and record one run; returns rank 0's result (None elsewhere)."""
+def prepare(config: Config, world: World):
+    """Threads, the checks every rank must pass, the data on rank 0: (dataset, shape)."""
     # flush denormals to zero, before torch starts its threads: Adam's moments for weights whose gradient
     # is always zero (MNIST's blank border pixels, dead ReLUs) decay into the denormal range, where every
     # update of them is slow; measured 4 % off the FF step, with no effect on what is learnt
@@ -152,6 +152,12 @@ def run(config: Config, world: World) -> TrainResult | None:
         raise UsageError(message)
     # torch imports torch._dynamo when it makes its first optimizer (~1 s): here, not on a schedule's clock
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    return dataset, shape
+
+
+def run(config: Config, world: World) -> TrainResult | None:
+    """Train and record one run; returns rank 0's result (None elsewhere)."""
+    dataset, shape = prepare(config, world)
     started = utc_now()
     hostnames = world.comm.gather(world.hostname, root=0)
     threads = world.comm.gather(torch.get_num_threads(), root=0)
@@ -179,6 +185,11 @@ def run(config: Config, world: World) -> TrainResult | None:
         "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
         **writer.provenance(), **result.attrs,
     }
+    return finish(config, result, arrays, attrs, status, stopped, wall)
+
+
+def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, status: str, stopped, wall: float):
+    """Rank 0: record the run (a stopped one, then raise its stop), save the model, print the summary."""
     try:
         name, elsewhere = record(config, arrays, attrs, status), None
     except NotRecorded as error:  # saved elsewhere: say so last, after what else the run has to do

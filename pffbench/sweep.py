@@ -35,6 +35,7 @@ from . import results
 from .core.cli import parse_config
 from .core.config import UsageError
 from .core.validate import validate
+from .store import writer
 from .study import analysis
 
 
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
             validate(config, ranks)
     except UsageError as error:
         parser.error(str(error))
-    problem = results.unappendable(opts.out)  # before any run: a bad --out would fail every one of them
+    problem = writer.unappendable(opts.out)  # before any run: a bad --out would fail every one of them
     if problem:
         parser.error(f"--out: {problem}")
     launcher = shlex.split(opts.launcher) if opts.launcher else None

@@ -30,17 +30,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParser:
+    """The parser of every flag, in groups; defaults are Config's."""
     d = Config()
     p = _Parser(prog=prog, description="Train a Forward-Forward network with its layers pipelined over MPI ranks "
                 "and append the run's timings to an HDF5 file. Launch with e.g. "
                 "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
     p.add_argument("--variant", default=d.variant, choices=tuple(VARIANTS),
                    help="training schedule (default: %(default)s: layers pipelined over ranks)")
+    _data_flags(p, d)
+    _model_flags(p, d)
+    _execution_flags(p, d)
+    _output_flags(p, d)
+    _pff_flags(p, d)
+    _reliability_flags(p, d)
+    return p
+
+
+def _data_flags(p, d: Config) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--dataset", default=d.dataset, choices=DATASETS, help="data set (default: %(default)s)")
     data.add_argument("--data-dir", default=None, metavar="DIR",
                       help="data cache; default $PFFBENCH_DATA, else ./data (bundled MNIST is always found)")
     data.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
+
+
+def _model_flags(p, d: Config) -> None:
     model = p.add_argument_group("model and training")
     model.add_argument("--layers", type=_int_list, default=d.layers, metavar="W1,W2,...",
                        help="hidden layer widths (default: %s)" % ",".join(map(str, d.layers)))
@@ -58,6 +72,9 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                        help="0-based layers whose goodness is summed to classify "
                             "(default: all; the paper's presets: all but the first)")
     model.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+
+
+def _execution_flags(p, d: Config) -> None:
     run = p.add_argument_group("execution")
     run.add_argument("--threads", type=int, default=d.threads,
                      help="torch threads per rank; 0 = cores on the node / ranks on the node (default)")
@@ -68,6 +85,9 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                           "messages between nodes; p2p = MPI messages everywhere (default: %(default)s)")
     run.add_argument("--eval-every", type=int, default=d.eval_every, metavar="K",
                      help="also measure test accuracy every K epochs (0 = only at the end; default)")
+
+
+def _output_flags(p, d: Config) -> None:
     output = p.add_argument_group("output")
     output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
                         "(default: %(default)s)")
@@ -77,6 +97,9 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     output.add_argument("--trace", action="store_true",
                         help="also record every timed block (compute, send/receive wait, ...) per rank with its "
                              "start and end, for timeline plots (every variant)")
+
+
+def _pff_flags(p, d: Config) -> None:
     pff = p.add_argument_group("the paper's PFF variants (single-layer, all-layers, federated, perf-opt)")
     pff.add_argument("--neg", default=d.neg, choices=NEGATIVES,
                      help="negative labels: random each chapter, fixed once, adaptive (most-predicted wrong label, "
@@ -99,6 +122,9 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     pff.add_argument("--preset", default=None, metavar="NAME",
                      help="settings of a row of the paper's Tables 1-5; explicit flags override (see --list-presets)")
     pff.add_argument("--list-presets", action=_ListPresets, help="list the presets and exit")
+
+
+def _reliability_flags(p, d: Config) -> None:
     rel = p.add_argument_group("reliability")
     rel.add_argument("--peer-timeout", type=float, default=d.peer_timeout, metavar="SECONDS",
                      help="abort the job when a rank waits this long on a peer (a hung or lost rank) "
@@ -112,7 +138,6 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     from ..reliability.faults import rank_epoch
     for flag in ("--inject-fault", "--inject-hang", "--inject-nan"):  # for tests: see pffbench/reliability/faults.py
         p.add_argument(flag, type=rank_epoch, default=None, metavar="RANK:EPOCH", help=argparse.SUPPRESS)
-    return p
 
 
 class _ListPresets(argparse.Action):

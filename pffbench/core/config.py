@@ -12,7 +12,6 @@ the validation core/validate.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 
 from ..data import DATASETS  # noqa: F401  (the choices of --dataset, re-exported for the CLI)
@@ -79,16 +78,6 @@ class Config:
     inject_fault: tuple[int, int] | None = _incidental(None)  # hidden test flags: RANK:EPOCH
     inject_hang: tuple[int, int] | None = _incidental(None)
     inject_nan: tuple[int, int] | None = _incidental(None)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Config":
-        values = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
-        return cls(**values)
 
 
 COMPUTING = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("computes", True))

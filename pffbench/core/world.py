@@ -24,18 +24,6 @@ class World:
     def is_first(self) -> bool:
         return self.rank == 0
 
-    @property
-    def is_last(self) -> bool:
-        return self.rank == self.size - 1
-
-    @property
-    def prev(self) -> int | None:
-        return self.rank - 1 if self.rank > 0 else None
-
-    @property
-    def next(self) -> int | None:
-        return self.rank + 1 if self.rank < self.size - 1 else None
-
     def default_threads(self) -> int:
         """The cores this rank may run on / the ranks on this node that may
         run on any of them, so p ranks on p cores never oversubscribe: unbound

@@ -31,10 +31,6 @@ class InjectedFault(RuntimeError):
     """Raised by --inject-fault."""
 
 
-class NonFiniteError(RuntimeError):
-    """NaN or Inf in a loss or in weights."""
-
-
 class RunStopped(Exception):
     """Raised on every rank at once when the ranks agreed to stop early.
 
