@@ -110,7 +110,7 @@ def ff_step_rate(width_in: int, width_out: int, batch: int, steps: int = 200) ->
     return {"step_gflops": step_flops / step / 1e9, "matmul_gflops": 2 * rows * width_in * width_out / matmul / 1e9}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pffbench.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=784, help="the first hidden layer")
     parser.add_argument("--second-width", type=int, default=0,
@@ -123,6 +123,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="keep the raw runs in this HDF5 file (default: a temp file)")
     parser.add_argument("--mpiexec", default=shutil.which("mpiexec", path=os.path.dirname(sys.executable))
                         or "mpiexec")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     opts = parser.parse_args(argv)
     for flag in ("width", "epochs", "batch_size", "repeats"):
         if getattr(opts, flag) < 1:
@@ -150,6 +155,13 @@ def main(argv=None) -> int:
         except (RuntimeError, subprocess.TimeoutExpired) as error:  # a run failed: its command and stderr
             print(f"pffbench.bench: error: {error}", file=sys.stderr)
             return 1
+    report(opts, runs, cases, cores, threads, second, first_stage, second_stage)
+    return 0
+
+
+def report(opts, runs: dict, cases: list, cores: int, threads: int, second: int, first_stage: float,
+           second_stage: dict) -> None:
+    """The table of the measured cases, the speedups at p = 2 and the FF step's rate."""
     seconds = {case: np.median([training_seconds(r) for r in rs]) for case, rs in runs.items()}
     minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
     bound = pipeline_bound(2, minibatches)
@@ -178,7 +190,6 @@ def main(argv=None) -> int:
     rate = ff_step_rate(opts.width, second, opts.batch_size)
     print(f"FF step ({opts.width}->{second}) {rate['step_gflops']:.1f} GFLOP/s vs matmul "
           f"{rate['matmul_gflops']:.1f} GFLOP/s on {threads} thread(s): {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
-    return 0
 
 
 if __name__ == "__main__":

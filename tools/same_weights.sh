@@ -7,8 +7,9 @@
 #
 #   tools/same_weights.sh [REV]        e.g. tools/same_weights.sh pre-layout
 #
-# Synthetic data, 2 epochs of a 64,64 net, one torch thread per rank in both trees.  PYTHON and MPIEXEC
-# default to the repository's .venv.
+# Synthetic data, 2 epochs of a 64,64 net, one torch thread per rank in both trees.  The "-resumed" runs
+# check checkpoints: REV writes them in a complete run, then both trees resume from a copy of them (so
+# checkpoints written by REV must still resume here).  PYTHON and MPIEXEC default to the repository's .venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 REV="${1:-pre-layout}"
@@ -30,6 +31,8 @@ RUNS=(  # name ranks flags...
   "perf-opt-p2 2 --variant perf-opt --splits 2"
   "backprop-p1 1 --variant backprop"
   "dp-backprop-p2 2 --variant dp-backprop"
+  "pipeline-p2-resumed 2 --variant pipeline --epochs 3 --checkpoint-dir ckpt --resume"
+  "all-layers-p2-resumed 2 --variant all-layers --epochs 4 --splits 4 --checkpoint-dir ckpt --resume"
 )
 
 train() {  # tree out-folder name ranks flags...
@@ -43,10 +46,17 @@ train() {  # tree out-folder name ranks flags...
 status=0
 for spec in "${RUNS[@]}"; do
   read -r name ranks flags <<<"$spec"
+  if [[ " $flags " == *" --resume "* ]]; then  # REV's complete run writes the checkpoints both trees resume from
+    # shellcheck disable=SC2086
+    train "$OLD" "$WORK/first" "$name" "$ranks" ${flags/--resume/} || { status=1; continue; }
+    mkdir -p "$WORK/old" "$WORK/new"
+    cp -r "$WORK/first/ckpt" "$WORK/old/ckpt" && cp -r "$WORK/first/ckpt" "$WORK/new/ckpt"
+  fi
   # shellcheck disable=SC2086
   train "$OLD" "$WORK/old" "$name" "$ranks" $flags || { status=1; continue; }
   # shellcheck disable=SC2086
   train "$ROOT" "$WORK/new" "$name" "$ranks" $flags || { status=1; continue; }
+  rm -rf "$WORK/first/ckpt" "$WORK/old/ckpt" "$WORK/new/ckpt"
   "$PYTHON" - "$WORK/old" "$WORK/new" "$name" "$REV" <<'PY' || status=1
 import sys
 
@@ -93,7 +103,8 @@ model_diff = same(torch.load(f"{old}/{name}.pt", weights_only=False),
 a, b = layout(f"{old}/{name}.h5"), layout(f"{new}/{name}.h5")
 layout_diff = sorted(set(map(repr, a)) ^ set(map(repr, b)))
 if not model_diff and not layout_diff:
-    print(f"{name}: identical (model bits, results layout: {len(a)} objects)")
+    resumed = " (resumed from REV's checkpoint)" if name.endswith("-resumed") else ""
+    print(f"{name}: identical (model bits, results layout: {len(a)} objects){resumed}")
     sys.exit(0)
 print(f"{name}: DIFFERS from {rev}: " + "; ".join(model_diff[:5] + layout_diff[:5]))
 sys.exit(1)

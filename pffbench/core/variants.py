@@ -18,6 +18,11 @@ AGREEMENTS = ("epoch", "chapters", None)
 
 @dataclass(frozen=True)
 class Variant:
+    """One variant.  Which flags it takes follows from its family
+    (core/validate.py): the PFF flags (--neg, --classifier, --splits, --shards,
+    --partition, ...) only the "pff" family's, which evaluate at the end only
+    (no --eval-every); --checkpoint-dir/--resume and --inject-nan as the
+    fields below say."""
     name: str
     family: str          # "pipeline", "pff" (the paper's variants) or "backprop" (the baselines)
     module: str          # its train(config, world, shape, dataset, on_epoch)

@@ -4,9 +4,9 @@ Nothing here is stored: every statistic is recomputed from the raw per-rank,
 per-epoch timing arrays of the runs in a results file.
 
 Runs are grouped into *cases*: the same configuration (the settings that
-change what is computed or how long it takes, core/config.py, except
-threads), on the same machine (rank 0's hostname), with the same number of ranks p and threads per
-rank.  A case's repetitions are its sample.  The cases of one configuration
+change what is computed or how long it takes, core/config.py, but threads),
+on the same machine (rank 0's hostname), with the same number of ranks p and
+threads per rank.  A case's repetitions are its sample.  The cases of one configuration
 at different p form a *series*; its base case is p = 1 with the same threads
 per rank (speedup S = T1 / Tp, efficiency E = S / p), and its best single
 process is p = 1 with the most threads (a second speedup, against the best a

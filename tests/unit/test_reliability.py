@@ -191,6 +191,21 @@ def test_resuming_with_other_settings_is_a_usage_error(tmp_path):
         checkpoint.Checkpoints(str(tmp_path), MPI.COMM_SELF, Config(dataset="synthetic", layers=(8, 9))).load_latest()
 
 
+def test_settings_that_change_nothing_computed_may_differ_on_resume(tmp_path):
+    """The one list (Config field metadata): the fingerprint holds exactly the settings that change what is
+    computed; a checkpoint written when --transport was still in it (pffbench before issue 11) resumes."""
+    from pffbench.core.config import COMPUTING
+    _checkpoints(tmp_path).save(1, {"epoch": 1})
+    marker = tmp_path / "epoch-000001" / checkpoint.MARKER
+    written = json.loads(marker.read_text())
+    assert set(written["config"]) == set(COMPUTING) and "transport" not in COMPUTING and "device" not in COMPUTING
+    written["config"]["transport"] = "auto"  # as the old fingerprint had it
+    marker.write_text(json.dumps(written))
+    assert _checkpoints(tmp_path, transport="p2p", device="cuda", threads=3).load_latest()[0] == 1
+    with pytest.raises(UsageError, match=r"other settings \(--lr\)"):
+        _checkpoints(tmp_path, lr=0.5).load_latest()
+
+
 def test_a_checkpoint_of_another_format_is_a_usage_error(tmp_path):
     _checkpoints(tmp_path).save(1, {"epoch": 1})
     marker = tmp_path / "epoch-000001" / checkpoint.MARKER

@@ -62,22 +62,22 @@ def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> 
         xs = pff.inputs(chapter)
         layers = []
         for index in range(pff.num_layers):
-            with pff.clock("recv_wait", pff.first_epoch(chapter)):
+            with pff.timer("recv_wait", pff.first_epoch(chapter)):
                 state = exchange.get(index, chapter)
             layer = pff.kind.build(index, state)
             pff.train(layer, index, chapter, xs)
-            with pff.clock("send_wait", pff.last_epoch(chapter)):
+            with pff.timer("send_wait", pff.last_epoch(chapter)):
                 exchange.publish(index, chapter, pff.state(layer))
             if index + 1 < pff.num_layers:
                 xs = pff.forward(layer, xs, chapter)
             layers.append(layer)
         head = None
         if pff.kind.has_head:
-            with pff.clock("recv_wait", pff.last_epoch(chapter)):
+            with pff.timer("recv_wait", pff.last_epoch(chapter)):
                 head = pff.kind.build_head(exchange.get(pff.head_slot, chapter))
         scores = pff.end_chapter(chapter, layers, head, next_chapter=chapter + my_chapters.step)
         if head is not None:
-            with pff.clock("send_wait", pff.last_epoch(chapter)):
+            with pff.timer("send_wait", pff.last_epoch(chapter)):
                 exchange.publish(pff.head_slot, chapter, pff.state(head))
         if scores is not None:
             pff.negatives.observe(scores)
@@ -87,7 +87,7 @@ def wavefront(pff: Chapters, exchange, my_chapters, on_epoch=None, **finish) -> 
     bounds.close()
     last, final = pff.config.epochs - 1, pff.num_chapters
     layers = head = None
-    with pff.clock("recv_wait", last):
+    with pff.timer("recv_wait", last):
         if pff.world.is_first:
             layers = [pff.kind.build(i, exchange.get(i, final)) for i in range(pff.num_layers)]
             if pff.kind.has_head:

@@ -49,7 +49,7 @@ class Boundaries:
             pff.resumed_from, state = resumed
             self.start, self.carry = state["chapter"], state["carry"]
             pff.negatives.scores, pff.loss[:] = state["scores"], state["loss"]
-            pff.clock.restore(state["clock"])
+            pff.timer.restore(state["clock"])
             if pff.world.is_first:
                 print(f"resuming from {pff.config.checkpoint_dir} after epoch {pff.resumed_from}/{pff.config.epochs}"
                       f" (chapter {self.start}/{pff.num_chapters})", flush=True)
@@ -62,9 +62,9 @@ class Boundaries:
         round_ = chapter // self.per_round
         if round_ < self.num_rounds - 1:
             epoch = self.pff.last_epoch(chapter)
-            with self.pff.clock.off(epoch):
+            with self.pff.timer.off(epoch):
                 written = self._checkpoint(round_, carry)
-            with self.pff.clock("sync", epoch):
+            with self.pff.timer("sync", epoch):
                 self._boundary(round_, written)
 
     def _checkpoint(self, round_: int, carry: dict) -> int:
@@ -74,7 +74,7 @@ class Boundaries:
         pff = self.pff
         self.error = self.error or self.checkpoints.write(self._epochs_done(round_), {
             "chapter": (round_ + 1) * self.per_round, "carry": carry, "scores": pff.negatives.scores,
-            "loss": pff.loss.copy(), "clock": pff.clock.state()})
+            "loss": pff.loss.copy(), "clock": pff.timer.state()})
         return -1 if self.error else 1
 
     def _boundary(self, round_: int, written: int) -> None:
@@ -91,7 +91,7 @@ class Boundaries:
 
     def close(self) -> None:
         """After this rank's last chapter: a non-finite layer anywhere fails the run."""
-        with self.pff.clock("sync", self.pff.config.epochs - 1):
+        with self.pff.timer("sync", self.pff.config.epochs - 1):
             self.agreement.post(self.num_rounds - 1, [0, 0, *(self.pff.failure or (0, 0, 0, 0))])
             for past, table in self.agreement.due():
                 self._settle(past, table)
@@ -133,7 +133,7 @@ class Boundaries:
         loss = collectives.sum_to_root(comm, pff.loss)
         if loss is not None:
             loss /= self.loss_divisor
-        raise outcome.stop(comm, pff.clock, loss, np.full(pff.config.epochs, np.nan), epochs_done, failure, signum,
+        raise outcome.stop(comm, pff.timer, loss, np.full(pff.config.epochs, np.nan), epochs_done, failure, signum,
                            self.committed == epochs_done, pff.dims, self.blocks,
                            attrs={"splits": pff.num_chapters, "epochs_per_chapter": pff.per_chapter,
                                   "stop_posted_after_epoch": epochs_done if seen is None else seen})

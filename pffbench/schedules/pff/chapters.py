@@ -59,7 +59,7 @@ class Chapters:
         self.per_chapter = config.epochs // self.num_chapters
         self.kind = kind or FFKind(config, self.dims, shape.num_classes, self.device)
         x, y = collectives.share_training_data(world.comm, dataset, rows_per_rank)
-        self.clock = GapTimer(config.epochs, trace=config.trace, device=self.device)  # started by start()
+        self.timer = GapTimer(config.epochs, trace=config.trace, device=self.device)  # started by start()
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.dataset = dataset
         self.batches = batch_rows(self.x.shape[0], config.batch_size)
@@ -71,9 +71,9 @@ class Chapters:
 
     def start(self) -> None:
         """Set-up is over (data shared, links and checkpoints ready): every
-        rank starts its clock together (see pffbench/instrument/timer.py)."""
+        rank starts its timer together (see pffbench/instrument/timer.py)."""
         guard.barrier(self.world.comm, "set-up")
-        self.clock.start()
+        self.timer.start()
 
     def slot_sizes(self) -> dict[int, int]:
         sizes = {i: sum(p.numel() for p in self.kind.parameters(self.kind.build(i))) for i in range(self.num_layers)}
@@ -93,13 +93,13 @@ class Chapters:
 
     def inputs(self, chapter: int):
         """The first layer's inputs in ``chapter``, with the chapter's negatives."""
-        with self.clock("data", self.first_epoch(chapter)):
+        with self.timer("data", self.first_epoch(chapter)):
             wrong = self.negatives.for_chapter(chapter) if self.kind.uses_negatives else None
             return self.kind.inputs(self.x, self.y, wrong)
 
     def forward(self, layer, xs, chapter: int) -> tuple:
         """The next layer's inputs: the paper recomputes them locally, once per chapter."""
-        with self.clock("data", self.first_epoch(chapter)):
+        with self.timer("data", self.first_epoch(chapter)):
             return self.kind.forward(layer, xs)
 
     def _epochs_of_minibatches(self, chapter: int, key: int, step, linear=None):
@@ -109,7 +109,7 @@ class Chapters:
         half = len(self.batches) // 2
         for epoch in range(self.first_epoch(chapter), self.last_epoch(chapter) + 1):
             faults.at_epoch_start(self.config, self.world.rank, epoch)
-            with self.clock("compute", epoch):
+            with self.timer("compute", epoch):
                 order = torch.randperm(self.x.shape[0], generator=generator(self.config.seed, chapter, key, epoch))
                 order = order.to(self.device)
                 loss, start = torch.zeros((), device=self.device), 0
@@ -146,7 +146,7 @@ class Chapters:
         the new layers, and return the label scores adaptive negatives need
         in ``next_chapter`` (None if there is none)."""
         if head is not None:
-            with self.clock("compute", self.last_epoch(chapter)):
+            with self.timer("compute", self.last_epoch(chapter)):
                 linears = [layer.linear for layer in layers]
                 features = heads.features(linears, self.x, self.shape.num_classes, self.kind.score_layers)
 
@@ -158,7 +158,7 @@ class Chapters:
             self.check(head.parameters(), self.head_slot, chapter)
         if not (self.kind.uses_negatives and self.negatives.adaptive) or next_chapter >= self.num_chapters:
             return None
-        with self.clock("compute", self.last_epoch(chapter)):
+        with self.timer("compute", self.last_epoch(chapter)):
             return self.kind.scores(layers, head, self.x)
 
     def finish(self, layers, head, blocks: list[range], on_epoch=None, loss_divisor: int = 1,
@@ -172,13 +172,13 @@ class Chapters:
         if self.resumed_from is not None:
             attrs["resumed_from_epoch"] = self.resumed_from
         if self.world.is_first:
-            with self.clock("eval", last):
+            with self.timer("eval", last):
                 accuracy[last], more = self.kind.evaluate(layers, head, self.dataset.x_test.to(self.device),
                                                           self.dataset.y_test.to(self.device))
             attrs.update(more)
-        with self.clock("sync", last):
+        with self.timer("sync", last):
             loss = collectives.sum_to_root(self.world.comm, self.loss)
-        chapters = collectives.gather_rows(self.world.comm, chapter_table(self.clock.table(), self.per_chapter))
+        chapters = collectives.gather_rows(self.world.comm, chapter_table(self.timer.table(), self.per_chapter))
         if self.world.is_first:
             loss /= loss_divisor
             arrays = dict(arrays or {})
@@ -186,7 +186,7 @@ class Chapters:
         classifier_heads = [layer.head.cpu() for layer in layers or () if hasattr(layer, "head")]  # perf-opt
         if head is not None:
             classifier_heads.append(head.linear.cpu())
-        result = outcome.finish(self.world.comm, self.clock, self.config.trace, loss=loss, test_accuracy=accuracy,
+        result = outcome.finish(self.world.comm, self.timer, self.config.trace, loss=loss, test_accuracy=accuracy,
                                 linears=[layer.linear.cpu() for layer in layers or ()], dims=self.dims,
                                 blocks=blocks, arrays=arrays, attrs=attrs, heads=classifier_heads)
         if result is not None:

@@ -68,18 +68,18 @@ class SingleLayer:
         pff, post = self.pff, self.post
         first, last = pff.first_epoch(chapter), pff.last_epoch(chapter)
         if chapter >= self.size and pff.negatives.adaptive:  # the scores of chapter - N
-            with pff.clock("recv_wait", first):
+            with pff.timer("recv_wait", first):
                 scores = post.get(pff.scores_slot, self.last_rank)
             pff.negatives.observe(torch.from_numpy(scores).view(-1, pff.shape.num_classes))
         xs = pff.inputs(chapter)
         layers = []
         for index in range(self.mine.stop):
-            with pff.clock("recv_wait", first):
+            with pff.timer("recv_wait", first):
                 state = None if index in self.mine and chapter == 0 else post.get(index, self.owner(index))
             layer = pff.kind.build(index, state)
             if index in self.mine:
                 pff.train(layer, index, chapter, xs)
-                with pff.clock("send_wait", last):
+                with pff.timer("send_wait", last):
                     post.publish(index, pff.state(layer), self.consumers(index, chapter))
             elif chapter + 1 < pff.num_chapters:
                 post.expect(index, self.owner(index))  # next chapter's copy arrives while we train
@@ -96,10 +96,10 @@ class SingleLayer:
         adaptive negatives read, published; returns the head."""
         pff, post, last = self.pff, self.post, self.pff.last_epoch(chapter)
         if pff.kind.has_head:
-            with pff.clock("recv_wait", last):
+            with pff.timer("recv_wait", last):
                 head = pff.kind.build_head(None if chapter == 0 else post.get(pff.head_slot, self.last_rank))
         scores = pff.end_chapter(chapter, layers, head, next_chapter=chapter + self.size)
-        with pff.clock("send_wait", last):
+        with pff.timer("send_wait", last):
             if head is not None:
                 carry[pff.head_slot] = pff.state(head)
                 post.publish(pff.head_slot, carry[pff.head_slot],
@@ -117,7 +117,7 @@ class SingleLayer:
         """Rank 0 gets the last chapter's layers (and head) to evaluate: (layers, head), None elsewhere."""
         pff, post = self.pff, self.post
         layers = head = None
-        with pff.clock("recv_wait", pff.config.epochs - 1):
+        with pff.timer("recv_wait", pff.config.epochs - 1):
             if pff.world.is_first:
                 layers = [pff.kind.build(i, post.get(i, self.owner(i))) for i in range(pff.num_layers)]
                 if pff.kind.has_head:
