@@ -101,6 +101,11 @@ def layout(path):
 model_diff = same(torch.load(f"{old}/{name}.pt", weights_only=False),
                   torch.load(f"{new}/{name}.pt", weights_only=False), "model")
 a, b = layout(f"{old}/{name}.h5"), layout(f"{new}/{name}.h5")
+if name.endswith("-resumed"):  # both really resumed from REV's checkpoint
+    for tree in (old, new):
+        with h5py.File(f"{tree}/{name}.h5", "r") as f:
+            if "resumed_from_epoch" not in f[f"runs/{name}"].attrs:
+                model_diff.append(f"{tree}: did not resume")
 layout_diff = sorted(set(map(repr, a)) ^ set(map(repr, b)))
 if not model_diff and not layout_diff:
     resumed = " (resumed from REV's checkpoint)" if name.endswith("-resumed") else ""
