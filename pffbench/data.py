@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .datasets.cifar import _load_cifar10
-from .datasets.files import (BUNDLED_DIRS, CIFAR_FOLDER, CIFAR_TARBALL, IDX_FILES, MD5, MIRRORS,  # noqa: F401
+from .datasets.files import (BUNDLED_DIRS, CIFAR_FOLDER, CIFAR_TARBALL, CLASS_NAMES, IDX_FILES, MD5, MIRRORS,  # noqa: F401
                              _MD5_OF_DECOMPRESSED, DataError, Dataset, _read_verified, default_data_dir, fetch)
 from .datasets.idx import _idx_folder, _load_idx_dataset
 from .datasets.images import _load_imagefolder
@@ -62,7 +62,8 @@ def _check(name: str, data_dir: str) -> list[str]:
     else:
         dataset = load_dataset(name, data_dir)
         return [f"ok  {name}: {len(dataset.x_train)} train / {len(dataset.x_test)} test, "
-                f"shape {dataset.image_shape}, {dataset.num_classes} classes (no published checksums)"]
+                f"shape {dataset.image_shape}, {dataset.num_classes} classes "
+                f"({', '.join(dataset.class_names)}; no published checksums)"]
     of = " of decompressed bytes" if name in _MD5_OF_DECOMPRESSED else ""
     for path in paths:
         _read_verified(name, path, data_dir)

@@ -182,7 +182,8 @@ def run(config: Config, world: World) -> TrainResult | None:
         "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
         "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
         "wall_time": wall, "minibatches_per_epoch": len(batch_rows(shape.num_train, config.batch_size)),
-        "num_train": shape.num_train, "start_utc": started, "end_utc": utc_now(),
+        "num_train": shape.num_train, "class_names": list(dataset.class_names),
+        "start_utc": started, "end_utc": utc_now(),
         **writer.provenance(), **result.attrs,
     }
     return finish(config, result, arrays, attrs, status, stopped, wall)
@@ -201,7 +202,7 @@ def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, statu
             print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
         raise stopped  # its own exit code (interrupted, failed)
     if config.model_out:
-        save_model(config, result, config.model_out)
+        save_model(config, result, config.model_out, attrs["class_names"])
     for line in summary_lines(result, wall):
         print(line)
     if elsewhere:
@@ -234,10 +235,11 @@ def record(config: Config, arrays: dict, attrs: dict, status: str) -> str:
     raise NotRecorded(f"{problem}; the run could not be saved anywhere else either")
 
 
-def save_model(config: Config, result: TrainResult, path: str) -> None:
-    """--model-out: the config, dims, layers and heads, written atomically."""
+def save_model(config: Config, result: TrainResult, path: str, class_names=()) -> None:
+    """--model-out: the config, dims, what each label means (``class_names``:
+    label i is the i-th name), layers and heads, written atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    model = {"config": dataclasses.asdict(config), "dims": result.dims,
+    model = {"config": dataclasses.asdict(config), "dims": result.dims, "class_names": list(class_names),
              "layers": [linear.state_dict() for linear in result.linears],
              "heads": [head.state_dict() for head in result.heads]}
     atomic_write(path, lambda f: torch.save(model, f))

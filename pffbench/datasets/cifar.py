@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import (CIFAR_FOLDER, CIFAR_TARBALL, MIRRORS, DataError, Dataset, _bad_file, _BadFile, _fetch_hint,
-                    _read_verified, fetch)
+from .files import (CIFAR_FOLDER, CIFAR_TARBALL, CLASS_NAMES, MIRRORS, DataError, Dataset, _bad_file, _BadFile,
+                    _fetch_hint, _read_verified, fetch)
 from .idx import _to_unit_float
 
 _CIFAR_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
@@ -49,7 +49,8 @@ def _load_cifar10(data_dir: str, download: bool) -> Dataset:
     x_test, y_test = batches[5]
     # CIFAR rows are already channel-first (1024 red, 1024 green, 1024 blue).
     return Dataset("cifar10", _to_unit_float(x_train), torch.from_numpy(y_train),
-                   _to_unit_float(x_test), torch.from_numpy(y_test), num_classes=10, image_shape=(3, 32, 32))
+                   _to_unit_float(x_test), torch.from_numpy(y_test), num_classes=10, image_shape=(3, 32, 32),
+                   class_names=CLASS_NAMES["cifar10"])
 
 
 def _cifar_from_tarball(tarball: Path, data_dir: str) -> list[tuple[str, bytes]]:

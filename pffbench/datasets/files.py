@@ -54,6 +54,13 @@ MIRRORS: dict[str, list[str]] = {
 BUNDLED_DIRS: dict[str, Path] = {"mnist": Path(__file__).resolve().parents[2] / "data" / "mnist"}
 
 _TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+# label order as published: Zalando's README, and batches.meta of the CIFAR-10 tarball
+CLASS_NAMES = {"mnist": tuple("0123456789"),
+               "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                 "Sneaker", "Bag", "Ankle boot"),
+               "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                           "truck"),
+               "synthetic": tuple(f"prototype {i}" for i in range(10))}
 _DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -78,6 +85,7 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     image_shape: tuple  # (C, H, W) of images, (D,) for vectors
+    class_names: tuple[str, ...] = ()  # what label i means, in label order (recorded with the run)
 
     @property
     def num_features(self) -> int:

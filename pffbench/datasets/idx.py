@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import (BUNDLED_DIRS, IDX_FILES, _TITLES, DataError, Dataset, _bad_file, _BadFile, _fetch_hint,
-                    _read_verified, fetch)
+from .files import (BUNDLED_DIRS, CLASS_NAMES, IDX_FILES, _TITLES, DataError, Dataset, _bad_file, _BadFile,
+                    _fetch_hint, _read_verified, fetch)
 
 
 def _load_idx_dataset(name: str, data_dir: str, download: bool) -> Dataset:
@@ -28,7 +28,7 @@ def _load_idx_dataset(name: str, data_dir: str, download: bool) -> Dataset:
                             f"{len(labels)} labels for {len(images)} images")
     return Dataset(name, _to_unit_float(train_images), torch.from_numpy(train_labels.astype(np.int64)),
                    _to_unit_float(test_images), torch.from_numpy(test_labels.astype(np.int64)),
-                   num_classes=10, image_shape=(1, 28, 28))
+                   num_classes=10, image_shape=(1, 28, 28), class_names=CLASS_NAMES[name])
 
 
 def _idx_folder(name: str, data_dir: str, download: bool) -> Path:

@@ -18,28 +18,18 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 def _load_imagefolder(root: Path) -> Dataset:
     """All images must share one size; grayscale if the first image is, else RGB.
 
+    The classes are the training split's visible subfolders in sorted order
+    (label i is the i-th name; recorded with the run as ``class_names``).
+    Hidden entries (names starting with '.': a notebook's .ipynb_checkpoints,
+    a desktop's .Trash-1000, a NAS's .snapshot, macOS's ._name files) are
+    never classes or images: as a class one would shift every label.
+
     Decoding runs in this thread: on 32x32 JPEGs most of the per-file cost is
     Python in PIL, so threads only contend for the GIL (measured slower), and
     forking workers is unsafe in an MPI process.
     """
-    splits = {}
-    for split in ("train", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            raise DataError(f"image folder {folder} not found: put images in {root}/train/<class>/ and "
-                            f"{root}/test/<class>/ (*.png, *.jpg) and pass that folder as --data-dir")
-        splits[split] = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
-    classes = splits["train"]
-    if len(classes) < 2:
-        raise DataError(f"image folder {root}/train has {len(classes)} class subfolder(s), FF needs at least 2 "
-                        f"(a negative is an image under a wrong label): expected {root}/train/<class>/*.png")
-    if splits["test"] != classes:
-        raise DataError(f"image folder {root}: test classes {splits['test']} differ from train classes {classes}")
-    files = {split: [sorted(p for p in (root / split / c).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-                     for c in classes] for split in ("train", "test")}
-    first = next((paths[0] for paths in files["train"] if paths), None)
-    if first is None or not any(files["test"]):
-        raise DataError(f"image folder {root}: no *.png/*.jpg images in train/<class>/ or test/<class>/")
+    classes, files = _image_classes(root)
+    first = files["train"][0][0]
     with _open_image(first) as image:
         size, mode = image.size, "L" if image.mode in ("1", "L") else "RGB"
     tensors = []
@@ -48,7 +38,50 @@ def _load_imagefolder(root: Path) -> Dataset:
         labels = np.repeat(np.arange(len(classes)), [len(per_class) for per_class in files[split]])
         tensors += [_decode_images(paths, size, mode, first), torch.from_numpy(labels.astype(np.int64))]
     channels = 1 if mode == "L" else 3
-    return Dataset("imagefolder", *tensors, num_classes=len(classes), image_shape=(channels, size[1], size[0]))
+    return Dataset("imagefolder", *tensors, num_classes=len(classes), image_shape=(channels, size[1], size[0]),
+                   class_names=tuple(classes))
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [path for path in _visible(folder) if path.suffix.lower() in _IMAGE_SUFFIXES]
+
+
+def _image_classes(root: Path) -> tuple[list[str], dict[str, list[list[Path]]]]:
+    """The training classes in label order and each split's images per class,
+    once both splits agree on the classes and every one has training images;
+    else a DataError naming the folder."""
+    splits = {}
+    for split in ("train", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            raise DataError(f"image folder {folder} not found: put images in {root}/train/<class>/ and "
+                            f"{root}/test/<class>/ (*.png, *.jpg) and pass that folder as --data-dir")
+        splits[split] = [entry.name for entry in _visible(folder) if entry.is_dir()]
+    classes = splits["train"]
+    if len(classes) < 2:
+        raise DataError(f"image folder {root}/train has {len(classes)} class subfolder(s), FF needs at least 2 "
+                        f"(a negative is an image under a wrong label): expected {root}/train/<class>/*.png")
+    for name in splits["test"]:
+        if name not in classes:
+            raise DataError(f"image folder {root}/test/{name} is a class that {root}/train does not have: "
+                            f"every test class must be a training class (rename, move or remove it)")
+    files = {"train": [], "test": []}
+    for name in classes:
+        if name not in splits["test"]:
+            raise DataError(f"image folder {root}/train/{name} has no test counterpart {root}/test/{name}: "
+                            f"the test split must have the same class folders")
+        files["train"].append(_images_in(root / "train" / name))
+        if not files["train"][-1]:
+            raise DataError(f"image folder {root}/train/{name} has no *.png/*.jpg/*.jpeg images: every class "
+                            f"needs training images (add some, or remove the folder)")
+        files["test"].append(_images_in(root / "test" / name))
+    if not any(files["test"]):
+        raise DataError(f"image folder {root}: no *.png/*.jpg images in test/<class>/")
+    return classes, files
 
 
 _EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")

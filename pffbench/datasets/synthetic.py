@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .files import Dataset
+from .files import CLASS_NAMES, Dataset
 
 
 def _synthetic(num_train: int = 2000, num_test: int = 500) -> Dataset:
@@ -28,4 +28,5 @@ def _synthetic(num_train: int = 2000, num_test: int = 500) -> Dataset:
 
     x_train, y_train = sample(num_train)
     x_test, y_test = sample(num_test)
-    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=classes, image_shape=(dim,))
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes=classes, image_shape=(dim,),
+                   class_names=CLASS_NAMES["synthetic"])

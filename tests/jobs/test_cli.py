@@ -159,3 +159,35 @@ def test_real_mnist_two_ranks_one_epoch_reaches_90_percent(tmp_path, mnist_dir):
     print(f"MNIST 2 ranks [784,300,300] 1 epoch: test accuracy {accuracy:.4f}")
     assert accuracy >= 0.90
     assert np.isfinite(run.arrays["loss"]).all()
+
+
+def test_imagefolder_run_records_its_class_names_and_refuses_an_empty_class(tmp_path):
+    """A notebook's .ipynb_checkpoints in both splits (as Jupyter leaves it) is
+    no class: the run trains on cat and dog only, labels 0 and 1, and says so
+    in the results file and the saved model.  An empty class folder is one
+    line, exit 2, naming it."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        for name in ("cat", "dog", ".ipynb_checkpoints"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+        for name in ("cat", "dog"):
+            for i in range(count):
+                pixels = rng.integers(0, 256, (4, 4), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / name / f"{i}.png")
+    out, model = tmp_path / "runs.h5", tmp_path / "model.pt"
+    argv = ["-m", "pffbench.run", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"),
+            "--layers", "8", "--epochs", "1", "--batch-size", "4", "--out", str(out)]
+    done = mpirun(1, *argv, "--model-out", str(model), timeout=120)
+    assert done.returncode == 0, done.stderr
+    run, = results.read_runs(str(out))
+    assert run.attrs["class_names"] == ["cat", "dog"] and run.attrs["dims"] == [16, 8]
+    assert torch.load(model)["class_names"] == ["cat", "dog"]
+    (tmp_path / "data" / "train" / "bird").mkdir()
+    (tmp_path / "data" / "test" / "bird").mkdir()
+    done = mpirun(1, *argv, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"pffbench: error: image folder {tmp_path}/data/train/bird has no *.png/*.jpg/*.jpeg images: every class "
+        f"needs training images (add some, or remove the folder)"]
+    assert len(results.read_runs(str(out))) == 1
