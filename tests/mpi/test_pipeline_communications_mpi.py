@@ -1,5 +1,7 @@
 """The pipeline's links under mpiexec -n 2 / -n 4: the shared-memory ring
 (every test run is on one node) and MPI messages carry the same messages."""
+import mmap
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,32 @@ def test_links_close_cleanly_when_a_run_stops_early(shared):
     links.close()
     comm.Barrier()  # nothing left half-done: the next collective completes
     assert np.isclose(comm.allreduce(1.0), comm.size)
+
+
+@pytest.mark.parametrize("room", ["none", "first ring"])
+def test_rings_short_of_dev_shm_become_messages_and_still_carry_every_message(monkeypatch, room):
+    """/dev/shm with no room (every link a message) or room for rank 0's
+    ring only (with 3+ ranks, the others are messages: both ends of each
+    link must agree).  Node rank 0 reports (links short, bytes needed, free)."""
+    from pffbench.comm import shm_space
+    from pffbench.schedules.pipeline.communications import _Ring
+    comm = MPI.COMM_WORLD
+    rows = [5, 3] * 10 + [1]
+    ring = _Ring.nbytes(4, max(rows), WIDTH)
+    assert ring <= mmap.PAGESIZE  # 3 cache lines and 4 slots of 5 x (7 + 1) floats: 832 bytes, one page
+    free = 0 if room == "none" else shm_space.MARGIN + mmap.PAGESIZE
+    monkeypatch.setattr(shm_space, "free_bytes", lambda path=shm_space.SHM_PATH: free)
+    links = Links(comm, EpochTimer(1), WIDTH, WIDTH, rows, ahead=3, shared=True)
+    shared_out = room == "first ring" and comm.rank == 0
+    assert links.sender is None if comm.rank == comm.size - 1 else \
+        isinstance(links.sender, RingSender if shared_out else MessageSender)
+    assert links.receiver is None if comm.rank == 0 else \
+        isinstance(links.receiver, RingReceiver if room == "first ring" and comm.rank == 1 else MessageReceiver)
+    short = comm.size - 1 - (room == "first ring")
+    assert links.shm_shortfall == ((short, ring * (comm.size - 1), free) if comm.rank == 0 and short else None)
+    for index, n in enumerate(rows):
+        if links.receiver:
+            assert_same(links.receiver.receive(), message(comm.rank - 1, index, n))
+        if links.sender:
+            links.sender.send(*message(comm.rank, index, n))
+    links.close()

@@ -21,7 +21,8 @@ the receiver, which absorbs the jitter of either rank's compute.
   is made per message: on a 2-core VM a 400 KB MPI message costs the
   receiver ~0.15-0.2 ms (copy plus the first MPI calls after a layer step,
   whose code and data a step has evicted from the caches), the ring ~0.01 ms.
-- Between nodes, or everywhere with ``--transport p2p``: buffer-based
+- Between nodes, between ranks of a node whose /dev/shm has no room for the
+  ring (see shm_space), or everywhere with ``--transport p2p``: buffer-based
   Isend/Irecv of raw float32 (never pickled) from and into preallocated
   buffers.
 """
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from ...comm import shm_space
 from ...comm.guard import wait, wait_until
 from ...instrument.timer import EpochTimer
 
@@ -88,12 +90,23 @@ class Links:
         row_counts = list(row_counts)
         max_rows = max(row_counts, default=0)
         self._window = None
+        self.shm_shortfall = None  # on a node's first rank: (links, bytes needed, bytes free) if rings did not fit
         ring_in = ring_out = None
         if shared and size > 1:
             node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=rank)
             on_node = node.allgather(rank)  # world ranks, in node-rank order
             owns_ring = rank + 1 < size and rank + 1 in on_node
             nbytes = _Ring.nbytes(ahead + 1, max_rows, out_width) if owns_ring else 0
+            # what the node's rings need against /dev/shm's free space, asked once per node: a ring that
+            # does not fit would SIGBUS its writer mid-epoch, so it becomes a message link instead
+            needs = node.allgather(nbytes)
+            free = node.bcast(shm_space.free_bytes() if node.Get_rank() == 0 else None)
+            fits = shm_space.rings_that_fit(needs, free)
+            short = sum(need > 0 for need in needs) - sum(fits)
+            if short and node.Get_rank() == 0:
+                self.shm_shortfall = (short, sum(needs), free)
+            owns_ring = owns_ring and fits[on_node.index(rank)]
+            nbytes = nbytes if owns_ring else 0
             self._window = MPI.Win.Allocate_shared(nbytes, 1, comm=node)
             self._window.Lock_all(MPI.MODE_NOCHECK)  # a passive epoch, in which Win.Sync orders loads and stores
             if owns_ring:
@@ -101,7 +114,7 @@ class Links:
             self._window.Sync()
             node.Barrier()  # every ring's counters are zeroed before anyone reads them
             node.Free()
-            if rank > 0 and rank - 1 in on_node:
+            if rank > 0 and rank - 1 in on_node and fits[on_node.index(rank - 1)]:
                 ring_in = _Ring(self._window, on_node.index(rank - 1), ahead + 1, max_rows, in_width)
         self.receiver = None if rank == 0 else (
             RingReceiver(rank - 1, ring_in, self._window, row_counts, timer) if ring_in is not None

@@ -14,10 +14,12 @@ exactly the inputs it would see sequentially, any p gives the same weights.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ... import ff
-from ...comm import collectives, guard
+from ...comm import collectives, guard, shm_space
 from ...core import outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
@@ -42,6 +44,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     timer = EpochTimer(config.epochs, trace=config.trace, device=stage.device)
     links = Links(world.comm, timer, stage.dims[stage.block.start], stage.dims[stage.block.stop],
                   [2 * n for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
+    shm_short = _report_shm_shortfall(world, links) if config.transport == "auto" and world.size > 1 else 0
     loss = np.zeros((len(config.layers), config.epochs))
     accuracy = np.full(config.epochs, np.nan)
     step = _restore(resumed[1], stage, source, timer, loss, accuracy) if resumed else 0
@@ -60,7 +63,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
             _drain(links)
             raise outcome.stop(world.comm, timer, loss if world.is_first else None, accuracy, epoch + 1, failure,
                                signum, bool(checkpoints), stage.dims, stage.blocks)
-    return _finish(config, world, stage, links, timer, loss, accuracy, start_epoch if resumed else None)
+    return _finish(config, world, stage, links, timer, loss, accuracy, start_epoch if resumed else None, shm_short)
 
 
 def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], epoch: int, step: int,
@@ -121,7 +124,8 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, loss, accur
     return failure, signum
 
 
-def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, resumed_from) -> TrainResult | None:
+def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, resumed_from,
+            shm_short: int) -> TrainResult | None:
     links.close()
     link_counts = collectives.sum_to_root(world.comm, np.array(links.counts(), dtype=np.float64))
     result = outcome.finish(world.comm, timer, config.trace, loss=loss, test_accuracy=accuracy,
@@ -131,9 +135,21 @@ def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, re
     rings, messages = link_counts
     result.attrs["transport"] = "none" if rings + messages == 0 else "messages" if not rings else \
         "shared" if not messages else "mixed"  # mixed: some links within a node, some between nodes
+    if shm_short:
+        result.attrs["shm_fallback_links"] = shm_short  # links that are messages for want of /dev/shm space
     if resumed_from is not None:
         result.attrs["resumed_from_epoch"] = resumed_from
     return result
+
+
+def _report_shm_shortfall(world: World, links: Links) -> int:
+    """How many links became messages because /dev/shm had no room for their
+    rings (summed over the nodes); rank 0 says so in one line."""
+    short = collectives.sum_to_root(world.comm, np.array(links.shm_shortfall or (0, 0, 0), dtype=np.float64))
+    if not world.is_first or not short[0]:
+        return 0
+    print(shm_space.shortfall_line(*(int(value) for value in short)), file=sys.stderr, flush=True)
+    return int(short[0])
 
 
 def _drain(links: Links) -> None:
