@@ -161,6 +161,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     started = utc_now()
     hostnames = world.comm.gather(world.hostname, root=0)
     threads = world.comm.gather(torch.get_num_threads(), root=0)
+    quotas = world.comm.gather(world.cpu_quota, root=0)
     guard.barrier(world.comm, "set-up")
     t0 = time.perf_counter()
     progress = Progress(config, shape.num_train) if world.is_first else None
@@ -179,6 +180,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     attrs = {
         "variant": config.variant, "dataset": config.dataset, "config": dataclasses.asdict(config),
         "world_size": world.size, "hostnames": hostnames, "threads_per_rank": threads,
+        "cpu_quota": quotas,
         "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
         "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
         "wall_time": wall, "minibatches_per_epoch": len(batch_rows(shape.num_train, config.batch_size)),

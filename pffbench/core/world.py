@@ -7,6 +7,8 @@ import os
 import torch
 from mpi4py import MPI
 
+from .cpu_quota import Quota, cpu_quota
+
 
 class World:
     def __init__(self, comm: MPI.Comm | None = None):
@@ -16,7 +18,12 @@ class World:
         node = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
-        self.node_masks = node.allgather(sorted(os.sched_getaffinity(0)))  # the cores each rank here may use
+        self.quota = cpu_quota()  # a container's or systemd's CPU-time limit, if any
+        self.cpu_quota = self.quota.cpus if self.quota else None
+        here = node.allgather((sorted(os.sched_getaffinity(0)), _cgroup_id(self.quota)))
+        self.node_masks = [mask for mask, _ in here]  # the cores each rank here may use
+        # the ranks here held to the same quota share it
+        self.quota_sharing = sum(1 for _, cgroup in here if cgroup == here[self.local_rank][1])
         node.Free()
         self.hostname = MPI.Get_processor_name()
 
@@ -30,10 +37,15 @@ class World:
         ranks share the node's cores; ranks a launcher bound to cores of their
         own (srun --cpus-per-task, mpirun --bind-to core) use theirs; ranks
         that share a set (a job's cgroup on a shared node, Open MPI binding
-        to a socket) divide it."""
+        to a socket) divide it.  A CPU-time quota (a container's CPU limit,
+        systemd's CPUQuota) caps it: floor(quota / period) CPUs, at least 1,
+        divided among the node's ranks held to that quota (at least 1 each)."""
         mine = set(os.sched_getaffinity(0))
         sharing = sum(1 for mask in self.node_masks if mine.intersection(mask))
-        return max(1, len(mine) // max(1, sharing))
+        threads = max(1, len(mine) // max(1, sharing))
+        if self.quota is not None:
+            threads = min(threads, max(1, self.quota.whole_cpus // max(1, self.quota_sharing)))
+        return threads
 
     def missing_gpu(self, kind: str) -> str | None:
         """One line if some rank cannot use ``--device kind`` (asked of every
@@ -50,6 +62,18 @@ class World:
             torch.cuda.set_device(device)  # so that what names no device (pinned memory, contexts) uses ours, not GPU 0
             return device
         return torch.device("cpu")
+
+
+def _cgroup_id(quota: Quota | None) -> tuple[int, int] | None:
+    """Which cgroup sets the quota, comparable between ranks whatever mount
+    or namespace each sees it through (its folder's device and inode)."""
+    if quota is None:
+        return None
+    try:
+        stat = os.stat(quota.cgroup)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def launch_mismatch(world_size: int, environ=None) -> str | None:

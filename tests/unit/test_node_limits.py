@@ -1,5 +1,6 @@
 """What the node gives a job: /dev/shm space for the pipeline's rings, and a
 CPU quota for its threads (issue 12, kinds 2 and 6)."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -74,3 +75,131 @@ def test_a_small_dev_shm_turns_rings_into_messages_not_a_sigbus(tmp_path, ranks,
     assert len(warnings) == 1 and "/dev/shm has" in warnings[0] and "1 link(s) use MPI messages" in warnings[0]
     run, = results.read_runs(str(out))
     assert run.attrs["transport"] == transport and run.attrs["shm_fallback_links"] == 1
+
+
+# --- CPU quotas: cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us ---------------------
+
+V2_MOUNT = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate"
+V1_MOUNT = "31 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct"
+V1_CPUSET = "32 25 0:28 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset"
+
+
+def fake_tree(root, cgroup: str, mounts: list[str], files: dict[str, str]):
+    """A file system under ``root`` with /proc/self/{cgroup,mountinfo} and the given cgroup files."""
+    for path, text in {"proc/self/cgroup": cgroup, "proc/self/mountinfo": "\n".join(mounts) + "\n",
+                       **files}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return str(root)
+
+
+@pytest.mark.parametrize("cgroup,mounts,files,cpus,where", [
+    # v2: the process's own cgroup sets 1.5 CPUs, its parent none
+    ("0::/user.slice/job\n", [V2_MOUNT], {"sys/fs/cgroup/user.slice/job/cpu.max": "150000 100000\n",
+                                          "sys/fs/cgroup/user.slice/cpu.max": "max 100000\n"},
+     1.5, "sys/fs/cgroup/user.slice/job"),
+    # v2 nested: a child without a limit inside a 0.5-CPU parent inside a 2-CPU grandparent: the parent's holds
+    ("0::/a/b/c\n", [V2_MOUNT], {"sys/fs/cgroup/a/b/c/cpu.max": "max 100000\n",
+                                 "sys/fs/cgroup/a/b/cpu.max": "50000 100000\n",
+                                 "sys/fs/cgroup/a/cpu.max": "200000 100000\n"}, 0.5, "sys/fs/cgroup/a/b"),
+    # v2 "max" all the way up: no quota
+    ("0::/a\n", [V2_MOUNT], {"sys/fs/cgroup/a/cpu.max": "max 100000\n"}, None, None),
+    # v2 under a cgroup namespace: the process sees itself at the top of the mount
+    ("0::/\n", [V2_MOUNT], {"sys/fs/cgroup/cpu.max": "300000 100000\n"}, 3.0, "sys/fs/cgroup"),
+    # v1, cpu and cpuacct mounted together, another controller beside them; the parent has no limit (-1)
+    ("5:cpuset:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n", [V1_CPUSET, V1_MOUNT, V2_MOUNT],
+     {"sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "200000\n",
+      "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+      "sys/fs/cgroup/cpu,cpuacct/docker/cpu.cfs_quota_us": "-1\n",
+      "sys/fs/cgroup/cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n"}, 2.0, "sys/fs/cgroup/cpu,cpuacct/docker/abc"),
+    # v1 as a container mounts it: the mount shows the container's own cgroup at its top; period 50 ms
+    ("4:cpu,cpuacct:/docker/abc\n", ["31 25 0:27 /docker/abc /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct"],
+     {"sys/fs/cgroup/cpu/cpu.cfs_quota_us": "125000\n", "sys/fs/cgroup/cpu/cpu.cfs_period_us": "50000\n"},
+     2.5, "sys/fs/cgroup/cpu"),
+    # v1 nested, a tighter limit two levels up; a mount point with a space (escaped as \040 in mountinfo)
+    ("4:cpu:/slurm/job1/step0\n", [r"31 25 0:27 / /cg\040v1 rw - cgroup cgroup rw,cpu"],
+     {"cg v1/slurm/job1/step0/cpu.cfs_quota_us": "-1\n", "cg v1/slurm/job1/step0/cpu.cfs_period_us": "100000\n",
+      "cg v1/slurm/job1/cpu.cfs_quota_us": "400000\n", "cg v1/slurm/job1/cpu.cfs_period_us": "100000\n",
+      "cg v1/slurm/cpu.cfs_quota_us": "100000\n", "cg v1/slurm/cpu.cfs_period_us": "100000\n"},
+     1.0, "cg v1/slurm"),
+    # hybrid: a v1 limit of 3 CPUs and a v2 one of 2: the tighter one holds
+    ("4:cpu:/j\n0::/j\n", ["31 25 0:27 / /v1 rw - cgroup cgroup rw,cpu", "30 25 0:26 / /v2 rw - cgroup2 cgroup2 rw"],
+     {"v1/j/cpu.cfs_quota_us": "300000\n", "v1/j/cpu.cfs_period_us": "100000\n", "v2/j/cpu.max": "200000 100000\n"},
+     2.0, "v2/j"),
+    # a cpu controller that is not mounted in this namespace: nothing to read
+    ("4:cpu:/j\n", [V1_CPUSET], {}, None, None),
+])
+def test_cpu_quota_of_a_fake_cgroup_tree(tmp_path, cgroup, mounts, files, cpus, where):
+    from pffbench.core.cpu_quota import cpu_quota
+    quota = cpu_quota(fake_tree(tmp_path, cgroup, mounts, files))
+    if cpus is None:
+        assert quota is None
+    else:
+        assert (quota.cpus, quota.cgroup) == (cpus, str(tmp_path / where))
+
+
+def test_cpu_quota_without_proc_is_none(tmp_path):
+    from pffbench.core.cpu_quota import cpu_quota
+    assert cpu_quota(str(tmp_path)) is None
+
+
+def writable_cpu_hierarchy():
+    """(version, folder) of a cgroup hierarchy with the cpu controller in which
+    this process may make a child cgroup, else None: cgroup v2 first."""
+    from pffbench.core.cpu_quota import _cgroup_folders
+    if os.geteuid() != 0:
+        return None
+    try:
+        mounts = open("/proc/self/mountinfo").read().splitlines()
+    except OSError:
+        return None
+    for version in (2, 1):
+        folders = _cgroup_folders("/", mounts, version, "/")
+        if not folders or not os.access(folders[-1], os.W_OK):
+            continue
+        top = folders[-1]
+        if version == 1 or "cpu" in open(os.path.join(top, "cgroup.controllers")).read().split():
+            return version, top
+    return None
+
+
+@pytest.mark.skipif(writable_cpu_hierarchy() is None, reason="needs root and a cgroup hierarchy with the cpu "
+                                                             "controller to make a child cgroup in")
+def test_a_run_in_a_one_cpu_cgroup_picks_one_thread(tmp_path):
+    """A real child cgroup with a quota of 1 CPU (100 ms per 100 ms); a
+    1-rank run started inside it records threads_per_rank [1] and cpu_quota
+    [1.0].  Before the check it picked a thread per core (2 on a 2-core
+    machine).  On a 1-core machine the test cannot tell the two apart."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: one thread with or without the quota")
+    version, top = writable_cpu_hierarchy()
+    cgroup = os.path.join(top, f"pffbench-test-{os.getpid()}")
+    enabled_cpu = False
+    try:
+        if version == 2:
+            control = os.path.join(top, "cgroup.subtree_control")
+            if "cpu" not in open(control).read().split():
+                with open(control, "w") as file:
+                    file.write("+cpu")
+                enabled_cpu = True
+        os.mkdir(cgroup)
+        limits = {"cpu.max": "100000 100000"} if version == 2 else \
+            {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+        for name, value in limits.items():
+            with open(os.path.join(cgroup, name), "w") as file:
+                file.write(value)
+        out = tmp_path / "runs.h5"
+        command = (f'echo $$ > {cgroup}/cgroup.procs && exec {MPIEXEC} -n 1 {sys.executable} -m pffbench.run '
+                   f'--dataset synthetic --layers 8 --epochs 1 --out {out}')
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=240, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        run, = results.read_runs(str(out))
+        assert run.attrs["threads_per_rank"] == [1] and run.attrs["cpu_quota"] == [1.0]
+    finally:
+        if os.path.isdir(cgroup):
+            os.rmdir(cgroup)  # empty once the run has exited
+        if enabled_cpu:
+            with contextlib.suppress(OSError):
+                with open(os.path.join(top, "cgroup.subtree_control"), "w") as file:
+                    file.write("-cpu")

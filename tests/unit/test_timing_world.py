@@ -30,8 +30,8 @@ class FakeWorld:
     from pffbench.core.world import World
     default_threads = World.default_threads
 
-    def __init__(self, node_masks):
-        self.node_masks = node_masks
+    def __init__(self, node_masks, quota=None, quota_sharing=1):
+        self.node_masks, self.quota, self.quota_sharing = node_masks, quota, quota_sharing
 
 
 def test_a_gpu_block_ends_when_its_queued_work_has_run(monkeypatch):
@@ -66,6 +66,20 @@ def cores(first, count):
 def test_default_threads(monkeypatch, mine, node_masks, expected):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(mine))
     assert FakeWorld(node_masks).default_threads() == expected
+
+
+@pytest.mark.parametrize("mine,node_masks,cpus,sharing,expected", [
+    (cores(0, 2), [cores(0, 2)], 1.0, 1, 1),        # the case: 1 rank, 2 cores, a 1-CPU quota (was 2)
+    (cores(0, 2), [cores(0, 2)], 1.5, 1, 1),        # floor(1.5): a second thread would be throttled half the time
+    (cores(0, 8), [cores(0, 8)] * 2, 4.0, 2, 2),    # 4 CPUs of time shared by 2 ranks (cores alone: 4 each)
+    (cores(0, 8), [cores(0, 8)] * 2, 1.0, 2, 1),    # 1 CPU for 2 ranks: never below one thread
+    (cores(0, 8), [cores(0, 8)], 0.5, 1, 1),        # half a CPU: at least one
+    (cores(0, 8), [cores(0, 8)] * 2, 16.0, 2, 4),   # a quota above the cores changes nothing
+])
+def test_default_threads_under_a_cpu_quota(monkeypatch, mine, node_masks, cpus, sharing, expected):
+    from pffbench.core.cpu_quota import Quota
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(mine))
+    assert FakeWorld(node_masks, Quota(cpus, "/sys/fs/cgroup/job"), sharing).default_threads() == expected
 
 
 def test_progress_eta_counts_only_this_processs_epochs(capsys):
