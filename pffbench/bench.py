@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
+from .core.cpu_quota import usable_cores
 from .study.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if opts.second_width < 0:
         parser.error("--second-width must be >= 1 (or 0: measure the balanced one)")
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()  # a CPU quota (container limit) caps the affinity mask's cores
     threads = max(1, cores // 2)
     torch.set_flush_denormal(True)  # the step measurements below run as one pipeline rank does
     torch.set_num_threads(threads)

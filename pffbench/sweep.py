@@ -34,6 +34,7 @@ import tempfile
 from . import results
 from .core.cli import parse_config
 from .core.config import UsageError
+from .core.cpu_quota import usable_cores
 from .core.validate import validate
 from .store import writer
 from .study import analysis
@@ -44,7 +45,7 @@ def default_launcher() -> list[str]:
 
 
 def available_cores() -> int:
-    return len(os.sched_getaffinity(0))
+    return usable_cores()  # a CPU quota (container limit) caps the affinity mask's cores
 
 
 def plan(ranks: list[int], cores: int, threads_per_rank: int = 0, single_best: bool = True) -> list[tuple[int, int]]:

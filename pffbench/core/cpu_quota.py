@@ -37,6 +37,14 @@ class Quota:
         return max(1, int(self.cpus))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on, capped by its CPU quota's whole
+    CPUs: what one process can keep busy without being throttled."""
+    quota = cpu_quota()
+    cores = len(os.sched_getaffinity(0))
+    return min(cores, quota.whole_cpus) if quota else cores
+
+
 def cpu_quota(root: str = "/") -> Quota | None:
     """The tightest CPU quota over this process's cgroup and its ancestors, in
     cgroup v2 and v1 alike, or None if there is none (or none can be read).

@@ -203,3 +203,16 @@ def test_a_run_in_a_one_cpu_cgroup_picks_one_thread(tmp_path):
             with contextlib.suppress(OSError):
                 with open(os.path.join(top, "cgroup.subtree_control"), "w") as file:
                     file.write("-cpu")
+
+
+def test_sweeps_and_benches_count_the_cores_a_quota_leaves(monkeypatch):
+    """sweep's default 1 x all-cores case and bench's thread counts: 8 cores
+    under a 2.5-CPU quota give 2 usable cores; without a quota, 8."""
+    from pffbench import sweep
+    from pffbench.core import cpu_quota
+    from pffbench.core.cpu_quota import Quota
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(cpu_quota, "cpu_quota", lambda root="/": Quota(2.5, "/sys/fs/cgroup/job"))
+    assert sweep.available_cores() == 2
+    monkeypatch.setattr(cpu_quota, "cpu_quota", lambda root="/": None)
+    assert sweep.available_cores() == 8
