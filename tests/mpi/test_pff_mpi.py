@@ -32,7 +32,8 @@ def config_for(variant: str, size: int, **changes) -> Config:
 @pytest.fixture(scope="module")
 def data():
     comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # equal threads per rank: the condition for the 1-rank weights (see jobs/test_cli.py)
+    assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
     dataset = load_dataset("synthetic") if comm.rank == 0 else None
     shape = comm.bcast(Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
                        if dataset else None)

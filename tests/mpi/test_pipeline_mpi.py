@@ -30,10 +30,12 @@ def test_pipeline_gives_the_sequential_weights(transport):
     Tolerance: 1e-6 absolute on weights of order 0.1.  Every rank runs the
     same float32 kernels on the same inputs with one thread, so in practice
     the difference is exactly zero; the tolerance only admits BLAS builds
-    whose kernel choice depends on the process."""
+    whose kernel choice depends on the process.  Equal threads per rank are
+    the condition (jobs/test_cli.py::test_equal_threads_per_rank_are_the_condition_for_the_1_rank_weights)."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
     torch.set_num_threads(1)
+    assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
     data = load_dataset("synthetic") if comm.rank == 0 else None
     shape = comm.bcast(shape_of(data) if data else None)
     parallel = pipeline.train(dataclasses.replace(CONFIG, transport=transport), World(comm), shape, data)

@@ -6,8 +6,9 @@ layer l starts from its state as published at the end of chapter c-1, with a
 fresh Adam (only weights travel, as in the paper), and trains C epochs on
 inputs computed through layers 0..l-1 of chapter c.  Minibatch order and
 negatives are keyed by (seed, chapter, layer, epoch), never by rank, so
-whichever rank trains a (chapter, layer) computes the same thing: every
-schedule gives the weights of its one-rank sequential twin (adaptive
+whichever rank trains a (chapter, layer) computes the same thing: with the
+same torch threads per rank, every schedule gives the weights of its
+one-rank sequential twin (adaptive
 negatives aside: on N ranks they come from the model N chapters back).  The same keys
 make a run resumed at a chapter boundary (boundaries.py) end with the
 weights of the uninterrupted run.  What a layer is: kinds.py.

@@ -10,7 +10,9 @@ data, does not).  Rank p-1 runs a minibatch while rank 0 is already several
 minibatches ahead: the layers train in parallel.
 
 With p = 1 the same loop is the sequential baseline; because every layer sees
-exactly the inputs it would see sequentially, any p gives the same weights.
+exactly the inputs it would see sequentially, any p gives the same weights,
+given the same torch threads per rank (t threads sum a product's parts in an
+order that depends on t).
 """
 from __future__ import annotations
 
