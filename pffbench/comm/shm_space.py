@@ -1,7 +1,9 @@
 """Will the shared-memory rings fit in /dev/shm?
 
 An MPI shared window (MPI_Win_allocate_shared) is backed by a file in the
-node's /dev/shm, a tmpfs that finds a page only when it is first touched: a
+node's /dev/shm (MPICH's, measured; an MPI that backs it elsewhere only makes
+this check look at the wrong file system), a tmpfs that finds a page only
+when it is first touched: a
 window larger than the free space is allocated without complaint, and the
 rank that first writes past it dies with SIGBUS mid-epoch, with no message.
 Containers give /dev/shm 64 MiB by default.  So the ranks of a node compare
