@@ -1,20 +1,14 @@
 """What the node gives a job: /dev/shm space for the pipeline's rings, and a
-CPU quota for its threads (issue 12, kinds 2 and 6)."""
-import contextlib
+CPU quota for its threads (issue 12, kinds 2 and 6); the real ones, with a
+small /dev/shm and a child cgroup, are in tests/jobs/test_node_limits_jobs.py."""
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
-from pffbench import results
 from pffbench.comm import shm_space
 from pffbench.schedules.pipeline.communications import _Ring
 
-from conftest import MPIEXEC, ROOT
-
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(120)
 
 PAGE, MARGIN = 4096, 8192
 
@@ -46,35 +40,6 @@ def test_the_issues_ring_does_not_fit_a_64_mib_dev_shm():
 def test_free_bytes_of_a_missing_folder_is_unknown(tmp_path):
     assert shm_space.free_bytes(str(tmp_path / "none")) is None
     assert shm_space.free_bytes(str(tmp_path)) > 0
-
-
-def can_mount_namespaces() -> bool:
-    if os.geteuid() != 0 or shutil.which("unshare") is None or MPIEXEC is None:
-        return False
-    try:
-        return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-                              capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-@pytest.mark.skipif(not can_mount_namespaces(), reason="needs root and mount namespaces (unshare -m)")
-@pytest.mark.parametrize("ranks,layers,transport", [(2, "4000,100", "messages"), (3, "100,4000,10", "mixed")])
-def test_a_small_dev_shm_turns_rings_into_messages_not_a_sigbus(tmp_path, ranks, layers, transport):
-    """The issue's example for real: a 64 MiB tmpfs on /dev/shm, visible to
-    this job only (a private mount namespace).  Before the check rank 0 died
-    with SIGBUS in the first epoch.  With 3 ranks only the second ring
-    (4000 wide) is too large: the first stays shared."""
-    out = tmp_path / "runs.h5"
-    command = (f"mount -t tmpfs -o size=64m tmpfs /dev/shm && exec {MPIEXEC} -n {ranks} {sys.executable} "
-               f"-m pffbench.run --dataset synthetic --layers {layers} --batch-size 256 --epochs 2 --out {out}")
-    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=240,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr[-3000:]
-    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
-    assert len(warnings) == 1 and "/dev/shm has" in warnings[0] and "1 link(s) use MPI messages" in warnings[0]
-    run, = results.read_runs(str(out))
-    assert run.attrs["transport"] == transport and run.attrs["shm_fallback_links"] == 1
 
 
 # --- CPU quotas: cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us ---------------------
@@ -141,68 +106,6 @@ def test_cpu_quota_of_a_fake_cgroup_tree(tmp_path, cgroup, mounts, files, cpus, 
 def test_cpu_quota_without_proc_is_none(tmp_path):
     from pffbench.core.cpu_quota import cpu_quota
     assert cpu_quota(str(tmp_path)) is None
-
-
-def writable_cpu_hierarchy():
-    """(version, folder) of a cgroup hierarchy with the cpu controller in which
-    this process may make a child cgroup, else None: cgroup v2 first."""
-    from pffbench.core.cpu_quota import _cgroup_folders
-    if os.geteuid() != 0:
-        return None
-    try:
-        mounts = open("/proc/self/mountinfo").read().splitlines()
-    except OSError:
-        return None
-    for version in (2, 1):
-        folders = _cgroup_folders("/", mounts, version, "/")
-        if not folders or not os.access(folders[-1], os.W_OK):
-            continue
-        top = folders[-1]
-        if version == 1 or "cpu" in open(os.path.join(top, "cgroup.controllers")).read().split():
-            return version, top
-    return None
-
-
-@pytest.mark.skipif(writable_cpu_hierarchy() is None, reason="needs root and a cgroup hierarchy with the cpu "
-                                                             "controller to make a child cgroup in")
-def test_a_run_in_a_one_cpu_cgroup_picks_one_thread(tmp_path):
-    """A real child cgroup with a quota of 1 CPU (100 ms per 100 ms); a
-    1-rank run started inside it records threads_per_rank [1] and cpu_quota
-    [1.0].  Before the check it picked a thread per core (2 on a 2-core
-    machine).  On a 1-core machine the test cannot tell the two apart."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one core: one thread with or without the quota")
-    version, top = writable_cpu_hierarchy()
-    cgroup = os.path.join(top, f"pffbench-test-{os.getpid()}")
-    enabled_cpu = False
-    try:
-        if version == 2:
-            control = os.path.join(top, "cgroup.subtree_control")
-            if "cpu" not in open(control).read().split():
-                with open(control, "w") as file:
-                    file.write("+cpu")
-                enabled_cpu = True
-        os.mkdir(cgroup)
-        limits = {"cpu.max": "100000 100000"} if version == 2 else \
-            {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
-        for name, value in limits.items():
-            with open(os.path.join(cgroup, name), "w") as file:
-                file.write(value)
-        out = tmp_path / "runs.h5"
-        command = (f'echo $$ > {cgroup}/cgroup.procs && exec {MPIEXEC} -n 1 {sys.executable} -m pffbench.run '
-                   f'--dataset synthetic --layers 8 --epochs 1 --out {out}')
-        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=240, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert done.returncode == 0, done.stderr[-3000:]
-        run, = results.read_runs(str(out))
-        assert run.attrs["threads_per_rank"] == [1] and run.attrs["cpu_quota"] == [1.0]
-    finally:
-        if os.path.isdir(cgroup):
-            os.rmdir(cgroup)  # empty once the run has exited
-        if enabled_cpu:
-            with contextlib.suppress(OSError):
-                with open(os.path.join(top, "cgroup.subtree_control"), "w") as file:
-                    file.write("-cpu")
 
 
 def test_sweeps_and_benches_count_the_cores_a_quota_leaves(monkeypatch):
