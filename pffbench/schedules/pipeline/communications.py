@@ -22,7 +22,7 @@ the receiver, which absorbs the jitter of either rank's compute.
   receiver ~0.15-0.2 ms (copy plus the first MPI calls after a layer step,
   whose code and data a step has evicted from the caches), the ring ~0.01 ms.
 - Between nodes, between ranks of a node whose /dev/shm has no room for the
-  ring (see shm_space), or everywhere with ``--transport p2p``: buffer-based
+  ring (see comm/shm_space.py), or everywhere with ``--transport p2p``: buffer-based
   Isend/Irecv of raw float32 (never pickled) from and into preallocated
   buffers.
 """
