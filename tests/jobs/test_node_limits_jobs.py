@@ -65,43 +65,54 @@ def writable_cpu_hierarchy():
     return None
 
 
-@pytest.mark.skipif(writable_cpu_hierarchy() is None, reason="needs root and a cgroup hierarchy with the cpu "
-                                                             "controller to make a child cgroup in")
-def test_a_run_in_a_one_cpu_cgroup_picks_one_thread(tmp_path):
-    """A real child cgroup with a quota of 1 CPU (100 ms per 100 ms); a
-    1-rank run started inside it records threads_per_rank [1] and cpu_quota
-    [1.0].  Before the check it picked a thread per core (2 on a 2-core
-    machine).  On a 1-core machine the test cannot tell the two apart."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("one core: one thread with or without the quota")
+@contextlib.contextmanager
+def one_cpu_cgroup():
+    """A child cgroup with a quota of 1 CPU (100 ms per 100 ms), removed
+    afterwards; skips the test where the kernel refuses to make one."""
     version, top = writable_cpu_hierarchy()
     cgroup = os.path.join(top, f"pffbench-test-{os.getpid()}")
+    control = os.path.join(top, "cgroup.subtree_control")
     enabled_cpu = False
     try:
-        if version == 2:
-            control = os.path.join(top, "cgroup.subtree_control")
-            if "cpu" not in open(control).read().split():
+        try:
+            if version == 2 and "cpu" not in open(control).read().split():
                 with open(control, "w") as file:
                     file.write("+cpu")
                 enabled_cpu = True
-        os.mkdir(cgroup)
-        limits = {"cpu.max": "100000 100000"} if version == 2 else \
-            {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
-        for name, value in limits.items():
-            with open(os.path.join(cgroup, name), "w") as file:
-                file.write(value)
-        out = tmp_path / "runs.h5"
-        command = (f'echo $$ > {cgroup}/cgroup.procs && exec {MPIEXEC} -n 1 {sys.executable} -m pffbench.run '
-                   f'--dataset synthetic --layers 8 --epochs 1 --out {out}')
-        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=240, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert done.returncode == 0, done.stderr[-3000:]
-        run, = results.read_runs(str(out))
-        assert run.attrs["threads_per_rank"] == [1] and run.attrs["cpu_quota"] == [1.0]
+            os.mkdir(cgroup)
+            limits = {"cpu.max": "100000 100000"} if version == 2 else \
+                {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "100000"}
+            for name, value in limits.items():
+                with open(os.path.join(cgroup, name), "w") as file:
+                    file.write(value)
+        except OSError as error:
+            pytest.skip(f"cannot make a cgroup v{version} child with a CPU quota here: {error}")
+        yield cgroup
     finally:
         if os.path.isdir(cgroup):
             os.rmdir(cgroup)  # empty once the run has exited
         if enabled_cpu:
-            with contextlib.suppress(OSError):
-                with open(os.path.join(top, "cgroup.subtree_control"), "w") as file:
-                    file.write("-cpu")
+            with contextlib.suppress(OSError), open(control, "w") as file:
+                file.write("-cpu")
+
+
+@pytest.mark.skipif(writable_cpu_hierarchy() is None, reason="needs root and a cgroup hierarchy with the cpu "
+                                                             "controller to make a child cgroup in")
+def test_a_run_in_a_one_cpu_cgroup_picks_one_thread(tmp_path):
+    """A 1-rank run started inside a real child cgroup with a 1-CPU quota
+    records threads_per_rank [1] and cpu_quota [1.0].  Before the check it
+    picked a thread per core (2 on a 2-core machine).  On a 1-core machine
+    the test cannot tell the two apart."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: one thread with or without the quota")
+    out = tmp_path / "runs.h5"
+    with one_cpu_cgroup() as cgroup:
+        command = (f'echo $$ > {cgroup}/cgroup.procs || exit 77; exec {MPIEXEC} -n 1 {sys.executable} '
+                   f'-m pffbench.run --dataset synthetic --layers 8 --epochs 1 --out {out}')
+        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=240, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode == 77:
+        pytest.skip(f"cannot move a process into {cgroup}: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run, = results.read_runs(str(out))
+    assert run.attrs["threads_per_rank"] == [1] and run.attrs["cpu_quota"] == [1.0]
