@@ -1,0 +1,109 @@
+"""Validation: predict every run of a results file from its own recorded
+settings and a calibration from a 1-rank run of the same configuration in
+the same file, and compare with what was measured.
+
+Runs are grouped as ``analysis`` groups them (the same settings apart from
+output, tracing and evaluation frequency, on the same machine) and by threads
+per rank.  A group's calibration is its 1-rank run with the median training
+time; every run of the group is predicted from it (the calibrating runs too,
+which shows the 1-rank runs' own spread; they are left out of the error
+statistics).  The cluster a run ran on is read from its ``hostnames`` (ranks
+per node) and ``threads_per_rank``; cores per node are not recorded, so
+they are given (default: this machine's).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, replace
+
+from .. import analysis, results
+from .calibrate import from_run, run_threads
+from .links import Cluster
+from .predict import Settings, predict
+
+
+@dataclass
+class Check:
+    run: str
+    variant: str
+    p: int
+    threads: int
+    nodes: int
+    measured: float
+    predicted: float
+    calibration: str
+    breakdown: dict
+
+    @property
+    def error(self) -> float:
+        """(predicted - measured) / measured."""
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def calibrating(self) -> bool:
+        return self.p == 1
+
+
+def _key(run: results.Run) -> str:
+    config = {k: v for k, v in run.config.items() if k not in analysis.NOT_IN_SIGNATURE}
+    return json.dumps({"config": config, "host": run.attrs.get("hostname", ""), "threads": run_threads(run)},
+                      sort_keys=True)
+
+
+def cluster_of(run: results.Run, cores_per_node: int, base: Cluster) -> Cluster:
+    hosts = list(run.attrs.get("hostnames") or [run.attrs.get("hostname", "")])
+    per_node = max(hosts.count(h) for h in set(hosts)) if hosts else 1
+    return replace(base, ranks_per_node=per_node, cores_per_node=cores_per_node, threads=run_threads(run))
+
+
+def check(path: str, cores_per_node: int | None = None, base: Cluster | None = None,
+          names: list[str] | None = None) -> tuple[list[Check], list[str]]:
+    """(one Check per predictable run, lines about runs that could not be predicted)."""
+    cores = cores_per_node or os.cpu_count() or 1
+    base = base or Cluster()
+    runs = [r for r in results.read_runs(path, names) if r.attrs.get("status", "complete") == "complete"]
+    groups = {}
+    for run in runs:
+        groups.setdefault(_key(run), []).append(run)
+    checks, skipped = [], []
+    for members in groups.values():
+        ones = sorted((r for r in members if int(r.attrs["world_size"]) == 1), key=analysis.training_seconds)
+        if not ones:
+            skipped += [f"{r.name}: no 1-rank run of its configuration to calibrate from" for r in members]
+            continue
+        calibration = ones[(len(ones) - 1) // 2]
+        costs = from_run(calibration)
+        for run in members:
+            p = int(run.attrs["world_size"])
+            cluster = cluster_of(run, cores, base)
+            try:
+                pred = predict(run.attrs.get("variant", "pipeline"), costs, cluster, p, Settings.from_run(run))
+            except ValueError as error:
+                skipped.append(f"{run.name}: {error}")
+                continue
+            checks.append(Check(run.name, run.attrs.get("variant", "pipeline"), p, cluster.threads,
+                                cluster.nodes(p), analysis.training_seconds(run), pred.seconds,
+                                calibration.name, pred.breakdown))
+    checks.sort(key=lambda c: (c.variant, analysis.stem(c.run), c.p, c.run))
+    return checks, skipped
+
+
+def summary(checks: list[Check]) -> dict:
+    """Median and worst absolute error over the predicted (p > 1) runs."""
+    errors = [abs(c.error) for c in checks if not c.calibrating]
+    if not errors:
+        return {"runs": 0}
+    return {"runs": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors)}
+
+
+def table(checks: list[Check], markdown: bool = False) -> str:
+    head = ["run", "variant", "p", "threads", "measured s", "predicted s", "error %", "calibrated on"]
+    rows = [[c.run, c.variant, str(c.p), str(c.threads), f"{c.measured:.2f}", f"{c.predicted:.2f}",
+             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), c.calibration] for c in checks]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    return "\n".join("  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head] + rows)
