@@ -161,7 +161,8 @@ def cmd_validate(args) -> int:
     s = validation.summary(checks)
     if s["runs"]:
         print(f"over {s['runs']} predicted runs (p > 1): median |error| {100 * s['median_abs_error']:.1f} %, "
-              f"worst {100 * s['worst_abs_error']:.1f} %")
+              f"worst {100 * s['worst_abs_error']:.1f} %; schedule-only (work level from the run itself): "
+              f"median {100 * s['median_abs_schedule_error']:.1f} %, worst {100 * s['worst_abs_schedule_error']:.1f} %")
     return 0
 
 

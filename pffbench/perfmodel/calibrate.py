@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from .. import results
 from ..pipeline import batch_rows
 from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
@@ -130,22 +128,25 @@ def from_run(run: results.Run, profile=None):
 
 
 def _pff_costs(run, profile: FFProfile, sizes, evaluation) -> FFCosts:
-    """A PFF run: a chapter's compute sets the steps' level (with the head and
-    label scores it includes, spread over the layers), a chapter's data the
-    recomputation's; the first chapter's extra data is the once-per-run part."""
+    """A PFF run: its compute sets the steps' level (with the head and label
+    scores it includes, spread over the layers), its data the level of the
+    recomputation and the once-per-run normalization, both over the whole
+    run (a chapter alone is at the mercy of a busy host)."""
     a, config = run.arrays, run.config
     epochs = a["timing/compute"].shape[1]
     chapters = int(config.get("splits") or epochs)
-    per = epochs // chapters
-    compute = a["timing/compute"][0].reshape(chapters, per).sum(axis=1)
-    data = a["timing/data"][0].reshape(chapters, per).sum(axis=1)
     rows = int(run.attrs["num_train"])
     full = sum(sizes) / profile.batch
-    scale = float(compute.mean()) / (per * full * sum(profile.step))
-    recompute = rows * (profile.inputs_row + sum(profile.forward_row[:-1]))
-    steady = float(np.median(data[1:])) if chapters > 1 else float(data[0])
-    data_scale = steady / recompute if recompute > 0 else 1.0
-    costs = _ff_costs(profile, scale, data_scale, eval=evaluation, source=f"run {run.name}")
-    if chapters > 1:  # what chapter 0 did beyond the others: normalizing the rows, once
-        costs.once_row = max(0.0, float(data[0]) - steady) / rows
-    return costs
+    scale = float(a["timing/compute"][0].sum()) / (epochs * full * sum(profile.step))
+    recompute = chapters * rows * (profile.inputs_row + sum(profile.forward_row[:-1])) + rows * profile.once_row
+    data_scale = float(a["timing/data"][0].sum()) / recompute if recompute > 0 else 1.0
+    return _ff_costs(profile, scale, data_scale, eval=evaluation, source=f"run {run.name}")
+
+
+def scaled(costs, k: float):
+    """``costs`` with every work item k times as long (a host k times slower)."""
+    if isinstance(costs, BackpropCosts):
+        return replace(costs, fb0=costs.fb0 * k, fb1=costs.fb1 * k, adam=costs.adam * k, data_row=costs.data_row * k)
+    return replace(costs, step=[s * k for s in costs.step], normalize=[s * k for s in costs.normalize],
+                   forward_row=[f * k for f in costs.forward_row], data=costs.data * k,
+                   inputs_row=costs.inputs_row * k, once_row=costs.once_row * k, sync=costs.sync * k)

@@ -145,7 +145,7 @@ class Simulator:
         program = self._programs[rank]
         while True:
             try:
-                op = program.send(value)
+                op = next(program)
             except StopIteration:
                 self._finish[rank] = self.now
                 self._done += 1

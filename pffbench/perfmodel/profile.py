@@ -28,6 +28,7 @@ NUM_CLASSES = 10
 def _threads(threads: int):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # as pffbench.run does before training
     try:
         yield
     finally:
@@ -63,60 +64,81 @@ class FFProfile:
     extra: dict = field(default_factory=dict)
 
 
-@lru_cache(maxsize=64)
-def _layer_step(d_in: int, d_out: int, batch: int, threads: int, kind: str, first: bool, repeats: int) -> tuple:
-    """(step, normalize, forward per row) of one d_in -> d_out layer."""
-    with _threads(threads):
-        torch.manual_seed(0)
-        linear = ff.make_linear(d_in, d_out, 0, 0)
-        rows = 1024
-        if kind == "perf-opt":
-            layer = heads.PerfOptLayer(linear, ff.make_linear(d_out, NUM_CLASSES, 0, 1000), 1e-3)
-            x, labels = ff.normalize(torch.rand(batch, d_in)), torch.randint(0, NUM_CLASSES, (batch,))
-            step = _median_seconds(lambda: layer.train_step(x, labels), repeats)
-            big = torch.rand(rows, d_in)
-            forward = _median_seconds(lambda: layer.forward(big), max(3, repeats // 3)) / rows
-            return step, 0.0, forward
-        layer = ff.FFLayer(linear, 1e-3, 1.0, 20.0)
-        if first:
-            body = ff.normalize(torch.rand(batch, d_in))
-            body[:, :NUM_CLASSES] = 0
-            slots = torch.zeros(2 * batch, NUM_CLASSES)
-            slots[torch.arange(2 * batch), torch.randint(0, NUM_CLASSES, (2 * batch,))] = 0.1
-            pairs = ff.PairBatch(body, slots)
-            step = _median_seconds(lambda: layer.train_step_pairs(pairs), repeats)
-        else:
-            x = ff.normalize(torch.rand(2 * batch, d_in))
-            step = _median_seconds(lambda: layer.train_step(x, batch, normalize=False), repeats)
-        message = torch.rand(2 * batch, d_in)
-        norms = message.norm(dim=1, keepdim=True)
-        normalize = _median_seconds(lambda: message.div_(norms).mul_(norms), repeats) / 2
-        big = torch.rand(rows, d_in)
-        if first:  # FirstLayerPairs.forward: one product shared by a positive and its negative
-            columns, scale = linear.weight.t(), torch.rand(rows, 1)
-            labels = torch.randint(0, NUM_CLASSES, (rows,))
+def _interleaved(fns: list, repeats: int, warmup: int = 2) -> list[float]:
+    """Median seconds of each of ``fns``, timed round-robin so that a host
+    whose load drifts (a shared machine) slows them all alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
-            def forward_first():
-                with torch.no_grad():
-                    shared = torch.addmm(linear.bias, big, columns)
-                    for _ in range(2):
-                        ff.normalize(torch.addcmul(shared, scale, columns[labels]).clamp_(min=0))
-            forward = _median_seconds(forward_first, max(3, repeats // 3)) / rows
-        else:
-            def forward_plain():
-                with torch.no_grad():
-                    for _ in range(2):
-                        ff.normalize(F.relu(linear(big)))
-            forward = _median_seconds(forward_plain, max(3, repeats // 3)) / rows
-        return step, normalize, forward
+
+def _layer_closures(d_in: int, d_out: int, batch: int, kind: str, first: bool, rows: int = 1024) -> tuple:
+    """(step, normalize, forward of ``rows`` rows) of one d_in -> d_out layer, as closures."""
+    torch.manual_seed(0)
+    linear = ff.make_linear(d_in, d_out, 0, 0)
+    big = torch.rand(rows, d_in)
+    if kind == "perf-opt":
+        layer = heads.PerfOptLayer(linear, ff.make_linear(d_out, NUM_CLASSES, 0, 1000), 1e-3)
+        x, labels = ff.normalize(torch.rand(batch, d_in)), torch.randint(0, NUM_CLASSES, (batch,))
+        return (lambda: layer.train_step(x, labels)), (lambda: None), (lambda: layer.forward(big))
+    layer = ff.FFLayer(linear, 1e-3, 1.0, 20.0)
+    if first:
+        body = ff.normalize(torch.rand(batch, d_in))
+        body[:, :NUM_CLASSES] = 0
+        slots = torch.zeros(2 * batch, NUM_CLASSES)
+        slots[torch.arange(2 * batch), torch.randint(0, NUM_CLASSES, (2 * batch,))] = 0.1
+        pairs = ff.PairBatch(body, slots)
+        columns, scale = linear.weight.t(), torch.rand(rows, 1)
+        labels = torch.randint(0, NUM_CLASSES, (rows,))
+
+        @torch.no_grad()
+        def forward():  # FirstLayerPairs.forward: one product shared by a positive and its negative
+            shared = torch.addmm(linear.bias, big, columns)
+            for _ in range(2):
+                ff.normalize(torch.addcmul(shared, scale, columns[labels]).clamp_(min=0))
+        step = lambda: layer.train_step_pairs(pairs)  # noqa: E731
+    else:
+        x = ff.normalize(torch.rand(2 * batch, d_in))
+
+        @torch.no_grad()
+        def forward():
+            for _ in range(2):
+                ff.normalize(F.relu(linear(big)))
+        step = lambda: layer.train_step(x, batch, normalize=False)  # noqa: E731
+    message = torch.rand(2 * batch, d_in)
+    norms = torch.ones(2 * batch, 1)  # dividing by one keeps the values (and their cost) as they are
+    return step, (lambda: message.div_(norms)), forward
+
+
+@lru_cache(maxsize=32)
+def _layers(shapes: tuple, batch: int, threads: int, kind: str, repeats: int) -> dict:
+    """{(d_in, d_out, first): (step, normalize, forward per row)}, timed interleaved."""
+    rows = 1024
+    with _threads(threads):
+        closures = {shape: _layer_closures(*shape[:2], batch, kind, shape[2], rows) for shape in shapes}
+        fns = [fn for trio in closures.values() for fn in trio]
+        medians = _interleaved(fns, repeats)
+    out = {}
+    for i, shape in enumerate(closures):
+        step, normalize, forward = medians[3 * i:3 * i + 3]
+        out[shape] = (step, normalize, forward / rows)
+    return out
 
 
 def profile_ff(dims, batch: int, threads: int = 1, kind: str = "ff", repeats: int = 15) -> FFProfile:
     """Time every layer's step (identical shapes once), the data path and
     the PFF recomputation on synthetic data of the net's shape."""
     dims = list(dims)
-    parts = [_layer_step(dims[i], dims[i + 1], batch, threads, kind, i == 0 and kind == "ff", repeats)
-             for i in range(len(dims) - 1)]
+    shapes = [(dims[i], dims[i + 1], i == 0 and kind == "ff") for i in range(len(dims) - 1)]
+    timed = _layers(tuple(dict.fromkeys(shapes)), batch, threads, kind, repeats)
+    parts = [timed[shape] for shape in shapes]
     with _threads(threads):
         rows = 64 * batch
         x = torch.rand(rows, dims[0])

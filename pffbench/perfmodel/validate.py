@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass, replace
 
 from .. import analysis, results
-from .calibrate import from_run, run_threads
+from .calibrate import from_run, run_threads, scaled
 from .links import Cluster
 from .predict import Settings, predict
 
@@ -35,6 +35,14 @@ class Check:
     predicted: float
     calibration: str
     breakdown: dict
+    schedule_only: float = float("nan")  # predicted with the work rescaled to the run's own measured work
+
+    @property
+    def schedule_error(self) -> float:
+        """The error left once the host's speed during the run is taken from
+        the run itself (its ranks' summed compute and data): what the
+        schedule model (dependencies, links, sharing) gets wrong."""
+        return (self.schedule_only - self.measured) / self.measured
 
     @property
     def error(self) -> float:
@@ -78,30 +86,39 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
         for run in members:
             p = int(run.attrs["world_size"])
             cluster = cluster_of(run, cores, base)
+            variant, settings = run.attrs.get("variant", "pipeline"), Settings.from_run(run)
             try:
-                pred = predict(run.attrs.get("variant", "pipeline"), costs, cluster, p, Settings.from_run(run))
+                pred = predict(variant, costs, cluster, p, settings)
             except ValueError as error:
                 skipped.append(f"{run.name}: {error}")
                 continue
-            checks.append(Check(run.name, run.attrs.get("variant", "pipeline"), p, cluster.threads,
-                                cluster.nodes(p), analysis.training_seconds(run), pred.seconds,
-                                calibration.name, pred.breakdown))
+            busy = float((run.arrays["timing/compute"] + run.arrays["timing/data"]).sum())
+            k = busy / (pred.breakdown["mean work"] * p) if pred.breakdown["mean work"] > 0 else 1.0
+            rescaled = predict(variant, scaled(costs, k), cluster, p, settings).seconds
+            checks.append(Check(run.name, variant, p, cluster.threads, cluster.nodes(p),
+                                analysis.training_seconds(run), pred.seconds, calibration.name, pred.breakdown,
+                                rescaled))
     checks.sort(key=lambda c: (c.variant, analysis.stem(c.run), c.p, c.run))
     return checks, skipped
 
 
 def summary(checks: list[Check]) -> dict:
     """Median and worst absolute error over the predicted (p > 1) runs."""
-    errors = [abs(c.error) for c in checks if not c.calibrating]
-    if not errors:
+    predicted = [c for c in checks if not c.calibrating]
+    if not predicted:
         return {"runs": 0}
-    return {"runs": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors)}
+    errors = [abs(c.error) for c in predicted]
+    schedule = [abs(c.schedule_error) for c in predicted]
+    return {"runs": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors),
+            "median_abs_schedule_error": statistics.median(schedule), "worst_abs_schedule_error": max(schedule)}
 
 
 def table(checks: list[Check], markdown: bool = False) -> str:
-    head = ["run", "variant", "p", "threads", "measured s", "predicted s", "error %", "calibrated on"]
+    head = ["run", "variant", "p", "threads", "measured s", "predicted s", "error %", "schedule-only error %",
+            "calibrated on"]
     rows = [[c.run, c.variant, str(c.p), str(c.threads), f"{c.measured:.2f}", f"{c.predicted:.2f}",
-             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), c.calibration] for c in checks]
+             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), f"{100 * c.schedule_error:+.1f}",
+             c.calibration] for c in checks]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
