@@ -24,31 +24,34 @@ def speedup_figure(panels: list[dict]) -> plt.Figure:
     "measured": {variant: [(p, median, low, high)]}, "note"}]."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False, constrained_layout=True)
     for ax, panel in zip(axes[0], panels):
-        top = 1
-        for variant, points in panel["curves"].items():
+        top, seen = 1, {}
+        for label, points in panel["curves"].items():
+            variant = label.split()[0]  # a label is a variant, optionally followed by its net
             color, marker = STYLE.get(variant, ("black", "."))
+            style = ("-", "--", "-.", ":")[seen.get(variant, 0) % 4]
+            seen[variant] = seen.get(variant, 0) + 1
             ps, ss = zip(*points)
-            ax.plot(ps, ss, color=color, marker=marker, markersize=4, label=f"{variant} (model)")
+            ax.plot(ps, ss, color=color, marker=marker, markersize=4, linestyle=style, label=f"{label} (model)")
             top = max(top, max(ps))
-        for variant, points in panel.get("measured", {}).items():
-            color, _ = STYLE.get(variant, ("black", "."))
-            ps, med, low, high = (np.array(v, dtype=float) for v in zip(*points))
-            ax.errorbar(ps * 1.04, med, yerr=[med - low, high - med], fmt="*", color=color, markersize=11,
-                        markeredgecolor="black", capsize=3, label=f"{variant} (measured)")
+            if label in panel.get("measured", {}):
+                ps, med, low, high = (np.array(v, dtype=float) for v in zip(*panel["measured"][label]))
+                ax.errorbar(ps * 1.03, med, yerr=[med - low, high - med], fmt=marker, color=color, markersize=8,
+                            markeredgecolor="black", capsize=3, label=f"{label} (measured)")
         ideal = [1, top]
         ax.plot(ideal, ideal, ":", color="grey", label="ideal S = p")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log", base=2)
         ticks = [2 ** k for k in range(int(np.log2(top)) + 1)]
         ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.set_yticks(ticks, [str(t) for t in ticks])
+        yticks = [0.5] + ticks if ax.get_ylim()[0] < 1 else ticks
+        ax.set_yticks(yticks, [str(t) for t in yticks])
         ax.set_xlabel("ranks p")
         ax.set_ylabel("speedup over 1 rank")
         ax.set_title(panel["title"], fontsize=10)
         if panel.get("note"):
             ax.text(0.02, 0.98, panel["note"], transform=ax.transAxes, va="top", fontsize=7.5, color="#444444")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6.5, loc="upper left" if panel.get("measured") else "lower right", ncol=1)
     return fig
 
 
@@ -57,5 +60,5 @@ def timeline_figure(pred: Prediction, config: dict, title_run: str = "model") ->
     in the layout of a traced run, drawn by plot.timeline_figure."""
     events = pred.timeline.events
     attrs = {"world_size": pred.p, "variant": pred.variant, "dataset": config.get("dataset", "mnist"),
-             "config": json.dumps(config), "hostname": "predicted"}
+             "config": json.dumps(config), "hostname": "model"}
     return plot.timeline_figure(results.Run(title_run, attrs, {"trace/events": events}))
