@@ -121,11 +121,11 @@ class Simulator:
         self._finish = np.zeros(p)
         self._events = [] if self.trace else None
         self._remaining, self._working = {}, {}  # rank -> work left (full-speed seconds); rank -> (start, category)
-        self._ready = deque((r, None) for r in range(p))
+        self._ready = deque(range(p))
         self._done = 0
         while True:
             while self._ready:
-                self._advance(*self._ready.popleft())
+                self._advance(self._ready.popleft())
             if not self._heap and not self._working:
                 break
             self._step()
@@ -141,7 +141,7 @@ class Simulator:
         if self._events is not None and end > start:
             self._events.append((rank, column, start, end))
 
-    def _advance(self, rank: int, value) -> None:
+    def _advance(self, rank: int) -> None:
         program = self._programs[rank]
         while True:
             try:
@@ -150,7 +150,6 @@ class Simulator:
                 self._finish[rank] = self.now
                 self._done += 1
                 return
-            value = None
             if isinstance(op, Work):
                 if op.seconds <= 0:
                     continue
@@ -200,7 +199,7 @@ class Simulator:
                     signal.time = self.now
                     for rank, start, category in signal.waiters:
                         self._record(rank, category, start, self.now)
-                        self._ready.append((rank, None))
+                        self._ready.append(rank)
                     signal.waiters = []
             else:
                 self._end_work(payload)
@@ -208,4 +207,4 @@ class Simulator:
     def _end_work(self, rank: int) -> None:
         start, category = self._working.pop(rank)
         self._record(rank, category, start, self.now)
-        self._ready.append((rank, None))
+        self._ready.append(rank)

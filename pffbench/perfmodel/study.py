@@ -91,6 +91,32 @@ def cmd_plot(args) -> int:
     first, costs_of = measured_panel(args.results_file, cores)
     panels = [first] + [cluster_panel(costs_of, n.strip(), args.deep_layers) for n in args.networks.split(",")]
     written = plot.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
+    written += _timelines(args, cores, costs_of)
+    print("\n".join(written))
+    return 0
+
+
+def _timelines(args, cores: int, costs_of: dict) -> list[str]:
+    """model_timeline.png: the predicted timeline of the file's traced
+    pipeline run with most ranks (and model_timeline_measured.png, that run
+    as measured, for comparison by eye), else of the deepest pipeline net on
+    ``--timeline-ranks`` ranks."""
+    runs = results.read_runs(args.results_file)
+    traced = [r for r in plot.traced_runs(runs) if r.attrs.get("variant", "pipeline") == "pipeline"]
+    written = []
+    if traced:
+        run = max(traced, key=lambda r: int(r.attrs["world_size"]))
+        checks, _ = validation.check(args.results_file, cores, names=None)
+        calibration = next((c.calibration for c in checks if c.run == run.name), None)
+        if calibration is not None:
+            costs = calibrate.from_run({r.name: r for r in runs}[calibration])
+            p, settings = int(run.attrs["world_size"]), model.Settings.from_run(run)
+            cluster = validation.cluster_of(run, cores, links.Cluster())
+            pred = model.predict("pipeline", costs, cluster, p, replace(settings, epochs=1), trace=True)
+            written += plot.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
+                                 "model_timeline")
+            written += plot.save(plot.timeline_figure(run), args.out_dir, "model_timeline_measured")
+            return written
     pipeline = costs_of.get("pipeline")
     if pipeline is not None:
         p = min(args.timeline_ranks, len(pipeline.dims) - 1)
@@ -99,8 +125,7 @@ def cmd_plot(args) -> int:
         config = {"layers": pipeline.dims[1:], "batch_size": pipeline.batch}
         written += plot.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
                              "model_timeline")
-    print("\n".join(written))
-    return 0
+    return written
 
 
 def cmd_paper(args) -> int:
