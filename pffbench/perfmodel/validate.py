@@ -36,6 +36,7 @@ class Check:
     calibration: str
     breakdown: dict
     schedule_only: float = float("nan")  # predicted with the work rescaled to the run's own measured work
+    # (NaN where ranks share cores)
 
     @property
     def schedule_error(self) -> float:
@@ -92,9 +93,13 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
             except ValueError as error:
                 skipped.append(f"{run.name}: {error}")
                 continue
-            busy = float((run.arrays["timing/compute"] + run.arrays["timing/data"]).sum())
-            k = busy / (pred.breakdown["mean work"] * p) if pred.breakdown["mean work"] > 0 else 1.0
-            rescaled = predict(variant, scaled(costs, k), cluster, p, settings).seconds
+            rescaled = float("nan")
+            if cluster.ranks_per_node * cluster.threads <= cluster.cores_per_node:
+                # with cores shared the measured work is stretched by however the OS interleaved the ranks
+                # (a pipeline's ranks mostly take turns), not as the model's fair share stretches it
+                busy = float((run.arrays["timing/compute"] + run.arrays["timing/data"]).sum())
+                k = busy / (pred.breakdown["mean work"] * p) if pred.breakdown["mean work"] > 0 else 1.0
+                rescaled = predict(variant, scaled(costs, k), cluster, p, settings).seconds
             checks.append(Check(run.name, variant, p, cluster.threads, cluster.nodes(p),
                                 analysis.training_seconds(run), pred.seconds, calibration.name, pred.breakdown,
                                 rescaled))
@@ -108,7 +113,7 @@ def summary(checks: list[Check]) -> dict:
     if not predicted:
         return {"runs": 0}
     errors = [abs(c.error) for c in predicted]
-    schedule = [abs(c.schedule_error) for c in predicted]
+    schedule = [abs(c.schedule_error) for c in predicted if c.schedule_error == c.schedule_error] or [float("nan")]
     return {"runs": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors),
             "median_abs_schedule_error": statistics.median(schedule), "worst_abs_schedule_error": max(schedule)}
 
@@ -117,7 +122,7 @@ def table(checks: list[Check], markdown: bool = False) -> str:
     head = ["run", "variant", "p", "threads", "measured s", "predicted s", "error %", "schedule-only error %",
             "calibrated on"]
     rows = [[c.run, c.variant, str(c.p), str(c.threads), f"{c.measured:.2f}", f"{c.predicted:.2f}",
-             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), f"{100 * c.schedule_error:+.1f}",
+             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), f"{100 * c.schedule_error:+.1f}" if c.schedule_error == c.schedule_error else "n/a (shared cores)",
              c.calibration] for c in checks]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
