@@ -103,7 +103,8 @@ def _calibration(args, variant: str):
     ones = [r for r in runs if int(r.attrs.get("world_size", 0)) == 1 and (args.run or r.attrs.get("variant") == variant)]
     if not ones:
         raise UsageError(f"{args.calibrate} has no 1-rank {args.run or variant} run to calibrate from")
-    costs = calibrate.from_run(ones[0])
+    same_threads = [r for r in ones if calibrate.run_threads(r) == args.threads]
+    costs = calibrate.from_run((same_threads or ones)[0])
     if costs.dims != dims or costs.batch != args.batch_size:
         costs = calibrate.retarget(costs, dims, args.batch_size)
     return costs

@@ -56,9 +56,8 @@ class Check:
 
 
 def _key(run: results.Run) -> str:
-    config = {k: v for k, v in run.config.items() if k not in analysis.NOT_IN_SIGNATURE}
-    return json.dumps({"config": config, "host": run.attrs.get("hostname", ""), "threads": run_threads(run)},
-                      sort_keys=True)
+    """A configuration as analysis groups runs into cases, with its threads per rank."""
+    return json.dumps({"case": analysis.signature(run), "threads": run_threads(run)}, sort_keys=True)
 
 
 def cluster_of(run: results.Run, cores_per_node: int, base: Cluster) -> Cluster:
