@@ -157,6 +157,8 @@ def cmd_validate(args) -> int:
     base = links.Cluster(intra=links.link(args.intra), inter=links.link(args.network))
     checks, skipped = validation.check(args.results_file, args.cores_per_node or None, base)
     print(validation.table(checks, args.format == "markdown"))
+    print()
+    print(validation.case_table(checks, args.format == "markdown"))
     for line in skipped:
         print(f"not predicted: {line}")
     s = validation.summary(checks)
@@ -164,6 +166,8 @@ def cmd_validate(args) -> int:
         print(f"over {s['runs']} predicted runs (p > 1): median |error| {100 * s['median_abs_error']:.1f} %, "
               f"worst {100 * s['worst_abs_error']:.1f} %; schedule-only (work level from the run itself): "
               f"median {100 * s['median_abs_schedule_error']:.1f} %, worst {100 * s['worst_abs_schedule_error']:.1f} %")
+        print(f"over {s['cases']} cases (a configuration at one p, median of its repetitions): median |error| "
+              f"{100 * s['median_abs_case_error']:.1f} %, worst {100 * s['worst_abs_case_error']:.1f} %")
     return 0
 
 

@@ -187,12 +187,11 @@ def profile_backprop(dims, batch: int, threads: int = 1, repeats: int = 15) -> B
             def go():
                 model.zero_grad(set_to_none=False)
                 F.cross_entropy(model(x), y).backward()
-            return _median_seconds(go, repeats)
+            return go
         small, large = max(1, batch // 4), batch
-        t_small, t_large = fb(small), fb(large)
+        t_small, t_large, adam = _interleaved([fb(small), fb(large), optimizer.step], repeats)
         fb1 = max(0.0, (t_large - t_small) / (large - small)) if large > small else 0.0
         fb0 = max(0.0, t_large - fb1 * large)
-        adam = _median_seconds(optimizer.step, repeats)
         data_x = torch.rand(64 * batch, dims[0])
         order = torch.randperm(64 * batch)
         data_row = _median_seconds(lambda: data_x[order[:batch]], repeats) / batch

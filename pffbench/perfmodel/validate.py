@@ -106,6 +106,25 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
     return checks, skipped
 
 
+def case_errors(checks: list[Check]) -> list[tuple[str, int, int, float, float]]:
+    """Per case (a configuration at one p, its repetitions together): (its
+    first run's stem, p, repetitions, median measured s, predicted s), p > 1."""
+    cases = {}
+    for c in checks:
+        if not c.calibrating:
+            cases.setdefault((c.calibration, c.p), []).append(c)
+    return [(analysis.stem(members[0].run), p, len(members), statistics.median(m.measured for m in members),
+             members[0].predicted) for (_, p), members in sorted(cases.items(), key=lambda kv: kv[1][0].run)]
+
+
+def case_table(checks: list[Check], markdown: bool = False) -> str:
+    """One row per case: median measured vs predicted, and the calibration."""
+    head = ["case", "p", "runs", "median measured s", "predicted s", "error %"]
+    rows = [[stem, str(p), str(n), f"{measured:.2f}", f"{predicted:.2f}", f"{100 * (predicted - measured) / measured:+.1f}"]
+            for stem, p, n, measured, predicted in case_errors(checks)]
+    return _format(head, rows, markdown)
+
+
 def summary(checks: list[Check]) -> dict:
     """Median and worst absolute error over the predicted (p > 1) runs."""
     predicted = [c for c in checks if not c.calibrating]
@@ -113,8 +132,11 @@ def summary(checks: list[Check]) -> dict:
         return {"runs": 0}
     errors = [abs(c.error) for c in predicted]
     schedule = [abs(c.schedule_error) for c in predicted if c.schedule_error == c.schedule_error] or [float("nan")]
+    medians = [abs(predicted_s - measured) / measured for _, _, _, measured, predicted_s in case_errors(checks)]
     return {"runs": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors),
-            "median_abs_schedule_error": statistics.median(schedule), "worst_abs_schedule_error": max(schedule)}
+            "median_abs_schedule_error": statistics.median(schedule), "worst_abs_schedule_error": max(schedule),
+            "cases": len(medians), "median_abs_case_error": statistics.median(medians),
+            "worst_abs_case_error": max(medians)}
 
 
 def table(checks: list[Check], markdown: bool = False) -> str:
@@ -123,6 +145,10 @@ def table(checks: list[Check], markdown: bool = False) -> str:
     rows = [[c.run, c.variant, str(c.p), str(c.threads), f"{c.measured:.2f}", f"{c.predicted:.2f}",
              f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), f"{100 * c.schedule_error:+.1f}" if c.schedule_error == c.schedule_error else "n/a (shared cores)",
              c.calibration] for c in checks]
+    return _format(head, rows, markdown)
+
+
+def _format(head: list[str], rows: list[list[str]], markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
