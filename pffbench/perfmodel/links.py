@@ -41,6 +41,9 @@ TABLE = {link.name: link for link in (
          "MPI point-to-point within a node through shared memory (MPICH/Open MPI): OSU osu_latency "
          "~0.2-0.5 us, osu_bw ~5-15 GB/s on current x86 servers (MVAPICH performance pages, "
          "mvapich.cse.ohio-state.edu/performance/pt_to_pt); 8 GB/s a mid value"),
+    Link("devvm-shm", 2.2e-6, 2.1 * GB,
+         "MPI (pip MPICH 5) through shared memory on this project's 2-vCPU AMD EPYC dev VM: measured with "
+         "python -m pffbench.perfmodel.linkprobe, 2026-11-30 07:57 UTC (8 B: 2.2 us; 8 MiB: 4.0 ms), host at load ~11"),
     Link("1GbE", 50e-6, 0.117 * GB,
          "1 Gb/s Ethernet, TCP: IEEE 802.3ab line rate 125 MB/s less ~6 % headers; kernel TCP latency "
          "~25-60 us (NetPIPE/OSU figures for GbE clusters)"),
