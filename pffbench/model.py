@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
     g.add_argument("-o", "--out-dir", default="plots")
     g.add_argument("--cores-per-node", type=int, default=0)
+    g.add_argument("--intra", default="shm", help="MPI link within the node the runs ran on")
     g.add_argument("--deep-layers", type=int, default=16, help="depth of the [784, 2000 x L] net of the cluster panels")
     g.add_argument("--networks", default="10GbE,IB-HDR")
     g.add_argument("--timeline-ranks", type=int, default=4)

@@ -20,11 +20,11 @@ def _valid(variant: str, p: int, layers: int) -> bool:
         and variant != "backprop"
 
 
-def measured_panel(path: str, cores: int) -> tuple[dict, dict]:
+def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict]:
     """The file's series: predicted curves on one node of ``cores`` cores and the
     measured speedups (median, min, max over repetitions); also each variant's
     calibration (costs) for the cluster panels."""
-    checks, _ = validation.check(path, cores)
+    checks, _ = validation.check(path, cores, links.Cluster(intra=intra))
     runs = {r.name: r for r in results.read_runs(path)}
     groups = {}
     for c in checks:
@@ -45,7 +45,7 @@ def measured_panel(path: str, cores: int) -> tuple[dict, dict]:
         settings = model.Settings.from_run(calibration)
         layers = len(dims) - (2 if variant in calibrate.BACKPROP_VARIANTS else 1)
         curve_ps = [p for p in (1, 2, 4) if _valid(variant, p, layers)]
-        t = {p: model.predict(variant, costs, links.Cluster(p, cores, costs.threads), p, settings).seconds
+        t = {p: model.predict(variant, costs, links.Cluster(p, cores, costs.threads, intra), p, settings).seconds
              for p in curve_ps}
         curves[label] = [(p, t[1] / t[p]) for p in curve_ps]
         measured[label] = [(p, statistics.median(s), min(s), max(s)) for p in ps
@@ -88,7 +88,7 @@ def deepen_backprop(costs: calibrate.BackpropCosts, layers: int) -> calibrate.Ba
 
 def cmd_plot(args) -> int:
     cores = args.cores_per_node or os.cpu_count() or 1
-    first, costs_of = measured_panel(args.results_file, cores)
+    first, costs_of = measured_panel(args.results_file, cores, links.link(args.intra))
     panels = [first] + [cluster_panel(costs_of, n.strip(), args.deep_layers) for n in args.networks.split(",")]
     written = plot.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
     written += _timelines(args, cores, costs_of)
@@ -106,12 +106,12 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
     written = []
     if traced:
         run = max(traced, key=lambda r: int(r.attrs["world_size"]))
-        checks, _ = validation.check(args.results_file, cores, names=None)
+        checks, _ = validation.check(args.results_file, cores, links.Cluster(intra=links.link(args.intra)))
         calibration = next((c.calibration for c in checks if c.run == run.name), None)
         if calibration is not None:
             costs = calibrate.from_run({r.name: r for r in runs}[calibration])
             p, settings = int(run.attrs["world_size"]), model.Settings.from_run(run)
-            cluster = validation.cluster_of(run, cores, links.Cluster())
+            cluster = validation.cluster_of(run, cores, links.Cluster(intra=links.link(args.intra)))
             pred = model.predict("pipeline", costs, cluster, p, replace(settings, epochs=1), trace=True)
             written += plot.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
                                  "model_timeline")
