@@ -22,7 +22,7 @@ STYLE = {"pipeline": ("#1f77b4", "o"), "all-layers": ("#2ca02c", "s"), "single-l
 def speedup_figure(panels: list[dict]) -> plt.Figure:
     """``panels``: [{"title", "curves": {variant: [(p, speedup)]},
     "measured": {variant: [(p, median, low, high)]}, "note"}]."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 6.2), squeeze=False, constrained_layout=True)
     for ax, panel in zip(axes[0], panels):
         top, seen = 1, {}
         for label, points in panel["curves"].items():
@@ -47,11 +47,14 @@ def speedup_figure(panels: list[dict]) -> plt.Figure:
         ax.set_yticks(yticks, [str(t) for t in yticks])
         ax.set_xlabel("ranks p")
         ax.set_ylabel("speedup over 1 rank")
-        ax.set_title(panel["title"], fontsize=10)
+        ax.set_title(panel["title"], fontsize=8.5)
         if panel.get("note"):
             ax.text(0.02, 0.98, panel["note"], transform=ax.transAxes, va="top", fontsize=7.5, color="#444444")
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper left" if panel.get("measured") else "lower right", ncol=1)
+        if panel.get("measured"):  # many series: the legend goes under the panel
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        else:
+            ax.legend(fontsize=6.5, loc="lower right")
     return fig
 
 
