@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from .config import UsageError, one_line
+from .core.config import UsageError, one_line
 from .perfmodel import calibrate, links, predict as model, validate as validation
 
 

@@ -11,7 +11,7 @@ allreduce as its piece ends.
 """
 from __future__ import annotations
 
-from ..pipeline import batch_rows
+from ..core.types import batch_rows
 from .calibrate import BackpropCosts
 from .events import Simulator, Wait, Work
 from .links import Cluster, allreduce_time

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .. import results
-from ..pipeline import batch_rows
+from ..core.types import batch_rows
 from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
 
 PFF_VARIANTS = ("single-layer", "all-layers", "federated", "perf-opt")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..timing import CATEGORIES
+from ..instrument.timer import CATEGORIES
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import results
 from ..paper_bench import wavefront_bound
-from ..partition import layer_costs
+from ..core.partition import layer_costs
 from . import calibrate, links
 from . import predict as model
 from .study import deepen_backprop

@@ -13,8 +13,8 @@ epoch gathers the layers to rank 0, which evaluates while the others wait.
 """
 from __future__ import annotations
 
-from ..partition import balanced_partition, layer_costs
-from ..pipeline import batch_rows
+from ..core.partition import balanced_partition, layer_costs
+from ..core.types import batch_rows
 from .calibrate import FFCosts
 from .events import Hold, Signal, Simulator, Wait, Work
 from .links import Cluster, allreduce_time

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..timing import CATEGORIES
+from ..instrument.timer import CATEGORIES
 from . import backprop as backprop_model
 from . import pff as pff_model
 from . import pipeline as pipeline_model

@@ -18,8 +18,9 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .. import ff, heads
-from ..backprop import MLP
+from .. import ff
+from ..ff import heads
+from ..schedules.backprop.mlp import MLP
 
 NUM_CLASSES = 10
 

@@ -18,7 +18,8 @@ import os
 import statistics
 from dataclasses import dataclass, replace
 
-from .. import analysis, results
+from .. import results
+from ..study import analysis
 from .calibrate import from_run, run_threads, scaled
 from .links import Cluster
 from .predict import Settings, predict
