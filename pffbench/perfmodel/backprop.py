@@ -1,4 +1,4 @@
-"""The backprop baselines' timelines (pffbench/backprop.py).
+"""The backprop baselines' timelines (pffbench/schedules/backprop/).
 
 dp-backprop on p ranks, per minibatch of n rows: every rank slices its
 shard of about n/p rows (data), runs forward and backward on it

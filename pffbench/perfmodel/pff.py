@@ -1,5 +1,4 @@
-"""The paper's PFF schedules' timelines (pffbench/all_layers.py,
-single_layer.py, federated.py, perf_opt.py), one block per (chapter, layer).
+"""The paper's PFF schedules' timelines (pffbench/schedules/pff/), one block per (chapter, layer).
 
 Costs per chapter on a rank holding R training rows: a layer's training is
 C epochs of its minibatch steps (``step`` x R / batch x C); its forward over

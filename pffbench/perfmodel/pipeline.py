@@ -1,6 +1,6 @@
-"""The activation pipeline's timeline (pffbench/pipeline.py), minibatch by minibatch.
+"""The activation pipeline's timeline (pffbench/schedules/pipeline/), minibatch by minibatch.
 
-Rank r owns block r of the project's own partition (partition.balanced_partition
+Rank r owns block r of the project's own partition (core.partition.balanced_partition
 of partition.layer_costs).  Per minibatch: rank 0 makes the data; a rank
 waits for its input (receive wait), waits for a free slot in the next rank's
 ring (send wait: ``depth`` = 9 slots, so up to 8 minibatches ahead), computes

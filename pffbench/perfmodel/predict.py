@@ -1,7 +1,7 @@
 """Predictions: simulate a schedule, read its training time, and split it
 into where the time goes.
 
-Training time is what ``analysis.training_seconds`` measures: the slowest
+Training time is what ``study.analysis.training_seconds`` measures: the slowest
 rank's time less evaluation.  It is split (``Prediction.breakdown``) as
 
     T = mean work + imbalance + fill/drain (bubble) + link waits
