@@ -101,7 +101,8 @@ def _calibration(args, variant: str):
         return calibrate.measured(variant, dims, args.batch_size, args.threads)
     from . import results
     runs = results.read_runs(args.calibrate, [args.run] if args.run else None)
-    ones = [r for r in runs if int(r.attrs.get("world_size", 0)) == 1 and (args.run or r.attrs.get("variant") == variant)]
+    ones = [r for r in runs
+            if int(r.attrs.get("world_size", 0)) == 1 and (args.run or r.attrs.get("variant") == variant)]
     if not ones:
         raise UsageError(f"{args.calibrate} has no 1-rank {args.run or variant} run to calibrate from")
     same_threads = [r for r in ones if calibrate.run_threads(r) == args.threads]
@@ -145,9 +146,11 @@ def cmd_predict(args) -> int:
         costs = _calibration(args, variant)
         ranks = valid_ranks(variant, args.ranks, len(args.layers))
         rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
+    inter = cluster.inter
     print(f"net [{args.input}, {', '.join(map(str, args.layers))}], batch {args.batch_size}, {args.epochs} epoch(s); "
-          f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, {cluster.threads} thread(s)/rank; "
-          f"network {cluster.inter.name} (alpha {cluster.inter.alpha * 1e6:.1f} us, beta {cluster.inter.beta / 1e9:.2f} GB/s)")
+          f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
+          f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "
+          f"beta {inter.beta / 1e9:.2f} GB/s)")
     print(format_rows(rows, args.format == "markdown"))
     return 0
 
@@ -177,7 +180,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "links":
             for lk in links.TABLE.values():
-                print(f"{lk.name:>13}  alpha {lk.alpha * 1e6:6.2f} us  beta {lk.beta / 1e9 if lk.beta != float('inf') else float('inf'):7.3f} GB/s  {lk.source}")
+                print(f"{lk.name:>13}  alpha {lk.alpha * 1e6:6.2f} us  beta {lk.beta / 1e9:7.3f} GB/s  {lk.source}")
             return 0
         if args.command == "predict":
             return cmd_predict(args)

@@ -121,7 +121,8 @@ def case_errors(checks: list[Check]) -> list[tuple[str, int, int, float, float]]
 def case_table(checks: list[Check], markdown: bool = False) -> str:
     """One row per case: median measured vs predicted, and the calibration."""
     head = ["case", "p", "runs", "median measured s", "predicted s", "error %"]
-    rows = [[stem, str(p), str(n), f"{measured:.2f}", f"{predicted:.2f}", f"{100 * (predicted - measured) / measured:+.1f}"]
+    rows = [[stem, str(p), str(n), f"{measured:.2f}", f"{predicted:.2f}",
+             f"{100 * (predicted - measured) / measured:+.1f}"]
             for stem, p, n, measured, predicted in case_errors(checks)]
     return _format(head, rows, markdown)
 
@@ -144,7 +145,8 @@ def table(checks: list[Check], markdown: bool = False) -> str:
     head = ["run", "variant", "p", "threads", "measured s", "predicted s", "error %", "schedule-only error %",
             "calibrated on"]
     rows = [[c.run, c.variant, str(c.p), str(c.threads), f"{c.measured:.2f}", f"{c.predicted:.2f}",
-             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""), f"{100 * c.schedule_error:+.1f}" if c.schedule_error == c.schedule_error else "n/a (shared cores)",
+             f"{100 * c.error:+.1f}" + (" (cal.)" if c.calibrating else ""),
+             f"{100 * c.schedule_error:+.1f}" if c.schedule_error == c.schedule_error else "n/a (shared cores)",
              c.calibration] for c in checks]
     return _format(head, rows, markdown)
 
