@@ -1,0 +1,199 @@
+"""`python -m pffbench.model`: a calibrated discrete-event performance model
+of every schedule (pffbench/perfmodel/, derivations in docs/model.md).
+
+  predict   predicted training time, speedup, efficiency and where the time
+            goes, for p = 1, 2, 4, ... on a cluster you describe
+  validate  predict every run of a results file from its own settings and a
+            1-rank run of its configuration; measured vs predicted
+  plot      plots/model_speedup.png and plots/model_timeline.png
+  paper     the paper's headline setup and deeper nets, predicted
+  links     the table of interconnects (alpha, beta, source)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .core.config import UsageError, one_line
+from .perfmodel import calibrate, links, predict as model, validate as validation
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _cluster_args(p) -> None:
+    p.add_argument("--network", default="10GbE", help=f"link between nodes: {', '.join(links.TABLE)}")
+    p.add_argument("--intra", default="shm", help="MPI link within a node (default shm)")
+    p.add_argument("--alpha", type=float, help="override the network's latency, seconds")
+    p.add_argument("--beta", type=float, help="override the network's bandwidth, bytes/s")
+    p.add_argument("--ranks-per-node", type=int, default=1)
+    p.add_argument("--cores-per-node", type=int, default=0, help="default: ranks per node x threads")
+    p.add_argument("--threads", type=int, default=1, help="threads per rank")
+    p.add_argument("--allreduce", default="auto", choices=("auto", "ring", "tree"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m pffbench.model", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("predict", help="predict training time and speedup")
+    p.add_argument("--variant", default="pipeline,all-layers,single-layer,federated,dp-backprop",
+                   help=f"comma-separated: {', '.join(model.VARIANTS)}")
+    p.add_argument("--layers", type=_ints, default=[2000] * 4, help="hidden widths")
+    p.add_argument("--input", type=int, default=784, help="input width (MNIST 784)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--splits", type=int, default=0, help="PFF chapters (default: one per epoch)")
+    p.add_argument("--num-train", type=int, default=60000)
+    p.add_argument("--ranks", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--calibrate", metavar="RESULTS.h5", help="calibrate from a 1-rank run in this file "
+                   "(else: microbenchmarks of the net on this machine)")
+    p.add_argument("--run", help="the 1-rank run to calibrate from (default: the first of the variant)")
+    p.add_argument("--format", choices=("text", "markdown"), default="text")
+    _cluster_args(p)
+    v = sub.add_parser("validate", help="measured vs predicted for every run in a results file")
+    v.add_argument("results_file")
+    v.add_argument("--cores-per-node", type=int, default=0, help="cores of the machine the runs ran on "
+                   "(not recorded; default: this machine's)")
+    v.add_argument("--intra", default="shm")
+    v.add_argument("--network", default="10GbE")
+    v.add_argument("--format", choices=("text", "markdown"), default="text")
+    g = sub.add_parser("plot", help="model_speedup.png and model_timeline.png")
+    g.add_argument("results_file", help="validation runs (measured points, calibration)")
+    g.add_argument("-o", "--out-dir", default="plots")
+    g.add_argument("--cores-per-node", type=int, default=0)
+    g.add_argument("--intra", default="shm", help="MPI link within the node the runs ran on")
+    g.add_argument("--deep-layers", type=int, default=16, help="depth of the [784, 2000 x L] net of the cluster panels")
+    g.add_argument("--networks", default="10GbE,IB-HDR")
+    g.add_argument("--timeline-ranks", type=int, default=4)
+    s = sub.add_parser("paper", help="the paper's headline setup and deeper nets, predicted")
+    s.add_argument("--networks", default="1GbE,10GbE,IB-HDR")
+    s.add_argument("--calibrate", metavar="RESULTS.h5", help="a 1-rank pipeline run of [784, 2000 x 4] to scale from")
+    s.add_argument("--quick", action="store_true", help="fewer batch sizes and depths")
+    sub.add_parser("links", help="the interconnect table")
+    return parser
+
+
+def cluster_from(args) -> links.Cluster:
+    inter = links.link(args.network)
+    if args.alpha is not None or args.beta is not None:
+        inter = links.Link(f"{inter.name} (custom)", args.alpha if args.alpha is not None else inter.alpha,
+                           args.beta if args.beta is not None else inter.beta, "given on the command line")
+    cores = args.cores_per_node or args.ranks_per_node * args.threads
+    return links.Cluster(args.ranks_per_node, cores, args.threads, links.link(args.intra), inter)
+
+
+def _calibration(args, variant: str):
+    dims = [args.input, *args.layers]
+    if not args.calibrate:
+        return calibrate.measured(variant, dims, args.batch_size, args.threads)
+    from . import results
+    runs = results.read_runs(args.calibrate, [args.run] if args.run else None)
+    ones = [r for r in runs
+            if int(r.attrs.get("world_size", 0)) == 1 and (args.run or r.attrs.get("variant") == variant)]
+    if not ones:
+        raise UsageError(f"{args.calibrate} has no 1-rank {args.run or variant} run to calibrate from")
+    same_threads = [r for r in ones if calibrate.run_threads(r) == args.threads]
+    costs = calibrate.from_run((same_threads or ones)[0])
+    if costs.dims != dims or costs.batch != args.batch_size:
+        costs = calibrate.retarget(costs, dims, args.batch_size)
+    return costs
+
+
+def format_rows(rows: list[dict], markdown: bool) -> str:
+    head = ["variant", "p", "predicted s", "speedup", "efficiency", "mean work", "imbalance", "fill/drain",
+            "link waits"]
+    keys = ["variant", "p", "seconds", "speedup", "efficiency", "mean work", "imbalance", "fill/drain, bubble",
+            "link waits"]
+    cells = [[str(r[k]) if k in ("variant", "p") else f"{r[k]:.3f}" if k in ("speedup", "efficiency")
+              else f"{r[k]:.2f}" for k in keys] for r in rows]
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(x) for x in col) for col in zip(head, *cells)]
+    return "\n".join("  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head] + cells)
+
+
+def valid_ranks(variant: str, ranks, layers: int) -> list[int]:
+    if variant == "single-layer":
+        return [p for p in ranks if p in (1, layers)]
+    if variant == "pipeline":
+        return [p for p in ranks if p <= layers]
+    if variant == "backprop":
+        return [1]
+    return list(ranks)
+
+
+def cmd_predict(args) -> int:
+    cluster = cluster_from(args)
+    settings = model.Settings(args.num_train, args.epochs, args.splits, True, args.allreduce)
+    rows = []
+    for variant in [v.strip() for v in args.variant.split(",") if v.strip()]:
+        if variant not in model.VARIANTS:
+            raise UsageError(f"unknown variant {variant!r}; modelled: {', '.join(model.VARIANTS)}")
+        costs = _calibration(args, variant)
+        ranks = valid_ranks(variant, args.ranks, len(args.layers))
+        rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
+    inter = cluster.inter
+    print(f"net [{args.input}, {', '.join(map(str, args.layers))}], batch {args.batch_size}, {args.epochs} epoch(s); "
+          f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
+          f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "
+          f"beta {inter.beta / 1e9:.2f} GB/s)")
+    print(format_rows(rows, args.format == "markdown"))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    if not os.path.exists(args.results_file):
+        raise UsageError(f"no such results file: {args.results_file}")
+    base = links.Cluster(intra=links.link(args.intra), inter=links.link(args.network))
+    checks, skipped = validation.check(args.results_file, args.cores_per_node or None, base)
+    print(validation.table(checks, args.format == "markdown"))
+    print()
+    print(validation.case_table(checks, args.format == "markdown"))
+    for line in skipped:
+        print(f"not predicted: {line}")
+    s = validation.summary(checks)
+    if s["runs"]:
+        print(f"over {s['runs']} predicted runs (p > 1): median |error| {100 * s['median_abs_error']:.1f} %, "
+              f"worst {100 * s['worst_abs_error']:.1f} %; schedule-only (work level from the run itself): "
+              f"median {100 * s['median_abs_schedule_error']:.1f} %, worst {100 * s['worst_abs_schedule_error']:.1f} %")
+        print(f"over {s['cases']} cases (a configuration at one p, median of its repetitions): median |error| "
+              f"{100 * s['median_abs_case_error']:.1f} %, worst {100 * s['worst_abs_case_error']:.1f} %")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "links":
+            for lk in links.TABLE.values():
+                print(f"{lk.name:>13}  alpha {lk.alpha * 1e6:6.2f} us  beta {lk.beta / 1e9:7.3f} GB/s  {lk.source}")
+            return 0
+        if args.command == "predict":
+            return cmd_predict(args)
+        if args.command == "validate":
+            return cmd_validate(args)
+        from .perfmodel import study
+        if args.command == "plot":
+            return study.cmd_plot(args)
+        return study.cmd_paper(args)
+    except (UsageError, ValueError, OSError) as error:
+        print(f"pffbench: error: {one_line(str(error))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Calibration: the per-layer step costs a simulation needs, from a 1-rank
+run of the same net, batch and threads (``from_run``) or from the
+microbenchmarks alone (``measured``).
+
+From a run: the microbenchmarks (``profile``) give how the cost splits over
+layers and parts, and the run gives its level: every layer's step is scaled
+by one factor so that the steps of an epoch add up to the run's measured
+``compute``, the PFF recomputation likewise to its ``data``.  Rank 0's data
+per minibatch, the end-of-epoch sync and the evaluation are taken from the
+run as they are.  The factor (``scale``) is reported: it says how far the
+microbenchmark (warm caches, no loop) is from the training loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .. import results
+from ..core.types import batch_rows
+from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
+
+PFF_VARIANTS = ("single-layer", "all-layers", "federated", "perf-opt")
+BACKPROP_VARIANTS = ("backprop", "dp-backprop")
+
+
+@dataclass
+class FFCosts:
+    """Seconds, for ``batch`` rows a minibatch and ``threads`` per rank."""
+    dims: list[int]
+    batch: int
+    threads: int
+    kind: str                  # "ff" or "perf-opt"
+    step: list[float]          # per minibatch, layer i's step (PFF: its share of the chapter's compute)
+    normalize: list[float]     # per minibatch, a pipeline receiver normalizing layer i's input
+    forward_row: list[float]   # per training row, layer i's forward (PFF recomputation)
+    data: float                # per minibatch, rank 0's data (pipeline)
+    inputs_row: float          # per training row and chapter, first-layer inputs and negatives (PFF)
+    once_row: float            # per training row, once per rank and run (PFF: normalizing the rows)
+    sync: float = 0.0          # per epoch, the local part of the end-of-epoch reduction
+    eval: float = 0.0          # per evaluation, rank 0
+    scale: float = 1.0         # the run's compute / the microbenchmarks'
+    data_scale: float = 1.0    # the run's data / the microbenchmarks' (rank 0's minibatches, PFF recomputation)
+    source: str = "microbenchmark"
+
+
+@dataclass
+class BackpropCosts:
+    dims: list[int]
+    batch: int
+    threads: int
+    fb0: float                 # forward+backward of r rows: fb0 + fb1 r
+    fb1: float
+    adam: float
+    data_row: float
+    gradient_floats: int
+    eval: float = 0.0
+    scale: float = 1.0
+    source: str = "microbenchmark"
+
+
+def measured(variant: str, dims, batch: int, threads: int = 1):
+    """Costs from the microbenchmarks alone (no run needed, e.g. for a net too big to train here)."""
+    if variant in BACKPROP_VARIANTS:
+        return _backprop_costs(profile_backprop(dims, batch, threads))
+    return _ff_costs(profile_ff(dims, batch, threads, "perf-opt" if variant == "perf-opt" else "ff"))
+
+
+def _ff_costs(p: FFProfile, scale: float = 1.0, data_scale: float = 1.0, **more) -> FFCosts:
+    return FFCosts(p.dims, p.batch, p.threads, p.kind, [s * scale for s in p.step],
+                   [s * scale for s in p.normalize], [f * data_scale for f in p.forward_row], p.data * data_scale,
+                   p.inputs_row * data_scale, p.once_row * data_scale, scale=scale, data_scale=data_scale, **more)
+
+
+def _backprop_costs(p: BackpropProfile, scale: float = 1.0, **more) -> BackpropCosts:
+    return BackpropCosts(p.dims, p.batch, p.threads, p.fb0 * scale, p.fb1 * scale, p.adam * scale,
+                         p.data_row, p.gradient_floats, scale=scale, **more)
+
+
+def retarget(costs, dims=None, batch: int | None = None):
+    """The same calibration for another net or batch size: the
+    microbenchmarks re-run for them, scaled by the calibration's factors
+    (taken to carry over: an assumption the README states)."""
+    dims, batch = list(dims or costs.dims), batch or costs.batch
+    note = f", retargeted to {dims} batch {batch}"
+    if isinstance(costs, BackpropCosts):
+        return _backprop_costs(profile_backprop(dims, batch, costs.threads), costs.scale, eval=costs.eval,
+                               source=costs.source + note)
+    profile = profile_ff(dims, batch, costs.threads, costs.kind)
+    return replace(_ff_costs(profile, costs.scale, costs.data_scale), sync=costs.sync, eval=costs.eval,
+                   source=costs.source + note)
+
+
+def run_threads(run: results.Run) -> int:
+    threads = run.attrs.get("threads_per_rank", 1)
+    return int(max(threads)) if isinstance(threads, (list, tuple)) else int(threads)
+
+
+def from_run(run: results.Run, profile=None):
+    """Costs from a complete 1-rank run (its recorded dims, batch, threads).
+    Raises ValueError if the run cannot calibrate (more ranks, not complete)."""
+    if int(run.attrs.get("world_size", 0)) != 1:
+        raise ValueError(f"run {run.name} has {run.attrs.get('world_size')} ranks: calibration needs a 1-rank run")
+    if run.attrs.get("status", "complete") != "complete":
+        raise ValueError(f"run {run.name} did not complete")
+    variant, config = run.attrs.get("variant", "pipeline"), run.config
+    threads, batch = run_threads(run), int(config["batch_size"])
+    a = run.arrays
+    evals = a["timing/eval"][0]
+    evaluation = float(evals[evals > 0].max()) if (evals > 0).any() else 0.0
+    if variant in BACKPROP_VARIANTS:
+        dims = list(run.attrs["dims"])[:-1]  # the head is not a hidden layer
+        profile = profile or profile_backprop(dims, batch, threads)
+        steps = len(batch_rows(int(run.attrs["num_train"]), batch)) * a["timing/compute"].shape[1]
+        scale = float(a["timing/compute"][0].sum()) / steps / (profile.fb0 + profile.fb1 * batch + profile.adam)
+        costs = _backprop_costs(profile, scale, eval=evaluation, source=f"run {run.name}")
+        costs.data_row = float(a["timing/data"][0].sum()) / steps / batch
+        return costs
+    dims = list(run.attrs["dims"])
+    profile = profile or profile_ff(dims, batch, threads, "perf-opt" if variant == "perf-opt" else "ff")
+    sizes = batch_rows(int(run.attrs["num_train"]), batch)
+    full = sum(sizes) / batch  # minibatches an epoch, a partial one counted by its rows
+    compute, data = a["timing/compute"][0], a["timing/data"][0]
+    if variant not in PFF_VARIANTS:
+        scale = float(compute.mean()) / (full * sum(profile.step))
+        data_scale = float(data.mean()) / full / profile.data
+        return _ff_costs(profile, scale, data_scale, sync=float(a["timing/sync"][0].mean()), eval=evaluation,
+                         source=f"run {run.name}")
+    return _pff_costs(run, profile, sizes, evaluation)
+
+
+def _pff_costs(run, profile: FFProfile, sizes, evaluation) -> FFCosts:
+    """A PFF run: its compute sets the steps' level (with the head and label
+    scores it includes, spread over the layers), its data the level of the
+    recomputation and the once-per-run normalization, both over the whole
+    run (a chapter alone is at the mercy of a busy host)."""
+    a, config = run.arrays, run.config
+    epochs = a["timing/compute"].shape[1]
+    chapters = int(config.get("splits") or epochs)
+    rows = int(run.attrs["num_train"])
+    full = sum(sizes) / profile.batch
+    scale = float(a["timing/compute"][0].sum()) / (epochs * full * sum(profile.step))
+    recompute = chapters * rows * (profile.inputs_row + sum(profile.forward_row[:-1])) + rows * profile.once_row
+    data_scale = float(a["timing/data"][0].sum()) / recompute if recompute > 0 else 1.0
+    return _ff_costs(profile, scale, data_scale, eval=evaluation, source=f"run {run.name}")
+
+
+def scaled(costs, k: float):
+    """``costs`` with every work item k times as long (a host k times slower)."""
+    if isinstance(costs, BackpropCosts):
+        return replace(costs, fb0=costs.fb0 * k, fb1=costs.fb1 * k, adam=costs.adam * k, data_row=costs.data_row * k)
+    return replace(costs, step=[s * k for s in costs.step], normalize=[s * k for s in costs.normalize],
+                   forward_row=[f * k for f in costs.forward_row], data=costs.data * k,
+                   inputs_row=costs.inputs_row * k, once_row=costs.once_row * k, sync=costs.sync * k)

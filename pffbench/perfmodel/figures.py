@@ -1,0 +1,67 @@
+"""The model's figures: predicted speedup against p, one panel per network
+kind, measured points overlaid; and a predicted per-rank timeline drawn by
+pffbench.plot's own Gantt code (``plot.timeline_figure``)."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .. import plot, results  # noqa: E402
+from .predict import Prediction  # noqa: E402
+
+STYLE = {"pipeline": ("#1f77b4", "o"), "all-layers": ("#2ca02c", "s"), "single-layer": ("#9467bd", "D"),
+         "federated": ("#8c564b", "^"), "perf-opt": ("#e377c2", "v"), "dp-backprop": ("#d62728", "x"),
+         "backprop": ("#7f7f7f", "+")}
+
+
+def speedup_figure(panels: list[dict]) -> plt.Figure:
+    """``panels``: [{"title", "curves": {variant: [(p, speedup)]},
+    "measured": {variant: [(p, median, low, high)]}, "note"}]."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 6.2), squeeze=False, constrained_layout=True)
+    for ax, panel in zip(axes[0], panels):
+        top, seen = 1, {}
+        for label, points in panel["curves"].items():
+            variant = label.split()[0]  # a label is a variant, optionally followed by its net
+            color, marker = STYLE.get(variant, ("black", "."))
+            style = ("-", "--", "-.", ":")[seen.get(variant, 0) % 4]
+            seen[variant] = seen.get(variant, 0) + 1
+            ps, ss = zip(*points)
+            ax.plot(ps, ss, color=color, marker=marker, markersize=4, linestyle=style, label=f"{label} (model)")
+            top = max(top, max(ps))
+            if label in panel.get("measured", {}):
+                ps, med, low, high = (np.array(v, dtype=float) for v in zip(*panel["measured"][label]))
+                ax.errorbar(ps * 1.03, med, yerr=[med - low, high - med], fmt=marker, color=color, markersize=8,
+                            markeredgecolor="black", capsize=3, label=f"{label} (measured)")
+        ideal = [1, top]
+        ax.plot(ideal, ideal, ":", color="grey", label="ideal S = p")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ticks = [2 ** k for k in range(int(np.log2(top)) + 1)]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        yticks = [0.5] + ticks if ax.get_ylim()[0] < 1 else ticks
+        ax.set_yticks(yticks, [str(t) for t in yticks])
+        ax.set_xlabel("ranks p")
+        ax.set_ylabel("speedup over 1 rank")
+        ax.set_title(panel["title"], fontsize=8.5)
+        if panel.get("note"):
+            ax.text(0.02, 0.98, panel["note"], transform=ax.transAxes, va="top", fontsize=7.5, color="#444444")
+        ax.grid(True, which="major", alpha=0.3)
+        if panel.get("measured"):  # many series: the legend goes under the panel
+            ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+        else:
+            ax.legend(fontsize=6.5, loc="lower right")
+    return fig
+
+
+def timeline_figure(pred: Prediction, config: dict, title_run: str = "model") -> plt.Figure:
+    """The predicted per-rank timeline of ``pred`` (simulated with trace=True),
+    in the layout of a traced run, drawn by plot.timeline_figure."""
+    events = pred.timeline.events
+    attrs = {"world_size": pred.p, "variant": pred.variant, "dataset": config.get("dataset", "mnist"),
+             "config": json.dumps(config), "hostname": "model"}
+    return plot.timeline_figure(results.Run(title_run, attrs, {"trace/events": events}))

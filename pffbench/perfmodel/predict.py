@@ -1,0 +1,127 @@
+"""Predictions: simulate a schedule, read its training time, and split it
+into where the time goes.
+
+Training time is what ``study.analysis.training_seconds`` measures: the slowest
+rank's time less evaluation.  It is split (``Prediction.breakdown``) as
+
+    T = mean work + imbalance + fill/drain (bubble) + link waits
+
+- mean work: compute and data (and the local part of syncs) averaged over ranks;
+- imbalance: the busiest rank's work beyond the mean (no transport removes it);
+- fill/drain: what the busiest rank still waits with every link free of cost
+  (the schedule's dependencies: a pipeline filling and draining, a
+  wavefront, chapters that wait for layers);
+- link waits: what the links' latency and bandwidth add (T less the same
+  schedule simulated with free links).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..instrument.timer import CATEGORIES
+from . import backprop as backprop_model
+from . import pff as pff_model
+from . import pipeline as pipeline_model
+from .calibrate import BACKPROP_VARIANTS, BackpropCosts, FFCosts
+from .events import Simulator, Timeline
+from .links import Cluster
+
+VARIANTS = ("pipeline", "all-layers", "single-layer", "federated", "perf-opt", "backprop", "dp-backprop")
+WORK = ("compute", "data")
+
+
+@dataclass
+class Settings:
+    """What a run trains, as far as time goes."""
+    num_train: int = 60000
+    epochs: int = 1
+    splits: int = 0                 # PFF chapters (0: one per epoch)
+    shared_ring: bool = True        # the pipeline's --transport auto
+    algorithm: str = "auto"         # allreduce: ring, tree, auto
+
+    @classmethod
+    def from_run(cls, run) -> "Settings":
+        c = run.config
+        return cls(int(run.attrs["num_train"]), int(c.get("epochs", 1)), int(c.get("splits") or 0),
+                   c.get("transport", "auto") == "auto")
+
+
+@dataclass
+class Prediction:
+    variant: str
+    p: int
+    seconds: float
+    timeline: Timeline
+    breakdown: dict = field(default_factory=dict)
+
+
+def _programs(variant: str, sim: Simulator, costs, cluster: Cluster, p: int, s: Settings, epochs: int,
+              evaluate) -> list:
+    if variant == "pipeline":
+        return pipeline_model.programs(sim, costs, cluster, p, s.num_train, epochs, evaluate, s.shared_ring)
+    if variant in BACKPROP_VARIANTS:
+        if variant == "backprop" and p != 1:
+            raise ValueError("backprop runs on one rank; use dp-backprop")
+        return backprop_model.data_parallel(sim, costs, cluster, p, s.num_train, epochs, s.algorithm)
+    chapters = s.splits or s.epochs
+    per = s.epochs // chapters
+    if variant in ("all-layers", "perf-opt"):
+        return pff_model.all_layers(sim, costs, cluster, p, s.num_train, chapters, per)
+    if variant == "single-layer":
+        return pff_model.single_layer(sim, costs, cluster, p, s.num_train, chapters, per)
+    if variant == "federated":
+        return pff_model.federated(sim, costs, cluster, p, s.num_train, chapters, per, s.algorithm)
+    raise ValueError(f"no model for variant {variant!r}; modelled: {', '.join(VARIANTS)}")
+
+
+def simulate(variant: str, costs, cluster: Cluster, p: int, settings: Settings, trace: bool = False,
+             epochs: int | None = None, evaluate=()) -> Timeline:
+    """The timeline of ``variant`` on ranks 0..p-1 of ``cluster``.  The
+    pipeline and backprop run ``epochs`` epochs (default all; their epochs
+    are alike, each ending in a reduction); PFF always all chapters."""
+    threads = [cluster.threads] * p
+    sim = Simulator([cluster.node_of(r) for r in range(p)], cluster.cores_per_node, threads, trace)
+    epochs = settings.epochs if epochs is None else epochs
+    return sim.run(_programs(variant, sim, costs, cluster, p, settings, epochs, evaluate))
+
+
+def training_seconds(timeline: Timeline) -> float:
+    """Slowest rank's time less its evaluation."""
+    return float((timeline.finish - timeline.spent[:, CATEGORIES.index("eval")]).max())
+
+
+def predict(variant: str, costs: FFCosts | BackpropCosts, cluster: Cluster, p: int, settings: Settings,
+            trace: bool = False) -> Prediction:
+    """Predicted training time of ``variant`` on p ranks, with its breakdown."""
+    per_epoch = variant == "pipeline" or variant in BACKPROP_VARIANTS
+    repeat = settings.epochs if per_epoch else 1  # epochs alike: simulate one, multiply
+
+    def seconds(cl: Cluster, tr: bool) -> tuple[float, Timeline]:
+        tl = simulate(variant, costs, cl, p, settings, tr, epochs=1 if per_epoch else None)
+        return training_seconds(tl) * repeat, tl
+
+    total, timeline = seconds(cluster, trace)
+    free, _ = seconds(cluster.without_links(), False)
+    work = timeline.spent[:, [CATEGORIES.index(c) for c in WORK]].sum(axis=1) * repeat
+    breakdown = {"mean work": float(work.mean()), "imbalance": float(work.max() - work.mean()),
+                 "fill/drain, bubble": max(0.0, free - float(work.max())), "link waits": max(0.0, total - free)}
+    return Prediction(variant, p, total, timeline, breakdown)
+
+
+def scaling(variant: str, costs, cluster: Cluster, ranks, settings: Settings) -> list[dict]:
+    """Rows of p, predicted seconds, speedup over p = 1 and efficiency, and the breakdown."""
+    base = predict(variant, costs, cluster, 1, settings).seconds
+    rows = []
+    for p in ranks:
+        pred = predict(variant, costs, cluster, p, settings)
+        speedup = base / pred.seconds if pred.seconds > 0 else float("nan")
+        rows.append({"variant": variant, "p": p, "seconds": pred.seconds, "speedup": speedup,
+                     "efficiency": speedup / p, **pred.breakdown})
+    return rows
+
+
+def timeline_events(timeline: Timeline) -> np.ndarray:
+    """[events, 4] in the results files' trace layout (rank, category, start, end)."""
+    return timeline.events if timeline.events is not None else np.zeros((0, 4))

@@ -1,0 +1,135 @@
+"""The model's studies: the planning figure (``plot``) and the paper's
+headline setup with deeper nets (``paper``)."""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import replace
+
+from .. import plot, results
+from . import calibrate, figures, links
+from . import predict as model
+from . import validate as validation
+
+DEEP_SETTINGS = model.Settings(60000, 100, 100)  # the paper's 100 epochs in 100 chapters
+CLUSTER_VARIANTS = ("pipeline", "all-layers", "federated", "single-layer", "dp-backprop")
+
+
+def _valid(variant: str, p: int, layers: int) -> bool:
+    return (variant != "pipeline" or p <= layers) and (variant != "single-layer" or p in (1, layers)) \
+        and variant != "backprop"
+
+
+def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict]:
+    """The file's series: predicted curves on one node of ``cores`` cores and the
+    measured speedups (median, min, max over repetitions); also each variant's
+    calibration (costs) for the cluster panels."""
+    checks, _ = validation.check(path, cores, links.Cluster(intra=intra))
+    runs = {r.name: r for r in results.read_runs(path)}
+    groups = {}
+    for c in checks:
+        groups.setdefault(c.calibration, []).append(c)
+    curves, measured, costs_of = {}, {}, {}
+    for name, members in groups.items():
+        ps = sorted({c.p for c in members})
+        if len(ps) < 2:
+            continue
+        calibration = runs[name]
+        variant = calibration.attrs.get("variant", "pipeline")
+        dims = list(calibration.attrs["dims"])
+        costs = calibrate.from_run(calibration)
+        if len(costs.dims) > len(getattr(costs_of.get(variant), "dims", ())):  # the deepest net of each variant
+            costs_of[variant] = costs
+        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if variant != "dp-backprop" else variant
+        base_t = statistics.median(c.measured for c in members if c.p == 1)
+        settings = model.Settings.from_run(calibration)
+        layers = len(dims) - (2 if variant in calibrate.BACKPROP_VARIANTS else 1)
+        curve_ps = [p for p in (1, 2, 4) if _valid(variant, p, layers)]
+        t = {p: model.predict(variant, costs, links.Cluster(p, cores, costs.threads, intra), p, settings).seconds
+             for p in curve_ps}
+        curves[label] = [(p, t[1] / t[p]) for p in curve_ps]
+        measured[label] = [(p, statistics.median(s), min(s), max(s)) for p in ps
+                           for s in [[base_t / c.measured for c in members if c.p == p]]]
+    return {"title": f"this machine: 1 node, {cores} cores, MNIST, 1 thread/rank (markers: measured, min-max)",
+            "curves": curves, "measured": measured}, costs_of
+
+
+def cluster_panel(costs_of: dict, network: str, layers: int) -> dict:
+    """Predicted speedups of [784, 2000 x layers] on one rank per node."""
+    dims = [784] + [2000] * layers
+    curves = {}
+    for variant in CLUSTER_VARIANTS:
+        source = costs_of.get(variant) or costs_of.get("all-layers" if variant != "dp-backprop" else "backprop")
+        costs = calibrate.retarget(source, dims if variant != "dp-backprop" else dims[:3], 64) if source else \
+            calibrate.measured(variant, dims if variant != "dp-backprop" else dims[:3], 64, 1)
+        if variant == "dp-backprop":
+            costs = deepen_backprop(costs, layers)
+        cluster = links.Cluster(1, costs.threads, costs.threads, inter=links.link(network))
+        ps = [p for p in (1, 2, 4, 8, 16, 32, 64) if _valid(variant, p, layers)]
+        base = model.predict(variant, costs, cluster, 1, DEEP_SETTINGS).seconds
+        curves[variant] = [(p, base / model.predict(variant, costs, cluster, p, DEEP_SETTINGS).seconds) for p in ps]
+    lk = links.link(network)
+    return {"title": f"[784, 2000 x {layers}], batch 64, 1 rank/node, {network} "
+                     f"({lk.alpha * 1e6:.1f} us, {lk.beta / 1e9:.1f} GB/s)", "curves": curves,
+            "note": "PFF: 100 epochs in 100 chapters; Single-Layer needs p = L"}
+
+
+def deepen_backprop(costs: calibrate.BackpropCosts, layers: int) -> calibrate.BackpropCosts:
+    """Backprop costs of [784, 2000 x layers] from those of [784, 2000, 2000]:
+    every cost grows with the weights (profiling a 32-layer net's backward
+    at batch 1024 would take minutes)."""
+    d = costs.dims
+    have = sum(d[i] * d[i + 1] for i in range(len(d) - 1))
+    want = d[0] * d[1] + (layers - 1) * d[1] * d[1]
+    k = want / have
+    return replace(costs, fb0=costs.fb0 * k, fb1=costs.fb1 * k, adam=costs.adam * k,
+                   gradient_floats=int(costs.gradient_floats * k), dims=[d[0]] + [d[1]] * layers)
+
+
+def cmd_plot(args) -> int:
+    cores = args.cores_per_node or os.cpu_count() or 1
+    first, costs_of = measured_panel(args.results_file, cores, links.link(args.intra))
+    panels = [first] + [cluster_panel(costs_of, n.strip(), args.deep_layers) for n in args.networks.split(",")]
+    written = plot.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
+    written += _timelines(args, cores, costs_of)
+    print("\n".join(written))
+    return 0
+
+
+def _timelines(args, cores: int, costs_of: dict) -> list[str]:
+    """model_timeline.png: the predicted timeline of the file's traced
+    pipeline run with most ranks (and model_timeline_measured.png, that run
+    as measured, for comparison by eye), else of the deepest pipeline net on
+    ``--timeline-ranks`` ranks."""
+    runs = results.read_runs(args.results_file)
+    traced = [r for r in plot.traced_runs(runs) if r.attrs.get("variant", "pipeline") == "pipeline"]
+    written = []
+    if traced:
+        run = max(traced, key=lambda r: int(r.attrs["world_size"]))
+        checks, _ = validation.check(args.results_file, cores, links.Cluster(intra=links.link(args.intra)))
+        calibration = next((c.calibration for c in checks if c.run == run.name), None)
+        if calibration is not None:
+            costs = calibrate.from_run({r.name: r for r in runs}[calibration])
+            p, settings = int(run.attrs["world_size"]), model.Settings.from_run(run)
+            cluster = validation.cluster_of(run, cores, links.Cluster(intra=links.link(args.intra)))
+            pred = model.predict("pipeline", costs, cluster, p, replace(settings, epochs=1), trace=True)
+            written += plot.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
+                                 "model_timeline")
+            written += plot.save(plot.timeline_figure(run), args.out_dir, "model_timeline_measured")
+            return written
+    pipeline = costs_of.get("pipeline")
+    if pipeline is not None:
+        p = min(args.timeline_ranks, len(pipeline.dims) - 1)
+        pred = model.predict("pipeline", pipeline, links.Cluster(p, cores, pipeline.threads), p,
+                             model.Settings(60000, 1), trace=True)
+        config = {"layers": pipeline.dims[1:], "batch_size": pipeline.batch}
+        written += plot.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
+                             "model_timeline")
+    return written
+
+
+def cmd_paper(args) -> int:
+    from .headline import headline, deeper
+    headline(args)
+    deeper(args)
+    return 0
