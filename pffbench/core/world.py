@@ -19,6 +19,7 @@ class World:
         self.node_masks = node.allgather(sorted(os.sched_getaffinity(0)))  # the cores each rank here may use
         node.Free()
         self.hostname = MPI.Get_processor_name()
+        self.hostnames = self.comm.allgather(self.hostname)  # by rank
 
     @property
     def is_first(self) -> bool:
