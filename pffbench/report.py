@@ -7,6 +7,10 @@ wall times summed, evaluation excluded.  speedup = median T1 / median Tp with
 T1 the same configuration on 1 rank with the same threads per rank;
 efficiency = speedup / p; "vs 1xall" is the speedup against 1 rank with the
 most threads (the best single process).
+
+Link measurements of ``python -m pffbench.links`` in the same files follow in
+a table of their own: per message size and link kind, latency min/median/max
+[us] and median bandwidth [MB/s], from the raw repetitions.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import csv
 import io
 import math
 import sys
+
+import numpy as np
 
 from . import results
 from .study import analysis
@@ -60,6 +66,38 @@ def format_table(rows: list[analysis.Row], fmt: str = "text") -> str:
     return "\n".join(lines)
 
 
+LINK_HEADER = ("record", "link", "message", "hosts", "size[B]", "lat_min[us]", "lat_med[us]", "lat_max[us]",
+               "bw_med[MB/s]")
+
+
+def link_rows(records: list[results.Run]) -> list[tuple]:
+    """One row per message size and link kind of ``python -m pffbench.links`` records, recomputed from the raw
+    repetitions: latency min/median/max in us, median bandwidth in MB/s (1e6 bytes)."""
+    rows = []
+    for record in records:
+        a, hosts = record.arrays, "->".join(record.attrs.get("hostnames", []))
+        for i, size in enumerate(a["size"]):
+            lat = a["latency"][i] * 1e6
+            bandwidth = float(np.median(a["window"][i] * size / a["window_seconds"][i])) / 1e6
+            rows.append((record.name, record.attrs["link_kinds"][i], record.attrs["what"][i], hosts, int(size),
+                         float(lat.min()), float(np.median(lat)), float(lat.max()), bandwidth))
+    return rows
+
+
+def format_links(rows: list[tuple], fmt: str = "text") -> str:
+    cells = [[str(x) if not isinstance(x, float) else f"{x:.{1 if i == 8 else 2}f}" for i, x in enumerate(row)]
+             for row in rows]
+    if fmt == "csv":
+        return "\n".join(",".join(line) for line in [list(LINK_HEADER), *([str(x) for x in row] for row in rows)])
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(LINK_HEADER) + " |", "|" + "|".join("---" if i < 4 else "---:"
+                                                                    for i in range(len(LINK_HEADER))) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(LINK_HEADER)]
+    return "\n".join("  ".join(x.ljust(w) if i < 4 else x.rjust(w) for i, (x, w) in enumerate(zip(line, widths)))
+                     for line in [list(LINK_HEADER), *cells])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
@@ -67,10 +105,16 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     try:
         runs = [run for path in opts.files for run in results.read_runs(path)]
+        links = [record for path in opts.files for record in results.read_runs(path, section="links")]
     except results.ResultsError as error:
         print(f"pffbench.report: error: {error}", file=sys.stderr)
         return 2
-    print(format_table(analysis.table(runs), opts.format))
+    if runs or not links:
+        print(format_table(analysis.table(runs), opts.format))
+    if links:  # pffbench.links measurements: a table of their own after the runs'
+        title = {"text": "link measurements (python -m pffbench.links)\n", "markdown": "**link measurements**\n\n",
+                 "csv": ""}[opts.format]
+        print(("\n" if runs else "") + title + format_links(link_rows(links), opts.format))
     return 0
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from .store.format import FORMAT, FORMAT_VERSION, ResultsError, open_results  # noqa: F401  (part of the API)
+from .store.format import FORMAT, FORMAT_VERSION, ResultsError, open_results, section_name  # noqa: F401  (API)
 
 
 @dataclass
@@ -25,10 +25,13 @@ class Run:
         return json.loads(config) if isinstance(config, str) else config
 
 
-def read_runs(path: str, names: list[str] | None = None) -> list[Run]:
-    """The runs in path (all, or those named), in the order they were appended."""
+def read_runs(path: str, names: list[str] | None = None, section: str = "runs") -> list[Run]:
+    """The runs in path (all, or those named), in the order they were appended
+    (``section`` "links": the link measurements of pffbench.links instead; none if there are none)."""
     with open_results(path) as f:
-        runs = f["runs"]
+        if section_name(section) not in f:
+            return []
+        runs = f[section]
         missing = [n for n in names or () if n not in runs]
         if missing:
             raise ResultsError(f"{path}: no run named {', '.join(missing)}")

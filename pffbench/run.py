@@ -44,10 +44,14 @@ def utc_now() -> str:
 def install_abort_on_error(comm: MPI.Comm) -> None:
     """An uncaught exception on any rank prints that rank's traceback once and
     aborts the whole job, so no peer waits forever on a dead rank."""
+    rank, host = comm.Get_rank(), MPI.Get_processor_name()
+
     def hook(kind, value, tb):
         text = "".join(traceback.format_exception(kind, value, tb))
-        prefix = f"[rank {comm.Get_rank()}] "
+        prefix = f"[rank {rank}] "
         sys.stderr.write("".join(prefix + line for line in text.splitlines(keepends=True)))
+        # one line saying where: across nodes, which host's logs to read
+        sys.stderr.write(f"{prefix}pffbench: rank {rank} on {host} failed ({kind.__name__}); aborting the job\n")
         sys.stderr.flush()
         # The launcher forwards a rank's stderr from a pipe; an abort can kill the forwarding
         # before it has read the traceback (seen once in CI: the job ended with no output at all).
@@ -159,7 +163,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     """Train and record one run; returns rank 0's result (None elsewhere)."""
     dataset, shape = prepare(config, world)
     started = utc_now()
-    hostnames = world.comm.gather(world.hostname, root=0)
+    hostnames = world.hostnames
     threads = world.comm.gather(torch.get_num_threads(), root=0)
     quotas = world.comm.gather(world.cpu_quota, root=0)
     guard.barrier(world.comm, "set-up")
@@ -260,7 +264,9 @@ def main(argv=None) -> int:
         guard.set_peer_timeout(config.peer_timeout)
         if VARIANTS[config.variant].agreement:  # SIGTERM/SIGINT: stop at the next epoch boundary, all ranks together
             faults.INTERRUPTS.install()
-        run(config, World(comm))
+        world = World(comm)
+        guard.set_hosts(world.hostnames)
+        run(config, world)
     except UsageError as error:
         if comm.Get_rank() == 0:
             print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from mpi4py import MPI
 
 # --- the deadlock guard: every wait on a peer gives up after peer_timeout() s ---
 _PEER_TIMEOUT = [600.0]
+_HOSTS: list[str] = []  # every rank's host (processor name), set at start: a timeout names where the peer runs
 # Poll, yielding the core between polls, for the first _SPIN seconds: a steady-state pipeline wait is
 # well under a minibatch's compute, and a sleep would add the kernel's timer slack (>= 50 us) to
 # every one of them; sched_yield() hands the core to a peer when ranks oversubscribe the cores.
@@ -21,6 +22,16 @@ _MAX_SLEEP = 1e-3      # then sleep between polls, doubling up to this: no core 
 
 class PeerTimeout(RuntimeError):
     """A peer made no progress for --peer-timeout seconds."""
+
+
+def set_hosts(hostnames: list[str]) -> None:
+    """Every rank's host, by rank (``World.hostnames``), for the messages naming a rank."""
+    _HOSTS[:] = list(hostnames)
+
+
+def rank_on_host(rank: int) -> str:
+    """'rank R on HOST' (plain 'rank R' before set_hosts): across nodes, where to look for the rank."""
+    return f"rank {rank} on {_HOSTS[rank]}" if 0 <= rank < len(_HOSTS) else f"rank {rank}"
 
 
 def set_peer_timeout(seconds: float) -> None:
@@ -51,8 +62,8 @@ def wait_until(ready, peer, operation: str, timeout: float | None = None) -> Non
             os.sched_yield()
             continue
         if now > deadline:
-            who = f"rank {peer}" if isinstance(peer, int) else peer
-            raise PeerTimeout(f"rank {MPI.COMM_WORLD.Get_rank()} waited {now - start:.0f} s for {who} to complete "
+            who = rank_on_host(peer) if isinstance(peer, int) else peer
+            raise PeerTimeout(f"{rank_on_host(MPI.COMM_WORLD.Get_rank())} waited {now - start:.0f} s for {who} to complete "
                               f"{operation}; giving up (--peer-timeout {timeout:g})")
         delay = min(max(2 * delay, 20e-6), _MAX_SLEEP)
         time.sleep(delay)

@@ -26,6 +26,7 @@ class World:
         self.quota_sharing = sum(1 for _, cgroup in here if cgroup == here[self.local_rank][1])
         node.Free()
         self.hostname = MPI.Get_processor_name()
+        self.hostnames = self.comm.allgather(self.hostname)  # by rank
 
     @property
     def is_first(self) -> bool:

@@ -14,6 +14,8 @@ A results file is HDF5 and collects runs from many jobs::
                                        decoded again on read
     /runs/<name>/<key>   one dataset per array; a key with "/" nests, so "timing/compute"
                          is dataset compute in subgroup timing
+    /links/<name>/       the same for a link measurement of ``python -m pffbench.links``
+                         (attr kind = "links"); read with read_runs(path, section="links")
 
 Summary statistics (summarize) are computed on read and never stored.
 
@@ -40,6 +42,14 @@ import h5py
 
 FORMAT = "pffbench-results"
 FORMAT_VERSION = 1
+SECTIONS = ("runs", "links")  # what a results file holds: training runs, link measurements (pffbench.links)
+
+
+def section_name(section: str) -> str:
+    """``section`` checked: one of SECTIONS (ValueError otherwise)."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown results section {section!r}; expected one of {', '.join(SECTIONS)}")
+    return section
 RESERVED = ("status", "created", "index", "json_attrs")
 
 

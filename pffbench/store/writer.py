@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_file
-from .format import FORMAT, FORMAT_VERSION, RESERVED, ResultsError, one_line, open_results
+from .format import FORMAT, FORMAT_VERSION, RESERVED, ResultsError, one_line, open_results, section_name
 
 
 def check_name(name) -> None:
@@ -71,8 +71,10 @@ def unwritable_parent(path: str) -> str | None:
 
 
 def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str | None = None,
-               status: str = "complete", lock_timeout: float = 60.0) -> str:
-    """Append one run as group /runs/<name> and return the name used.
+               status: str = "complete", lock_timeout: float = 60.0, section: str = "runs") -> str:
+    """Append one run as group /runs/<name> and return the name used
+    (``section`` "links": a link measurement of pffbench.links, as /links/<name>,
+    which read_runs leaves out).
 
     name None picks "<variant>-p<world_size>-<UTC time>" from attrs ("run" without a
     variant); a name already in the file gets a suffix "-2", "-3", ... so no run is
@@ -86,6 +88,7 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
             raise ValueError(f"array key {key!r} must be a string of non-empty '/'-separated parts")
     if name is not None:
         check_name(name)
+    section_name(section)
 
     # Resolve symlinks so the rename replaces the file, not the link.
     path = os.path.realpath(path)
@@ -103,14 +106,14 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
             tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             added = []
             atomic_file(path, lambda temp: added.append(_copy_and_add(path, temp, name or _default_name(attrs),
-                                                                      arrays, stored)), temp=tmp)
+                                                                      arrays, stored, section)), temp=tmp)
             name = added[0]
     except OSError as e:
         raise ResultsError(f"{path}: cannot append run: {one_line(e)}") from e
     return name
 
 
-def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict) -> str:
+def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict, section: str = "runs") -> str:
     """The file at ``path`` (if any) copied to ``temp``, with the run added; returns its unique name."""
     if os.path.exists(path):
         with open_results(path):  # raises for a file that is not ours, before any copy
@@ -122,7 +125,7 @@ def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict) -
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.create_group("runs")
-        return _write_run(f["runs"], name, arrays, stored)
+        return _write_run(f.require_group(section), name, arrays, stored)
 
 
 def provenance() -> dict:

@@ -140,9 +140,9 @@ def test_an_exception_on_any_rank_ends_the_job_within_10_s(variant, n, rank, lau
 # --- 2. deadlock guard ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,rank,pattern,variant", [
-    (2, 0, r"rank 1 waited \d+ s for rank 0 to complete a receive of activations", "pipeline"),
-    (4, 3, r"rank [0-2] waited \d+ s for (rank \d|the other ranks) to complete ", "pipeline"),
-    (2, 1, r"rank 0 waited \d+ s for the other ranks to complete the gradient allreduce", "dp-backprop"),
+    (2, 0, r"rank 1 on \S+ waited \d+ s for rank 0 on \S+ to complete a receive of activations", "pipeline"),
+    (4, 3, r"rank [0-2] on \S+ waited \d+ s for (rank \d on \S+|the other ranks) to complete ", "pipeline"),
+    (2, 1, r"rank 0 on \S+ waited \d+ s for the other ranks to complete the gradient allreduce", "dp-backprop"),
 ])
 def test_a_hung_rank_aborts_the_job_after_peer_timeout(n, rank, pattern, variant, tmp_path):
     job = Job(n, [*TINY, "--layers", "16,16,16,16", "--epochs", "3", "--inject-hang", f"{rank}:1",
