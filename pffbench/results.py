@@ -98,8 +98,8 @@ def summarize(values) -> dict:
 
 
 def _read_run(name: str, group: h5py.Group) -> Run:
-    json_keys = set(json.loads(group.attrs.get("json_attrs", "[]")))
-    attrs = {key: json.loads(value) if key in json_keys else _native(value)
+    json_keys = set(json.loads(_native(group.attrs.get("json_attrs", "[]"))))
+    attrs = {key: json.loads(_native(value)) if key in json_keys else _native(value)
              for key, value in group.attrs.items() if key != "json_attrs"}
     # format 1 stored lists as JSON text (json_attrs), format 2 as arrays: the same lists either way
     arrays = {}
@@ -113,10 +113,17 @@ def _read_run(name: str, group: h5py.Group) -> Run:
 
 
 def _native(value):
+    """An attribute as the Python value the writer was given: format 2 stores
+    text as fixed-length UTF-8 (bytes here) and lists as arrays."""
     if isinstance(value, np.ndarray):
-        return [item.decode() if isinstance(item, bytes) else item for item in value.tolist()] \
-            if value.ndim == 1 else value.tolist()
-    return value.item() if isinstance(value, np.generic) else value
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [_native(item) for item in value]
+    return value
 
 
 def to_dataframe(path, pool: bool = False, on_damaged=None):

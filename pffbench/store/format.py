@@ -20,7 +20,7 @@ A results file is HDF5 and collects runs from many jobs::
                          an epoch a run never reached is NaN
 
 Version 1 (before 2026-11) stored every list attr as JSON text and datasets without
-axes/units; readers read both.  Version 2 files are written with HDF5 1.8 object
+axes/units; readers read both.  Version 2 files are written with HDF5 1.10 object
 formats (checksummed object headers and indexes, so damage is an error, not wrong
 data) and datasets with a Fletcher-32 checksum.
 
@@ -92,7 +92,8 @@ def open_results(path: str):
         raise ResultsError(f"{path}: cannot open HDF5 file: {one_line(e)}") from e
     with f:
         try:
-            ours = f.attrs.get("format") == FORMAT and "runs" in f
+            form = f.attrs.get("format")
+            ours = (form.decode("utf-8", "replace") if isinstance(form, bytes) else form) == FORMAT and "runs" in f
             version = f.attrs.get("format_version", 0)
         except Exception as e:
             raise ResultsError(f"{path}: damaged, its root cannot be read: {one_line(e)}") from e

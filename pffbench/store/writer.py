@@ -21,9 +21,9 @@ from .atomic import atomic_file
 from .provenance import provenance  # noqa: F401  (run.py records it with every run)
 from .format import FORMAT, FORMAT_VERSION, RESERVED, ResultsError, dataset_meta, one_line, open_results
 
-# HDF5 1.8's object formats: object headers, link indexes and attribute storage carry checksums (damage reads
+# HDF5 1.10's object formats: object headers, link, attribute and chunk indexes carry checksums (damage reads
 # as an error, not as other data), and attributes of any size (the older format stops at 64 KiB)
-LIBVER = ("v108", "latest")
+LIBVER = ("v110", "latest")
 
 
 def check_name(name) -> None:
@@ -195,7 +195,7 @@ def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict) -
         shutil.copymode(path, temp)
     with h5py.File(temp, "a", locking=False, libver=LIBVER) as f:
         if "runs" not in f:
-            f.attrs["format"] = FORMAT
+            f.attrs["format"] = fixed_text(FORMAT)
             f.attrs["format_version"] = FORMAT_VERSION
             f.create_group("runs")
         return _write_run(f["runs"], name, arrays, stored)
@@ -231,7 +231,7 @@ def _write_run(runs: h5py.Group, name: str, arrays: dict, stored: dict) -> str:
     group = runs.create_group(unique)
     group.attrs.update(stored)
     group.attrs["index"] = _next_index(runs)
-    group.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    group.attrs["created"] = fixed_text(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     for key, array in arrays.items():
         data = np.asarray(array)
         # a checksum, so that damaged data reads as an error, not as other numbers (needs chunks: not for
@@ -239,8 +239,8 @@ def _write_run(runs: h5py.Group, name: str, arrays: dict, stored: dict) -> str:
         checked = data.ndim > 0 and data.size > 0 and data.dtype.kind in "biuf"
         dataset = group.create_dataset(key, data=data, fletcher32=checked)
         axes, units = dataset_meta(key, data.ndim)
-        dataset.attrs["axes"] = np.array(axes, dtype=h5py.string_dtype())
-        dataset.attrs["units"] = units
+        dataset.attrs["axes"] = fixed_text(axes)
+        dataset.attrs["units"] = fixed_text(units)
     return unique
 
 
@@ -261,17 +261,41 @@ def _encode_attrs(attrs: dict) -> dict:
             raise ValueError(f"attrs key {key!r} is reserved; the writer sets it")
         if isinstance(value, np.generic):
             value = value.item()
-        if isinstance(value, (str, bool, int, float)):
+        if isinstance(value, str):
+            stored[key] = _text_attr(key, value)
+        elif isinstance(value, (bool, int, float)):
             stored[key] = value
         elif isinstance(value, (list, tuple)) and _as_array(value) is not None:
             stored[key] = _as_array(value)
         elif value is None or isinstance(value, (dict, list, tuple)):
-            stored[key] = json.dumps(value, default=_json_default)
+            stored[key] = fixed_text(json.dumps(value, default=_json_default))
             json_keys.append(key)
         else:
             raise TypeError(f"attrs[{key!r}]: cannot store a {type(value).__name__}")
-    stored["json_attrs"] = json.dumps(json_keys)
+    stored["json_attrs"] = fixed_text(json.dumps(json_keys))
     return stored
+
+
+def fixed_text(value: str | list[str]) -> np.ndarray:
+    """Text as a fixed-length UTF-8 HDF5 string (or array of them), stored in
+    the attribute itself.  Not variable-length strings: those live in the
+    file's global heap, which has no checksum, and a damaged global heap
+    makes HDF5 loop forever on any string in the file (measured: zeroed
+    bytes in it hung even reading the root's attributes)."""
+    raw = value.encode("utf-8") if isinstance(value, str) else [v.encode("utf-8") for v in value]
+    longest = max([len(raw)] if isinstance(raw, bytes) else [len(r) for r in raw] or [1])
+    return np.array(raw, dtype=h5py.string_dtype("utf-8", max(longest, 1)))
+
+
+def _text_attr(key, value: str | list[str]) -> np.ndarray:
+    for text in [value] if isinstance(value, str) else value:
+        if "\x00" in text:  # a fixed-length string ends at its first NUL: the rest would be lost unseen
+            raise ValueError(f"attrs[{key!r}]: text with a NUL character cannot be stored")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"attrs[{key!r}]: text that is not valid Unicode cannot be stored ({error})") from None
+    return fixed_text(value)
 
 
 def _as_array(value: list | tuple) -> np.ndarray | None:
@@ -291,7 +315,7 @@ def _as_array(value: list | tuple) -> np.ndarray | None:
     if isinstance(leaves[0], str):
         if any(isinstance(item, (list, tuple)) for item in value):
             return None
-        return np.array(value, dtype=h5py.string_dtype())
+        return _text_attr("a list", value)
     try:
         array = np.array(value)
     except (ValueError, OverflowError):  # ragged; an int beyond int64
