@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from dataclasses import dataclass
 
 import h5py
@@ -37,7 +38,7 @@ def read_runs(path: str, names: list[str] | None = None, on_damaged=None) -> lis
     """
     warn = on_damaged or warn_stderr
     with open_results(path) as f:
-        runs = f["runs"]
+        runs = _runs(path, f)
         listed = _names(path, runs, warn)
         missing = [n for n in names or () if n not in listed]
         if missing:
@@ -56,7 +57,7 @@ def list_runs(path: str, on_damaged=None) -> list[str]:
     index cannot be read last, and on_damaged told as in read_runs)."""
     warn = on_damaged or warn_stderr
     with open_results(path) as f:
-        runs = f["runs"]
+        runs = _runs(path, f)
         order = {}
         for name in _names(path, runs, warn):
             try:
@@ -69,6 +70,13 @@ def list_runs(path: str, on_damaged=None) -> list[str]:
 
 def warn_stderr(line: str) -> None:
     print(f"pffbench: warning: {line}", file=sys.stderr, flush=True)
+
+
+def _runs(path: str, f: h5py.File) -> h5py.Group:
+    try:
+        return f["runs"]
+    except Exception as error:
+        raise ResultsError(f"{path}: damaged, its group of runs cannot be read ({one_line(error)})") from error
 
 
 def _names(path: str, runs: h5py.Group, warn) -> list[str]:
@@ -107,6 +115,9 @@ def _read_run(name: str, group: h5py.Group) -> Run:
     def collect(key, obj):
         if isinstance(obj, h5py.Dataset):
             arrays[key] = np.asarray(obj[()])
+            stored = obj.attrs.get("crc32")  # format 2
+            if stored is not None and zlib.crc32(np.ascontiguousarray(arrays[key]).tobytes()) != stored:
+                raise ResultsError(f"{key}: its data do not match their checksum")
 
     group.visititems(collect)
     return Run(name=name, attrs=attrs, arrays=arrays)

@@ -16,13 +16,15 @@ A results file is HDF5 and collects runs from many jobs::
                                        same Python values
     /runs/<name>/<key>   one dataset per array; a key with "/" nests, so "timing/compute"
                          is dataset compute in subgroup timing; attrs axes (one name per
-                         dimension, e.g. ["rank", "epoch"]) and units (e.g. "s"), from DATASETS;
+                         dimension, e.g. ["rank", "epoch"]) and units (e.g. "s"), from DATASETS,
+                         and crc32 (zlib.crc32 of its C-order bytes; readers check it);
                          an epoch a run never reached is NaN
 
 Version 1 (before 2026-11) stored every list attr as JSON text and datasets without
 axes/units; readers read both.  Version 2 files are written with HDF5 1.10 object
 formats (checksummed object headers and indexes, so damage is an error, not wrong
-data) and datasets with a Fletcher-32 checksum.
+data), text as fixed-length strings (not in the unchecked global heap), and the crc32
+of every dataset.
 
 Summary statistics (summarize) are computed on read and never stored.
 

@@ -12,6 +12,7 @@ import re
 import secrets
 import shutil
 import time
+import zlib
 from datetime import datetime, timezone
 
 import h5py
@@ -30,6 +31,12 @@ def check_name(name) -> None:
     """Raise ValueError unless ``name`` can name a run (an HDF5 group under /runs)."""
     if not isinstance(name, str) or name in ("", ".") or "/" in name:
         raise ValueError(f"run name {name!r} must be a non-empty string without '/'")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of another encoding in argv (Python keeps it as a surrogate)
+        raise ValueError(f"run name {name!r} must be valid Unicode text") from None
+    if "\x00" in name:
+        raise ValueError(f"run name {name!r} must not hold a NUL character")
 
 
 class LockBusy(ResultsError):
@@ -233,14 +240,15 @@ def _write_run(runs: h5py.Group, name: str, arrays: dict, stored: dict) -> str:
     group.attrs["index"] = _next_index(runs)
     group.attrs["created"] = fixed_text(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     for key, array in arrays.items():
-        data = np.asarray(array)
-        # a checksum, so that damaged data reads as an error, not as other numbers (needs chunks: not for
-        # scalars and empty arrays)
-        checked = data.ndim > 0 and data.size > 0 and data.dtype.kind in "biuf"
-        dataset = group.create_dataset(key, data=data, fletcher32=checked)
+        data = np.ascontiguousarray(array)
+        dataset = group.create_dataset(key, data=data)
         axes, units = dataset_meta(key, data.ndim)
         dataset.attrs["axes"] = fixed_text(axes)
         dataset.attrs["units"] = fixed_text(units)
+        # so that damaged data reads as an error, not as other numbers (HDF5's own Fletcher-32 filter
+        # passes a chunk zeroed together with its checksum, measured); kept in the dataset's object
+        # header, which HDF5 checksums
+        dataset.attrs["crc32"] = np.uint32(zlib.crc32(data.tobytes()))
     return unique
 
 
@@ -259,6 +267,9 @@ def _encode_attrs(attrs: dict) -> dict:
     for key, value in attrs.items():
         if key in RESERVED:
             raise ValueError(f"attrs key {key!r} is reserved; the writer sets it")
+        if not isinstance(key, str) or not key or "\x00" in key or not _is_unicode(key):
+            # HDF5 would cut a name at a NUL, unseen
+            raise ValueError(f"attrs key {key!r} must be non-empty Unicode text without NUL")
         if isinstance(value, np.generic):
             value = value.item()
         if isinstance(value, str):
@@ -285,6 +296,14 @@ def fixed_text(value: str | list[str]) -> np.ndarray:
     raw = value.encode("utf-8") if isinstance(value, str) else [v.encode("utf-8") for v in value]
     longest = max([len(raw)] if isinstance(raw, bytes) else [len(r) for r in raw] or [1])
     return np.array(raw, dtype=h5py.string_dtype("utf-8", max(longest, 1)))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _text_attr(key, value: str | list[str]) -> np.ndarray:

@@ -68,16 +68,16 @@ def test_round_trip_keeps_arrays_attrs_and_dtypes(tmp_path):
     assert run.config == attrs["config"]
 
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "pffbench-results" and f.attrs["format_version"] == 2
+        # format 2: text as fixed-length UTF-8 strings (bytes to h5py), lists as HDF5 arrays, not JSON text
+        assert f.attrs["format"] == b"pffbench-results" and f.attrs["format_version"] == 2
         assert isinstance(f["runs/first/timing"], h5py.Group)
-        assert f["runs/first"].attrs["data_dir"] == "null"
-        # lists are HDF5 arrays (format 2), not JSON text; an empty list has no type, so it stays JSON
-        assert f["runs/first"].attrs["hostnames"].tolist() == ["n1", "n2"]
-        assert f["runs/first"].attrs["empty"] == "[]"
+        assert f["runs/first"].attrs["data_dir"] == b"null"
+        assert f["runs/first"].attrs["hostnames"].tolist() == [b"n1", b"n2"]
+        assert f["runs/first"].attrs["empty"] == b"[]"  # an empty list has no type: it stays JSON
         # every dataset names its axes and units
         compute = f["runs/first/timing/compute"]
-        assert compute.attrs["axes"].tolist() == ["rank", "epoch"] and compute.attrs["units"] == "s"
-        assert f["runs/first/deep/er/flags"].attrs["axes"].tolist() == ["axis0"]
+        assert compute.attrs["axes"].tolist() == [b"rank", b"epoch"] and compute.attrs["units"] == b"s"
+        assert f["runs/first/deep/er/flags"].attrs["axes"].tolist() == [b"axis0"]
 
 
 def test_config_stored_as_json_text_reads_as_dict(path):
