@@ -93,7 +93,7 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
     process's own, which no other writer knows).
     """
     stored = _encode_attrs(attrs)
-    stored["status"] = status
+    stored["status"] = fixed_text(status)
     _check_keys(arrays)
     if name is not None:
         check_name(name)
