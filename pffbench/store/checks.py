@@ -50,24 +50,22 @@ def output_problem(config, world_size: int = 1) -> str | None:
     if config.model_out is not None:
         if os.path.isdir(config.model_out):
             return f"--model-out: {config.model_out} is a folder; name the file to save the model in"
-        problem = folder_problem(os.path.dirname(os.path.abspath(config.model_out)))
+        problem = writer.unwritable_parent(config.model_out) or \
+            folder_problem(os.path.dirname(os.path.abspath(config.model_out)))
         if problem:
-            return f"--model-out {config.model_out}: {problem}"
+            return f"--model-out: {problem}"
     if config.checkpoint_dir is not None:
         if os.path.exists(config.checkpoint_dir) and not os.path.isdir(config.checkpoint_dir):
             return f"--checkpoint-dir: {config.checkpoint_dir} is a file, not a folder"
-        problem = folder_problem(config.checkpoint_dir)
+        problem = writer.unwritable_parent(config.checkpoint_dir) or folder_problem(config.checkpoint_dir)
         if problem:
-            return f"--checkpoint-dir {config.checkpoint_dir}: {problem}"
+            return f"--checkpoint-dir: {problem}"
     return None
 
 
 def folder_problem(folder: str) -> str | None:
     """One line if a file cannot be written into ``folder`` (made if missing)
     and renamed there, as atomic_write does; else None."""
-    problem = writer.unwritable_parent(os.path.join(folder, "probe"))
-    if problem:
-        return problem
     probe = os.path.join(folder, f".pffbench-probe.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         os.makedirs(folder, exist_ok=True)
