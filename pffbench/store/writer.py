@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import secrets
@@ -19,8 +18,9 @@ import h5py
 import numpy as np
 
 from .atomic import atomic_file
+from .encode import encode_attrs as _encode_attrs, fixed_text
+from .format import FORMAT, FORMAT_VERSION, ResultsError, dataset_meta, one_line, open_results
 from .provenance import provenance  # noqa: F401  (run.py records it with every run)
-from .format import FORMAT, FORMAT_VERSION, RESERVED, ResultsError, dataset_meta, one_line, open_results
 
 # HDF5 1.10's object formats: object headers, link, attribute and chunk indexes carry checksums (damage reads
 # as an error, not as other data), and attributes of any size (the older format stops at 64 KiB)
@@ -143,41 +143,6 @@ def check_storable(arrays: dict, attrs: dict, name: str | None = None) -> None:
         raise ResultsError(f"cannot store the run: {_what(e)}") from e
 
 
-def storable(arrays: dict, attrs: dict, name: str | None) -> tuple[dict, dict, str | None, list[str]]:
-    """The run made storable whatever it holds, for a rescue file: a name or
-    attribute HDF5 refuses is kept as its ascii() text, an array as float64 or
-    left out; returns (arrays, attrs, name, what was changed)."""
-    changed = []
-    if name is not None:
-        try:
-            check_storable({}, {}, name)
-        except (ResultsError, ValueError, TypeError):
-            name, changed = ascii(name).replace("/", "_"), ["name"]
-    kept_attrs = {}
-    for key, value in attrs.items():
-        text_key = key if isinstance(key, str) else ascii(key)
-        try:
-            check_storable({}, {key: value})
-            kept_attrs[key] = value
-        except (ResultsError, ValueError, TypeError):
-            kept_attrs[ascii(text_key) if text_key != ascii(text_key)[1:-1] or text_key in RESERVED
-                       else text_key] = ascii(value)
-            changed.append(f"attrs[{text_key!a}]")
-    kept_arrays = {}
-    for key, value in arrays.items():
-        for candidate in (value, lambda: np.asarray(value, dtype=np.float64)):
-            try:
-                data = candidate() if callable(candidate) else value
-                check_storable({key: data}, {})
-                kept_arrays[key] = data
-                break
-            except Exception:
-                continue
-        else:
-            changed.append(f"arrays[{key!a}]")
-    return kept_arrays, kept_attrs, name, changed
-
-
 def _what(error: Exception) -> str:
     text = one_line(error)
     return text if isinstance(error, OSError) else f"{type(error).__name__}: {text}"
@@ -260,98 +225,6 @@ def _next_index(runs: h5py.Group) -> int:
         with contextlib.suppress(Exception):
             largest = max(largest, int(runs[other].attrs["index"]))
     return max(largest + 1, len(runs) - 1)
-
-
-def _encode_attrs(attrs: dict) -> dict:
-    stored, json_keys = {}, []
-    for key, value in attrs.items():
-        if key in RESERVED:
-            raise ValueError(f"attrs key {key!r} is reserved; the writer sets it")
-        if not isinstance(key, str) or not key or "\x00" in key or not _is_unicode(key):
-            # HDF5 would cut a name at a NUL, unseen
-            raise ValueError(f"attrs key {key!r} must be non-empty Unicode text without NUL")
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, str):
-            stored[key] = _text_attr(key, value)
-        elif isinstance(value, (bool, int, float)):
-            stored[key] = value
-        elif isinstance(value, (list, tuple)) and _as_array(value) is not None:
-            stored[key] = _as_array(value)
-        elif value is None or isinstance(value, (dict, list, tuple)):
-            stored[key] = fixed_text(json.dumps(value, default=_json_default))
-            json_keys.append(key)
-        else:
-            raise TypeError(f"attrs[{key!r}]: cannot store a {type(value).__name__}")
-    stored["json_attrs"] = fixed_text(json.dumps(json_keys))
-    return stored
-
-
-def fixed_text(value: str | list[str]) -> np.ndarray:
-    """Text as a fixed-length UTF-8 HDF5 string (or array of them), stored in
-    the attribute itself.  Not variable-length strings: those live in the
-    file's global heap, which has no checksum, and a damaged global heap
-    makes HDF5 loop forever on any string in the file (measured: zeroed
-    bytes in it hung even reading the root's attributes)."""
-    raw = value.encode("utf-8") if isinstance(value, str) else [v.encode("utf-8") for v in value]
-    longest = max([len(raw)] if isinstance(raw, bytes) else [len(r) for r in raw] or [1])
-    return np.array(raw, dtype=h5py.string_dtype("utf-8", max(longest, 1)))
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _text_attr(key, value: str | list[str]) -> np.ndarray:
-    for text in [value] if isinstance(value, str) else value:
-        if "\x00" in text:  # a fixed-length string ends at its first NUL: the rest would be lost unseen
-            raise ValueError(f"attrs[{key!r}]: text with a NUL character cannot be stored")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise ValueError(f"attrs[{key!r}]: text that is not valid Unicode cannot be stored ({error})") from None
-    return fixed_text(value)
-
-
-def _as_array(value: list | tuple) -> np.ndarray | None:
-    """A non-empty list of str, or a rectangular (nested) list whose items are
-    all bool, all int (int64) or all float, as the array it reads back from
-    exactly; None for anything else (stored as JSON)."""
-    leaves, pending = [], [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, (list, tuple)):
-            pending.extend(item)
-        else:
-            leaves.append(item)
-    kinds = {type(leaf) for leaf in leaves}
-    if not leaves or len(kinds) != 1 or kinds.pop() not in (str, bool, int, float):
-        return None
-    if isinstance(leaves[0], str):
-        if any(isinstance(item, (list, tuple)) for item in value):
-            return None
-        return _text_attr("a list", value)
-    try:
-        array = np.array(value)
-    except (ValueError, OverflowError):  # ragged; an int beyond int64
-        return None
-    if array.dtype.kind not in "bif" or array.size != len(leaves) or array.tolist() != _as_lists(value):
-        return None
-    return array
-
-
-def _as_lists(value):
-    return [_as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.ndarray, np.generic)):
-        return obj.tolist()
-    raise TypeError(f"cannot store a {type(obj).__name__} in a JSON attribute")
 
 
 def _default_name(attrs: dict) -> str:

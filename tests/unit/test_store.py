@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pffbench import report, results, run, sweep
 from pffbench.core.cli import parse_config
-from pffbench.store import checks, writer
+from pffbench.store import writer
 from pffbench.study import analysis
 
 ROOT = Path(__file__).resolve().parents[2]
