@@ -183,11 +183,17 @@ def main(argv=None) -> int:
     try:
         sweep(run_args, cases, opts.repeats, opts.out, launcher, warmup=not opts.no_warmup, label=opts.label,
               timeout=opts.timeout, log=lambda line: print(line, flush=True))
-    except (RuntimeError, subprocess.TimeoutExpired) as error:
+    except (RuntimeError, subprocess.TimeoutExpired, results.ResultsError) as error:
         print(f"pffbench.sweep: error: {error}", file=sys.stderr)
         return 1
     from .report import format_table
-    print(format_table(analysis.table(results.read_runs(opts.out)), "text"))
+    try:
+        runs = results.read_runs(opts.out, on_damaged=lambda line: print(f"pffbench.sweep: warning: {line}",
+                                                                          file=sys.stderr))
+    except results.ResultsError as error:
+        print(f"pffbench.sweep: error: {error}", file=sys.stderr)
+        return 1
+    print(format_table(analysis.table(runs), "text"))
     return 0
 
 
