@@ -285,7 +285,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prefix", default="", help="prefix of the file names")
     opts = parser.parse_args(argv)
     try:
-        runs = [run for path in opts.files for run in results.read_runs(path)]
+        skipped = lambda line: print(f"pffbench.plot: warning: {line}", file=sys.stderr)  # noqa: E731
+        runs = [run for path in opts.files for run in results.read_runs(path, on_damaged=skipped)]
         written = make_all(runs, opts.output, opts.timeline_run, opts.prefix)
     except results.ResultsError as error:
         print(f"pffbench.plot: error: {error}", file=sys.stderr)

@@ -11,7 +11,6 @@ import importlib
 import io
 import os
 import sys
-import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -29,11 +28,12 @@ from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
 from .instrument.timer import COLUMNS
 from .reliability import faults
-from .store import writer
+from .store import checks, provenance, rescue, writer
 from .store.format import ResultsError
 from .store.atomic import atomic_write
 
 EXIT_USAGE = 2
+EXIT_NOT_RECORDED = 4  # the run trained but is not in --out (a rescue file holds it); 3 is a failed run
 ABORT_GRACE_S = 0.5  # time the launcher gets to forward a traceback before the abort
 
 
@@ -60,29 +60,10 @@ def install_abort_on_error(comm: MPI.Comm) -> None:
     sys.excepthook = hook
 
 
-def output_problem(config: Config) -> str | None:
+def output_problem(config: Config, world_size: int = 1) -> str | None:
     """One line if what the run writes could not be written, found before
-    training rather than after it (where the run would be lost)."""
-    if config.name is not None:
-        try:
-            writer.check_name(config.name)
-        except ValueError as error:
-            return f"--name: {error}"
-    if config.out == "" or config.model_out == "":
-        return "--out and --model-out must name a file"
-    problem = writer.unappendable(config.out)
-    if problem:
-        return f"--out: {problem}"
-    if config.model_out is not None:
-        if os.path.isdir(config.model_out):
-            return f"--model-out: {config.model_out} is a folder; name the file to save the model in"
-        problem = writer.unwritable_parent(config.model_out)
-        if problem:
-            return f"--model-out: {problem}"
-    if config.checkpoint_dir is not None and os.path.exists(config.checkpoint_dir) \
-            and not os.path.isdir(config.checkpoint_dir):
-        return f"--checkpoint-dir: {config.checkpoint_dir} is a file, not a folder"
-    return None
+    training rather than after it (where the run would be lost): store/checks.py."""
+    return checks.output_problem(config, world_size)
 
 
 def load_data_on_root(config: Config, world: World):
@@ -148,7 +129,7 @@ def prepare(config: Config, world: World):
     torch.set_flush_denormal(True)
     torch.set_num_threads(config.threads or world.default_threads())
     message = world.missing_gpu(config.device) or world.comm.bcast(
-        output_problem(config) if world.is_first else None, root=0)
+        output_problem(config, world.size) if world.is_first else None, root=0)
     if message:
         raise UsageError(message)
     dataset, shape, message = load_data_on_root(config, world)
@@ -162,7 +143,7 @@ def prepare(config: Config, world: World):
 def run(config: Config, world: World) -> TrainResult | None:
     """Train and record one run; returns rank 0's result (None elsewhere)."""
     dataset, shape = prepare(config, world)
-    started = utc_now()
+    started, load_start = utc_now(), provenance.load_average()
     hostnames = world.hostnames
     threads = world.comm.gather(torch.get_num_threads(), root=0)
     quotas = world.comm.gather(world.cpu_quota, root=0)
@@ -189,14 +170,22 @@ def run(config: Config, world: World) -> TrainResult | None:
         "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
         "wall_time": wall, "minibatches_per_epoch": len(batch_rows(shape.num_train, config.batch_size)),
         "num_train": shape.num_train, "class_names": list(dataset.class_names),
-        "start_utc": started, "end_utc": utc_now(),
+        "start_utc": started, "end_utc": utc_now(), "load_avg_start": load_start,
         **writer.provenance(), **result.attrs,
     }
     return finish(config, result, arrays, attrs, status, stopped, wall)
 
 
 def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, status: str, stopped, wall: float):
-    """Rank 0: record the run (a stopped one, then raise its stop), save the model, print the summary."""
+    """Rank 0: save the model (first: nothing the results writer does can lose it), record the run (a
+    stopped one, then raise its stop), print the summary."""
+    model_error = None
+    if config.model_out and not stopped:
+        try:
+            save_model(config, result, config.model_out, attrs["class_names"])
+        except Exception as error:  # noqa: BLE001 (the run is still recorded, then this is said)
+            model_error = f"--model-out {config.model_out}: the model could not be saved " \
+                          f"({type(error).__name__}: {one_line(error)})"
     try:
         name, elsewhere = record(config, arrays, attrs, status), None
     except NotRecorded as error:  # saved elsewhere: say so last, after what else the run has to do
@@ -207,13 +196,13 @@ def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, statu
         else:
             print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
         raise stopped  # its own exit code (interrupted, failed)
-    if config.model_out:
-        save_model(config, result, config.model_out, attrs["class_names"])
     for line in summary_lines(result, wall):
         print(line)
     if elsewhere:
-        raise elsewhere
+        raise NotRecorded(f"{model_error}; {elsewhere}") if model_error else elsewhere
     print(f"appended run '{name}' to {config.out}")
+    if model_error:
+        raise NotRecorded(model_error)
     return result
 
 
@@ -222,23 +211,23 @@ class NotRecorded(Exception):
 
 
 def record(config: Config, arrays: dict, attrs: dict, status: str) -> str:
-    """Append the run to --out and return its name.  If that fails after
-    training (another job holding the file's lock past the timeout, a full
-    disk), the run goes to a file of its own beside --out, or in the temp
-    folder, and NotRecorded says where: a finished run is never lost."""
+    """Append the run to --out and return its name.  If anything goes wrong
+    with that after training (another job holding the file's lock past the
+    timeout, a full disk, a damaged file, a value HDF5 refuses: any
+    exception), the run goes to a file of its own (store/rescue.py) and
+    NotRecorded says where: a finished run is never lost."""
     try:
         return writer.append_run(config.out, arrays, attrs, name=config.name, status=status)
-    except ResultsError as error:
-        problem = str(error)
-    stem = os.path.splitext(os.path.basename(config.out))[0]
-    for folder in (os.path.dirname(os.path.abspath(config.out)), tempfile.gettempdir()):
-        rescue = os.path.join(folder, f"{stem}-unsaved-{os.getpid()}.h5")
-        try:
-            name = writer.append_run(rescue, arrays, attrs, name=config.name, status=status)
-        except ResultsError:
-            continue
-        raise NotRecorded(f"{problem}; run '{name}' is saved in {rescue} instead")
-    raise NotRecorded(f"{problem}; the run could not be saved anywhere else either")
+    except Exception as error:  # noqa: BLE001 (whatever the writer raises, the run must survive it)
+        problem = str(error) if isinstance(error, ResultsError) else \
+            f"{config.out}: cannot append run: {type(error).__name__}: {one_line(error)}"
+    try:
+        path, name, changed = rescue.rescue_run(config.out, arrays, attrs, config.name, status)
+    except Exception as error:  # noqa: BLE001
+        raise NotRecorded(f"{problem}; the run could not be saved anywhere else either "
+                          f"({type(error).__name__}: {one_line(error)})") from None
+    kept = f" ({', '.join(changed)} kept as text)" if changed else ""
+    raise NotRecorded(f"{problem}; run '{name}' is saved in {path} instead{kept}")
 
 
 def save_model(config: Config, result: TrainResult, path: str, class_names=()) -> None:
@@ -273,7 +262,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     except NotRecorded as error:  # only rank 0 records
         print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
-        return 1
+        return EXIT_NOT_RECORDED
     except faults.RunStopped as stop:
         if comm.Get_rank() == 0:
             print(f"pffbench: {'error' if stop.status == 'failed' else 'stopped'}: {stop.message}",

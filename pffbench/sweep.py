@@ -24,6 +24,7 @@ read (pffbench.report, pffbench.plot), never stored.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import shutil
@@ -36,7 +37,7 @@ from .core.cli import parse_config
 from .core.config import UsageError
 from .core.cpu_quota import usable_cores
 from .core.validate import validate
-from .store import writer
+from .store import checks
 from .study import analysis
 
 
@@ -106,6 +107,19 @@ def unused_label(out: str, label: str) -> str:
     return candidate
 
 
+def already_held(out: str) -> str | None:
+    """One line if ``out`` already holds runs: this sweep's are added to them, and report keeps apart
+    (unless --pool) those of another commit, package versions or machine."""
+    try:
+        taken = results.list_runs(out, on_damaged=lambda line: None) if os.path.exists(out) else []
+    except results.ResultsError:
+        return None
+    if not taken:
+        return None
+    return (f"sweep: {out} already holds {len(taken)} run{'s' if len(taken) != 1 else ''}; this sweep's are "
+            f"added to them (report pools runs of another commit, versions or machine only with --pool)")
+
+
 def _ranks(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -157,20 +171,30 @@ def main(argv=None) -> int:
             validate(config, ranks)
     except UsageError as error:
         parser.error(str(error))
-    problem = writer.unappendable(opts.out)  # before any run: a bad --out would fail every one of them
+    # before any run: what every run will write (--out, --model-out, --checkpoint-dir), as run.py checks it
+    problem = checks.output_problem(dataclasses.replace(config, out=opts.out), max(p for p, _ in cases))
     if problem:
-        parser.error(f"--out: {problem}")
+        parser.error(problem)
+    held = already_held(opts.out)
+    if held:
+        print(held, flush=True)
     launcher = shlex.split(opts.launcher) if opts.launcher else None
     print(f"sweep: {config.variant} on {config.dataset}, cases (ranks x threads) "
           f"{' '.join(f'{p}x{t}' for p, t in cases)}, {opts.repeats} repeats -> {opts.out}", flush=True)
     try:
         sweep(run_args, cases, opts.repeats, opts.out, launcher, warmup=not opts.no_warmup, label=opts.label,
               timeout=opts.timeout, log=lambda line: print(line, flush=True))
-    except (RuntimeError, subprocess.TimeoutExpired) as error:
+    except (RuntimeError, subprocess.TimeoutExpired, results.ResultsError) as error:
         print(f"pffbench.sweep: error: {error}", file=sys.stderr)
         return 1
     from .report import format_table
-    print(format_table(analysis.table(results.read_runs(opts.out)), "text"))
+    try:
+        runs = results.read_runs(opts.out, on_damaged=lambda line: print(f"pffbench.sweep: warning: {line}",
+                                                                          file=sys.stderr))
+    except results.ResultsError as error:
+        print(f"pffbench.sweep: error: {error}", file=sys.stderr)
+        return 1
+    print(format_table(analysis.table(runs), "text"))
     return 0
 
 

@@ -68,11 +68,12 @@ def stop(comm, timer: Timer, loss: np.ndarray | None, accuracy: np.ndarray, epoc
     """The RunStopped every rank raises once the ranks agreed to stop after
     ``epochs_done`` epochs (collective: gathers the accounts).  ``loss``
     [layers, epochs] is rank 0's (the others pass None); the epochs not run
-    become NaN.  The partial run has no layers and no trace."""
+    become NaN, in the loss and the timing.  The partial run has no layers and no trace."""
     timing, _ = gather_accounts(comm, timer)
     result = None
     if comm.Get_rank() == 0:
         loss[:, epochs_done:] = np.nan
+        timing[:, epochs_done:] = np.nan  # epochs never reached: no time, not zero time
         result = TrainResult(timing=timing, loss=loss, test_accuracy=accuracy, linears=[], dims=dims, blocks=blocks,
                              attrs={"epochs_completed": epochs_done, **(attrs or {})})
     stopped = faults.stopped(failure, signum, epochs_done, checkpointed, result)

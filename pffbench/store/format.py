@@ -3,19 +3,30 @@ pffbench/results.py (the public API), writing store/writer.py.
 
 A results file is HDF5 and collects runs from many jobs::
 
-    /                    attrs: format = "pffbench-results", format_version = 1
+    /                    attrs: format = "pffbench-results", format_version = 2
     /runs/<name>/        one group per run; attrs:
                            status      "complete" unless the writer says otherwise
                            created     UTC time of the append, ISO 8601
                            index       0, 1, 2, ... in append order (the order runs are read in)
                            json_attrs  JSON list of the attrs below that hold JSON text
                            ...         the writer's attrs: str, int, float and bool as they are;
-                                       dict, list, tuple and None as JSON text (None is "null"),
-                                       decoded again on read
+                                       a non-empty list of numbers or of strings (nested lists of
+                                       numbers: rectangular) as an HDF5 array; dict, None and any
+                                       other list as JSON text (None is "null"); read back as the
+                                       same Python values
     /runs/<name>/<key>   one dataset per array; a key with "/" nests, so "timing/compute"
-                         is dataset compute in subgroup timing
+                         is dataset compute in subgroup timing; attrs axes (one name per
+                         dimension, e.g. ["rank", "epoch"]) and units (e.g. "s"), from DATASETS,
+                         and crc32 (zlib.crc32 of its C-order bytes; readers check it);
+                         an epoch a run never reached is NaN
     /links/<name>/       the same for a link measurement of ``python -m pffbench.links``
                          (attr kind = "links"); read with read_runs(path, section="links")
+
+Version 1 (before 2026-11) stored every list attr as JSON text and datasets without
+axes/units; readers read both.  Version 2 files are written with HDF5 1.10 object
+formats (checksummed object headers and indexes, so damage is an error, not wrong
+data), text as fixed-length strings (not in the unchecked global heap), and the crc32
+of every dataset.
 
 Summary statistics (summarize) are computed on read and never stored.
 
@@ -36,12 +47,13 @@ have open is never modified in place, only replaced.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 
 import h5py
 
 FORMAT = "pffbench-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SECTIONS = ("runs", "links")  # what a results file holds: training runs, link measurements (pffbench.links)
 
 
@@ -50,7 +62,28 @@ def section_name(section: str) -> str:
     if section not in SECTIONS:
         raise ValueError(f"unknown results section {section!r}; expected one of {', '.join(SECTIONS)}")
     return section
+
+
 RESERVED = ("status", "created", "index", "json_attrs")
+
+# axes and units of every dataset a run stores, by key pattern (fnmatch, first match wins)
+DATASETS = (
+    ("timing/*", ("rank", "epoch"), "s"),            # one dataset per timer column (instrument/timer.py)
+    ("timing_chapter/*", ("rank", "chapter"), "s"),  # PFF: per chapter
+    ("loss", ("layer", "epoch"), "1"),                # FF loss (dimensionless), summed over minibatches
+    ("test_accuracy", ("epoch",), "1"),               # fraction correct, 0..1; NaN where not evaluated
+    ("trace/events", ("event", "field"), "s"),        # fields: rank, category index, start, end
+    ("shard_label_counts", ("rank", "class"), "images"),
+)
+
+
+def dataset_meta(key: str, ndim: int) -> tuple[list[str], str]:
+    """(axes, units) of dataset ``key`` with ``ndim`` dimensions: from DATASETS,
+    else generic axis names ("axis0", ...) and units "" (not stated)."""
+    for pattern, axes, units in DATASETS:
+        if fnmatch.fnmatchcase(key, pattern) and len(axes) == ndim:
+            return list(axes), units
+    return [f"axis{i}" for i in range(ndim)], ""
 
 
 class ResultsError(Exception):
@@ -59,18 +92,27 @@ class ResultsError(Exception):
 
 @contextlib.contextmanager
 def open_results(path: str):
+    """The results file ``path`` open for reading (h5py.File); ResultsError, one
+    line naming the file, for anything that keeps it from being read as one."""
     if not os.path.exists(path):
         raise ResultsError(f"{path}: no such results file")
-    if not h5py.is_hdf5(path):
-        raise ResultsError(f"{path}: not an HDF5 file, so not a pffbench results file")
     try:
+        if not h5py.is_hdf5(path):
+            raise ResultsError(f"{path}: not an HDF5 file, so not a pffbench results file")
         f = h5py.File(path, "r", locking=False)
-    except OSError as e:
+    except ResultsError:
+        raise
+    except Exception as e:  # h5py turns damage into OSError, KeyError, RuntimeError, ... (HDF5's own stack)
         raise ResultsError(f"{path}: cannot open HDF5 file: {one_line(e)}") from e
     with f:
-        if f.attrs.get("format") != FORMAT or "runs" not in f:
+        try:
+            form = f.attrs.get("format")
+            ours = (form.decode("utf-8", "replace") if isinstance(form, bytes) else form) == FORMAT and "runs" in f
+            version = f.attrs.get("format_version", 0)
+        except Exception as e:
+            raise ResultsError(f"{path}: damaged, its root cannot be read: {one_line(e)}") from e
+        if not ours:
             raise ResultsError(f"{path}: an HDF5 file but not a pffbench results file")
-        version = f.attrs.get("format_version", 0)
         if version > FORMAT_VERSION:
             raise ResultsError(f"{path}: format version {version} is newer than this pffbench "
                                f"reads ({FORMAT_VERSION}); upgrade pffbench")
@@ -78,4 +120,6 @@ def open_results(path: str):
 
 
 def one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
+    """The error as one line (HDF5's messages span several), with its type when it says nothing."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__

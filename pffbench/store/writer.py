@@ -6,55 +6,63 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.metadata
-import json
 import os
-import platform
 import re
 import secrets
 import shutil
-import socket
-import subprocess
 import time
+import zlib
 from datetime import datetime, timezone
 
 import h5py
 import numpy as np
 
 from .atomic import atomic_file
-from .format import FORMAT, FORMAT_VERSION, RESERVED, ResultsError, one_line, open_results, section_name
+from .encode import encode_attrs as _encode_attrs, fixed_text
+from .format import FORMAT, FORMAT_VERSION, ResultsError, dataset_meta, one_line, open_results, section_name
+from .provenance import provenance  # noqa: F401  (run.py records it with every run)
+
+# HDF5 1.10's object formats: object headers, link, attribute and chunk indexes carry checksums (damage reads
+# as an error, not as other data), and attributes of any size (the older format stops at 64 KiB)
+LIBVER = ("v110", "latest")
 
 
 def check_name(name) -> None:
     """Raise ValueError unless ``name`` can name a run (an HDF5 group under /runs)."""
     if not isinstance(name, str) or name in ("", ".") or "/" in name:
         raise ValueError(f"run name {name!r} must be a non-empty string without '/'")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of another encoding in argv (Python keeps it as a surrogate)
+        raise ValueError(f"run name {name!r} must be valid Unicode text") from None
+    if "\x00" in name:
+        raise ValueError(f"run name {name!r} must not hold a NUL character")
 
 
-def unappendable(path: str) -> str | None:
-    """One line saying why append_run(path, ...) would fail, checked before a
-    run starts so that no finished run is lost to a wrong --out; None if it
-    would not (an existing pffbench results file, or a new file in a folder
-    that exists or can be made)."""
+class LockBusy(ResultsError):
+    """Another writer holds the file's lock past the timeout."""
+
+
+def unappendable(path: str, arrays: dict | None = None, attrs: dict | None = None,
+                 name: str | None = None) -> str | None:
+    """One line saying why append_run(path, arrays, attrs, name) would fail,
+    found before a run trains so that no finished run is lost to a wrong --out;
+    None if it would not.  It does what the append does, on the same path:
+    makes the folder, takes the lock, copies the file, adds the run (``attrs``:
+    the values the run will store) and renames the copy, to a probe file that
+    it then removes.  A lock held by another writer right now is no problem
+    (append_run waits for it)."""
     if os.path.isdir(path):
         return f"{path} is a folder, not a results file"
-    if os.path.exists(path):
-        try:
-            with open_results(path):
-                pass
-        except ResultsError as error:
-            return str(error)
     problem = unwritable_parent(path)
-    if problem or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        return problem  # a folder append_run will make: nothing to try the lock on yet
-    try:  # the lock append_run takes: some cluster file systems refuse flock (Lustre mounted noflock)
-        with _exclusive_lock(os.path.realpath(path), timeout=0):
-            pass
-    except ResultsError:
-        pass  # held by another writer right now: append_run will wait for it
-    except OSError as error:
-        return f"{path}: cannot lock it for appending ({error.strerror or error}); put results on a file " \
-               f"system with flock, e.g. not a Lustre mount with noflock"
+    if problem:
+        return problem
+    try:
+        append_run(path, arrays or {}, attrs or {}, name=name, lock_timeout=0, probe=True)
+    except LockBusy:
+        return None
+    except (ResultsError, ValueError, TypeError) as error:
+        return one_line(error)
     return None
 
 
@@ -66,12 +74,13 @@ def unwritable_parent(path: str) -> str | None:
     if not os.path.isdir(folder):
         return f"cannot create {path}: {folder} is a file, not a folder"
     if not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot create {path}: no permission to write in {folder}"
+        return f"cannot create {path}: permission denied to write in {folder}"
     return None
 
 
 def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str | None = None,
-               status: str = "complete", lock_timeout: float = 60.0, section: str = "runs") -> str:
+               status: str = "complete", lock_timeout: float = 60.0, probe: bool = False,
+               lock: bool = True, section: str = "runs") -> str:
     """Append one run as group /runs/<name> and return the name used
     (``section`` "links": a link measurement of pffbench.links, as /links/<name>,
     which read_runs leaves out).
@@ -79,13 +88,15 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
     name None picks "<variant>-p<world_size>-<UTC time>" from attrs ("run" without a
     variant); a name already in the file gets a suffix "-2", "-3", ... so no run is
     ever overwritten. Bad arguments raise ValueError or TypeError before the file is
-    touched; trouble with the file raises ResultsError.
+    touched; anything else that goes wrong (the file, the lock, a value HDF5 refuses)
+    raises ResultsError, one line naming the file, and leaves the file as it was.
+    ``probe``: do all of that, but rename the result to a probe file beside ``path``
+    and remove it (unappendable).  ``lock`` False: no flock (a rescue file of this
+    process's own, which no other writer knows).
     """
     stored = _encode_attrs(attrs)
-    stored["status"] = status
-    for key in arrays:
-        if not isinstance(key, str) or any(part in ("", ".") for part in key.split("/")):
-            raise ValueError(f"array key {key!r} must be a string of non-empty '/'-separated parts")
+    stored["status"] = fixed_text(status)
+    _check_keys(arrays)
     if name is not None:
         check_name(name)
     section_name(section)
@@ -95,22 +106,59 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
     directory, base = os.path.split(path)
     try:
         os.makedirs(directory, exist_ok=True)
-        with _exclusive_lock(path, lock_timeout):
+        with _exclusive_lock(path, lock_timeout) if lock else contextlib.nullcontext():
             # Under the lock no other writer is alive, so any temporary is a dead one's; matched exactly,
             # as ".{base}.*.tmp" also matches ".{base}.x.<pid>.<hex>.tmp", a temporary of "{base}.x", whose
             # writer holds another lock.
             ours = re.compile(re.escape(f".{base}.") + r"\d+\.[0-9a-f]{8}\.tmp")
-            for stale in os.listdir(directory):
+            for stale in os.listdir(directory) if lock else ():
                 if ours.fullmatch(stale):
                     os.remove(os.path.join(directory, stale))
-            tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            tmp, target = (os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+                           for _ in range(2))
             added = []
-            atomic_file(path, lambda temp: added.append(_copy_and_add(path, temp, name or _default_name(attrs),
-                                                                      arrays, stored, section)), temp=tmp)
+            atomic_file(target if probe else path,
+                        lambda temp: added.append(_copy_and_add(path, temp, name or _default_name(attrs),
+                                                                arrays, stored, section)), temp=tmp)
+            if probe:
+                os.remove(target)
             name = added[0]
-    except OSError as e:
-        raise ResultsError(f"{path}: cannot append run: {one_line(e)}") from e
+    except ResultsError:
+        raise
+    except Exception as e:  # OSError, and h5py's KeyError, RuntimeError, ValueError, UnicodeError, ...
+        raise ResultsError(f"{path}: cannot append run: {_what(e)}") from e
     return name
+
+
+def check_storable(arrays: dict, attrs: dict, name: str | None = None) -> None:
+    """Raise ResultsError (one line) if HDF5 would refuse to store this run,
+    ValueError or TypeError for arguments append_run refuses: the run is
+    written into a results file in memory, exactly as append_run writes it."""
+    stored = _encode_attrs(attrs)
+    _check_keys(arrays)
+    if name is not None:
+        check_name(name)
+    try:
+        with h5py.File(f"probe-{secrets.token_hex(8)}.h5", "w", driver="core", backing_store=False,
+                       libver=LIBVER) as f:
+            _write_run(f.create_group("runs"), name or _default_name(attrs), arrays, stored)
+    except Exception as e:
+        raise ResultsError(f"cannot store the run: {_what(e)}") from e
+
+
+def _what(error: Exception) -> str:
+    text = one_line(error)
+    return text if isinstance(error, OSError) else f"{type(error).__name__}: {text}"
+
+
+def _check_keys(arrays: dict) -> None:
+    for key in arrays:
+        if not isinstance(key, str) or any(part in ("", ".") for part in key.split("/")):
+            raise ValueError(f"array key {key!r} must be a string of non-empty '/'-separated parts")
+    for key in arrays:  # a dataset "a" cannot also be the group of "a/b"
+        for other in arrays:
+            if other.startswith(key + "/"):
+                raise ValueError(f"array keys {key!r} and {other!r}: {key!r} cannot be both an array and a group")
 
 
 def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict, section: str = "runs") -> str:
@@ -120,59 +168,12 @@ def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict, s
             pass
         shutil.copyfile(path, temp)
         shutil.copymode(path, temp)
-    with h5py.File(temp, "a", locking=False) as f:
+    with h5py.File(temp, "a", locking=False, libver=LIBVER) as f:
         if "runs" not in f:
-            f.attrs["format"] = FORMAT
+            f.attrs["format"] = fixed_text(FORMAT)
             f.attrs["format_version"] = FORMAT_VERSION
             f.create_group("runs")
         return _write_run(f.require_group(section), name, arrays, stored)
-
-
-def provenance() -> dict:
-    """Where and with what this process runs, as attrs for append_run; never raises.
-
-    Versions read from package metadata are "unavailable" when a package is missing;
-    git_sha is "unknown" outside a git checkout or without git; Slurm values are ""
-    outside Slurm.
-    """
-    info = {"python": platform.python_version()}
-    for package in ("mpi4py", "torch", "numpy", "h5py"):
-        try:
-            info[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            info[package] = "unavailable"
-    info["mpi_library"] = _mpi_library()
-    info["git_sha"] = _git_sha()
-    for key, var in (("slurm_job_id", "SLURM_JOB_ID"), ("slurm_step_id", "SLURM_STEP_ID"),
-                     ("slurm_nodelist", "SLURM_JOB_NODELIST")):
-        info[key] = os.environ.get(var, "")
-    info["hostname"] = socket.gethostname()
-    info["platform"] = platform.platform()
-    return info
-
-
-def _mpi_library() -> str:
-    try:
-        from mpi4py import MPI
-        # Open MPI ends the string with a NUL byte, which HDF5 string attributes refuse
-        return MPI.Get_library_version().replace("\x00", "").splitlines()[0].strip()
-    except Exception:  # a broken MPI install must not cost the measurements
-        return "unavailable"
-
-
-def _git_sha() -> str:
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=package_dir, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-
-    try:
-        sha = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + "-dirty" if dirty else sha
 
 
 @contextlib.contextmanager
@@ -186,9 +187,13 @@ def _exclusive_lock(path: str, timeout: float):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise ResultsError(f"{path}: another job is writing to this file "
-                                       f"(lock {lock_path} still held after {timeout:g} s)") from None
+                    raise LockBusy(f"{path}: another job is writing to this file "
+                                   f"(lock {lock_path} still held after {timeout:g} s)") from None
                 time.sleep(0.05)
+            except OSError as error:  # ENOLCK, EOPNOTSUPP, ENOSYS: NFS without lockd, Lustre mounted noflock
+                raise ResultsError(f"{path}: cannot lock it for appending ({error.strerror or error}); put "
+                                   f"results on a file system with flock, e.g. not a Lustre mount with "
+                                   f"noflock") from None
         # Closing the file releases the lock, and so does the kernel when the process dies.
         yield
 
@@ -198,38 +203,31 @@ def _write_run(runs: h5py.Group, name: str, arrays: dict, stored: dict) -> str:
     while unique in runs:
         suffix += 1
         unique = f"{name}-{suffix}"
-    indices = [runs[other].attrs["index"] for other in runs]
     group = runs.create_group(unique)
     group.attrs.update(stored)
-    group.attrs["index"] = max(indices, default=-1) + 1
-    group.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    group.attrs["index"] = _next_index(runs)
+    group.attrs["created"] = fixed_text(datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     for key, array in arrays.items():
-        group.create_dataset(key, data=np.asarray(array))
+        data = np.ascontiguousarray(array)
+        dataset = group.create_dataset(key, data=data)
+        axes, units = dataset_meta(key, data.ndim)
+        dataset.attrs["axes"] = fixed_text(axes)
+        dataset.attrs["units"] = fixed_text(units)
+        # so that damaged data reads as an error, not as other numbers (HDF5's own Fletcher-32 filter
+        # passes a chunk zeroed together with its checksum, measured); kept in the dataset's object
+        # header, which HDF5 checksums
+        dataset.attrs["crc32"] = np.uint32(zlib.crc32(data.tobytes()))
     return unique
 
 
-def _encode_attrs(attrs: dict) -> dict:
-    stored, json_keys = {}, []
-    for key, value in attrs.items():
-        if key in RESERVED:
-            raise ValueError(f"attrs key {key!r} is reserved; the writer sets it")
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, (str, bool, int, float)):
-            stored[key] = value
-        elif value is None or isinstance(value, (dict, list, tuple)):
-            stored[key] = json.dumps(value, default=_json_default)
-            json_keys.append(key)
-        else:
-            raise TypeError(f"attrs[{key!r}]: cannot store a {type(value).__name__}")
-    stored["json_attrs"] = json.dumps(json_keys)
-    return stored
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.ndarray, np.generic)):
-        return obj.tolist()
-    raise TypeError(f"cannot store a {type(obj).__name__} in a JSON attribute")
+def _next_index(runs: h5py.Group) -> int:
+    """One more than the largest index in the file: runs are read in this order.  A damaged run's
+    index cannot be read (the readers skip that run); counting every run keeps the new one last."""
+    largest = -1
+    for other in runs:
+        with contextlib.suppress(Exception):
+            largest = max(largest, int(runs[other].attrs["index"]))
+    return max(largest + 1, len(runs) - 1)
 
 
 def _default_name(attrs: dict) -> str:

@@ -4,9 +4,13 @@ Nothing here is stored: every statistic is recomputed from the raw per-rank,
 per-epoch timing arrays of the runs in a results file.
 
 Runs are grouped into *cases*: the same configuration (the settings that
-change what is computed or how long it takes, core/config.py, but threads),
-on the same machine (rank 0's hostname), with the same number of ranks p and
-threads per rank.  A case's repetitions are its sample.  The cases of one configuration
+change what is computed or how long it takes, core/config.py, but
+threads), the same code and software (git commit; torch, mpi4py, numpy,
+h5py and Python versions), on the same machine (rank 0's hostname and CPU
+model), with the same number of ranks p and threads per rank.  Runs that
+differ only in code, software or machine are pooled into one case only when
+asked (``pool=True``, report --pool), and such a case says so (``pooled``).
+A case's repetitions are its sample.  The cases of one configuration
 at different p form a *series*; its base case is p = 1 with the same threads
 per rank (speedup S = T1 / Tp, efficiency E = S / p), and its best single
 process is p = 1 with the most threads (a second speedup, against the best a
@@ -61,9 +65,25 @@ def threads_per_rank(run: results.Run) -> int:
     return int(max(threads)) if isinstance(threads, (list, tuple)) else int(threads)
 
 
-def signature(run: results.Run) -> str:
+# what else than the configuration makes two runs' timings incomparable (store/provenance.py)
+MACHINE = ("hostname", "cpu_model")
+SOFTWARE = ("git_sha", "torch", "mpi4py", "numpy", "h5py", "python")
+
+
+def signature(run: results.Run, pool: bool = False) -> str:
+    """What a run's case is made of: its configuration, and unless ``pool`` its machine and software."""
     config = case_settings(run.config)
-    return json.dumps({"config": config, "host": run.attrs.get("hostname", "")}, sort_keys=True)
+    origin = {} if pool else {key: run.attrs.get(key, "") for key in MACHINE + SOFTWARE}
+    return json.dumps({"config": config, **origin}, sort_keys=True)
+
+
+def busy_host(run: results.Run) -> bool:
+    """Whether the run was measured on a busy host: a 1-minute load average, at
+    its start or end, above the host's cores (store/provenance.py; runs then
+    waited for cores).  False for runs that did not record it."""
+    cores = run.attrs.get("host_cores") or 0
+    loads = [run.attrs.get(key) for key in ("load_avg_start", "load_avg_end")]
+    return bool(cores) and any(isinstance(load, list) and load and load[0] > cores for load in loads)
 
 
 def stem(name: str) -> str:
@@ -110,19 +130,42 @@ class Case:
         return int(self.runs[0].attrs.get("minibatches_per_epoch", 0))
 
     @property
+    def pooled(self) -> str:
+        """"" if the case's runs share machine and software, else what differs (e.g. "2 git_sha, 2 hostname")."""
+        differ = []
+        for key in SOFTWARE + MACHINE:
+            values = {str(run.attrs.get(key, "")) for run in self.runs}
+            if len(values) > 1:
+                differ.append(f"{len(values)} {key}")
+        return ", ".join(differ)
+
+    @property
+    def busy(self) -> int:
+        """How many of the case's runs were measured on a busy host (busy_host)."""
+        return sum(busy_host(run) for run in self.runs)
+
+    @property
+    def notes(self) -> str:
+        """What a reader of the case's figures must know: pooled runs, a busy host."""
+        notes = [f"pooled: {self.pooled}"] if self.pooled else []
+        if self.busy:
+            notes.append(f"busy host: {self.busy} of {len(self.runs)} runs")
+        return "; ".join(notes)
+
+    @property
     def label(self) -> str:
         config = self.runs[0].config
         layers = ",".join(map(str, config.get("layers", ())))
         return f"{self.variant} [{layers}] {self.dataset}"
 
 
-def cases(runs: list[results.Run]) -> list[Case]:
-    """Runs grouped into cases, in order of first appearance."""
+def cases(runs: list[results.Run], pool: bool = False) -> list[Case]:
+    """Runs grouped into cases, in order of first appearance (``pool``: see signature)."""
     found: dict[tuple, Case] = {}
     for run in runs:
         if run.attrs.get("status", "complete") != "complete" or "timing/wall" not in run.arrays:
             continue
-        key = (signature(run), int(run.attrs["world_size"]), threads_per_rank(run))
+        key = (signature(run, pool), int(run.attrs["world_size"]), threads_per_rank(run))
         if key not in found:
             found[key] = Case(key[0], run.attrs.get("variant", "pipeline"), run.attrs.get("dataset", ""),
                               key[1], key[2])
@@ -153,9 +196,10 @@ def series(all_cases: list[Case]) -> dict[str, list[Case]]:
     return {key: sorted(group, key=lambda c: (c.threads, c.ranks)) for key, group in out.items()}
 
 
-def table(runs: list[results.Run]) -> list[Row]:
+def table(runs: list[results.Run], pool: bool = False) -> list[Row]:
+    """One Row per case of the complete runs (``pool``: see signature)."""
     rows = []
-    for group in series(cases(runs)).values():
+    for group in series(cases(runs, pool)).values():
         singles = [c for c in group if c.ranks == 1]
         best = max(singles, key=lambda c: c.threads, default=None)
         for case in group:

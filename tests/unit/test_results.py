@@ -68,9 +68,16 @@ def test_round_trip_keeps_arrays_attrs_and_dtypes(tmp_path):
     assert run.config == attrs["config"]
 
     with h5py.File(path, "r") as f:
-        assert f.attrs["format"] == "pffbench-results" and f.attrs["format_version"] == 1
+        # format 2: text as fixed-length UTF-8 strings (bytes to h5py), lists as HDF5 arrays, not JSON text
+        assert f.attrs["format"] == b"pffbench-results" and f.attrs["format_version"] == 2
         assert isinstance(f["runs/first/timing"], h5py.Group)
-        assert f["runs/first"].attrs["data_dir"] == "null"
+        assert f["runs/first"].attrs["data_dir"] == b"null"
+        assert f["runs/first"].attrs["hostnames"].tolist() == [b"n1", b"n2"]
+        assert f["runs/first"].attrs["empty"] == b"[]"  # an empty list has no type: it stays JSON
+        # every dataset names its axes and units
+        compute = f["runs/first/timing/compute"]
+        assert compute.attrs["axes"].tolist() == [b"rank", b"epoch"] and compute.attrs["units"] == b"s"
+        assert f["runs/first/deep/er/flags"].attrs["axes"].tolist() == [b"axis0"]
 
 
 def test_config_stored_as_json_text_reads_as_dict(path):
@@ -129,7 +136,7 @@ def test_foreign_file_is_refused_and_untouched(path, make, message):
 def test_newer_format_version_is_refused(path):
     append_run(str(path), *small_run(0))
     with h5py.File(path, "a") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     with pytest.raises(ResultsError, match="newer"):
         append_run(str(path), *small_run(1))
 
@@ -164,7 +171,7 @@ def test_bad_arguments_touch_nothing(path, arrays, attrs, name, error):
 def test_failure_while_writing_leaves_file_and_no_temporary(path):
     append_run(str(path), *small_run(0))
     before = digest(path)
-    with pytest.raises(TypeError):  # a dataset "a" cannot also be a group "a"
+    with pytest.raises(ValueError):  # a dataset "a" cannot also be a group "a"
         append_run(str(path), {"a": np.zeros(1), "a/b": np.zeros(1)}, {})
     assert digest(path) == before
     assert temporaries(path) == []
@@ -312,7 +319,8 @@ def test_summarize_rejects_empty_and_multidimensional(values):
 
 
 PROVENANCE_KEYS = {"python", "mpi4py", "torch", "numpy", "h5py", "mpi_library", "git_sha",
-                   "slurm_job_id", "slurm_step_id", "slurm_nodelist", "hostname", "platform"}
+                   "slurm_job_id", "slurm_step_id", "slurm_nodelist", "hostname", "platform",
+                   "cpu_model", "host_cores", "load_avg_end"}
 
 
 def test_provenance_describes_this_process(monkeypatch):
@@ -324,6 +332,8 @@ def test_provenance_describes_this_process(monkeypatch):
     assert info["slurm_job_id"] == "1234" and info["slurm_step_id"] == ""
     assert info["mpi_library"] and "\n" not in info["mpi_library"]
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", info["git_sha"])
+    assert info["cpu_model"] and info["host_cores"] == os.cpu_count()
+    assert len(info["load_avg_end"]) == 3 and all(load >= 0 for load in info["load_avg_end"])
 
 
 def test_provenance_without_git(monkeypatch, tmp_path):
