@@ -6,7 +6,10 @@ see pffbench.study.analysis).  Times are training seconds: the slowest rank's ep
 wall times summed, evaluation excluded.  speedup = median T1 / median Tp with
 T1 the same configuration on 1 rank with the same threads per rank;
 efficiency = speedup / p; "vs 1xall" is the speedup against 1 rank with the
-most threads (the best single process).
+most threads (the best single process).  With --target A (or for runs made
+with --target-accuracy): "to A% s" is the median training time to the first
+evaluation at test accuracy >= A over the repetitions that reached it, and
+"reached" how many did (pffbench/target.py).
 """
 from __future__ import annotations
 
@@ -20,13 +23,24 @@ from . import results
 from .study import analysis
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
-          "efficiency", "speedup vs 1xall", "accuracy %")
+          "efficiency", "speedup vs 1xall", "accuracy %")  # then, per target accuracy: median time to it, repetitions that reached it
 
 
-def row_values(row: analysis.Row) -> tuple:
+ACCURACY = HEADER.index("accuracy %")  # printed with 2 decimals, the rest with 3
+
+
+def target_header(targets: list[float]) -> tuple:
+    return tuple(h for a in targets for h in (f"to {100 * a:g}% s", f"reached {100 * a:g}%"))
+
+
+def row_values(row: analysis.Row, targets: list[float] = (), versus: tuple = ()) -> tuple:
     c, s = row.case, row.stats
+    reached = [] if not versus else [versus[1].stats["median"] / s["median"] if versus[1] else float("nan")]
+    for accuracy in targets:
+        seconds, hits = c.time_to_target(accuracy)
+        reached += [seconds, f"{hits}/{s['n']}"]
     return (c.name, c.variant, c.dataset, c.ranks, c.threads, s["n"], s["median"], s["min"], s["max"],
-            row.speedup, row.efficiency, row.speedup_best, 100 * row.accuracy)
+            row.speedup, row.efficiency, row.speedup_best, 100 * row.accuracy, *reached)
 
 
 def _text(value, digits: int = 3) -> str:
@@ -35,26 +49,34 @@ def _text(value, digits: int = 3) -> str:
     return str(value)
 
 
-def format_table(rows: list[analysis.Row], fmt: str = "text") -> str:
-    values = [row_values(row) for row in rows]
+def format_table(rows: list[analysis.Row], fmt: str = "text", targets: list[float] = (),
+                 versus: str | None = None) -> str:
+    """The table; ``versus`` (a variant) adds the speedup over its p = 1 case
+    on the same work (analysis.reference_case); ``targets`` (accuracies in
+    (0, 1]) add, each, the median training seconds to it over the
+    repetitions that reached it and how many did."""
+    header = HEADER + ((f"vs {versus}",) if versus else ()) + target_header(list(targets))
+    all_cases = [row.case for row in rows]
+    values = [row_values(row, targets, (versus, analysis.reference_case(all_cases, row.case, versus))
+                         if versus else ()) for row in rows]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(HEADER)
+        writer.writerow(header)
         for v in values:
             writer.writerow(["" if isinstance(x, float) and math.isnan(x) else
                              (repr(x) if isinstance(x, float) else x) for x in v])
         return out.getvalue().rstrip("\n")
-    cells = [[_text(x, 2 if i == len(HEADER) - 1 else 3) for i, x in enumerate(v)] for v in values]
+    cells = [[_text(x, 2 if i == ACCURACY else 3) for i, x in enumerate(v)] for v in values]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if i < 3 else "---:"
-                                                               for i in range(len(HEADER))) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 else "---:"
+                                                               for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
         return "\n".join(lines)
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}")
-    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
-    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(HEADER, widths)))]
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines += ["  ".join(x.ljust(w) if i < 3 else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
               for row in cells]
     return "\n".join(lines)
@@ -64,13 +86,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
+    parser.add_argument("--target", type=float, action="append", default=None, metavar="A",
+                        help="add the median training time to test accuracy A (e.g. 0.97) and how many repetitions "
+                             "reached it; repeatable (default: the --target-accuracy values the runs were made with)")
+    parser.add_argument("--versus", default=None, metavar="VARIANT",
+                        help="add the speedup over VARIANT on 1 rank with the same threads, data, widths, epochs "
+                             "and batch size (e.g. backprop)")
     opts = parser.parse_args(argv)
+    if opts.target and not all(0 < a <= 1 for a in opts.target):
+        parser.error("--target must be in (0, 1]")
     try:
         runs = [run for path in opts.files for run in results.read_runs(path)]
     except results.ResultsError as error:
         print(f"pffbench.report: error: {error}", file=sys.stderr)
         return 2
-    print(format_table(analysis.table(runs), opts.format))
+    targets = opts.target or analysis.recorded_targets(runs)
+    print(format_table(analysis.table(runs), opts.format, targets, opts.versus))
     return 0
 
 
