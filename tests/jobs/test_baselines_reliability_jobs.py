@@ -77,7 +77,7 @@ def test_an_exception_on_a_rank_ends_the_gloo_job_within_10_s(variant, tmp_path)
     code = job.wait(timeout=120)
     err = job.stderr
     assert code != 0, err
-    assert "[rank 1] pffbench.faults.InjectedFault: injected fault on rank 1" in err, err
+    assert "[rank 1] pffbench.reliability.faults.InjectedFault: injected fault on rank 1" in err, err
     assert job.ended - _stamp(err, "injected fault") < 10
     assert not job.out.exists()
 
