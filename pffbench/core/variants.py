@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# What ranks agree on, and when: "epoch" = one allreduce at every epoch boundary (the pipeline's losses and
-# flags); "chapters" = a lagged, non-blocking agreement after every round of chapters (the PFF wavefronts);
+# What ranks agree on, and when: "epoch" = one allreduce at every epoch boundary (the losses and flags of
+# the pipeline and of the backprop baselines); "chapters" = a lagged, non-blocking agreement after every round of chapters (the PFF wavefronts);
 # None = no agreement: SIGTERM/SIGINT keep their default effect (the job ends at once).
 AGREEMENTS = ("epoch", "chapters", None)
 
