@@ -9,7 +9,8 @@ files, PNG and PDF, headless (matplotlib Agg).
   data, send/receive wait, sync, eval; gaps are idle.  The whole run plus
   zooms on the pipeline's fill and on the drain at the end of epoch 1;
 - accuracy_time.png: test accuracy against training time, one line per
-  case (variant, ranks, threads);
+  case (variant, ranks, threads), target accuracies dotted, a star where a
+  case first reached one;
 - variants_speedup.png: every variant's speedup on one chart, FF variants
   against data-parallel backprop.
 
@@ -154,8 +155,10 @@ def variants_figure(runs: list[results.Run]) -> plt.Figure | None:
     return fig
 
 
-def accuracy_figure(runs: list[results.Run]) -> plt.Figure | None:
-    """Test accuracy against training time, one line per case (its first repetition)."""
+def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figure | None:
+    """Test accuracy against training time, one line per case (its first
+    repetition); a dotted line at each target accuracy (``targets`` and the
+    runs' --target-accuracy), with a marker where each case first reached it."""
     curves = []
     for case in analysis.cases(runs):
         seconds, accuracy = analysis.accuracy_curve(case.runs[0])
@@ -163,11 +166,20 @@ def accuracy_figure(runs: list[results.Run]) -> plt.Figure | None:
             curves.append((case, seconds, accuracy))
     if not curves:
         return None
+    marked = sorted(set(targets) | set(analysis.recorded_targets(runs)))
     fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
     for i, (case, seconds, accuracy) in enumerate(curves):
         style = "s--" if case.variant in analysis.BASELINES else "o-"
-        ax.plot(seconds, 100 * accuracy, style, color=f"C{i % 10}",
+        ax.plot(seconds, 100 * accuracy, style, color=f"C{i % 10}", markersize=3 if len(seconds) > 20 else 6,
                 label=f"{case.label}, p = {case.ranks} × {case.threads} thread(s)")
+        for goal in marked:
+            hit = np.flatnonzero(accuracy >= goal)
+            if hit.size:
+                ax.plot(seconds[hit[0]], 100 * accuracy[hit[0]], "*", color=f"C{i % 10}", markersize=12)
+    for goal in marked:
+        ax.axhline(100 * goal, color="black", linestyle=":", linewidth=1)
+        ax.annotate(f"target {100 * goal:g} %", (0, 100 * goal), xycoords=("axes fraction", "data"),
+                    xytext=(4, 2), textcoords="offset points", fontsize=8)
     ax.set_xlabel("training time (s, evaluation excluded)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Test accuracy against wall-clock training time\n{_machine(runs)}", fontsize=11)
@@ -257,11 +269,11 @@ def save(fig: plt.Figure, directory: str, stem: str) -> list[str]:
 
 
 def make_all(runs: list[results.Run], directory: str, timeline_run: str | None = None,
-             prefix: str = "") -> list[str]:
+             prefix: str = "", targets: list[float] = ()) -> list[str]:
     """Every figure the runs support, saved under directory; the paths written."""
     written = []
     for stem, fig in (("speedup", speedup_figure(runs)), ("variants_speedup", variants_figure(runs)),
-                      ("accuracy_time", accuracy_figure(runs))):
+                      ("accuracy_time", accuracy_figure(runs, targets))):
         if fig is not None:
             written += save(fig, directory, prefix + stem)
     traced = traced_runs(runs)
@@ -283,11 +295,14 @@ def main(argv=None) -> int:
     parser.add_argument("--timeline-run", default=None, metavar="NAME",
                         help="run to draw the timeline of (default: the traced run with the most ranks)")
     parser.add_argument("--prefix", default="", help="prefix of the file names")
+    parser.add_argument("--target", type=float, action="append", default=[], metavar="A",
+                        help="mark test accuracy A on accuracy_time.png (besides the runs' --target-accuracy); "
+                             "repeatable")
     opts = parser.parse_args(argv)
     try:
         skipped = lambda line: print(f"pffbench.plot: warning: {line}", file=sys.stderr)  # noqa: E731
         runs = [run for path in opts.files for run in results.read_runs(path, on_damaged=skipped)]
-        written = make_all(runs, opts.output, opts.timeline_run, opts.prefix)
+        written = make_all(runs, opts.output, opts.timeline_run, opts.prefix, opts.target)
     except results.ResultsError as error:
         print(f"pffbench.plot: error: {error}", file=sys.stderr)
         return 2

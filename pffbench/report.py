@@ -9,7 +9,10 @@ cores).  A run that cannot be read is skipped with one line naming it.  Times ar
 wall times summed, evaluation excluded.  speedup = median T1 / median Tp with
 T1 the same configuration on 1 rank with the same threads per rank;
 efficiency = speedup / p; "vs 1xall" is the speedup against 1 rank with the
-most threads (the best single process).
+most threads (the best single process).  With --target A (or for runs made
+with --target-accuracy): "to A% s" is the median training time to the first
+evaluation at test accuracy >= A over the repetitions that reached it, and
+"reached" how many did (pffbench/instrument/target.py).
 
 Link measurements of ``python -m pffbench.links`` in the same files follow in
 a table of their own: per message size and link kind, latency min/median/max
@@ -29,13 +32,26 @@ from . import results
 from .study import analysis
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
-          "efficiency", "speedup vs 1xall", "accuracy %", "notes")
+          "efficiency", "speedup vs 1xall", "accuracy %")
+# then: "vs VARIANT" (--versus), per target accuracy the median time to it and the repetitions that reached it,
+# and last the notes (busy host, pooled runs, collapsed layers)
 
 
-def row_values(row: analysis.Row) -> tuple:
+ACCURACY = HEADER.index("accuracy %")  # printed with 2 decimals, the rest with 3
+
+
+def target_header(targets: list[float]) -> tuple:
+    return tuple(h for a in targets for h in (f"to {100 * a:g}% s", f"reached {100 * a:g}%"))
+
+
+def row_values(row: analysis.Row, targets: list[float] = (), versus: tuple = ()) -> tuple:
     c, s = row.case, row.stats
+    reached = [] if not versus else [versus[1].stats["median"] / s["median"] if versus[1] else float("nan")]
+    for accuracy in targets:
+        seconds, hits = c.time_to_target(accuracy)
+        reached += [seconds, f"{hits}/{s['n']}"]
     return (c.name, c.variant, c.dataset, c.ranks, c.threads, s["n"], s["median"], s["min"], s["max"],
-            row.speedup, row.efficiency, row.speedup_best, 100 * row.accuracy, c.notes)
+            row.speedup, row.efficiency, row.speedup_best, 100 * row.accuracy, *reached, c.notes)
 
 
 def _text(value, digits: int = 3) -> str:
@@ -44,27 +60,35 @@ def _text(value, digits: int = 3) -> str:
     return str(value)
 
 
-def format_table(rows: list[analysis.Row], fmt: str = "text") -> str:
-    values = [row_values(row) for row in rows]
+def format_table(rows: list[analysis.Row], fmt: str = "text", targets: list[float] = (),
+                 versus: str | None = None) -> str:
+    """The table; ``versus`` (a variant) adds the speedup over its p = 1 case
+    on the same work (analysis.reference_case); ``targets`` (accuracies in
+    (0, 1]) add, each, the median training seconds to it over the
+    repetitions that reached it and how many did."""
+    header = HEADER + ((f"vs {versus}",) if versus else ()) + target_header(list(targets)) + ("notes",)
+    all_cases = [row.case for row in rows]
+    values = [row_values(row, targets, (versus, analysis.reference_case(all_cases, row.case, versus))
+                         if versus else ()) for row in rows]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(HEADER)
+        writer.writerow(header)
         for v in values:
             writer.writerow(["" if isinstance(x, float) and math.isnan(x) else
                              (repr(x) if isinstance(x, float) else x) for x in v])
         return out.getvalue().rstrip("\n")
-    cells = [[_text(x, 2 if HEADER[i] == "accuracy %" else 3) for i, x in enumerate(v)] for v in values]
+    cells = [[_text(x, 2 if i == ACCURACY else 3) for i, x in enumerate(v)] for v in values]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" if i < 3 or HEADER[i] == "notes" else "---:"
-                                                               for i in range(len(HEADER))) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 or header[i] == "notes" else "---:"
+                                                               for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
         return "\n".join(lines)
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}")
-    left = lambda i: i < 3 or HEADER[i] == "notes"  # noqa: E731  (text columns)
-    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
-    lines = ["  ".join(h.ljust(w) if left(i) else h.rjust(w) for i, (h, w) in enumerate(zip(HEADER, widths)))]
+    left = lambda i: i < 3 or header[i] == "notes"  # noqa: E731  (text columns)
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) if left(i) else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines += ["  ".join(x.ljust(w) if left(i) else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
               for row in cells]
     return "\n".join(line.rstrip() for line in lines)
@@ -108,7 +132,15 @@ def main(argv=None) -> int:
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     parser.add_argument("--pool", action="store_true", help="pool runs that differ only in git commit, package "
                         "versions or machine into one case (the notes column says so)")
+    parser.add_argument("--target", type=float, action="append", default=None, metavar="A",
+                        help="add the median training time to test accuracy A (e.g. 0.97) and how many repetitions "
+                             "reached it; repeatable (default: the --target-accuracy values the runs were made with)")
+    parser.add_argument("--versus", default=None, metavar="VARIANT",
+                        help="add the speedup over VARIANT on 1 rank with the same threads, data, widths, epochs "
+                             "and batch size (e.g. backprop)")
     opts = parser.parse_args(argv)
+    if opts.target and not all(0 < a <= 1 for a in opts.target):
+        parser.error("--target must be in (0, 1]")
     runs, links = [], []
 
     def warn(line):
@@ -122,7 +154,8 @@ def main(argv=None) -> int:
             print(f"pffbench.report: error: {error}", file=sys.stderr)
             return 2
     if runs or not links:
-        print(format_table(analysis.table(runs, opts.pool), opts.format))
+        targets = opts.target or analysis.recorded_targets(runs)
+        print(format_table(analysis.table(runs, opts.pool), opts.format, targets, opts.versus))
     if links:  # pffbench.links measurements: a table of their own after the runs'
         title = {"text": "link measurements (python -m pffbench.links)\n", "markdown": "**link measurements**\n\n",
                  "csv": ""}[opts.format]

@@ -26,6 +26,7 @@ from .core.types import Shape, TrainResult, batch_rows
 from .core.validate import validate
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
+from .instrument import target
 from .instrument.timer import COLUMNS
 from .reliability import faults
 from .store import checks, provenance, rescue, writer
@@ -107,10 +108,16 @@ class Progress:
               flush=True)
 
 
+def final_accuracy(result: TrainResult) -> float:
+    """The last test accuracy measured (a run stopped at its target ends before its last epoch)."""
+    measured = result.test_accuracy[np.isfinite(result.test_accuracy)]
+    return float(measured[-1]) if measured.size else float("nan")
+
+
 def summary_lines(result: TrainResult, wall: float) -> list[str]:
     timing = result.timing.sum(axis=1)  # [ranks, columns]
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
-    lines = [f"test accuracy {100 * result.test_accuracy[-1]:.2f}%   wall time {wall:.1f}s",
+    lines = [f"test accuracy {100 * final_accuracy(result):.2f}%   wall time {wall:.1f}s",
              "rank  layers   compute   comm-wait   data   sync+eval   idle"]
     for r, block in enumerate(result.blocks):
         total = col["wall"][r] or 1.0
@@ -167,12 +174,15 @@ def run(config: Config, world: World) -> TrainResult | None:
         "world_size": world.size, "hostnames": hostnames, "threads_per_rank": threads,
         "cpu_quota": quotas,
         "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
-        "seed": config.seed, "final_test_accuracy": float(result.test_accuracy[-1]),
+        "seed": config.seed, "final_test_accuracy": final_accuracy(result),
         "wall_time": wall, "minibatches_per_epoch": len(batch_rows(shape.num_train, config.batch_size)),
         "num_train": shape.num_train, "class_names": list(dataset.class_names),
         "start_utc": started, "end_utc": utc_now(), "load_avg_start": load_start,
         **writer.provenance(), **result.attrs,
     }
+    if config.target_accuracy is not None and "target_accuracy" not in attrs:  # epoch-granular variants
+        attrs.update(target.target_attrs(target.evaluations_of(arrays, attrs["minibatches_per_epoch"]),
+                                         config.target_accuracy))
     return finish(config, result, arrays, attrs, status, stopped, wall)
 
 

@@ -84,7 +84,19 @@ def _execution_flags(p, d: Config) -> None:
                      help="pipeline activations: auto = a shared-memory ring between ranks on one node and MPI "
                           "messages between nodes; p2p = MPI messages everywhere (default: %(default)s)")
     run.add_argument("--eval-every", type=int, default=d.eval_every, metavar="K",
-                     help="also measure test accuracy every K epochs (0 = only at the end; default)")
+                     help="also measure test accuracy every K epochs (0 = only at the end; default); "
+                          "pipeline and the backprop baselines")
+    run.add_argument("--eval-every-steps", type=int, default=d.eval_every_steps, metavar="K",
+                     help="also measure test accuracy every K minibatch steps (backprop baselines only)")
+    run.add_argument("--target-accuracy", type=float, default=None, metavar="A",
+                     help="record the training time (evaluation excluded) to the first evaluation with test "
+                          "accuracy >= A, e.g. 0.97; evaluated as --eval-every(-steps) says")
+    run.add_argument("--stop-at-target", action="store_true",
+                     help="end the run (recorded complete) once --target-accuracy is reached "
+                          "(pipeline and the backprop baselines)")
+    run.add_argument("--microbatches", type=int, default=d.microbatches, metavar="M",
+                     help="gpipe, 1f1b: microbatches per minibatch; M >= ranks, M divides every minibatch "
+                          "(default: %(default)s)")
 
 
 def _output_flags(p, d: Config) -> None:

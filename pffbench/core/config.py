@@ -57,6 +57,10 @@ class Config:
     device: str = _incidental("cpu", times=True)
     transport: str = _incidental("auto", times=True)
     eval_every: int = _incidental(0)
+    eval_every_steps: int = _incidental(0)
+    target_accuracy: float | None = _incidental(None)
+    stop_at_target: bool = _incidental(False, times=True)  # a shorter run, the same steps up to its end
+    microbatches: int = 4  # gpipe, 1f1b: schedules/backprop/torch_pipeline.py
     score_layers: tuple[int, ...] | None = None
     out: str = _incidental(DEFAULT_OUT)
     name: str | None = _incidental(None)

@@ -19,6 +19,7 @@ def validate(config: Config, world_size: int | None = None) -> None:
     _check_limits(config)
     _check_reliability(config, variant, world_size)
     _check_values(config)
+    _check_target(config, variant)
     if variant.baseline:
         _validate_baseline(config, world_size)
         return
@@ -94,6 +95,27 @@ def _check_values(config: Config) -> None:
             raise UsageError(f"--score-layers {bad} out of range for {len(config.layers)} layers (0-based)")
 
 
+def _check_target(config: Config, variant) -> None:
+    """--target-accuracy, --stop-at-target, --eval-every-steps: what each family can honour
+    (instrument/target.py: a step for the baselines, an epoch for the pipeline, the run for the PFF variants)."""
+    if config.target_accuracy is not None and not 0 < config.target_accuracy <= 1:
+        raise UsageError(f"--target-accuracy must be in (0, 1], got {config.target_accuracy}")
+    if config.eval_every_steps < 0:
+        raise UsageError(f"--eval-every-steps must be >= 0, got {config.eval_every_steps}")
+    baselines = ", ".join(name for name, v in VARIANTS.items() if v.baseline)
+    if config.eval_every_steps and not variant.baseline:
+        raise UsageError(f"--eval-every-steps works with the backprop baselines ({baselines}); "
+                         f"{config.variant} evaluates at epoch or chapter boundaries")
+    if config.stop_at_target and config.target_accuracy is None:
+        raise UsageError("--stop-at-target needs --target-accuracy A")
+    if config.stop_at_target and variant.pff:
+        raise UsageError(f"--stop-at-target works with the pipeline and the backprop baselines; {config.variant} "
+                         "evaluates only at the end of the run")
+    if config.stop_at_target and not (config.eval_every or config.eval_every_steps):
+        raise UsageError("--stop-at-target needs evaluations before the end: --eval-every K (epochs) or, for the "
+                         "backprop baselines, --eval-every-steps K")
+
+
 def _validate_pff(config: Config, world_size: int | None) -> None:
     chapters = config.splits or config.epochs
     if config.splits < 0:
@@ -135,9 +157,36 @@ def _validate_baseline(config: Config, world_size: int | None) -> None:
     if used:
         raise UsageError(f"{', '.join(used)}: PFF flags, meaningless for {config.variant} "
                          "(an MLP with a softmax head trained by backprop)")
+    if config.microbatches != d.microbatches and not variant_takes_microbatches(config.variant):
+        raise UsageError(f"--microbatches is for the {' and '.join(MICROBATCHED)} variants, not {config.variant}")
+    if variant_takes_microbatches(config.variant):
+        _validate_torch_pipeline(config, world_size)
     if world_size is not None and config.variant == "backprop" and world_size > 1:
         raise UsageError(f"backprop runs in one process, got {world_size} ranks: "
                          f"use --variant dp-backprop for data-parallel backprop over MPI")
-    if world_size is not None and world_size > config.batch_size:
+    if world_size is not None and config.variant in ("dp-backprop", "ddp") and world_size > config.batch_size:
         raise UsageError(f"{world_size} ranks but --batch-size {config.batch_size}: "
                          "every rank needs a row of each minibatch")
+
+
+MICROBATCHED = tuple(name for name, v in VARIANTS.items() if v.microbatched)
+
+
+def variant_takes_microbatches(name: str) -> bool:
+    return VARIANTS[name].microbatched
+
+
+def _validate_torch_pipeline(config: Config, world_size: int | None) -> None:
+    """gpipe, 1f1b: microbatches the library can schedule, a stage per rank."""
+    m = config.microbatches
+    if m < 1:
+        raise UsageError(f"--microbatches must be >= 1, got {m}")
+    if config.batch_size % m:
+        raise UsageError(f"--microbatches {m} must divide --batch-size {config.batch_size}: "
+                         "the library's microbatches must all have one shape")
+    if world_size is not None and world_size > len(config.layers):
+        raise UsageError(f"{world_size} ranks but only {len(config.layers)} hidden layers: "
+                         f"use at most {len(config.layers)} ranks or more --layers")
+    if world_size is not None and m < world_size:
+        raise UsageError(f"--microbatches {m} < {world_size} ranks: torch's {config.variant} schedule needs at "
+                         "least one microbatch per stage")

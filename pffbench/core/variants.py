@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# What ranks agree on, and when: "epoch" = one allreduce at every epoch boundary (the pipeline's losses and
-# flags); "chapters" = a lagged, non-blocking agreement after every round of chapters (the PFF wavefronts);
+# What ranks agree on, and when: "epoch" = one allreduce at every epoch boundary (the losses and flags of
+# the pipeline and of the backprop baselines); "chapters" = a lagged, non-blocking agreement after every round of chapters (the PFF wavefronts);
 # None = no agreement: SIGTERM/SIGINT keep their default effect (the job ends at once).
 AGREEMENTS = ("epoch", "chapters", None)
 
@@ -31,6 +31,7 @@ class Variant:
     checkpointable: bool = True   # --checkpoint-dir / --resume
     checks_finite: bool = True    # stops on a non-finite loss or layer (what --inject-nan tests)
     traced: bool = True           # records --trace (every variant does)
+    microbatched: bool = False    # takes --microbatches (torch's pipeline schedules)
 
     @property
     def baseline(self) -> bool:
@@ -44,6 +45,7 @@ class Variant:
 
 
 _PFF = "pffbench.schedules.pff."
+_BACKPROP = "pffbench.schedules.backprop."  # one epoch loop for all of them: schedules/backprop/loop.py
 VARIANTS = {v.name: v for v in (
     Variant("pipeline", "pipeline", "pffbench.schedules.pipeline.schedule",
             "layers pipelined over ranks, activations travel"),
@@ -55,11 +57,18 @@ VARIANTS = {v.name: v for v in (
             agreement="chapters"),
     Variant("perf-opt", "pff", _PFF + "perf_opt", "All-Layers with a softmax head per layer",
             agreement="chapters"),
-    Variant("backprop", "backprop", "pffbench.schedules.backprop.data_parallel",
-            "the same MLP by backprop, one process", agreement=None, checkpointable=False, checks_finite=False),
-    Variant("dp-backprop", "backprop", "pffbench.schedules.backprop.data_parallel",
-            "data-parallel backprop, gradients allreduced", agreement=None, checkpointable=False,
+    Variant("backprop", "backprop", _BACKPROP + "data_parallel", "the same MLP by backprop, one process",
             checks_finite=False),
+    Variant("dp-backprop", "backprop", _BACKPROP + "data_parallel",
+            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False),
+    Variant("ddp", "backprop", _BACKPROP + "ddp", "data-parallel backprop, torch DistributedDataParallel",
+            checks_finite=False),
+    Variant("gpipe", "backprop", _BACKPROP + "torch_pipeline",
+            "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False,
+            microbatched=True),
+    Variant("1f1b", "backprop", _BACKPROP + "torch_pipeline",
+            "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False,
+            microbatched=True),
 )}
 BASELINES = tuple(name for name, v in VARIANTS.items() if v.baseline)
 AGREEING = tuple(name for name, v in VARIANTS.items() if v.agreement is not None)

@@ -95,6 +95,10 @@ class Timer:
     def add(self, category: str, seconds: float) -> None:
         self._spent[self._epoch, CATEGORIES.index(category)] += seconds
 
+    def spent(self, category: str) -> float:
+        """Seconds charged to ``category`` in the current epoch so far."""
+        return float(self._spent[self._epoch, CATEGORIES.index(category)])
+
     def events(self) -> np.ndarray:
         """[events, 3] float64: category index (into CATEGORIES), start, end,
         in seconds since the timer started; empty unless made with
@@ -125,6 +129,15 @@ class EpochTimer(Timer):
 
     def end_epoch(self) -> None:
         self._wall[self._epoch] = time.perf_counter() - self._epoch_start
+
+    def training_so_far(self) -> float:
+        """Training seconds from the first epoch's start to now: the finished
+        epochs' wall times and the current epoch's time so far, evaluation
+        excluded (the MLPerf time-to-train clock).  A resumed run counts the
+        epochs restored from its checkpoint, not the time lost in between."""
+        done = self._wall[:self._epoch] - self._spent[:self._epoch, CATEGORIES.index("eval")]
+        current = time.perf_counter() - self._epoch_start - self.spent("eval")
+        return float(done.sum() + current)
 
     def state(self) -> dict:
         """The per-epoch accounts so far, for a checkpoint (the trace is not kept)."""

@@ -27,7 +27,7 @@ import numpy as np
 from .. import results
 from ..core.config import case_settings
 from ..core.variants import BASELINES  # noqa: F401  (plot draws them dashed)
-from ..instrument import timer
+from ..instrument import target, timer
 
 
 def pipeline_bound(p: int, m: int) -> float:
@@ -92,12 +92,17 @@ def stem(name: str) -> str:
 
 
 def accuracy_curve(run: results.Run) -> tuple[np.ndarray, np.ndarray]:
-    """(training seconds at the end of each evaluated epoch, test accuracy)."""
-    a = run.arrays
-    elapsed = np.cumsum(timer.training_time(a["timing/wall"], a["timing/eval"]), axis=1).max(axis=0)
-    accuracy = np.asarray(a["test_accuracy"], dtype=float)
-    evaluated = np.isfinite(accuracy)
-    return elapsed[evaluated], accuracy[evaluated]
+    """(training seconds at each evaluation, test accuracy): the recorded
+    evaluations of the backprop baselines (every --eval-every-steps steps),
+    else the evaluated epochs (see instrument/target.py)."""
+    table = target.evaluations_of(run.arrays, int(run.attrs.get("minibatches_per_epoch", 0)))
+    return table[:, 2], table[:, 3]
+
+
+def recorded_targets(runs: list[results.Run]) -> list[float]:
+    """The distinct --target-accuracy values the runs were made with, ascending."""
+    values = {float(run.attrs["target_accuracy"]) for run in runs if run.attrs.get("target_accuracy") is not None}
+    return sorted(v for v in values if np.isfinite(v))
 
 
 @dataclass
@@ -124,6 +129,14 @@ class Case:
     @property
     def accuracy(self) -> float:
         return float(np.median([run.attrs.get("final_test_accuracy", np.nan) for run in self.runs]))
+
+    def time_to_target(self, accuracy: float) -> tuple[float, int]:
+        """(median training seconds to test accuracy >= ``accuracy`` over the
+        repetitions that reached it, NaN if none; how many reached it)."""
+        times = [target.time_to_accuracy(run.arrays, int(run.attrs.get("minibatches_per_epoch", 0)), accuracy)
+                 for run in self.runs]
+        reached = [t for t in times if np.isfinite(t)]
+        return (float(np.median(reached)) if reached else float("nan")), len(reached)
 
     @property
     def minibatches(self) -> int:
@@ -194,6 +207,22 @@ def series(all_cases: list[Case]) -> dict[str, list[Case]]:
     for case in all_cases:
         out.setdefault(case.signature, []).append(case)
     return {key: sorted(group, key=lambda c: (c.threads, c.ranks)) for key, group in out.items()}
+
+
+SAME_WORK = ("dataset", "layers", "epochs", "batch_size")  # what a case must share with its reference variant
+
+
+def reference_case(all_cases: list[Case], case: Case, variant: str) -> Case | None:
+    """The p = 1 case of ``variant`` with ``case``'s threads per rank, data
+    set, widths, epochs and batch size (e.g. single-process backprop as the
+    yardstick of every variant), or None."""
+    mine = case.runs[0].config
+    for other in all_cases:
+        theirs = other.runs[0].config
+        if other.variant == variant and other.ranks == 1 and other.threads == case.threads \
+                and all(mine.get(k) == theirs.get(k) for k in SAME_WORK):
+            return other
+    return None
 
 
 def table(runs: list[results.Run], pool: bool = False) -> list[Row]:

@@ -240,7 +240,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
     (["--inject-fault", "2:0"], "no such rank"),
     (["--layers", "\n,\x1b[2J"], "comma-separated integers"),
     (["--epochs", "99999999999999999999"], "--epochs"),
-    (["--checkpoint-dir", "{tmp}/ck", "--variant", "dp-backprop"], "FF variants, not dp-backprop"),
+    (["--variant", "gpipe", "--microbatches", "1"], "--microbatches 1 < 2 ranks"),
     (["--peer-timeout", "nan"], "--peer-timeout"),
 ])
 def test_nasty_argv_exits_2_on_every_rank_with_one_line(argv, needle, tmp_path):

@@ -17,8 +17,10 @@ def test_every_variant_names_a_train_function_and_is_a_cli_choice():
 
 
 def test_lists_derive_from_the_registry():
-    assert BASELINES == ("backprop", "dp-backprop") == analysis.BASELINES
-    assert AGREEING == ("pipeline", "single-layer", "all-layers", "federated", "perf-opt")
+    assert BASELINES == ("backprop", "dp-backprop", "ddp", "gpipe", "1f1b") == analysis.BASELINES
+    assert AGREEING == ("pipeline", "single-layer", "all-layers", "federated", "perf-opt", *BASELINES)
+    assert all(v.checkpointable for v in VARIANTS.values())
+    assert [name for name, v in VARIANTS.items() if v.microbatched] == ["gpipe", "1f1b"]
     assert {v.family for v in VARIANTS.values()} == {"pipeline", "pff", "backprop"}
     assert all(v.traced for v in VARIANTS.values())
 
@@ -33,4 +35,6 @@ def test_one_list_of_settings_that_change_what_is_computed():
     # a case: what is computed, plus what changes the times (device, transport), threads a key of its own
     case = case_settings({**config, "unknown_future_flag": 1})
     assert {"device", "transport", "unknown_future_flag"} <= case.keys()
-    assert not {"threads", "out", "trace", "eval_every", "peer_timeout", "checkpoint_dir", "resume"} & case.keys()
+    assert not {"threads", "out", "trace", "eval_every", "peer_timeout", "checkpoint_dir", "resume",
+                "eval_every_steps", "target_accuracy"} & case.keys()
+    assert "microbatches" in COMPUTING and "stop_at_target" in case.keys()  # a run stopped early is its own case

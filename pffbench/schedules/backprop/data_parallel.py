@@ -22,26 +22,22 @@ through the same code (the Allreduce is skipped).
 
 Time accounts, in the core's per-epoch table: ``compute`` = forward,
 backward and optimizer step, ``data`` = slicing the shard, ``sync`` = the gradient Allreduce (the wait for
-the slowest rank included), ``eval`` = test accuracy on rank 0.
+the slowest rank included), ``eval`` = test accuracy on rank 0.  The epoch
+loop, evaluations, checkpoints and signals are loop.py's, shared with ddp,
+gpipe and 1f1b.
 """
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import ff
-from ...comm import collectives, guard
-from ...core import outcome
 from ...core.config import Config
-from ...core.types import Shape, TrainResult, batch_rows
+from ...core.types import Shape, TrainResult
 from ...core.world import World
 from ...instrument.timer import EpochTimer
-from ...reliability import faults
+from . import loop
 from .communications import GradientAllreduce
-from .mlp import MLP, accuracy
+from .mlp import MLP
 
 
 def flat_gradients(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -62,86 +58,49 @@ def shard(n: int, rank: int, size: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-class Replica:
-    """This rank's copy of everything: the training set, the model, its flat
-    gradient buffer and optimizer."""
+class LocalTrainer:
+    """The whole model on every rank (loop.py's trainer interface); with
+    p > 1 the ranks' gradients are summed by one MPI Allreduce per step."""
+    replicated = True
 
-    def __init__(self, config: Config, world: World, shape: Shape, dataset):
-        self.device = device = world.device(config.device)
-        self.dims = [shape.num_features, *config.layers]
-        if world.size > 1:
-            x_train, y_train = collectives.share_training_data(world.comm, dataset)
-        else:
-            x_train, y_train = dataset.x_train, dataset.y_train
-        self.x_train, self.y_train = x_train.to(device), y_train.to(device)
-        self.model = MLP(self.dims, shape.num_classes, config.seed).to(device)
+    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
+        self.rank, self.size, self.timer = world.rank, world.size, timer
+        self.model = MLP(dims[:-1], dims[-1], config.seed).to(device)
         self.flat = flat_gradients(self.model, device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
+        self.reducer = GradientAllreduce(world.comm, self.flat, timer)
+        self.attrs = {"gradient_buffer_floats": int(self.flat.numel())}
+
+    def rows(self, n: int) -> slice:
+        return shard(n, self.rank, self.size)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, n: int, lr: float) -> torch.Tensor:
+        with self.timer("compute"):
+            self.flat.zero_()
+            step_loss = F.cross_entropy(self.model(x), y, reduction="sum") / n
+            step_loss.backward()
+            self.flat[-1] = step_loss.detach()
+        self.reducer.allreduce()
+        with self.timer("compute"):
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+        return step_loss.detach()
+
+    def owned(self) -> dict:
+        return dict(enumerate((*self.model.hidden, self.model.head)))
+
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def close(self) -> None:
+        pass
 
 
 def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=None) -> TrainResult | None:
-    """Train ``config.epochs`` epochs; rank 0's TrainResult (None elsewhere)."""
-    setup_start = time.perf_counter()
-    replica = Replica(config, world, shape, dataset)
-    setup_seconds = time.perf_counter() - setup_start
-    guard.barrier(world.comm, "set-up")  # set-up ends together, the timer starts (a common origin for the trace)
-    timer = EpochTimer(config.epochs, trace=config.trace, device=replica.device)
-    reducer = GradientAllreduce(world.comm, replica.flat, timer)
-    generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
-    sizes = batch_rows(shape.num_train, config.batch_size)
-    loss = np.zeros((1, config.epochs))
-    test_accuracy = np.full(config.epochs, np.nan)
-    step = 0
-    for epoch in range(config.epochs):
-        faults.at_epoch_start(config, world.rank, epoch)
-        timer.start_epoch(epoch)
-        step = _epoch(config, world, replica, reducer, timer, generator, shape, sizes, epoch, step, loss)
-        if outcome.evaluates(config, epoch):
-            with timer("eval"):
-                if world.is_first:
-                    replica.model.eval()
-                    test_accuracy[epoch] = accuracy(replica.model, dataset.x_test.to(replica.device),
-                                                    dataset.y_test.to(replica.device))
-                    replica.model.train()
-                if world.size > 1:  # the others would wait in the next Allreduce: that wait is evaluation too
-                    guard.barrier(world.comm, "evaluation")
-        outcome.end_epoch(timer, world, on_epoch, epoch, loss, test_accuracy)
-    model = replica.model
-    return outcome.finish(
-        world.comm, timer, config.trace, loss=loss, test_accuracy=test_accuracy,
-        linears=[linear.cpu() for linear in (*model.hidden, model.head)] if world.is_first else [],
-        dims=[*replica.dims, shape.num_classes], blocks=[range(len(model.hidden) + 1)] * world.size,
-        attrs={"classifier": "softmax head, cross-entropy, trained end to end by backprop",
-               "gradient_buffer_floats": int(replica.flat.numel()), "setup_seconds": setup_seconds})
-
-
-def _epoch(config, world, replica: Replica, reducer, timer, generator, shape, sizes, epoch: int, step: int,
-           loss: np.ndarray) -> int:
-    """One epoch: for each minibatch, this rank's shard forward and backward,
-    the gradients summed over ranks, the same Adam step everywhere."""
-    device, flat, model, optimizer = replica.device, replica.flat, replica.model, replica.optimizer
-    total_steps, half = config.epochs * len(sizes), len(sizes) // 2
-    with timer("data"):
-        order = torch.randperm(shape.num_train, generator=generator).to(device)
-    epoch_loss = torch.zeros((), device=device)
-    for b, n in enumerate(sizes):
-        if b == half:
-            faults.mid_epoch(config, world.rank, epoch)  # --inject-hang (--inject-nan is refused)
-        with timer("data"):
-            rows = order[b * config.batch_size:b * config.batch_size + n][shard(n, world.rank, world.size)]
-            x, y = replica.x_train[rows], replica.y_train[rows]
-        with timer("compute"):
-            flat.zero_()
-            step_loss = F.cross_entropy(model(x), y, reduction="sum") / n
-            step_loss.backward()
-            flat[-1] = step_loss.detach()
-        reducer.allreduce()
-        with timer("compute"):
-            for group in optimizer.param_groups:
-                group["lr"] = ff.cooldown_lr(config.lr, step, total_steps, config.cooldown)
-            optimizer.step()
-            epoch_loss += flat[-1]
-        step += 1
-    with timer("compute"):
-        loss[0, epoch] = epoch_loss.item() / len(sizes)
-    return step
+    """Train ``config.epochs`` epochs (loop.py); rank 0's TrainResult (None elsewhere)."""
+    return loop.Loop(config, world, shape, dataset, LocalTrainer).run(on_epoch)

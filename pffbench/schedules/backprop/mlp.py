@@ -23,8 +23,19 @@ class MLP(torch.nn.Module):
         return self.head(x)
 
 
-@torch.no_grad()
 def accuracy(model: MLP, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    correct = sum((model(x[i:i + batch_size]).argmax(dim=1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, x.shape[0], batch_size))
+    return stack_accuracy([*model.hidden, model.head], x, y, batch_size)
+
+
+@torch.no_grad()
+def stack_accuracy(linears: list, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    """Test accuracy of the MLP made of ``linears`` (ReLU after all but the
+    last, the softmax head): a model whole on one rank, or gathered from a
+    pipeline's stages."""
+    correct = 0
+    for i in range(0, x.shape[0], batch_size):
+        h = x[i:i + batch_size]
+        for j, linear in enumerate(linears):
+            h = linear(h) if j == len(linears) - 1 else F.relu(linear(h))
+        correct += (h.argmax(dim=1) == y[i:i + batch_size]).sum().item()
     return correct / x.shape[0]

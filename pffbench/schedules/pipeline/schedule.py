@@ -52,20 +52,30 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     step = _restore(resumed[1], stage, source, timer, loss, accuracy) if resumed else 0
     if resumed and world.is_first:
         print(f"resuming from {config.checkpoint_dir} after epoch {start_epoch}/{config.epochs}", flush=True)
+    stop_reason = None
     for epoch in range(start_epoch, config.epochs):
         faults.at_epoch_start(config, world.rank, epoch)
         timer.start_epoch(epoch)
         step = _epoch(config, stage, source, links, timer, sizes, epoch, step, loss)
-        failure, signum = _boundary(config, stage, links, timer, epoch, loss, accuracy, dataset)
+        failure, signum, reached = _boundary(config, stage, links, timer, epoch, loss, accuracy, dataset)
         outcome.end_epoch(timer, world, on_epoch, epoch, loss, accuracy)
         last_epoch = epoch == config.epochs - 1
+        if reached and not last_epoch:  # --stop-at-target: a complete run, ended here
+            stop_reason = f"reached the target test accuracy {config.target_accuracy:g} after epoch {epoch + 1}: " \
+                          "--stop-at-target"
+            if links.receiver:
+                links.receiver.cancel()  # the minibatches of the epochs that will not run
+            break
         if checkpoints and not failure and not last_epoch:
             checkpoints.save(epoch + 1, _checkpoint_state(epoch + 1, step, stage, source, timer, loss, accuracy))
         if failure or (signum and not last_epoch):  # a signal during the last epoch lets the run finish
             _drain(links)
             raise outcome.stop(world.comm, timer, loss if world.is_first else None, accuracy, epoch + 1, failure,
                                signum, bool(checkpoints), stage.dims, stage.blocks)
-    return _finish(config, world, stage, links, timer, loss, accuracy, start_epoch if resumed else None, shm_short)
+    result = _finish(config, world, stage, links, timer, loss, accuracy, start_epoch if resumed else None, shm_short)
+    if result is not None and stop_reason:
+        result.attrs["stop_reason"] = stop_reason
+    return result
 
 
 def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], epoch: int, step: int,
@@ -106,7 +116,8 @@ def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], 
 def _boundary(config, stage: Stage, links: Links, timer, epoch: int, loss, accuracy, dataset) -> tuple:
     """The epoch's end on every rank: the losses summed and every rank's
     verdict (NaN/Inf? a signal?) agreed, then evaluation when due.  Returns
-    (failure message or None, signal number or 0)."""
+    (failure message or None, signal number or 0, whether every rank stops
+    here at --target-accuracy: --stop-at-target)."""
     comm = stage.world.comm
     with timer("sync"):
         reduced, failure, signum = agree_at_boundary(comm, epoch, loss[:, epoch], stage.linears(), stage.owner_of)
@@ -114,6 +125,7 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, loss, accur
         loss[:, epoch] = reduced
     if epoch == config.epochs - 1 and links.sender:
         links.sender.flush()
+    reached = 0.0
     if not failure and outcome.evaluates(config, epoch):
         with timer("eval"):
             stage.gathered = collectives.gather_layers(comm, stage.linears(), stage.dims, stage.owner_of)
@@ -122,8 +134,12 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, loss, accur
                 accuracy[epoch] = ff.accuracy([l.to(device) for l in stage.gathered], dataset.x_test.to(device),
                                               dataset.y_test.to(device), stage.shape.num_classes, stage.score_layers)
             # the next epoch cannot start before rank 0 is back: the others' wait is evaluation too
-            guard.barrier(comm, "evaluation")
-    return failure, signum
+            if config.stop_at_target:  # and every rank learns whether the target is reached
+                hit = stage.world.is_first and accuracy[epoch] >= config.target_accuracy
+                reached = collectives.sum_everywhere(comm, np.array([float(hit)]), "the evaluation")[0]
+            else:
+                guard.barrier(comm, "evaluation")
+    return failure, signum, bool(reached) and not signum
 
 
 def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, resumed_from,

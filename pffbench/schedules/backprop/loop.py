@@ -1,0 +1,207 @@
+"""The epoch loop every backprop baseline shares: ``backprop``,
+``dp-backprop`` (data_parallel.py), ``ddp`` (ddp.py), ``gpipe`` and ``1f1b``
+(torch_pipeline.py).
+
+A *trainer* owns the model (or this rank's stage of it), the optimizer and
+whatever parallel machinery it uses; this loop owns what they have in
+common, so they are measured and recorded alike:
+
+- data: every rank holds the training set (broadcast once from rank 0 before
+  the clock starts); minibatches follow one seeded permutation per epoch, the
+  same on every rank; ``trainer.rows(n)`` picks the rows of an n-row
+  minibatch this rank feeds (its shard, or all of them);
+- the learning rate (Adam, linear cooldown, ff.cooldown_lr);
+- evaluation every ``--eval-every`` epochs and/or ``--eval-every-steps``
+  steps, and the time to ``--target-accuracy`` (instrument/target.py);
+- the epoch boundary: one guarded MPI allreduce sums the ranks' loss shares
+  and every rank's signal flags, so all ranks stop together on SIGTERM/SIGINT;
+- checkpoints at epoch boundaries (reliability/checkpoint.py) and ``--resume``;
+- the fault-injection hooks (reliability/faults.py).
+
+Trainer interface: ``replicated`` (every rank holds the whole model),
+``rows(n) -> slice``, ``step(x, y, n, lr) -> loss share`` (a 0-d tensor: the
+rank's part of the minibatch-mean loss; the shares of all ranks add up to
+it), ``owned() -> {layer index: Linear}``, ``state()``/``restore(state)``,
+``attrs`` (dict for the results file) and ``close()``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ... import ff
+from ...comm import collectives, guard
+from ...core.config import Config
+from ...core.types import Shape, TrainResult, batch_rows
+from ...core.world import World
+from ...instrument.target import TargetClock
+from ...instrument.timer import CATEGORIES, EpochTimer
+from ...reliability import checkpoint, faults
+from ...reliability.agreement import agreed_signal
+from .mlp import stack_accuracy
+
+
+class Loop:
+    """One run of a backprop baseline on this rank (see the module docstring)."""
+
+    def __init__(self, config: Config, world: World, shape: Shape, dataset, make_trainer):
+        self.config, self.world, self.shape, self.dataset = config, world, shape, dataset
+        self.device = device = world.device(config.device)
+        self.dims = [shape.num_features, *config.layers, shape.num_classes]
+        setup_start = time.perf_counter()  # set-up is not timed per epoch
+        if world.size > 1:
+            x_train, y_train = collectives.share_training_data(world.comm, dataset)
+        else:
+            x_train, y_train = dataset.x_train, dataset.y_train
+        self.x_train, self.y_train = x_train.to(device), y_train.to(device)
+        self.timer = EpochTimer(config.epochs, trace=config.trace, device=device)
+        self.trainer = make_trainer(config, world, self.dims, device, self.timer)
+        mine = world.comm.allgather(sorted(self.trainer.owned()))  # layer indices each rank holds
+        self.owner_of = [0 if self.trainer.replicated else next(r for r, held in enumerate(mine) if i in held)
+                         for i in range(len(self.dims) - 1)]
+        self.generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
+        self.sizes = batch_rows(shape.num_train, config.batch_size)
+        self.loss = np.full((1, config.epochs), np.nan)
+        self.test_accuracy = np.full(config.epochs, np.nan)
+        self.target = TargetClock(config.target_accuracy, config.stop_at_target)
+        self.step = 0
+        self.checkpoints = checkpoint.Checkpoints.from_config(config, world.comm)
+        self.start_epoch = 0
+        resumed = self.checkpoints.load_latest() if self.checkpoints and config.resume else None
+        if resumed:
+            self._restore(*resumed)
+        self.setup_seconds = time.perf_counter() - setup_start
+
+    # --- evaluation ---
+    def _linears_on_root(self) -> list | None:
+        """Every layer on rank 0, None elsewhere: rank 0's own modules if every rank holds the
+        model, else copies on the CPU gathered from their owners (collective)."""
+        owned = self.trainer.owned()
+        if self.trainer.replicated:
+            return [owned[i] for i in range(len(owned))] if self.world.is_first else None
+        return collectives.gather_layers(self.world.comm, owned, self.dims, self.owner_of)
+
+    def evaluate(self, epoch: int) -> bool:
+        """Test accuracy now (collective); True if the run should stop at the target."""
+        if self.world.size > 1:
+            with self.timer("sync"):  # every rank finishes its share of the steps so far: still training
+                guard.barrier(self.world.comm, f"step {self.step}")
+        seconds = self.timer.training_so_far()
+        with self.timer("eval"):
+            linears = self._linears_on_root()
+            value = 0.0
+            if self.world.is_first:
+                value = stack_accuracy([l.to(self.device) for l in linears], self.dataset.x_test.to(self.device),
+                                 self.dataset.y_test.to(self.device))
+            if self.world.size > 1:
+                value = float(collectives.sum_everywhere(self.world.comm, np.array([value]), "the evaluation")[0])
+        self.test_accuracy[epoch] = value
+        self.target.record(self.step, epoch, seconds, value)
+        return self.config.stop_at_target and self.target.reached
+
+    # --- the loop ---
+    def run(self, on_epoch=None) -> TrainResult | None:
+        config, world, timer = self.config, self.world, self.timer
+        total_steps = config.epochs * len(self.sizes)
+        half = len(self.sizes) // 2
+        every = config.eval_every_steps
+        guard.barrier(world.comm, "set-up")  # the clocks start together
+        for epoch in range(self.start_epoch, config.epochs):
+            faults.at_epoch_start(config, world.rank, epoch)
+            timer.start_epoch(epoch)
+            with timer("data"):
+                order = torch.randperm(self.shape.num_train, generator=self.generator).to(self.device)
+            share, steps, stop, evaluated = torch.zeros((), device=self.device), 0, False, False
+            for b, n in enumerate(self.sizes):
+                if b == half:
+                    faults.mid_epoch(config, world.rank, epoch)  # --inject-hang
+                with timer("data"):
+                    rows = order[b * config.batch_size:b * config.batch_size + n][self.trainer.rows(n)]
+                    x, y = self.x_train[rows], self.y_train[rows]
+                share += self.trainer.step(x, y, n, ff.cooldown_lr(config.lr, self.step, total_steps, config.cooldown))
+                self.step, steps = self.step + 1, steps + 1
+                evaluated = bool(every) and self.step % every == 0
+                if evaluated and self.evaluate(epoch):
+                    stop = True
+                    break
+            last_epoch = epoch == config.epochs - 1
+            due = last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0)
+            if due and not evaluated:
+                stop = self.evaluate(epoch)
+            signals = [float(faults.INTERRUPTS.signum == s) for s in faults.EXIT_SIGNAL]
+            local = np.array([share.item(), *signals])
+            if world.size > 1:
+                with timer("sync"):  # the epoch's loss, and every rank's signal flags
+                    total = collectives.sum_everywhere(world.comm, local, f"the reduction at the end of epoch {epoch + 1}")
+            else:
+                total = local
+            self.loss[0, epoch] = total[0] / steps
+            signum = agreed_signal(s for s, flag in zip(faults.EXIT_SIGNAL, total[1:]) if flag)
+            timer.end_epoch()
+            if world.is_first and on_epoch:
+                on_epoch(epoch, self.loss[:, epoch], self.test_accuracy[epoch], timer.training_seconds(epoch))
+            if self.checkpoints and not last_epoch and not stop:
+                self.checkpoints.save(epoch + 1, self._state(epoch + 1))
+            if signum and not last_epoch and not stop:  # a signal during the last epoch lets the run finish
+                raise self._stopped(epoch + 1, signum)
+            if stop:
+                break
+        return self._result()
+
+    def _gathered(self):
+        timing = collectives.gather_rows(self.world.comm, self.timer.table())
+        trace = collectives.gather_events(self.world.comm, self.timer.events()) if self.config.trace else None
+        return timing, trace
+
+    def _result(self) -> TrainResult | None:
+        linears = self._linears_on_root()
+        timing, trace = self._gathered()
+        self.trainer.close()
+        if not self.world.is_first:
+            return None
+        arrays = {"trace/events": trace} if trace is not None else {}
+        arrays["evaluations"] = self.target.table()
+        attrs = {"classifier": "softmax head, cross-entropy, trained end to end by backprop",
+                 "setup_seconds": self.setup_seconds, **self.trainer.attrs, **self.target.attrs(),
+                 **({"trace_categories": list(CATEGORIES)} if trace is not None else {}),
+                 **({"resumed_from_epoch": self.start_epoch} if self.start_epoch else {})}
+        if self.target.stopped_at:
+            attrs["stop_reason"] = self.target.stopped_at
+        num_hidden = len(self.dims) - 2
+        blocks = getattr(self.trainer, "blocks", None) or [range(num_hidden + 1)] * self.world.size
+        return TrainResult(timing=timing, loss=self.loss, test_accuracy=self.test_accuracy,
+                           linears=[l.cpu() for l in linears], dims=self.dims, blocks=blocks,
+                           arrays=arrays, attrs=attrs)
+
+    def _stopped(self, epochs_done: int, signum: int) -> faults.RunStopped:
+        timing, _ = self._gathered()
+        self.trainer.close()
+        result = None
+        if self.world.is_first:
+            result = TrainResult(timing=timing, loss=self.loss, test_accuracy=self.test_accuracy, linears=[],
+                                 dims=self.dims, blocks=[range(len(self.dims) - 1)] * self.world.size,
+                                 arrays={"evaluations": self.target.table()},
+                                 attrs={"epochs_completed": epochs_done, **self.target.attrs()})
+        stop = faults.stopped(None, signum, epochs_done, bool(self.checkpoints), result)
+        if result is not None:
+            result.attrs["stop_reason"] = stop.message
+        return stop
+
+    # --- checkpoints ---
+    def _state(self, epochs_done: int) -> dict:
+        return {"epoch": epochs_done, "step": self.step, "trainer": self.trainer.state(),
+                "loss": self.loss.copy(), "accuracy": self.test_accuracy.copy(), "timer": self.timer.state(),
+                "target": self.target.state(), "rng": checkpoint.rng_state(self.generator)}
+
+    def _restore(self, epochs_done: int, state: dict) -> None:
+        self.trainer.restore(state["trainer"])
+        self.step, self.start_epoch = state["step"], epochs_done
+        self.loss[:], self.test_accuracy[:] = state["loss"], state["accuracy"]
+        self.timer.restore(state["timer"])
+        self.target.restore(state["target"])
+        checkpoint.set_rng_state(state["rng"], self.generator)
+        if self.world.is_first:
+            print(f"resuming from {self.config.checkpoint_dir} after epoch {epochs_done}/{self.config.epochs}",
+                  flush=True)
