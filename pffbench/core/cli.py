@@ -97,6 +97,8 @@ def _output_flags(p, d: Config) -> None:
     output.add_argument("--trace", action="store_true",
                         help="also record every timed block (compute, send/receive wait, ...) per rank with its "
                              "start and end, for timeline plots (every variant)")
+    output.add_argument("--quiet", action="store_true",
+                        help="print no start line, progress or summary (errors and warnings still go to stderr)")
 
 
 def _pff_flags(p, d: Config) -> None:
@@ -150,6 +152,20 @@ class _ListPresets(argparse.Action):
         parser.exit(0)
 
 
+def _shorten_preset(args, settings: dict) -> None:
+    """``--preset P --epochs E``: keep the preset's epochs per chapter (the
+    paper's: 1), so its --splits follows E; an E they do not divide is refused
+    with the flags that would do."""
+    if args.epochs == settings.get("epochs") or not settings.get("splits") or args.splits != settings["splits"]:
+        return  # the preset's own length, or --splits given explicitly
+    per_chapter = settings["epochs"] // settings["splits"]
+    if args.epochs % per_chapter:
+        raise UsageError(f"--preset {args.preset} trains {per_chapter} epochs per chapter; --epochs {args.epochs} "
+                         f"is not a multiple: add --splits S with S dividing {args.epochs} (e.g. --splits "
+                         f"{args.epochs}: one epoch per chapter)")
+    args.splits = args.epochs // per_chapter
+
+
 def parse_config(argv=None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -157,8 +173,10 @@ def parse_config(argv=None) -> Config:
         from ..presets import PRESETS
         if args.preset not in PRESETS:
             raise UsageError(f"unknown --preset {args.preset!r}: see --list-presets")
-        parser.set_defaults(**PRESETS[args.preset].settings)  # explicit flags still win
+        settings = PRESETS[args.preset].settings
+        parser.set_defaults(**settings)  # explicit flags still win
         args = parser.parse_args(argv)
+        _shorten_preset(args, settings)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     config = Config(**values)
     validate(config)

@@ -32,6 +32,7 @@ from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
 from ...ff import heads
 from ...ff.negatives import Negatives, generator
+from ...instrument import progress
 from ...instrument.timer import COLUMNS, GapTimer
 from ...reliability import faults
 from .kinds import FFKind, flat_state
@@ -119,6 +120,7 @@ class Chapters:
                     lr = ff.cooldown_lr(1.0, epoch * len(self.batches) + b, total_steps, self.config.cooldown)
                     loss += step(order[start:start + n], lr)
                     start += n
+                    progress.tick(epoch, b + 1, len(self.batches))
                 yield epoch, loss.item() / len(self.batches)
 
     def train(self, layer, index: int, chapter: int, xs) -> None:

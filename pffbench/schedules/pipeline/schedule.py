@@ -22,6 +22,7 @@ from ...core import outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
+from ...instrument import progress
 from ...instrument.timer import EpochTimer
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import agree_at_boundary
@@ -92,6 +93,8 @@ def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], 
         if sender:
             sender.send(out, norms_out)
         step += 1
+        if source:  # rank 0
+            progress.tick(epoch, b + 1, len(sizes))
     with timer("compute"):
         for i in stage.block:
             loss[i, epoch] = epoch_loss[i].item() / len(sizes)
