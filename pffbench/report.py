@@ -60,17 +60,46 @@ def format_table(rows: list[analysis.Row], fmt: str = "text") -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as in run: the usage is for --help
+        raise results.ResultsError(message)
+
+
+def notes(runs) -> list[str]:
+    """What the table leaves out: runs not complete, runs whose layers collapsed."""
+    lines = []
+    stopped = [run for run in runs if run.attrs.get("status", "complete") != "complete"]
+    if stopped:
+        kinds = sorted({str(run.attrs.get("status")) for run in stopped})
+        n = len(stopped)
+        lines.append(f"note: {n} {'run' if n == 1 else 'runs'} not complete ({', '.join(kinds)}) left out of "
+                     f"the table: {', '.join(run.name for run in stopped)}")
+    for run in runs:
+        collapsed = run.attrs.get("collapsed_layers")
+        if collapsed is not None and len(collapsed):
+            layers = ", ".join(str(int(i)) for i in collapsed)
+            lines.append(f"warning: run {run.name}: training collapsed (every unit dead in layer "
+                         f"{layers}): its accuracy is at chance")
+    return lines
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
-    opts = parser.parse_args(argv)
     try:
+        opts = parser.parse_args(argv)
         runs = [run for path in opts.files for run in results.read_runs(path)]
     except results.ResultsError as error:
         print(f"pffbench.report: error: {error}", file=sys.stderr)
         return 2
-    print(format_table(analysis.table(runs), opts.format))
+    rows = analysis.table(runs)
+    if runs and not rows:
+        print(f"pffbench.report: no complete run to tabulate: {notes(runs)[0][len('note: '):]}", file=sys.stderr)
+        return 1
+    print(format_table(rows, opts.format))
+    for line in notes(runs):
+        print(line, file=sys.stderr)
     return 0
 
 

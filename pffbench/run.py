@@ -193,6 +193,9 @@ def prepare(config: Config, world: World):
         raise UsageError(message)
     if config.checkpoint_dir:
         already_finished(config, world)
+    folder = writer.missing_folder(config.out) if world.is_first and not config.quiet else None
+    if folder:
+        print(f"pffbench: --out {config.out}: the folder {folder} does not exist; it will be created", flush=True)
     dataset, shape, message = load_data_on_root(config, world)
     if message:
         raise UsageError(message)

@@ -22,8 +22,9 @@ SAMPLE = 1000
 def dead_layers(linears, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[int]:
     """0-based indices of the layers of ``linears`` (torch.nn.Linear, in
     order) whose units are all zero on every one of the first SAMPLE rows
-    of ``x`` [N, D] (labels ``y`` [N]).  Once a layer is dead, the layers
-    after it see only zeros: they are listed too."""
+    of ``x`` [N, D] (labels ``y`` [N]).  The layers after a dead one see
+    only zeros (their biases may still light units: they are not listed
+    unless dead themselves)."""
     rows = slice(0, min(SAMPLE, x.shape[0]))
     h = normalize(embed_labels(x[rows].float(), y[rows], num_classes))
     dead = []

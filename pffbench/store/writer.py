@@ -52,10 +52,19 @@ def unappendable(path: str) -> str | None:
             pass
     except ResultsError:
         pass  # held by another writer right now: append_run will wait for it
+    except PermissionError:
+        return f"{path}: permission denied: cannot open its lock file {path}.lock for writing (the folder " \
+               f"or that file is not writable by this user)"
     except OSError as error:
         return f"{path}: cannot lock it for appending ({error.strerror or error}); put results on a file " \
                f"system with flock, e.g. not a Lustre mount with noflock"
     return None
+
+
+def missing_folder(path: str) -> str | None:
+    """The folder of ``path`` if it does not exist yet (append_run creates it), else None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return None if os.path.isdir(folder) else folder
 
 
 def unwritable_parent(path: str) -> str | None:
