@@ -21,6 +21,7 @@ import torch
 from mpi4py import MPI
 
 from .comm import guard
+from .core import console
 from .core.cli import parse_config
 from .core.config import Config, UsageError, one_line
 from .core.types import Shape, TrainResult, batch_rows
@@ -28,7 +29,6 @@ from .core.validate import validate
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
 from .ff import health
-from .instrument import progress
 from .instrument.timer import COLUMNS
 from .reliability import checkpoint, faults
 from .store import writer
@@ -106,66 +106,6 @@ def load_data_on_root(config: Config, world: World):
     return dataset, shape, message
 
 
-def layers_per_rank(config: Config, world_size: int, dims: list[int]) -> str:
-    """How the layers are shared out, for the start line: "0-1 | 2 | 3" (rank 0's | rank 1's | ...)."""
-    family = VARIANTS[config.variant].family
-    if family == "pipeline" or (config.variant == "single-layer" and world_size > 1):
-        from .core.partition import balanced_partition, layer_costs
-        blocks = balanced_partition(layer_costs(dims), world_size) if family == "pipeline" \
-            else [range(r, r + 1) for r in range(world_size)]
-        return " | ".join(f"{b.start}" if len(b) == 1 else f"{b.start}-{b.stop - 1}" for b in blocks)
-    if config.variant == "dp-backprop":
-        return f"all {len(dims) - 1} on every rank, data split"
-    return f"all {len(dims) - 1} on every rank" + (", chapters round-robin" if family == "pff" else "")
-
-
-def start_progress(config: Config, world: World, shape: Shape, num_test: int):
-    """Rank 0's progress lines (instrument/progress.py), after the start line; None elsewhere or --quiet."""
-    if not world.is_first:
-        return None
-    from .data import source_of
-    dims = [shape.num_features, *config.layers]
-    batches = len(batch_rows(shape.num_train, config.batch_size))
-    pff = VARIANTS[config.variant].pff
-    # an evaluation's cost in epochs: classes x test rows label-conditioned passes against 2 x train rows
-    # passes of ~3 passes' cost each (forward, backward, update).  Evaluations every K epochs are in the measured
-    # rate already; the one at the end is added (backprop's: one pass per row, not one per class)
-    per_row = 1 if VARIANTS[config.variant].baseline else shape.num_classes
-    eval_share = per_row * num_test / (6 * shape.num_train)
-    evals = 1 if pff or not config.eval_every else 0
-    return progress.for_run(config, world.size, shape, source_of(config.dataset, config.data_dir), batches,
-                            eval_share, evals, layers_per_rank(config, world.size, dims),
-                            (config.splits or config.epochs) if pff else None)
-
-
-def answer_signals(config: Config, reporter) -> None:
-    """Rank 0 answers SIGINT/SIGTERM at once: the first with when the run
-    stops, the second with what becomes of it (faults.Interrupts)."""
-    pff = VARIANTS[config.variant].pff
-
-    def first(signum):
-        name = faults.signal_name(signum)
-        if reporter is None:
-            print(f"pffbench: {name} received: stopping at the next boundary; send it again to abort", flush=True)
-            return
-        if pff:
-            boundary = "the next round of chapters every rank has passed (a chapter boundary)"
-        elif reporter.epoch >= config.epochs - 1:
-            boundary = f"epoch {config.epochs}/{config.epochs}, the last: the run finishes and is recorded"
-        else:
-            boundary = f"epoch {reporter.epoch + 1}/{config.epochs}, with a checkpoint" if config.checkpoint_dir \
-                else f"epoch {reporter.epoch + 1}/{config.epochs}"
-        print(reporter.stop_line(name, boundary), flush=True)
-
-    def second(signum):
-        kept = f"; the last complete checkpoint in {config.checkpoint_dir} can be resumed" \
-            if config.checkpoint_dir else ""
-        print(f"pffbench: aborted by a second {faults.signal_name(signum)}: nothing recorded in {config.out}{kept}",
-              file=sys.stderr, flush=True)
-
-    faults.INTERRUPTS.on_first, faults.INTERRUPTS.on_abort = first, second
-
-
 def summary_lines(result: TrainResult, wall: float) -> list[str]:
     timing = np.nansum(result.timing, axis=1)  # [ranks, columns]; a resumed run's earlier epochs are NaN
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
@@ -192,7 +132,7 @@ def prepare(config: Config, world: World):
     if message:
         raise UsageError(message)
     if config.checkpoint_dir:
-        already_finished(config, world)
+        console.already_finished(config, world)
     folder = writer.missing_folder(config.out) if world.is_first and not config.quiet else None
     if folder:
         print(f"pffbench: --out {config.out}: the folder {folder} does not exist; it will be created", flush=True)
@@ -204,34 +144,15 @@ def prepare(config: Config, world: World):
     return dataset, shape
 
 
-class AlreadyComplete(Exception):
-    """--resume of a run that finished and was recorded: nothing to do (exit 0)."""
-
-
-def already_finished(config: Config, world: World) -> None:
-    """Raise AlreadyComplete on every rank if --resume finds the run finished
-    (checkpoint.FINISHED); otherwise a run about to train forgets an old marker."""
-    marker = None
-    if world.is_first:
-        marker = checkpoint.finished(config, world.size) if config.resume else None
-        if marker is None:
-            checkpoint.forget_finished(config)
-    marker = world.comm.bcast(marker, root=0)
-    if marker is not None:
-        where = f"recorded as run '{marker['run']}' in {marker['out']}" if marker.get("run") else "recorded"
-        raise AlreadyComplete(f"already complete: this run finished and was {where}; nothing to resume "
-                              f"(a new run: leave out --resume, or use another --checkpoint-dir)")
-
-
 def run(config: Config, world: World) -> TrainResult | None:
     """Train and record one run; returns rank 0's result (None elsewhere)."""
     dataset, shape = prepare(config, world)
     started = utc_now()
     hostnames = world.comm.gather(world.hostname, root=0)
     threads = world.comm.gather(torch.get_num_threads(), root=0)
-    reporter = start_progress(config, world, shape, len(dataset.y_test) if world.is_first else 0)
+    reporter = console.start_progress(config, world, shape, len(dataset.y_test) if world.is_first else 0)
     if world.is_first:
-        answer_signals(config, reporter)
+        console.answer_signals(config, reporter)
     guard.barrier(world.comm, "set-up")
     t0 = time.perf_counter()
     if reporter:
@@ -249,7 +170,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
-    only_ran(result)
+    console.only_ran(result)
     collapsed = [] if stopped or VARIANTS[config.variant].baseline else \
         health.dead_layers(result.linears, dataset.x_test, dataset.y_test, shape.num_classes)
     if collapsed:
@@ -269,21 +190,6 @@ def run(config: Config, world: World) -> TrainResult | None:
         **writer.provenance(), **result.attrs,
     }
     return finish(config, result, arrays, attrs, status, stopped, wall)
-
-
-def only_ran(result: TrainResult) -> None:
-    """A resumed run records the timings of the epochs it ran, not the
-    earlier run's that its checkpoint carried: those are NaN (its losses and
-    accuracies stay, as the model's history), and ``resumed_from_epoch``
-    says where its own epochs begin."""
-    first = result.attrs.get("resumed_from_epoch")
-    if first:
-        result.timing[:, :first, :] = np.nan
-        if "timing_chapter/compute" in result.arrays:
-            per_chapter = result.attrs.get("epochs_per_chapter", 1)
-            for key in [k for k in result.arrays if k.startswith("timing_chapter/")]:
-                result.arrays[key] = np.array(result.arrays[key], dtype=np.float64)
-                result.arrays[key][:, :first // per_chapter] = np.nan
 
 
 def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, status: str, stopped, wall: float):
@@ -362,7 +268,7 @@ def main(argv=None) -> int:
         if comm.Get_rank() == 0:
             print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    except AlreadyComplete as done:
+    except console.AlreadyComplete as done:
         if comm.Get_rank() == 0:
             print(f"pffbench: {done}", flush=True)
         return 0

@@ -48,6 +48,12 @@ def chapter_done(chapter: int, work_done: int, work_total: int, drain: float = 0
         _CURRENT.chapter(chapter, work_done, work_total, drain)
 
 
+def resumed(epochs_done: int) -> None:
+    """The run resumed after ``epochs_done`` epochs: its rate counts only the epochs it runs."""
+    if _CURRENT is not None:
+        _CURRENT.resume(epochs_done)
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 run``, ``2 runs``."""
     return f"{n} {word if n == 1 else (many or word + 's')}"
@@ -85,6 +91,10 @@ class Progress:
         """Training starts now (a resumed run: with ``fraction_done`` of it done)."""
         self.t0 = self._last_line = time.perf_counter()
         self.fraction = self.fraction_at_start = fraction_done
+
+    def resume(self, epochs_done: int) -> None:
+        self.fraction = self.fraction_at_start = epochs_done / self.epochs
+        self.epoch = epochs_done
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0

@@ -55,6 +55,7 @@ class Boundaries:
             pff.negatives.scores, pff.loss[:] = state["scores"], state["loss"]
             pff.timer.restore(state["clock"])
             if pff.world.is_first:
+                progress.resumed(pff.resumed_from)
                 print(f"resuming from {pff.config.checkpoint_dir} after epoch {pff.resumed_from}/{pff.config.epochs}"
                       f" (chapter {self.start}/{pff.num_chapters})", flush=True)
 

@@ -47,6 +47,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     accuracy = np.full(config.epochs, np.nan)
     step = _restore(resumed[1], stage, source, timer, loss, accuracy) if resumed else 0
     if resumed and world.is_first:
+        progress.resumed(start_epoch)
         print(f"resuming from {config.checkpoint_dir} after epoch {start_epoch}/{config.epochs}", flush=True)
     for epoch in range(start_epoch, config.epochs):
         faults.at_epoch_start(config, world.rank, epoch)
