@@ -114,7 +114,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
                       label=f"pipeline bound p·m/(m+p−1), m = {case.minibatches}")
             ax_e.plot(fine, np.array(bound) / fine, "--", color=color, alpha=0.6)
         base = rows[0].base
-        note = (f"{case.variant}: base = 1 rank × {base.threads} thread(s), T1 = {base.stats['median']:.2f} s "
+        note = (f"{case.variant}: base = 1 rank × {_plural(base.threads, 'thread')}, T1 = {base.stats['median']:.2f} s "
                 f"(median of {base.stats['n']})")
         best = rows[0].best_single
         if best is not None:

@@ -36,6 +36,7 @@ from . import results
 from .core.cli import parse_config
 from .core.config import UsageError, one_line
 from .core.validate import validate
+from .instrument.progress import plural
 from .store import writer
 from .study import analysis
 
@@ -68,9 +69,10 @@ def launch(launcher: list[str], ranks: int, threads: int, args: list[str], out: 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     code, stderr = _supervised(command, env, timeout)
     if code in (130, 143) and STOP.signum:
-        raise SweepStopped(f"run {name} ({ranks} ranks) stopped: {_last_line(stderr)}")
+        raise SweepStopped(f"run {name} ({plural(ranks, 'rank')}) stopped: {_last_line(stderr)}")
     if code != 0:
-        raise RuntimeError(f"run {name} ({ranks} ranks x {threads} threads) failed with exit code {code}: "
+        raise RuntimeError(f"run {name} ({plural(ranks, 'rank')} x {plural(threads, 'thread')}) failed with exit "
+                           f"code {code}: "
                            f"{_last_line(stderr)} (command: {shlex.join(command[:3])} ...)")
 
 

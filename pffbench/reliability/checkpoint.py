@@ -33,6 +33,7 @@ import torch
 
 from ..comm import collectives
 from ..core.config import INCIDENTAL, Config, UsageError, computing_settings
+from ..instrument.progress import plural
 from ..store.atomic import atomic_write
 
 MARKER = "COMPLETE"
@@ -109,7 +110,7 @@ class Checkpoints:
         if problem:
             raise UsageError(problem)
         if unseen[0]:
-            raise UsageError(f"--checkpoint-dir {self.directory}: {int(unseen[0])} rank(s) do not see what rank 0 "
+            raise UsageError(f"--checkpoint-dir {self.directory}: {plural(int(unseen[0]), 'rank')} {'does' if unseen[0] == 1 else 'do'} not see what rank 0 "
                              f"writes there: use a folder every node shares (not a node-local one such as $TMPDIR)")
 
     def _folder(self, tag: int) -> str:
