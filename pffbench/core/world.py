@@ -9,6 +9,7 @@ from mpi4py import MPI
 
 from ..instrument.progress import plural
 
+
 class World:
     def __init__(self, comm: MPI.Comm | None = None):
         self.comm = comm if comm is not None else MPI.COMM_WORLD
