@@ -2,6 +2,7 @@
 trains, how it answers signals, and re-running a finished job.  Real jobs
 under mpiexec, each in its own session under a hard timeout (the Job helper
 of test_reliability_jobs.py)."""
+import os
 import re
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from pffbench import results
 from pffbench.reliability import faults
 
-from conftest import mpirun
+from conftest import ROOT, mpirun
 from test_reliability_jobs import TINY, Job
 
 pytestmark = pytest.mark.timeout(300)
@@ -105,3 +106,30 @@ def test_a_collapsed_layer_is_warned_about_recorded_and_reported(tmp_path):
     report = subprocess.run([sys.executable, "-m", "pffbench.report", out],
                             capture_output=True, text=True, timeout=120)
     assert f"run {run.name}: training collapsed (every unit dead in layer 0)" in report.stderr, report.stderr
+
+
+def test_a_sweep_answers_ctrl_c_in_one_line_and_records_the_run_it_stopped(tmp_path):
+    out, checkpoints = tmp_path / "sweep.h5", tmp_path / "ck"
+    command = [sys.executable, "-m", "pffbench.sweep", "--ranks", "2", "--repeats", "1", "--no-warmup",
+               "--no-single-best", "--threads-per-rank", "1", "--out", str(out), "--", *TINY[:4], "--layers", "16,16",
+               "--epochs", "100000", "--checkpoint-dir", str(checkpoints)]
+    with open(tmp_path / "err.txt", "w") as err:
+        sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, start_new_session=True,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.time() + 120  # the run's handlers are in place once it has checkpointed
+        while not list(checkpoints.glob("epoch-*/COMPLETE")) and time.time() < deadline and sweep.poll() is None:
+            time.sleep(0.1)
+        sweep.send_signal(signal.SIGINT)  # what Ctrl-C sends the sweep (the run is in a session of its own)
+        code = sweep.wait(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    err = (tmp_path / "err.txt").read_text()
+    assert code == 130, err
+    assert "sweep: SIGINT received: the current run stops at its next epoch or chapter boundary" in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pffbench.sweep: stopped by SIGINT: run ") and "interrupted by SIGTERM" in last, err
+    assert "Traceback" not in err and "mpiexec" not in err, err  # one line, not the launcher's command line
+    run, = results.read_runs(str(out))
+    assert run.attrs["status"] == "interrupted"
