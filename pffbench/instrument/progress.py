@@ -35,10 +35,11 @@ def current():
     return _CURRENT
 
 
-def tick(epoch: int, done: int, total: int) -> None:
-    """Minibatch ``done`` of ``total`` of ``epoch`` is done (a no-op without a Progress)."""
+def tick(epoch: int, done: int, total: int, where: str = "") -> None:
+    """Minibatch ``done`` of ``total`` of ``epoch`` is done (a no-op without a Progress);
+    ``where``: what trains (PFF: "chapter 2/8, layer 1")."""
     if _CURRENT is not None:
-        _CURRENT.minibatch(epoch, done, total)
+        _CURRENT.minibatch(epoch, done, total, where)
 
 
 def chapter_done(chapter: int, work_done: int, work_total: int, drain: float = 0.0) -> None:
@@ -117,19 +118,21 @@ class Progress:
         return f"elapsed {self.elapsed():7.1f}s  ETA " + ("   ?" if eta is None else f"{eta:6.1f}s")
 
     # --- within an epoch ---------------------------------------------------------------------------------------
-    def minibatch(self, epoch: int, done: int, total: int) -> None:
+    def minibatch(self, epoch: int, done: int, total: int, where: str = "") -> None:
         self.epoch = epoch
         now = time.perf_counter()
         if self.tty:
             if self._bar is None and now - self._last_line > BAR_AFTER_S:
                 from tqdm import tqdm
-                self._bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                self._bar = tqdm(total=total, initial=done, desc=f"{where}{', ' if where else ''}epoch {epoch + 1}",
+                                 unit="batch", leave=False,
                                  file=sys.stderr, mininterval=0.5)
             elif self._bar is not None:
                 self._bar.update(done - self._bar.n)
         elif now - self._last_line > LOG_INTERVAL_S:
             self._last_line = now
-            print(f"  epoch {epoch + 1}/{self.epochs}: {done}/{total} minibatches  elapsed {self.elapsed():.1f}s",
+            print(f"  {where}{', ' if where else ''}epoch {epoch + 1}/{self.epochs}: {done}/{total} minibatches  "
+                  f"elapsed {self.elapsed():.1f}s",
                   file=self.stream, flush=True)
 
     def _close_bar(self) -> None:
