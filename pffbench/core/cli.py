@@ -99,8 +99,8 @@ def _execution_flags(p, d: Config) -> None:
 
 def _output_flags(p, d: Config) -> None:
     output = p.add_argument_group("output")
-    output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
-                        "(default: %(default)s)")
+    output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to, its folder "
+                        "created if missing (default: %(default)s)")
     output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
     output.add_argument("--model-out", default=None, metavar="FILE.pt",
                         help="save the trained layers (and classifier heads) here")
