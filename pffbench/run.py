@@ -263,6 +263,8 @@ def main(argv=None) -> int:
         guard.set_peer_timeout(config.peer_timeout)
         if VARIANTS[config.variant].agreement:  # SIGTERM/SIGINT: stop at the next epoch boundary, all ranks together
             faults.INTERRUPTS.install()
+        else:  # no boundary to stop at (the backprop baselines): a signal ends the run at once, in one line
+            faults.INTERRUPTS.install(immediate=True)
         run(config, World(comm))
     except UsageError as error:
         if comm.Get_rank() == 0:

@@ -70,7 +70,8 @@ def answer_signals(config: Config, reporter) -> None:
     def second(signum):
         kept = f"; the last complete checkpoint in {config.checkpoint_dir} can be resumed" \
             if config.checkpoint_dir else ""
-        print(f"pffbench: aborted by a second {faults.signal_name(signum)}: nothing recorded in {config.out}{kept}",
+        again = "a second " if faults.INTERRUPTS.signum else ""  # no agreement (backprop): the first aborts
+        print(f"pffbench: aborted by {again}{faults.signal_name(signum)}: nothing recorded in {config.out}{kept}",
               file=sys.stderr, flush=True)
 
     faults.INTERRUPTS.on_first, faults.INTERRUPTS.on_abort = first, second

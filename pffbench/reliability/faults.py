@@ -95,10 +95,12 @@ class Interrupts:
         # rank 0 answers: on_first(signum) prints when the run will stop; on_abort(signum) the abort's one line
         self.on_first = self.on_abort = None
 
-    def install(self) -> "Interrupts":
+    def install(self, immediate: bool = False) -> "Interrupts":
+        """``immediate``: every signal aborts (``abort``), for schedules with no boundary to stop at."""
+        handler = (lambda signum, frame: abort(signum, self.on_abort)) if immediate else self._handle
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                self._previous[signum] = signal.signal(signum, handler)
             except ValueError:  # not the main thread: leave signals alone
                 pass
         return self
