@@ -133,3 +133,14 @@ def test_a_sweep_answers_ctrl_c_in_one_line_and_records_the_run_it_stopped(tmp_p
     assert "Traceback" not in err and "mpiexec" not in err, err  # one line, not the launcher's command line
     run, = results.read_runs(str(out))
     assert run.attrs["status"] == "interrupted"
+
+
+def test_a_backprop_baseline_aborts_on_a_signal_in_one_line(tmp_path):
+    # no epoch boundary the ranks agree at: the first signal ends the run, without a traceback
+    job = Job(2, [*TINY, "--variant", "dp-backprop", "--layers", "16,16", "--epochs", "100000"], tmp_path)
+    job.wait_for(lambda: PROGRESS.search(job.stdout))
+    job.proc.send_signal(signal.SIGTERM)
+    code = job.wait(timeout=60)
+    err = job.stderr
+    assert code == 143, err
+    assert err.strip() == f"pffbench: aborted by SIGTERM: nothing recorded in {job.out}", err
