@@ -78,8 +78,8 @@ def notes(runs) -> list[str]:
         collapsed = run.attrs.get("collapsed_layers")
         if collapsed is not None and len(collapsed):
             layers = ", ".join(str(int(i)) for i in collapsed)
-            lines.append(f"warning: run {run.name}: training collapsed (every unit dead in layer "
-                         f"{layers}): its accuracy is at chance")
+            lines.append(f"warning: run {run.name}: training collapsed (layer {layers} silent: "
+                         f"every unit dead, or nearly): its accuracy is at chance")
     return lines
 
 

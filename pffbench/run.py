@@ -172,12 +172,15 @@ def run(config: Config, world: World) -> TrainResult | None:
         return None
     console.only_ran(result)
     collapsed = [] if stopped or VARIANTS[config.variant].baseline else \
-        health.dead_layers(result.linears, dataset.x_test, dataset.y_test, shape.num_classes)
+        health.dead_layers(result.linears, dataset.x_test, dataset.y_test, shape.num_classes,
+                           None if config.variant == "perf-opt" else config.threshold)
     if collapsed:
         result.attrs["collapsed_layers"] = collapsed
-        print(f"pffbench: warning: training collapsed: every unit of layer{'s' if len(collapsed) > 1 else ''} "
-              f"{', '.join(map(str, collapsed))} is dead (zero on every test input): the net classifies at chance; "
-              f"lower --lr (now {config.lr:g}) or widen the layers", file=sys.stderr, flush=True)
+        several = len(collapsed) > 1
+        print(f"pffbench: warning: training collapsed: layer{'s' if several else ''} "
+              f"{', '.join(map(str, collapsed))} {'are' if several else 'is'} silent (every unit dead, or its goodness "
+              f"under 1% of the threshold on every test input): the net classifies at chance; lower --lr "
+              f"(now {config.lr:g})", file=sys.stderr, flush=True)
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
     arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {

@@ -107,3 +107,19 @@ def test_report_on_a_file_of_only_interrupted_runs_says_so(tmp_path, capsys):
     assert report.main([out]) == 1
     err = capsys.readouterr().err
     assert "no complete run to tabulate: 1 run not complete (interrupted)" in err and "cut" in err
+
+
+def test_a_silent_layer_counts_as_collapsed_and_a_healthy_one_does_not():
+    import torch
+    from pffbench.ff import health
+    torch.manual_seed(0)
+    x, y = torch.rand(200, 30), torch.randint(0, 10, (200,))
+    healthy, dead, faint = torch.nn.Linear(30, 8), torch.nn.Linear(30, 8), torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        dead.bias.fill_(-100.0)  # every pre-activation below zero: every unit dead
+        faint.weight.zero_()
+        faint.bias.fill_(1e-3)  # alive, but goodness 1e-6, far under 1 % of the threshold 1
+    assert health.dead_layers([healthy], x, y, 10, threshold=1.0) == []
+    assert health.dead_layers([dead], x, y, 10) == [0]
+    assert health.dead_layers([healthy, faint], x, y, 10, threshold=1.0) == [1]
+    assert health.dead_layers([healthy, faint], x, y, 10) == []  # without a threshold only dead units count
