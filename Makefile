@@ -1,5 +1,6 @@
-# Quick start:  make run   (train the default workload on 4 ranks)
-#               make test  (the whole test suite, MPI tests included)
+# Quick start:  make run         (train the default workload on 4 ranks)
+#               make test-quick  (the fast subset: unit tests and the MPI tests on 2 ranks, a few minutes)
+#               make test        (the whole test suite, MPI tests included; see the README for how long)
 PYTHON  ?= python3
 VENV    ?= .venv
 # torch, pinned (the CPU build where the index serves it, see README); cluster users with GPUs set their own.
@@ -18,7 +19,7 @@ PY := $(VENV)/bin/python
 comma := ,
 EXTRAS := $(if $(MPI_EXTRA),$(MPI_EXTRA)$(comma)test,test)
 
-.PHONY: run test test-mpi test-netns test-openmpi bench sweep install clean
+.PHONY: run test test-quick test-mpi test-netns test-openmpi bench sweep install clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -32,14 +33,20 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 run: install
 	$(MPIEXEC) $(MPIEXEC_FLAGS) -n $(NP) $(PY) -m pffbench.run $(RUN_ARGS)
 
+# The in-process pass leaves the MPI tests out (they run under mpiexec below) instead of listing them as skipped.
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not mpi" tests
 	$(MAKE) --no-print-directory test-mpi
+
+# The fast subset: unit tests that take seconds, then the in-process MPI tests on 2 ranks.
+test-quick: install
+	$(PY) -m pytest -q -m "not mpi and not slow and not slurm" tests/unit
+	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/mpi
 
 # The in-process MPI tests only, on 2 and 4 ranks; python -m mpi4py turns one rank's failure into an abort.
 test-mpi: install
 	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 2 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/mpi
-	timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 4 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/mpi
+	PFFBENCH_MPI_INFO=0 timeout $(TEST_TIMEOUT) $(MPIEXEC) $(MPIEXEC_FLAGS) -n 4 $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests/mpi
 
 # Only the tests across emulated nodes (network namespaces; need root and iproute2, else they skip).
 # `make test` runs them too, with the rest of tests/.

@@ -20,6 +20,7 @@ import torch
 
 from . import ff, results, sweep
 from .core.cpu_quota import usable_cores
+from .instrument.progress import plural
 from .study.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
@@ -186,11 +187,11 @@ def report(opts, runs: dict, cases: list, cores: int, threads: int, second: int,
               f"{wait:9.2%} {imbalance:9.2%} {accuracy:8.2%}")
     parallel = seconds[cases[2]]
     print(f"speedup at p=2: {seconds[cases[0]] / parallel:.2f}x over 1 rank x {cases[0][1]} threads, "
-          f"{seconds[cases[1]] / parallel:.2f}x over 1 rank x {cases[1][1]} thread(s); "
+          f"{seconds[cases[1]] / parallel:.2f}x over 1 rank x {plural(cases[1][1], 'thread')}; "
           f"pipeline bound {bound:.3f} (m = {minibatches} minibatches per epoch)")
     rate = ff_step_rate(opts.width, second, opts.batch_size)
     print(f"FF step ({opts.width}->{second}) {rate['step_gflops']:.1f} GFLOP/s vs matmul "
-          f"{rate['matmul_gflops']:.1f} GFLOP/s on {threads} thread(s): {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
+          f"{rate['matmul_gflops']:.1f} GFLOP/s on {plural(threads, 'thread')}: {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
 
 
 if __name__ == "__main__":

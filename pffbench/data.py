@@ -45,6 +45,27 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         raise DataError(f"{name}: cannot read {error.filename or data_dir}: {error.strerror or error}") from None
 
 
+def source_of(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Where ``load_dataset(name, data_dir)`` reads from, for the run's start
+    line: the folder or file, "the bundled copy in ..." when MNIST falls back
+    to the repository's, "generated" for synthetic data."""
+    data_dir = default_data_dir() if data_dir is None else os.fspath(data_dir)
+    if name == "synthetic":
+        return "generated"
+    if name in ("mnist", "fashion-mnist"):
+        try:
+            folder = _idx_folder(name, data_dir, False)
+        except DataError:
+            return str(Path(data_dir, name))
+        bundled = BUNDLED_DIRS.get(name)
+        return f"the bundled copy in {folder}" if bundled is not None and folder == bundled \
+            and Path(data_dir, name) != bundled else str(folder)
+    if name == "cifar10":
+        tarball = Path(data_dir, CIFAR_TARBALL)
+        return str(tarball if tarball.is_file() else Path(data_dir, CIFAR_FOLDER))
+    return str(data_dir)
+
+
 # --- command line ------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):

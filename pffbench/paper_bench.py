@@ -16,6 +16,7 @@ import sys
 
 from . import results
 from .core.partition import layer_costs
+from .instrument.progress import plural
 from .study.analysis import training_seconds
 
 RUNS = [  # (label, variant, extra flags, parallel ranks)
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
             if args.report or number not in chosen:
                 continue
             name = f"{variant}{''.join(extra).replace('--', '-')}-n{n}"
-            print(f"running {label} on {n} rank(s)", flush=True)
+            print(f"running {label} on {plural(n, 'rank')}", flush=True)
             subprocess.run([mpiexec, "-n", str(n), sys.executable, "-m", "pffbench.run", "--variant", variant,
                             *extra, *common, "--name", name], check=True, stdout=subprocess.DEVNULL)
     print(table(args))

@@ -1,5 +1,5 @@
 """`python -m pffbench.plot FILE.h5 [...] -o plots/`: figures from results
-files, PNG and PDF, headless (matplotlib Agg).
+files, PNG (and PDF with --pdf), headless (matplotlib Agg).
 
 - speedup.png: speedup S(p) = T1/Tp per configuration, median with IQR error
   bars over repetitions, ideal S = p and (for the pipeline) the bound
@@ -11,8 +11,13 @@ files, PNG and PDF, headless (matplotlib Agg).
 - accuracy_time.png: test accuracy against training time, one line per
   case (variant, ranks, threads), target accuracies dotted, a star where a
   case first reached one;
-- variants_speedup.png: every variant's speedup on one chart, FF variants
-  against data-parallel backprop.
+- variants_speedup.png: every variant's speedup on one chart (FF variants
+  against data-parallel backprop when the files hold backprop runs).
+
+PNG only unless --pdf.  The folder keeps a record of which results files
+each figure came from (study/sidecar.py): plot warns before overwriting
+another file's figures, removes its own stale ones, and says why a figure was
+not drawn.
 
 Each figure is built by a plain function returning a matplotlib Figure.
 """
@@ -27,19 +32,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from . import results  # noqa: E402
-from .instrument.timer import CATEGORIES  # noqa: E402
-from .study import analysis  # noqa: E402
-
-COLORS = {"compute": "#1f77b4", "data": "#9ecae1", "send_wait": "#ff7f0e", "recv_wait": "#d62728",
-          "sync": "#9467bd", "eval": "#7f7f7f"}
-LABELS = {"compute": "compute", "data": "data (rank 0)", "send_wait": "send wait", "recv_wait": "receive wait",
-          "sync": "sync / allreduce", "eval": "evaluation"}
-IDLE_COLOR = "#f0f0f0"
-
+from .study import analysis, sidecar  # noqa: E402
+from .study.timeline import COLORS, IDLE_COLOR, LABELS, timeline_figure, traced_runs  # noqa: E402,F401
 
 def _log2_axis(ax, values, axis: str = "x") -> None:
     ticks = sorted({float(v) for v in values if v > 0})
@@ -69,6 +66,17 @@ def _series_rows(runs) -> list[list[analysis.Row]]:
     return [sorted(g, key=lambda r: r.case.ranks) for g in groups.values()]
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _label(case) -> str:
+    """variant, the full net (input width first: [784, 784, 544]) and data set."""
+    dims = case.runs[0].attrs.get("dims")
+    net = f"[{', '.join(map(str, dims))}]" if dims is not None and len(dims) else case.label.split(" ")[1]
+    return f"{case.variant} {net} {case.dataset}"
+
+
 def _machine(runs) -> str:
     hosts = sorted({run.attrs.get("hostname", "?") for run in runs})
     return ", ".join(hosts)
@@ -89,7 +97,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
         p, s, err, rows = _speedup_points(rows)
         top_s, top_e = max(top_s, 1.1 * float(np.max(s + err[1]))), max(top_e, 1.1 * float(np.max((s + err[1]) / p)))
         case = rows[0].case
-        label = f"{case.label}, {case.threads} thread(s)/rank"
+        label = f"{_label(case)}, {_plural(case.threads, 'thread')}/rank"
         ax_s.errorbar(p, s, yerr=err, fmt="o-", color=color, capsize=4, label=label)
         ax_e.errorbar(p, s / p, yerr=err / p, fmt="o-", color=color, capsize=4, label=label)
         if case.variant == "pipeline" and case.minibatches:
@@ -99,7 +107,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
                       label=f"pipeline bound p·m/(m+p−1), m = {case.minibatches}")
             ax_e.plot(fine, np.array(bound) / fine, "--", color=color, alpha=0.6)
         base = rows[0].base
-        note = (f"{case.variant}: base = 1 rank × {base.threads} thread(s), T1 = {base.stats['median']:.2f} s "
+        note = (f"{case.variant}: base = 1 rank × {_plural(base.threads, 'thread')}, T1 = {base.stats['median']:.2f} s "
                 f"(median of {base.stats['n']})")
         best = rows[0].best_single
         if best is not None:
@@ -143,13 +151,15 @@ def variants_figure(runs: list[results.Run]) -> plt.Figure | None:
         case = rows[0].case
         style = "s--" if case.variant in analysis.BASELINES else "o-"
         ax.errorbar(p, s, yerr=err, fmt=style, color=f"C{i}", capsize=4,
-                    label=f"{case.label} (T1 = {rows[0].base.stats['median']:.1f} s)")
+                    label=f"{_label(case)} (T1 = {rows[0].base.stats['median']:.1f} s)")
     _log2_axis(ax, all_p, "x")
     _log2_axis(ax, [2.0 ** k for k in range(-3, 8)], "y")
     ax.set_ylim(min(0.9, ax.get_ylim()[0]), top)
     ax.set_xlabel("MPI ranks p")
     ax.set_ylabel("speedup S(p) = T1 / Tp (each against its own 1-rank run)")
-    ax.set_title(f"FF variants vs data-parallel backprop\n{_machine(runs)}", fontsize=11)
+    has_backprop = any(rows[0].case.variant in analysis.BASELINES for rows in series)
+    what = "FF variants vs backprop" if has_backprop else "Speedup of each variant (no backprop runs in the files)"
+    ax.set_title(f"{what}\n{_machine(runs)}", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return fig
@@ -171,7 +181,7 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
     for i, (case, seconds, accuracy) in enumerate(curves):
         style = "s--" if case.variant in analysis.BASELINES else "o-"
         ax.plot(seconds, 100 * accuracy, style, color=f"C{i % 10}", markersize=3 if len(seconds) > 20 else 6,
-                label=f"{case.label}, p = {case.ranks} × {case.threads} thread(s)")
+                label=f"{_label(case)}, p = {case.ranks} × {_plural(case.threads, 'thread')}")
         for goal in marked:
             hit = np.flatnonzero(accuracy >= goal)
             if hit.size:
@@ -188,79 +198,10 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
     return fig
 
 
-def traced_runs(runs: list[results.Run]) -> list[results.Run]:
-    return [run for run in runs if "trace/events" in run.arrays and run.arrays["trace/events"].size]
-
-
-def _fill_drain_windows(events: np.ndarray, ranks: int) -> list[tuple[str, float, float]]:
-    """(title, start, end) of the zooms: the pipeline filling at the start of
-    epoch 1, and its drain into the end-of-epoch reduction."""
-    compute = CATEGORIES.index("compute")
-    sync = CATEGORIES.index("sync")
-    last = events[(events[:, 0] == ranks - 1) & (events[:, 1] == compute)]
-    first = events[(events[:, 0] == 0) & (events[:, 1] == compute)]
-    if not len(last) or not len(first):
-        return []
-    step = float(np.median(first[:, 3] - first[:, 2])) or 1e-3
-    fill_end = last[min(len(last) - 1, 2 * ranks + 4), 3]
-    fill_start = max(0.0, first[0, 2] - 2 * step)
-    windows = [("fill: start of epoch 1", fill_start, fill_end)]
-    syncs = events[events[:, 1] == sync]
-    if len(syncs):
-        # the first epoch's end-of-epoch reduction on every rank
-        end = max(syncs[syncs[:, 0] == r][0, 3] for r in range(ranks) if (syncs[:, 0] == r).any())
-        width = fill_end - fill_start
-        windows.append(("drain: end of epoch 1", max(0.0, end - width), end + 0.05 * width))
-    return windows
-
-
-def _gantt(ax, events: np.ndarray, ranks: int, start: float, end: float, unit: float) -> None:
-    ax.set_facecolor(IDLE_COLOR)
-    inside = events[(events[:, 3] >= start) & (events[:, 2] <= end)]
-    for index, category in enumerate(CATEGORIES):
-        for rank in range(ranks):
-            mine = inside[(inside[:, 0] == rank) & (inside[:, 1] == index)]
-            if len(mine):
-                spans = [((s - start) / unit, (e - s) / unit) for s, e in mine[:, 2:4]]
-                ax.broken_barh(spans, (rank - 0.4, 0.8), facecolors=COLORS[category], linewidth=0)
-    ax.set_xlim(0, (end - start) / unit)
-    ax.set_ylim(ranks - 0.5, -0.5)
-    ax.set_yticks(range(ranks))
-    ax.set_yticklabels([f"rank {r}" for r in range(ranks)])
-
-
-def timeline_figure(run: results.Run) -> plt.Figure:
-    """Per-rank Gantt chart of a traced run."""
-    events = np.asarray(run.arrays["trace/events"], dtype=float)
-    ranks = int(run.attrs["world_size"])
-    windows = _fill_drain_windows(events, ranks) if run.attrs.get("variant") == "pipeline" else []
-    fig, axes = plt.subplots(1 + len(windows), 1, figsize=(11, 1.2 + 1.1 * ranks * (1 + len(windows)) + 0.6),
-                             constrained_layout=True, squeeze=False)
-    axes = axes[:, 0]
-    total = float(events[:, 3].max())
-    _gantt(axes[0], events, ranks, 0.0, total, 1.0)
-    axes[0].set_xlabel("time since the start of training (s)")
-    axes[0].set_title("whole run")
-    for ax, (title, start, end) in zip(axes[1:], windows):
-        _gantt(ax, events, ranks, start, end, 1e-3)
-        ax.set_xlabel(f"time (ms) from t = {start:.3f} s")
-        ax.set_title(title)
-    present = sorted({int(c) for c in events[:, 1]})
-    handles = [Patch(color=COLORS[CATEGORIES[c]], label=LABELS[CATEGORIES[c]]) for c in present]
-    handles.append(Patch(facecolor=IDLE_COLOR, edgecolor="#bbbbbb", label="idle"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9)
-    config = run.config
-    layers = ",".join(map(str, config.get("layers", ())))
-    fig.suptitle(f"Where each rank's time goes: {run.attrs.get('variant')} [{layers}] on {run.attrs.get('dataset')}, "
-                 f"p = {ranks}, batch {config.get('batch_size')} (run {run.name}, {run.attrs.get('hostname', '?')})",
-                 fontsize=11)
-    return fig
-
-
-def save(fig: plt.Figure, directory: str, stem: str) -> list[str]:
+def save(fig: plt.Figure, directory: str, stem: str, formats=("png",)) -> list[str]:
     os.makedirs(directory, exist_ok=True)
     paths = []
-    for ext in ("png", "pdf"):
+    for ext in formats:
         path = os.path.join(directory, f"{stem}.{ext}")
         fig.savefig(path, dpi=130, bbox_inches="tight")
         paths.append(path)
@@ -268,14 +209,19 @@ def save(fig: plt.Figure, directory: str, stem: str) -> list[str]:
     return paths
 
 
-def make_all(runs: list[results.Run], directory: str, timeline_run: str | None = None,
-             prefix: str = "", targets: list[float] = ()) -> list[str]:
-    """Every figure the runs support, saved under directory; the paths written."""
-    written = []
-    for stem, fig in (("speedup", speedup_figure(runs)), ("variants_speedup", variants_figure(runs)),
-                      ("accuracy_time", accuracy_figure(runs, targets))):
-        if fig is not None:
-            written += save(fig, directory, prefix + stem)
+def figures(runs: list[results.Run], timeline_run: str | None = None,
+            targets: list[float] = ()) -> tuple[dict, list[str]]:
+    """({stem: Figure} of every figure the runs support, [why each other one was not drawn]);
+    ``targets``: accuracies marked on accuracy_time.png besides the runs' --target-accuracy."""
+    drawn, skipped = {}, []
+    several = "no configuration has runs on more than one rank count with a 1-rank run to compare against"
+    for stem, fig, why in (("speedup", speedup_figure(runs), several),
+                           ("variants_speedup", variants_figure(runs), several),
+                           ("accuracy_time", accuracy_figure(runs, targets), "no complete run has a test accuracy")):
+        if fig is None:
+            skipped.append(f"{stem}: {why}")
+        else:
+            drawn[stem] = fig
     traced = traced_runs(runs)
     if timeline_run is not None:
         traced = [run for run in traced if run.name == timeline_run]
@@ -284,34 +230,71 @@ def make_all(runs: list[results.Run], directory: str, timeline_run: str | None =
     if traced:
         # the most parallel traced run: that is where fill and drain show
         run = max(traced, key=lambda r: (r.attrs["world_size"], -r.attrs["index"]))
-        written += save(timeline_figure(run), directory, prefix + "timeline")
-    return written
+        drawn["timeline"] = timeline_figure(run)
+    else:
+        skipped.append("timeline: no traced run (record one with python -m pffbench.run --trace)")
+    return drawn, skipped
+
+
+def make_all(runs: list[results.Run], directory: str, timeline_run: str | None = None,
+             prefix: str = "", formats=("png",), targets: list[float] = ()) -> list[str]:
+    """Every figure the runs support, saved under directory; the paths written."""
+    drawn, _ = figures(runs, timeline_run, targets)
+    return [path for stem, fig in drawn.items() for path in save(fig, directory, prefix + stem, formats)]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as in run: the usage is for --help
+        raise results.ResultsError(message)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pffbench.plot", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pffbench.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
-    parser.add_argument("-o", "--output", default="plots", metavar="DIR", help="directory (default: %(default)s)")
+    parser.add_argument("-o", "--output", default="plots", metavar="DIR",
+                        help="folder the figures go in, created if missing (default: %(default)s)")
     parser.add_argument("--timeline-run", default=None, metavar="NAME",
                         help="run to draw the timeline of (default: the traced run with the most ranks)")
     parser.add_argument("--prefix", default="", help="prefix of the file names")
     parser.add_argument("--target", type=float, action="append", default=[], metavar="A",
                         help="mark test accuracy A on accuracy_time.png (besides the runs' --target-accuracy); "
                              "repeatable")
-    opts = parser.parse_args(argv)
+    parser.add_argument("--pdf", action="store_true", help="also write each figure as PDF (default: PNG only)")
     try:
-        skipped = lambda line: print(f"pffbench.plot: warning: {line}", file=sys.stderr)  # noqa: E731
-        runs = [run for path in opts.files for run in results.read_runs(path, on_damaged=skipped)]
-        written = make_all(runs, opts.output, opts.timeline_run, opts.prefix, opts.target)
+        opts = parser.parse_args(argv)
+        damaged = lambda line: print(f"pffbench.plot: warning: {line}", file=sys.stderr)  # noqa: E731
+        runs = [run for path in opts.files for run in results.read_runs(path, on_damaged=damaged)]
+        drawn, skipped = figures(runs, opts.timeline_run, opts.target)
     except results.ResultsError as error:
         print(f"pffbench.plot: error: {error}", file=sys.stderr)
         return 2
-    if not written:
+    for why in skipped:
+        print(f"pffbench.plot: not drawn: {why}", file=sys.stderr)
+    if not drawn:
         print("pffbench.plot: nothing to plot (no complete runs)", file=sys.stderr)
         return 1
+    formats = ("png", "pdf") if opts.pdf else ("png",)
+    written = write(drawn, opts.output, opts.prefix, formats, sidecar.sources_of(opts.files))
     for path in written:
         print(path)
     return 0
+
+
+def write(drawn: dict, directory: str, prefix: str, formats, sources: list[str]) -> list[str]:
+    """Save the figures; warn about those that replace another results file's
+    figures, remove this source's figures not drawn now (study/sidecar.py)."""
+    names = [f"{prefix}{stem}.{ext}" for stem in drawn for ext in formats]
+    for name, theirs in sidecar.conflicts(directory, names, sources):
+        origin = f"drawn from {', '.join(theirs)}" if theirs else "of unknown origin"
+        print(f"pffbench.plot: warning: overwriting {os.path.join(directory, name)} ({origin})", file=sys.stderr)
+    written = [path for stem, fig in drawn.items() for path in save(fig, directory, prefix + stem, formats)]
+    removed = sidecar.stale(directory, names, sources)
+    for name in removed:
+        os.remove(os.path.join(directory, name))
+        print(f"pffbench.plot: removed {os.path.join(directory, name)}: drawn from the same files before, "
+              f"not drawable now", file=sys.stderr)
+    sidecar.update(directory, names, removed, sources)
+    return written
 
 
 if __name__ == "__main__":

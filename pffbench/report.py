@@ -126,8 +126,31 @@ def format_links(rows: list[tuple], fmt: str = "text") -> str:
                      for line in [list(LINK_HEADER), *cells])
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as in run: the usage is for --help
+        raise results.ResultsError(message)
+
+
+def notes(runs) -> list[str]:
+    """What the table leaves out: runs not complete, runs whose layers collapsed."""
+    lines = []
+    stopped = [run for run in runs if run.attrs.get("status", "complete") != "complete"]
+    if stopped:
+        kinds = sorted({str(run.attrs.get("status")) for run in stopped})
+        n = len(stopped)
+        lines.append(f"note: {n} {'run' if n == 1 else 'runs'} not complete ({', '.join(kinds)}) left out of "
+                     f"the table: {', '.join(run.name for run in stopped)}")
+    for run in runs:
+        collapsed = run.attrs.get("collapsed_layers")
+        if collapsed is not None and len(collapsed):
+            layers = ", ".join(str(int(i)) for i in collapsed)
+            lines.append(f"warning: run {run.name}: training collapsed (layer {layers} silent: "
+                         f"every unit dead, or nearly): its accuracy is at chance")
+    return lines
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
     parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
     parser.add_argument("--pool", action="store_true", help="pool runs that differ only in git commit, package "
@@ -138,24 +161,31 @@ def main(argv=None) -> int:
     parser.add_argument("--versus", default=None, metavar="VARIANT",
                         help="add the speedup over VARIANT on 1 rank with the same threads, data, widths, epochs "
                              "and batch size (e.g. backprop)")
-    opts = parser.parse_args(argv)
-    if opts.target and not all(0 < a <= 1 for a in opts.target):
-        parser.error("--target must be in (0, 1]")
     runs, links = [], []
 
     def warn(line):
         print(f"pffbench.report: warning: {line}", file=sys.stderr)
 
-    for path in opts.files:
-        try:
+    try:
+        opts = parser.parse_args(argv)
+        if opts.target and not all(0 < a <= 1 for a in opts.target):
+            raise results.ResultsError("--target must be in (0, 1]")
+        for path in opts.files:
             runs += results.read_runs(path, on_damaged=warn)
             links += results.read_runs(path, on_damaged=warn, section="links")
-        except results.ResultsError as error:
-            print(f"pffbench.report: error: {error}", file=sys.stderr)
-            return 2
+    except results.ResultsError as error:
+        print(f"pffbench.report: error: {error}", file=sys.stderr)
+        return 2
     if runs or not links:
+        rows = analysis.table(runs, opts.pool)
+        if runs and not rows:
+            why = (notes(runs) or ["note: none of the runs is complete"])[0][len("note: "):]
+            print(f"pffbench.report: no complete run to tabulate: {why}", file=sys.stderr)
+            return 1
         targets = opts.target or analysis.recorded_targets(runs)
-        print(format_table(analysis.table(runs, opts.pool), opts.format, targets, opts.versus))
+        print(format_table(rows, opts.format, targets, opts.versus))
+        for line in notes(runs):
+            print(line, file=sys.stderr)
     if links:  # pffbench.links measurements: a table of their own after the runs'
         title = {"text": "link measurements (python -m pffbench.links)\n", "markdown": "**link measurements**\n\n",
                  "csv": ""}[opts.format]

@@ -20,15 +20,17 @@ import torch
 from mpi4py import MPI
 
 from .comm import guard
+from .core import console
 from .core.cli import parse_config
 from .core.config import Config, UsageError, one_line
 from .core.types import Shape, TrainResult, batch_rows
 from .core.validate import validate
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
+from .ff import health
 from .instrument import target
 from .instrument.timer import COLUMNS
-from .reliability import faults
+from .reliability import checkpoint, faults
 from .store import checks, provenance, rescue, writer
 from .store.format import ResultsError
 from .store.atomic import atomic_write
@@ -90,24 +92,6 @@ def load_data_on_root(config: Config, world: World):
     return dataset, shape, message
 
 
-class Progress:
-    """One line per epoch on rank 0."""
-
-    def __init__(self, config: Config, num_train: int):
-        self.config, self.num_train = config, num_train
-        self.elapsed, self.epochs_seen = 0.0, 0  # this process's epochs: a resumed run starts mid-way
-
-    def __call__(self, epoch: int, loss: np.ndarray, accuracy: float, seconds: float) -> None:
-        self.elapsed += seconds
-        self.epochs_seen += 1
-        left = self.config.epochs - epoch - 1
-        eta = self.elapsed / self.epochs_seen * left
-        acc = f"  test acc {100 * accuracy:6.2f}%" if np.isfinite(accuracy) else ""
-        print(f"epoch {epoch + 1:>3}/{self.config.epochs}  loss {loss.sum():8.4f}  "
-              f"{self.num_train / seconds:9.0f} samples/s  elapsed {self.elapsed:7.1f}s  ETA {eta:6.1f}s{acc}",
-              flush=True)
-
-
 def final_accuracy(result: TrainResult) -> float:
     """The last test accuracy measured (a run stopped at its target ends before its last epoch)."""
     measured = result.test_accuracy[np.isfinite(result.test_accuracy)]
@@ -115,7 +99,7 @@ def final_accuracy(result: TrainResult) -> float:
 
 
 def summary_lines(result: TrainResult, wall: float) -> list[str]:
-    timing = result.timing.sum(axis=1)  # [ranks, columns]
+    timing = np.nansum(result.timing, axis=1)  # [ranks, columns]; a resumed run's earlier epochs are NaN
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
     lines = [f"test accuracy {100 * final_accuracy(result):.2f}%   wall time {wall:.1f}s",
              "rank  layers   compute   comm-wait   data   sync+eval   idle"]
@@ -139,6 +123,11 @@ def prepare(config: Config, world: World):
         output_problem(config, world.size) if world.is_first else None, root=0)
     if message:
         raise UsageError(message)
+    if config.checkpoint_dir:
+        console.already_finished(config, world)
+    folder = writer.missing_folder(config.out) if world.is_first and not config.quiet else None
+    if folder:
+        print(f"pffbench: --out {config.out}: the folder {folder} does not exist; it will be created", flush=True)
     dataset, shape, message = load_data_on_root(config, world)
     if message:
         raise UsageError(message)
@@ -154,19 +143,37 @@ def run(config: Config, world: World) -> TrainResult | None:
     hostnames = world.hostnames
     threads = world.comm.gather(torch.get_num_threads(), root=0)
     quotas = world.comm.gather(world.cpu_quota, root=0)
+    reporter = console.start_progress(config, world, shape, len(dataset.y_test) if world.is_first else 0)
+    if world.is_first:
+        console.answer_signals(config, reporter)
     guard.barrier(world.comm, "set-up")
     t0 = time.perf_counter()
-    progress = Progress(config, shape.num_train) if world.is_first else None
+    if reporter:
+        reporter.start()
     schedule = importlib.import_module(VARIANTS[config.variant].module)
     try:
-        result, status, stopped = schedule.train(config, world, shape, dataset, on_epoch=progress), "complete", None
+        result, status, stopped = schedule.train(config, world, shape, dataset, on_epoch=reporter), "complete", None
     except faults.RunStopped as stop:  # every rank agreed to stop (signal, NaN): rank 0 records the partial run
         if not world.is_first:
             raise
         result, status, stopped = stop.result, stop.status, stop
+    finally:
+        if reporter:
+            reporter.uninstall()
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
+    console.only_ran(result)
+    collapsed = [] if stopped or VARIANTS[config.variant].baseline else \
+        health.dead_layers(result.linears, dataset.x_test, dataset.y_test, shape.num_classes,
+                           None if config.variant == "perf-opt" else config.threshold)
+    if collapsed:
+        result.attrs["collapsed_layers"] = collapsed
+        several = len(collapsed) > 1
+        print(f"pffbench: warning: training collapsed: layer{'s' if several else ''} "
+              f"{', '.join(map(str, collapsed))} {'are' if several else 'is'} silent (every unit dead, or its goodness "
+              f"under 1% of the threshold on every test input): the net classifies at chance; lower --lr "
+              f"(now {config.lr:g})", file=sys.stderr, flush=True)
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
     arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {
@@ -206,11 +213,14 @@ def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, statu
         else:
             print(f"recorded the {status} run '{name}' in {config.out}", flush=True)
         raise stopped  # its own exit code (interrupted, failed)
-    for line in summary_lines(result, wall):
+    if config.checkpoint_dir:  # a --resume of this run has nothing left to do
+        checkpoint.mark_finished(config, attrs["world_size"], name, config.out if name else None)
+    for line in [] if config.quiet else summary_lines(result, wall):
         print(line)
     if elsewhere:
         raise NotRecorded(f"{model_error}; {elsewhere}") if model_error else elsewhere
-    print(f"appended run '{name}' to {config.out}")
+    if not config.quiet:
+        print(f"appended run '{name}' to {config.out}")
     if model_error:
         raise NotRecorded(model_error)
     return result
@@ -270,6 +280,10 @@ def main(argv=None) -> int:
         if comm.Get_rank() == 0:
             print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
+    except console.AlreadyComplete as done:
+        if comm.Get_rank() == 0:
+            print(f"pffbench: {done}", flush=True)
+        return 0
     except NotRecorded as error:  # only rank 0 records
         print(f"pffbench: error: {one_line(error)}", file=sys.stderr, flush=True)
         return EXIT_NOT_RECORDED

@@ -28,16 +28,18 @@ import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 
 from . import results
 from .core.cli import parse_config
-from .core.config import UsageError
+from .core.config import UsageError, one_line
 from .core.cpu_quota import usable_cores
 from .core.validate import validate
-from .store import checks
+from .instrument.progress import plural
+from .store import checks, writer
 from .study import analysis
 
 
@@ -67,9 +69,72 @@ def launch(launcher: list[str], ranks: int, threads: int, args: list[str], out: 
     command = [*launcher, *placement, sys.executable, "-m", "pffbench.run", *args,
                "--threads", str(threads), "--out", out, "--name", name]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(command)} failed with exit code {done.returncode}:\n{done.stderr[-2000:]}")
+    code, stderr = _supervised(command, env, timeout)
+    if code in (130, 143) and STOP.signum:
+        raise SweepStopped(f"run {name} ({plural(ranks, 'rank')}) stopped: {_last_line(stderr)}")
+    if code != 0:
+        raise RuntimeError(f"run {name} ({plural(ranks, 'rank')} x {plural(threads, 'thread')}) failed with exit "
+                           f"code {code}: "
+                           f"{_last_line(stderr)} (command: {shlex.join(command[:3])} ...)")
+
+
+class SweepStopped(Exception):
+    """A signal stopped the sweep; the message says how far it got."""
+
+
+class _Stop:
+    """The sweep's answer to SIGINT/SIGTERM.  Each run is launched in a
+    session of its own, so a terminal's Ctrl-C reaches the sweep only; the
+    sweep passes each signal on to the launcher as SIGTERM (mpiexec forwards
+    SIGTERM every time, whereas its second SIGINT kills the job), so the run
+    stops at its next boundary and is recorded "interrupted", and a second
+    signal aborts it at once (nothing more recorded)."""
+
+    def __init__(self):
+        self.signum, self.count, self.child = 0, 0, None
+
+    def handle(self, signum, frame) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+        name = signal.Signals(signum).name
+        if self.count == 1:
+            print(f"sweep: {name} received: the current run stops at its next epoch or chapter boundary and is "
+                  f"recorded as interrupted; the sweep then ends. Send it again to abort the run at once",
+                  file=sys.stderr, flush=True)
+        elif self.count == 2:
+            print(f"sweep: {name} again: aborting the current run (not recorded)", file=sys.stderr, flush=True)
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM if self.count <= 2 else signal.SIGKILL)
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+
+STOP = _Stop()
+
+
+def _supervised(command: list[str], env: dict, timeout: float) -> tuple[int, str]:
+    """Run ``command`` in its own session (STOP passes signals on); (exit code, stderr)."""
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+        STOP.child = child
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            raise RuntimeError(f"a run took more than --timeout {timeout:g} s; it was killed") from None
+        finally:
+            STOP.child = None
+        err.seek(0)
+        return child.returncode, err.read()
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    mine = [line for line in lines if line.startswith("pffbench")]
+    return (mine or lines or ["(no output)"])[-1].strip()
 
 
 def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, launcher: list[str] | None = None,
@@ -89,6 +154,8 @@ def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str,
     names: dict[tuple[int, int], list[str]] = {case: [] for case in cases}
     for repeat in range(repeats):
         for ranks, threads in cases:
+            if STOP.signum:
+                raise SweepStopped("stopped before the next run")
             name = f"{label}-p{ranks}-t{threads}-r{repeat}"
             launch(launcher, ranks, threads, args, out, name, timeout)
             names[(ranks, threads)].append(name)
@@ -131,7 +198,7 @@ def _ranks(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pffbench.sweep", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="python -m pffbench.sweep", description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False,
                                 epilog="Arguments after the sweep's own (or after --) go to python -m pffbench.run.")
     p.add_argument("--ranks", type=_ranks, default=[1, 2], help="rank counts, e.g. 1,2,4 (default: 1,2)")
@@ -150,7 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as in run: the usage is for --help
+        raise UsageError(message)
+
+
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except UsageError as error:
+        print(f"pffbench.sweep: error: {one_line(error)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:  # explicit: the sweep's flags, then pffbench.run's
@@ -181,11 +261,19 @@ def main(argv=None) -> int:
     launcher = shlex.split(opts.launcher) if opts.launcher else None
     print(f"sweep: {config.variant} on {config.dataset}, cases (ranks x threads) "
           f"{' '.join(f'{p}x{t}' for p, t in cases)}, {opts.repeats} repeats -> {opts.out}", flush=True)
+    folder = writer.missing_folder(opts.out)
+    if folder:
+        print(f"sweep: --out {opts.out}: the folder {folder} does not exist; it will be created", flush=True)
+    STOP.install()
     try:
         sweep(run_args, cases, opts.repeats, opts.out, launcher, warmup=not opts.no_warmup, label=opts.label,
               timeout=opts.timeout, log=lambda line: print(line, flush=True))
+    except SweepStopped as stop:
+        print(f"pffbench.sweep: stopped by {signal.Signals(STOP.signum).name}: {stop}; the runs done so far "
+              f"are in {opts.out}", file=sys.stderr)
+        return 128 + int(STOP.signum)
     except (RuntimeError, subprocess.TimeoutExpired, results.ResultsError) as error:
-        print(f"pffbench.sweep: error: {error}", file=sys.stderr)
+        print(f"pffbench.sweep: error: {one_line(error)}", file=sys.stderr)
         return 1
     from .report import format_table
     try:

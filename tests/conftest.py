@@ -28,3 +28,15 @@ def mnist_dir():
         if base and (Path(base) / "mnist" / "train-images-idx3-ubyte.gz").exists():
             return base
     pytest.skip("MNIST not found in $PFFBENCH_DATA or data/")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    """pytest-mpi's "MPI Information" section once per `make test`, not once per rank of every MPI pass:
+    rank 0 only, and not where the Makefile sets PFFBENCH_MPI_INFO=0 (its second pass)."""
+    plugin = next((p for p in session.config.pluginmanager.get_plugins() if type(p).__name__ == "MPIPlugin"), None)
+    if plugin is None:
+        return
+    rank = int(os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or 0)
+    if rank != 0 or os.environ.get("PFFBENCH_MPI_INFO") == "0":
+        session.config.pluginmanager.unregister(plugin)

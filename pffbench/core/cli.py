@@ -26,7 +26,17 @@ class _Parser(argparse.ArgumentParser):
     caller decides which rank speaks."""
 
     def error(self, message):
-        raise UsageError(one_line(message))
+        raise UsageError(one_line(message + _launch_hint(message)))
+
+
+def _launch_hint(message: str) -> str:
+    """`run -n 4` (or -np 4): the rank count is the launcher's flag, not ours."""
+    import re
+    match = re.search(r"unrecognized arguments:.*?(?:^|\s)-(?:np|n)(?:\s+|=)?(\d+)?", message)
+    if not match:
+        return ""
+    n = match.group(1) or "N"
+    return f"; the number of ranks is mpiexec's: mpiexec -n {n} python -m pffbench.run ..."
 
 
 def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParser:
@@ -101,14 +111,16 @@ def _execution_flags(p, d: Config) -> None:
 
 def _output_flags(p, d: Config) -> None:
     output = p.add_argument_group("output")
-    output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to "
-                        "(default: %(default)s)")
+    output.add_argument("--out", default=d.out, metavar="FILE.h5", help="HDF5 file the run is appended to, its folder "
+                        "created if missing (default: %(default)s)")
     output.add_argument("--name", default=None, help="run name inside the file (default: derived, unique)")
     output.add_argument("--model-out", default=None, metavar="FILE.pt",
                         help="save the trained layers (and classifier heads) here")
     output.add_argument("--trace", action="store_true",
                         help="also record every timed block (compute, send/receive wait, ...) per rank with its "
                              "start and end, for timeline plots (every variant)")
+    output.add_argument("--quiet", action="store_true",
+                        help="print no start line, progress or summary (errors and warnings still go to stderr)")
 
 
 def _pff_flags(p, d: Config) -> None:
@@ -162,6 +174,20 @@ class _ListPresets(argparse.Action):
         parser.exit(0)
 
 
+def _shorten_preset(args, settings: dict) -> None:
+    """``--preset P --epochs E``: keep the preset's epochs per chapter (the
+    paper's: 1), so its --splits follows E; an E they do not divide is refused
+    with the flags that would do."""
+    if args.epochs == settings.get("epochs") or not settings.get("splits") or args.splits != settings["splits"]:
+        return  # the preset's own length, or --splits given explicitly
+    per_chapter = settings["epochs"] // settings["splits"]
+    if args.epochs % per_chapter:
+        raise UsageError(f"--preset {args.preset} trains {per_chapter} epochs per chapter; --epochs {args.epochs} "
+                         f"is not a multiple: add --splits S with S dividing {args.epochs} (e.g. --splits "
+                         f"{args.epochs}: one epoch per chapter)")
+    args.splits = args.epochs // per_chapter
+
+
 def parse_config(argv=None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -169,8 +195,10 @@ def parse_config(argv=None) -> Config:
         from ..presets import PRESETS
         if args.preset not in PRESETS:
             raise UsageError(f"unknown --preset {args.preset!r}: see --list-presets")
-        parser.set_defaults(**PRESETS[args.preset].settings)  # explicit flags still win
+        settings = PRESETS[args.preset].settings
+        parser.set_defaults(**settings)  # explicit flags still win
         args = parser.parse_args(argv)
+        _shorten_preset(args, settings)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     config = Config(**values)
     validate(config)

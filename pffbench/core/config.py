@@ -66,6 +66,7 @@ class Config:
     name: str | None = _incidental(None)
     model_out: str | None = _incidental(None)
     trace: bool = _incidental(False)
+    quiet: bool = _incidental(False)
     # the paper's PFF variants (issue 3); see pffbench/schedules/pff/
     neg: str = "random"
     classifier: str = "goodness"

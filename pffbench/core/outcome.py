@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..comm import collectives
-from ..instrument.timer import CATEGORIES, COLUMNS, EpochTimer, Timer, training_time
+from ..instrument.timer import CATEGORIES, EpochTimer, Timer
 from ..reliability import faults
 from .types import TrainResult
 
@@ -31,14 +31,12 @@ def end_epoch(timer: EpochTimer, world, on_epoch, epoch: int, loss: np.ndarray, 
 
 
 def report_epochs(on_epoch, timing: np.ndarray, loss: np.ndarray, accuracy: np.ndarray) -> None:
-    """The progress lines of schedules whose epochs end only with the run
-    (PFF): every epoch's slowest rank's training time, from the gathered
-    ``timing`` [ranks, epochs, COLUMNS]."""
-    if not on_epoch:
-        return
-    training = training_time(timing[:, :, COLUMNS.index("wall")], timing[:, :, COLUMNS.index("eval")])
-    for epoch in range(timing.shape[1]):
-        on_epoch(epoch, loss[:, epoch], accuracy[epoch], max(training[:, epoch].max(), 1e-9))
+    """The epoch lines of schedules whose epochs' losses are known only at
+    the end (PFF: every rank's layers), printed then, without times (their
+    epochs overlap across ranks, so per-epoch times do not add up to the
+    wall time; the live lines were rank 0's chapters)."""
+    if on_epoch is not None and hasattr(on_epoch, "final_epochs"):
+        on_epoch.final_epochs(loss, accuracy)
 
 
 def gather_accounts(comm, timer: Timer, trace: bool = False) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -8,6 +8,7 @@ import torch
 from mpi4py import MPI
 
 from .cpu_quota import Quota, cpu_quota
+from ..instrument.progress import plural
 
 
 class World:
@@ -103,6 +104,6 @@ def launch_mismatch(world_size: int, environ=None) -> str | None:
         expected, source = int(env["SLURM_NTASKS"]), f"SLURM_NTASKS={env['SLURM_NTASKS']}"
     if expected == world_size:
         return None
-    return (f"the MPI world has {world_size} rank(s) but the launcher started {expected} tasks ({source}): "
+    return (f"the MPI world has {plural(world_size, 'rank')} but the launcher started {expected} tasks ({source}): "
             f"the MPI library did not join them into one job; use `srun --mpi=pmi2` (MPICH) or "
             f"`srun --mpi=pmix` (Open MPI), or mpirun/mpiexec inside the allocation")

@@ -33,6 +33,7 @@ import torch
 
 from ..comm import collectives
 from ..core.config import INCIDENTAL, Config, UsageError, computing_settings
+from ..instrument.progress import plural
 from ..store.atomic import atomic_write
 
 MARKER = "COMPLETE"
@@ -109,7 +110,7 @@ class Checkpoints:
         if problem:
             raise UsageError(problem)
         if unseen[0]:
-            raise UsageError(f"--checkpoint-dir {self.directory}: {int(unseen[0])} rank(s) do not see what rank 0 "
+            raise UsageError(f"--checkpoint-dir {self.directory}: {plural(int(unseen[0]), 'rank')} {'does' if unseen[0] == 1 else 'do'} not see what rank 0 "
                              f"writes there: use a folder every node shares (not a node-local one such as $TMPDIR)")
 
     def _folder(self, tag: int) -> str:
@@ -213,3 +214,42 @@ class Checkpoints:
         if missing:
             return f"checkpoint {self._folder(tag)} is marked complete but lacks rank files {missing}"
         return tag
+
+
+# --- a finished run ---------------------------------------------------------------------------------------------
+# The last epoch gets no checkpoint (the run records its result instead); rank 0 writes FINISHED once the run is
+# recorded, so a --resume of it (a requeued job that had in fact finished) does nothing instead of retraining
+# the last epoch and appending a second copy of the run.  A run started without --resume removes it.
+FINISHED = "FINISHED"
+
+
+def mark_finished(config: Config, world_size: int, name: str | None, out: str | None) -> None:
+    """Rank 0, after the run is recorded as run ``name`` in ``out``."""
+    marker = {"run": name, "out": out, "time": time.time(), **fingerprint(config, world_size)}
+    try:
+        os.makedirs(config.checkpoint_dir, exist_ok=True)
+        atomic_write(os.path.join(config.checkpoint_dir, FINISHED), lambda f: f.write(json.dumps(marker).encode()))
+    except OSError:  # the run is recorded; only a later --resume would retrain its last epoch
+        pass
+
+
+def finished(config: Config, world_size: int) -> dict | None:
+    """Rank 0: the FINISHED marker of this run's settings in --checkpoint-dir, or None."""
+    try:
+        with open(os.path.join(config.checkpoint_dir, FINISHED)) as f:
+            marker = json.load(f)
+    except (OSError, ValueError, TypeError):
+        return None
+    ours = fingerprint(config, world_size)
+    same = marker.get("format") == ours["format"] and marker.get("world_size") == world_size and \
+        {k: v for k, v in (marker.get("config") or {}).items() if k not in INCIDENTAL} == \
+        {k: v for k, v in ours["config"].items() if k not in INCIDENTAL}
+    return marker if same else None
+
+
+def forget_finished(config: Config) -> None:
+    """Rank 0, when a run starts training in --checkpoint-dir: a FINISHED left by an earlier run no longer holds."""
+    try:
+        os.remove(os.path.join(config.checkpoint_dir, FINISHED))
+    except OSError:
+        pass

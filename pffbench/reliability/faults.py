@@ -12,11 +12,12 @@ reads it at a point where all ranks agree (the pipeline: the epoch-boundary
 reduction; the PFF variants: ``LaggedAgreement`` at chapter boundaries; both in
 agreement.py; which variants agree: core/variants.py),
 checkpoints, and raises ``RunStopped`` on every rank together, so no rank is
-left waiting.  A second signal of either kind ends the job at once.
+left waiting.  A second signal of either kind ends the job at once (``abort``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -81,8 +82,7 @@ def mid_epoch(config, rank: int, epoch: int, layers=()) -> None:
 
 class Interrupts:
     """SIGTERM / SIGINT set a flag the schedule polls; a second one ends the
-    job immediately (KeyboardInterrupt, which run.py's hook turns into an
-    abort), unless it comes within DUPLICATE_S of the first: that is the same
+    job immediately (``abort``: one line on rank 0, exit 128 + signal), unless it comes within DUPLICATE_S of the first: that is the same
     warning delivered twice (Ctrl-C reaches a rank from the terminal and again
     from mpiexec, which forwards it; a batch script may signal the ranks that
     its launcher also signals).  Installed by run.main on every rank."""
@@ -92,11 +92,14 @@ class Interrupts:
         self.signum = 0
         self._first = 0.0
         self._previous = {}
+        # rank 0 answers: on_first(signum) prints when the run will stop; on_abort(signum) the abort's one line
+        self.on_first = self.on_abort = None
 
     def install(self) -> "Interrupts":
+        handler = self._handle
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                self._previous[signum] = signal.signal(signum, handler)
             except ValueError:  # not the main thread: leave signals alone
                 pass
         return self
@@ -109,8 +112,30 @@ class Interrupts:
     def _handle(self, signum, frame) -> None:
         if not self.signum:
             self.signum, self._first = signum, time.monotonic()
+            if self.on_first:
+                self.on_first(signum)
         elif time.monotonic() - self._first > self.DUPLICATE_S:
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping at once")
+            abort(signum, self.on_abort)
+
+
+def abort(signum: int, say=None) -> None:
+    """A second signal: end this process at once with 128 + the signal
+    number, after ``say(signum)`` (rank 0's one line).  os._exit, not an
+    exception: an exception unwinding through a pending MPI request or a
+    shared-memory ring ends in a traceback and in MPICH's internal assertions
+    (seen with KeyboardInterrupt); the launcher then ends the other ranks,
+    which received the same signal and exit the same way."""
+    if say:
+        try:
+            say(signum)
+        except Exception:  # the line is a courtesy: the exit must happen
+            pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(stop_code(signum))
 
 
 INTERRUPTS = Interrupts()  # the process's one instance

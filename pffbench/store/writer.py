@@ -66,6 +66,12 @@ def unappendable(path: str, arrays: dict | None = None, attrs: dict | None = Non
     return None
 
 
+def missing_folder(path: str) -> str | None:
+    """The folder of ``path`` if it does not exist yet (append_run creates it), else None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return None if os.path.isdir(folder) else folder
+
+
 def unwritable_parent(path: str) -> str | None:
     """One line if the file ``path`` cannot be created for want of a folder to put it in, else None."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -125,6 +131,9 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
             name = added[0]
     except ResultsError:
         raise
+    except PermissionError as e:  # the file, its folder or its lock file: not a locking problem
+        raise ResultsError(f"{path}: permission denied: cannot write it, its folder or its lock file "
+                           f"{path}.lock ({one_line(e.filename or e)})") from e
     except Exception as e:  # OSError, and h5py's KeyError, RuntimeError, ValueError, UnicodeError, ...
         raise ResultsError(f"{path}: cannot append run: {_what(e)}") from e
     return name

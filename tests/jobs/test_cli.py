@@ -90,7 +90,7 @@ def test_a_checkpoint_folder_the_ranks_do_not_share_is_refused(tmp_path):
                   "--checkpoint-dir", "ck", "--out", str(tmp_path / "r.h5"), timeout=120)
     assert done.returncode == 2 and "epoch" not in done.stdout, done.stdout + done.stderr
     line, = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
-    assert "--checkpoint-dir ck: 1 rank(s) do not see what rank 0 writes there" in line
+    assert "--checkpoint-dir ck: 1 rank does not see what rank 0 writes there" in line
     assert "Traceback" not in done.stderr and os.listdir(tmp_path / "node0" / "ck") == []  # the probe is gone
 
 

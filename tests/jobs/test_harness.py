@@ -129,11 +129,11 @@ def test_speedup_figure(results_file):
     labels = ax_s.get_legend_handles_labels()[1]
     assert "ideal S = p" in labels
     assert any(label.startswith("pipeline bound") for label in labels)
-    assert any(label.startswith("pipeline [32,32] synthetic") for label in labels)
-    assert any(label.startswith("dp-backprop [32,32] synthetic") for label in labels)
+    assert any(label.startswith("pipeline [100, 32, 32] synthetic") for label in labels)
+    assert any(label.startswith("dp-backprop [100, 32, 32, 10] synthetic") for label in labels)
     assert len(ax_s.containers) == 2  # two error-bar series
     text = " ".join(t.get_text() for t in fig.texts)
-    assert "base = 1 rank × 1 thread(s), T1 =" in text and "1 rank × 2 threads" in text
+    assert "base = 1 rank × 1 thread, T1 =" in text and "1 rank × 2 threads" in text
     # the plotted medians are the report's
     rows = {row.case.name: row for row in analysis.table(results.read_runs(results_file))}
     xs, ys = ax_s.containers[0].lines[0].get_data()
@@ -171,7 +171,10 @@ def test_accuracy_and_variant_figures(results_file):
 
 
 def test_plot_command_writes_png_and_pdf(results_file, tmp_path):
-    done = run_module("pffbench.plot", results_file, "-o", str(tmp_path / "plots"))
+    done = run_module("pffbench.plot", results_file, "-o", str(tmp_path / "png"))
+    assert done.returncode == 0, done.stderr
+    assert not list((tmp_path / "png").glob("*.pdf"))  # PNG only unless --pdf
+    done = run_module("pffbench.plot", results_file, "-o", str(tmp_path / "plots"), "--pdf")
     assert done.returncode == 0, done.stderr
     for stem in ("speedup", "timeline", "accuracy_time", "variants_speedup"):
         for ext in ("png", "pdf"):
@@ -205,7 +208,7 @@ def test_launch_mismatch():
     assert launch_mismatch(1, {"SLURM_NTASKS": "4"}) is None  # batch step: mpirun starts its own ranks
     assert launch_mismatch(2, {"SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"}) is None
     message = launch_mismatch(1, {"SLURM_NTASKS": "2", "SLURM_STEP_ID": "0"})
-    assert "1 rank(s) but the launcher started 2 tasks (SLURM_NTASKS=2)" in message and "\n" not in message
+    assert "1 rank but the launcher started 2 tasks (SLURM_NTASKS=2)" in message and "\n" not in message
     assert launch_mismatch(2, {"PMI_SIZE": "2", "SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}) is None  # hydra
     assert "OMPI_COMM_WORLD_SIZE=4" in launch_mismatch(1, {"OMPI_COMM_WORLD_SIZE": "4"})
     assert launch_mismatch(1, {"PMI_SIZE": "2", "PFFBENCH_NO_WORLD_CHECK": "1"}) is None
@@ -264,4 +267,5 @@ def test_bench_refuses_bad_sizes_and_reports_a_failed_run():
     done = run_module("pffbench.bench", "--mpiexec", "/bin/false", "--width", "32", "--second-width", "16",
                       "--batch-size", "8", timeout=300)
     assert done.returncode == 1
-    assert done.stderr.startswith("pffbench.bench: error: /bin/false -n 1 ") and "exit code 1" in done.stderr
+    assert done.stderr.startswith("pffbench.bench: error: run warmup (1 rank x 2 threads) failed with exit code 1")
+    assert "(command: /bin/false -n 1 ...)" in done.stderr and done.stderr.count("\n") == 1  # not the whole line

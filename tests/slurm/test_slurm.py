@@ -124,5 +124,5 @@ def test_plain_srun_without_pmi_is_refused(slurm, tmp_path):
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
     assert len(lines) == 2, done.stderr
-    assert "MPI world has 1 rank(s) but the launcher started 2 tasks (SLURM_NTASKS=2)" in lines[0]
+    assert "MPI world has 1 rank but the launcher started 2 tasks (SLURM_NTASKS=2)" in lines[0]
     assert not out.exists()

@@ -655,10 +655,11 @@ def test_bundled_mnist_is_found_from_an_empty_data_dir(tmp_path, monkeypatch):
     assert_real_mnist(load_dataset("mnist", tmp_path))
 
 
-CIFAR_JPEG = Path("/work/shared/data/cifar10-jpeg")
+# a JPEG copy of CIFAR-10 in image-folder layout, if $PFFBENCH_DATA holds one (no machine's path is assumed)
+CIFAR_JPEG = Path(os.environ.get("PFFBENCH_DATA") or "data", "cifar10-jpeg")
 
 
-@pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="no CIFAR-10 JPEG copy here")
+@pytest.mark.skipif(not CIFAR_JPEG.is_dir(), reason="no $PFFBENCH_DATA/cifar10-jpeg (a JPEG copy of CIFAR-10)")
 def test_real_imagefolder_cifar10_jpeg():
     ds = load_dataset("imagefolder", CIFAR_JPEG)
     assert_well_formed(ds)

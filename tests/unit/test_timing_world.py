@@ -82,10 +82,15 @@ def test_default_threads_under_a_cpu_quota(monkeypatch, mine, node_masks, cpus, 
     assert FakeWorld(node_masks, Quota(cpus, "/sys/fs/cgroup/job"), sharing).default_threads() == expected
 
 
-def test_progress_eta_counts_only_this_processs_epochs(capsys):
-    from pffbench.core.config import Config
-    from pffbench.run import Progress
-    progress = Progress(Config(epochs=10), num_train=600)
-    progress(6, np.array([0.5]), float("nan"), 2.0)  # resumed after 6 epochs: the 7th took 2 s
+def test_progress_eta_counts_only_this_processs_epochs(capsys, monkeypatch):
+    from pffbench.instrument import progress
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    reporter = progress.Progress(epochs=10, num_train=600, eval_share=0.0, evals=0)
+    reporter.start()
+    reporter.resume(6)
+    now[0] += 2.0
+    reporter(6, np.array([0.5]), float("nan"), 2.0)  # resumed after 6 epochs: the 7th took 2 s
     line = capsys.readouterr().out
     assert "epoch   7/10" in line and "300 samples/s" in line and "ETA    6.0s" in line, line
+    assert "elapsed     2.0s" in line, line  # the wall time since training began, not a sum of epochs

@@ -36,6 +36,7 @@ from ...comm import collectives, guard
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
+from ...instrument import progress
 from ...instrument.target import TargetClock
 from ...instrument.timer import CATEGORIES, EpochTimer
 from ...reliability import checkpoint, faults
@@ -122,6 +123,7 @@ class Loop:
                     x, y = self.x_train[rows], self.y_train[rows]
                 share += self.trainer.step(x, y, n, ff.cooldown_lr(config.lr, self.step, total_steps, config.cooldown))
                 self.step, steps = self.step + 1, steps + 1
+                progress.tick(epoch, b + 1, len(self.sizes))  # a no-op but on rank 0
                 evaluated = bool(every) and self.step % every == 0
                 if evaluated and self.evaluate(epoch):
                     stop = True

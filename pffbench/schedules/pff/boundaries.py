@@ -7,6 +7,7 @@ import numpy as np
 
 from ...comm import collectives
 from ...core import outcome
+from ...instrument import progress
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import LaggedAgreement, agreed_signal
 from .chapters import Chapters
@@ -44,6 +45,9 @@ class Boundaries:
         self.checkpoints = checkpoint.Checkpoints.from_config(pff.config, comm)
         self.start, self.carry, self.error, self.committed = 0, {}, "", None
         self.first_posted = None  # the first round whose flags carried a signal or a failure
+        # how far (in rank 0's chapters) the last rank ends after rank 0, for the ETA: in Single-Layer the last
+        # layer's rank is N - 1 layer-chapters behind; round-robin, rank N - 1 starts N - 1 layers after rank 0
+        self.drain = lag - 1 if per_round == 1 else (per_round - 1) / pff.num_layers
         resumed = self.checkpoints.load_latest() if self.checkpoints and pff.config.resume else None
         if resumed:
             pff.resumed_from, state = resumed
@@ -51,6 +55,7 @@ class Boundaries:
             pff.negatives.scores, pff.loss[:] = state["scores"], state["loss"]
             pff.timer.restore(state["clock"])
             if pff.world.is_first:
+                progress.resumed(pff.resumed_from)
                 print(f"resuming from {pff.config.checkpoint_dir} after epoch {pff.resumed_from}/{pff.config.epochs}"
                       f" (chapter {self.start}/{pff.num_chapters})", flush=True)
 
@@ -60,6 +65,8 @@ class Boundaries:
     def after(self, chapter: int, carry: dict) -> None:
         """This rank's part of ``chapter`` is done; may raise RunStopped (on every rank at once)."""
         round_ = chapter // self.per_round
+        if self.pff.world.is_first:  # rank 0 trains one chapter a round
+            progress.chapter_done(chapter, round_ + 1, self.num_rounds, self.drain)
         if round_ < self.num_rounds - 1:
             epoch = self.pff.last_epoch(chapter)
             with self.pff.timer.off(epoch):

@@ -33,6 +33,7 @@ from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
 from ...ff import heads
 from ...ff.negatives import Negatives, generator
+from ...instrument import progress
 from ...instrument.timer import COLUMNS, GapTimer
 from ...reliability import faults
 from .kinds import FFKind, flat_state
@@ -108,6 +109,8 @@ class Chapters:
         yields (epoch, mean loss).  ``linear``: what --inject-nan poisons."""
         total_steps = self.config.epochs * len(self.batches)
         half = len(self.batches) // 2
+        what = "the softmax head" if key == self.head_slot else f"layer {key}"
+        where = f"chapter {chapter + 1}/{self.num_chapters}, {what}"
         for epoch in range(self.first_epoch(chapter), self.last_epoch(chapter) + 1):
             faults.at_epoch_start(self.config, self.world.rank, epoch)
             with self.timer("compute", epoch):
@@ -120,6 +123,7 @@ class Chapters:
                     lr = ff.cooldown_lr(1.0, epoch * len(self.batches) + b, total_steps, self.config.cooldown)
                     loss += step(order[start:start + n], lr)
                     start += n
+                    progress.tick(epoch, b + 1, len(self.batches), where)
                 yield epoch, loss.item() / len(self.batches)
 
     def train(self, layer, index: int, chapter: int, xs) -> None:

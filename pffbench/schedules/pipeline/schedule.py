@@ -26,6 +26,7 @@ from ...core import outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
+from ...instrument import progress
 from ...instrument.timer import EpochTimer
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import agree_at_boundary
@@ -51,6 +52,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     accuracy = np.full(config.epochs, np.nan)
     step = _restore(resumed[1], stage, source, timer, loss, accuracy) if resumed else 0
     if resumed and world.is_first:
+        progress.resumed(start_epoch)
         print(f"resuming from {config.checkpoint_dir} after epoch {start_epoch}/{config.epochs}", flush=True)
     stop_reason = None
     for epoch in range(start_epoch, config.epochs):
@@ -107,6 +109,8 @@ def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], 
         if sender:
             sender.send(out, norms_out)
         step += 1
+        if source:  # rank 0
+            progress.tick(epoch, b + 1, len(sizes))
     with timer("compute"):
         for i in stage.block:
             loss[i, epoch] = epoch_loss[i].item() / len(sizes)

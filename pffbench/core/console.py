@@ -1,0 +1,110 @@
+"""What rank 0 says around a run (issue 13): the start line and progress
+(instrument/progress.py does the printing), the answers to SIGINT/SIGTERM,
+--resume of a run that already finished, and the timings a resumed run
+records.  Called by run.py."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ..instrument import progress
+from ..reliability import checkpoint, faults
+from .config import Config
+from .types import Shape, TrainResult, batch_rows
+from .variants import VARIANTS
+from .world import World
+
+
+def layers_per_rank(config: Config, world_size: int, dims: list[int]) -> str:
+    """How the layers are shared out, for the start line: "0-1 | 2 | 3" (rank 0's | rank 1's | ...)."""
+    family = VARIANTS[config.variant].family
+    if family == "pipeline" or (config.variant == "single-layer" and world_size > 1):
+        from .partition import balanced_partition, layer_costs
+        blocks = balanced_partition(layer_costs(dims), world_size) if family == "pipeline" \
+            else [range(r, r + 1) for r in range(world_size)]
+        return " | ".join(f"{b.start}" if len(b) == 1 else f"{b.start}-{b.stop - 1}" for b in blocks)
+    if config.variant == "dp-backprop":
+        return f"all {len(dims) - 1} on every rank, data split"
+    return f"all {len(dims) - 1} on every rank" + (", chapters round-robin" if family == "pff" else "")
+
+
+def start_progress(config: Config, world: World, shape: Shape, num_test: int):
+    """Rank 0's progress lines (instrument/progress.py), after the start line; None elsewhere or --quiet."""
+    if not world.is_first:
+        return None
+    from ..data import source_of
+    dims = [shape.num_features, *config.layers]
+    batches = len(batch_rows(shape.num_train, config.batch_size))
+    pff = VARIANTS[config.variant].pff
+    # an evaluation's cost in epochs: classes x test rows label-conditioned passes against 2 x train rows
+    # passes of ~3 passes' cost each (forward, backward, update).  Evaluations every K epochs are in the measured
+    # rate already; the one at the end is added (backprop's: one pass per row, not one per class)
+    per_row = 1 if VARIANTS[config.variant].baseline else shape.num_classes
+    eval_share = per_row * num_test / (6 * shape.num_train)
+    evals = 1 if pff or not config.eval_every else 0
+    return progress.for_run(config, world.size, shape, source_of(config.dataset, config.data_dir), batches,
+                            eval_share, evals, layers_per_rank(config, world.size, dims),
+                            (config.splits or config.epochs) if pff else None)
+
+
+def answer_signals(config: Config, reporter) -> None:
+    """Rank 0 answers SIGINT/SIGTERM at once: the first with when the run
+    stops, the second with what becomes of it (faults.Interrupts)."""
+    pff = VARIANTS[config.variant].pff
+
+    def first(signum):
+        name = faults.signal_name(signum)
+        if reporter is None:
+            print(f"pffbench: {name} received: stopping at the next boundary; send it again to abort", flush=True)
+            return
+        if pff:
+            boundary = "the next round of chapters every rank has passed (a chapter boundary)"
+        elif reporter.epoch >= config.epochs - 1:
+            boundary = f"epoch {config.epochs}/{config.epochs}, the last: the run finishes and is recorded"
+        else:
+            boundary = f"epoch {reporter.epoch + 1}/{config.epochs}, with a checkpoint" if config.checkpoint_dir \
+                else f"epoch {reporter.epoch + 1}/{config.epochs}"
+        print(reporter.stop_line(name, boundary), flush=True)
+
+    def second(signum):
+        kept = f"; the last complete checkpoint in {config.checkpoint_dir} can be resumed" \
+            if config.checkpoint_dir else ""
+        print(f"pffbench: aborted by a second {faults.signal_name(signum)}: nothing recorded in {config.out}{kept}",
+              file=sys.stderr, flush=True)
+
+    faults.INTERRUPTS.on_first, faults.INTERRUPTS.on_abort = first, second
+
+
+class AlreadyComplete(Exception):
+    """--resume of a run that finished and was recorded: nothing to do (exit 0)."""
+
+
+def already_finished(config: Config, world: World) -> None:
+    """Raise AlreadyComplete on every rank if --resume finds the run finished
+    (checkpoint.FINISHED); otherwise a run about to train forgets an old marker."""
+    marker = None
+    if world.is_first:
+        marker = checkpoint.finished(config, world.size) if config.resume else None
+        if marker is None:
+            checkpoint.forget_finished(config)
+    marker = world.comm.bcast(marker, root=0)
+    if marker is not None:
+        where = f"recorded as run '{marker['run']}' in {marker['out']}" if marker.get("run") else "recorded"
+        raise AlreadyComplete(f"already complete: this run finished and was {where}; nothing to resume "
+                              f"(a new run: leave out --resume, or use another --checkpoint-dir)")
+
+
+def only_ran(result: TrainResult) -> None:
+    """A resumed run records the timings of the epochs it ran, not the
+    earlier run's that its checkpoint carried: those are NaN (its losses and
+    accuracies stay, as the model's history), and ``resumed_from_epoch``
+    says where its own epochs begin."""
+    first = result.attrs.get("resumed_from_epoch")
+    if first:
+        result.timing[:, :first, :] = np.nan
+        if "timing_chapter/compute" in result.arrays:
+            per_chapter = result.attrs.get("epochs_per_chapter", 1)
+            for key in [k for k in result.arrays if k.startswith("timing_chapter/")]:
+                result.arrays[key] = np.array(result.arrays[key], dtype=np.float64)
+                result.arrays[key][:, :first // per_chapter] = np.nan
