@@ -47,9 +47,7 @@ def test_sweep_refuses_the_same_out_before_its_first_run(tmp_path, monkeypatch, 
     def started(*args, **kwargs):
         raise AssertionError("the sweep started its runs")
     monkeypatch.setattr(sweep, "sweep", started)
-    with pytest.raises(SystemExit) as exit_:
-        sweep.main(["--out", str(out), "--ranks", "1", "--", "--dataset", "synthetic"])
-    assert exit_.value.code == 2
+    assert sweep.main(["--out", str(out), "--ranks", "1", "--", "--dataset", "synthetic"]) == 2
     err = capsys.readouterr().err
     assert "--out: " in err and "cannot lock it for appending" in err and "Traceback" not in err
 
