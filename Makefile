@@ -8,7 +8,8 @@ TORCH   ?= torch==2.13.0
 # Leave MPI_EXTRA empty to build mpi4py from source against a system MPI on PATH (module load ...),
 # in a venv of its own: make install VENV=.venv-site MPI_EXTRA=
 MPI_EXTRA ?= mpich
-NP      ?= 4
+# make run's ranks: the cores this process may use, at most 4 (the default net has 4 layers); NP=... overrides
+NP      ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 MPIEXEC ?= $(if $(MPI_EXTRA),$(VENV)/bin/mpiexec,mpiexec)
 # Open MPI as root also needs: MPIEXEC_FLAGS=--oversubscribe plus OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIEXEC_FLAGS ?=
@@ -31,6 +32,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: install
+	@echo "make run: $(NP) ranks ($(if $(filter command line environment,$(origin NP)),NP as given,the cores this machine lets us use, at most 4); NP=... overrides)"
 	$(MPIEXEC) $(MPIEXEC_FLAGS) -n $(NP) $(PY) -m pffbench.run $(RUN_ARGS)
 
 # The in-process pass leaves the MPI tests out (they run under mpiexec below) instead of listing them as skipped.
