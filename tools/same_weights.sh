@@ -9,7 +9,7 @@
 #
 # The layout change itself (up to 241331f) gives "identical" for every run.  Later commits add attributes and
 # dataset metadata on purpose (class names, CPU quota, host load, axes/units/crc32: results format 2), so
-# from them the layout comparison against 62f6012 reports those additions; the weights stay identical.
+# from them the layout comparison against 62f6012 reports those additions.
 #
 # Synthetic data, 2 epochs of a 64,64 net, one torch thread per rank in both trees.  The "-resumed" runs
 # check checkpoints: REV writes them in a complete run, then both trees resume from a copy of them (so
