@@ -145,7 +145,8 @@ def notes(runs) -> list[str]:
         if collapsed is not None and len(collapsed):
             layers = ", ".join(str(int(i)) for i in collapsed)
             lines.append(f"warning: run {run.name}: training collapsed (layer {layers} silent: "
-                         f"every unit dead, or nearly): its accuracy is at chance")
+                         f"every unit dead, or nearly); final test accuracy "
+                         f"{100 * float(run.attrs.get('final_test_accuracy', float('nan'))):.2f}%")
     return lines
 
 

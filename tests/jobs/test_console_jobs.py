@@ -54,8 +54,8 @@ def test_quiet_prints_nothing_but_the_run_is_recorded(tmp_path):
 
 
 def test_a_second_sigterm_aborts_at_once_in_one_line(tmp_path):
-    # epochs of a few seconds (MNIST), so the first signal's stop is still ahead when the second comes
-    job = Job(2, ["--layers", "256,256", "--epochs", "50", "--threads", "1"], tmp_path)
+    # epochs of ~25 s (MNIST, 1500 wide, 1 thread; 256 wide took ~3 s on a quiet host: too short), so the first signal's stop is still ahead when the second comes
+    job = Job(2, ["--layers", "1500,1500", "--epochs", "50", "--threads", "1"], tmp_path)
     job.wait_for(lambda: PROGRESS.search(job.stdout), timeout=200)
     job.proc.send_signal(signal.SIGTERM)  # mpiexec forwards SIGTERM to every rank, each time
     job.wait_for(lambda: "SIGTERM received" in job.stdout)

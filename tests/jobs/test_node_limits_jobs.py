@@ -39,7 +39,8 @@ def test_a_small_dev_shm_turns_rings_into_messages_not_a_sigbus(tmp_path, ranks,
     done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=240,
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
-    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    # (a 2-epoch run of this net may also warn that its last layer went silent: not what this test is about)
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line and "shared-memory" in line]
     assert len(warnings) == 1 and "/dev/shm has" in warnings[0] and "1 link(s) use MPI messages" in warnings[0]
     run, = results.read_runs(str(out))
     assert run.attrs["transport"] == transport and run.attrs["shm_fallback_links"] == 1
