@@ -21,6 +21,15 @@ def mpirun(n: int, *args: str, timeout: float = 120, env: dict | None = None, cw
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT)
 
 
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """run.prepare flushes denormals to zero (a processor-wide setting) for speed; a test that runs it in this
+    process must not leave it on for the next, whose float checks (hypothesis) need IEEE subnormals."""
+    yield
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_flush_denormal(False)
+
+
 @pytest.fixture
 def mnist_dir():
     """The real MNIST: $PFFBENCH_DATA if it holds it, else the copy bundled in data/."""

@@ -118,7 +118,7 @@ def test_a_node_local_checkpoint_folder_is_refused_and_a_node_local_out_works(cl
                       node_local=True)
     assert done.returncode == 2, done.stderr
     line, = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
-    assert "--checkpoint-dir" in line and "1 rank(s) do not see what rank 0 writes there" in line, done.stderr
+    assert "--checkpoint-dir" in line and "1 rank does not see what rank 0 writes there" in line, done.stderr
     assert not (cluster.node_folder("node0") / "r.h5").exists()
     done = run_across(cluster, *PIPELINE, "--epochs", "1", "--out", str(local / "r.h5"), node_local=True)
     assert done.returncode == 0, done.stderr
