@@ -204,8 +204,11 @@ class Checkpoints:
                     f"this job has {self.size}: resume with the same number of ranks")
         ours, theirs = self.fingerprint["config"], marker.get("config") or {}
         # settings that do not change what is computed may differ (checkpoints written before --transport
-        # was known to be one of them name it: they resume all the same)
-        differ = sorted(k for k in set(theirs) | set(ours) if k not in INCIDENTAL and theirs.get(k) != ours.get(k))
+        # was known to be one of them name it: they resume all the same); a setting a checkpoint does not
+        # name is newer than it, and had its default then (e.g. --microbatches, --target-accuracy)
+        defaults = fingerprint(Config(), self.size)["config"]
+        differ = sorted(k for k in set(theirs) | set(ours)
+                        if k not in INCIDENTAL and theirs.get(k, defaults.get(k)) != ours.get(k))
         if differ:
             flags = ", ".join("--" + k.replace("_", "-") for k in differ)
             return (f"checkpoint {self._folder(tag)} was written with other settings ({flags}): "

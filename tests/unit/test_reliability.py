@@ -217,6 +217,20 @@ def test_settings_that_change_nothing_computed_may_differ_on_resume(tmp_path):
         _checkpoints(tmp_path, lr=0.5).load_latest()
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """Checkpoints written before --microbatches and --target-accuracy existed do not name them: they had the
+    defaults then (found resuming a checkpoint of 62f6012: refused with 'other settings (--microbatches)')."""
+    _checkpoints(tmp_path).save(1, {"epoch": 1})
+    marker = tmp_path / "epoch-000001" / checkpoint.MARKER
+    written = json.loads(marker.read_text())
+    for newer in ("microbatches", "target_accuracy", "stop_at_target"):
+        written["config"].pop(newer, None)
+    marker.write_text(json.dumps(written))
+    assert _checkpoints(tmp_path).load_latest()[0] == 1
+    with pytest.raises(UsageError, match=r"other settings \(--microbatches\)"):
+        _checkpoints(tmp_path, microbatches=8).load_latest()
+
+
 def test_a_checkpoint_of_another_format_is_a_usage_error(tmp_path):
     _checkpoints(tmp_path).save(1, {"epoch": 1})
     marker = tmp_path / "epoch-000001" / checkpoint.MARKER
