@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 
 from .core.config import UsageError, one_line
 from .perfmodel import calibrate, links, predict as model, validate as validation
@@ -37,6 +38,8 @@ class _Parser(argparse.ArgumentParser):
 def _cluster_args(p) -> None:
     p.add_argument("--network", default="10GbE", help=f"link between nodes: {', '.join(links.TABLE)}")
     p.add_argument("--intra", default="shm", help="MPI link within a node (default shm)")
+    p.add_argument("--group", default="devvm-gloo",
+                   help="torch.distributed's link within a node (ddp, gpipe, 1f1b; default devvm-gloo)")
     p.add_argument("--alpha", type=float, help="override the network's latency, seconds")
     p.add_argument("--beta", type=float, help="override the network's bandwidth, bytes/s")
     p.add_argument("--ranks-per-node", type=int, default=1)
@@ -61,14 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", metavar="RESULTS.h5", help="calibrate from a 1-rank run in this file "
                    "(else: microbenchmarks of the net on this machine)")
     p.add_argument("--run", help="the 1-rank run to calibrate from (default: the first of the variant)")
+    p.add_argument("--microbatches", type=int, default=0,
+                   help="gpipe/1f1b microbatches per minibatch (default: the calibrating run's, else 4)")
     p.add_argument("--format", choices=("text", "markdown"), default="text")
     _cluster_args(p)
     v = sub.add_parser("validate", help="measured vs predicted for every run in a results file")
     v.add_argument("results_file")
     v.add_argument("--cores-per-node", type=int, default=0, help="cores of the machine the runs ran on "
                    "(not recorded; default: this machine's)")
-    v.add_argument("--intra", default="shm")
-    v.add_argument("--network", default="10GbE")
+    v.add_argument("--intra", default="shm", help="MPI link within a node (default shm)")
+    v.add_argument("--network", default="10GbE", help="link between the runs' nodes")
+    v.add_argument("--alpha", type=float, help="override the network's latency, seconds (e.g. from linkprobe)")
+    v.add_argument("--beta", type=float, help="override the network's bandwidth, bytes/s")
+    v.add_argument("--group", default="devvm-gloo", help="torch.distributed's link within a node (ddp, gpipe, 1f1b)")
     v.add_argument("--format", choices=("text", "markdown"), default="text")
     g = sub.add_parser("plot", help="model_speedup.png and model_timeline.png")
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
@@ -86,19 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cluster_from(args) -> links.Cluster:
+def network_from(args) -> links.Link:
+    """--network, with --alpha/--beta overriding its figures."""
     inter = links.link(args.network)
     if args.alpha is not None or args.beta is not None:
         inter = links.Link(f"{inter.name} (custom)", args.alpha if args.alpha is not None else inter.alpha,
                            args.beta if args.beta is not None else inter.beta, "given on the command line")
+    return inter
+
+
+def cluster_from(args) -> links.Cluster:
+    inter = network_from(args)
     cores = args.cores_per_node or args.ranks_per_node * args.threads
-    return links.Cluster(args.ranks_per_node, cores, args.threads, links.link(args.intra), inter)
+    return links.Cluster(args.ranks_per_node, cores, args.threads, links.link(args.intra), inter,
+                         group=links.link(args.group))
 
 
 def _calibration(args, variant: str):
     dims = [args.input, *args.layers]
     if not args.calibrate:
-        return calibrate.measured(variant, dims, args.batch_size, args.threads)
+        return calibrate.measured(variant, dims, args.batch_size, args.threads, args.microbatches or 4)
     from . import results
     runs = results.read_runs(args.calibrate, [args.run] if args.run else None)
     ones = [r for r in runs
@@ -109,14 +124,16 @@ def _calibration(args, variant: str):
     costs = calibrate.from_run((same_threads or ones)[0])
     if costs.dims != dims or costs.batch != args.batch_size:
         costs = calibrate.retarget(costs, dims, args.batch_size)
+    if args.microbatches and variant in calibrate.MICROBATCHED:
+        costs = replace(costs, microbatches=args.microbatches)
     return costs
 
 
 def format_rows(rows: list[dict], markdown: bool) -> str:
-    head = ["variant", "p", "predicted s", "speedup", "efficiency", "mean work", "imbalance", "fill/drain",
-            "link waits"]
-    keys = ["variant", "p", "seconds", "speedup", "efficiency", "mean work", "imbalance", "fill/drain, bubble",
-            "link waits"]
+    head = ["variant", "p", "predicted s", "speedup", "efficiency", "mean work", "imbalance", "library",
+            "fill/drain", "link waits"]
+    keys = ["variant", "p", "seconds", "speedup", "efficiency", "mean work", "imbalance", "library",
+            "fill/drain, bubble", "link waits"]
     cells = [[str(r[k]) if k in ("variant", "p") else f"{r[k]:.3f}" if k in ("speedup", "efficiency")
               else f"{r[k]:.2f}" for k in keys] for r in rows]
     if markdown:
@@ -126,7 +143,10 @@ def format_rows(rows: list[dict], markdown: bool) -> str:
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head] + cells)
 
 
-def valid_ranks(variant: str, ranks, layers: int) -> list[int]:
+def valid_ranks(variant: str, ranks, layers: int, microbatches: int = 0) -> list[int]:
+    """The rank counts ``variant`` can run on for a net of ``layers`` hidden layers."""
+    if variant in calibrate.MICROBATCHED:  # a stage per rank, microbatches >= stages
+        return [p for p in ranks if p <= layers and p <= microbatches]
     if variant == "single-layer":
         return [p for p in ranks if p in (1, layers)]
     if variant == "pipeline":
@@ -144,7 +164,7 @@ def cmd_predict(args) -> int:
         if variant not in model.VARIANTS:
             raise UsageError(f"unknown variant {variant!r}; modelled: {', '.join(model.VARIANTS)}")
         costs = _calibration(args, variant)
-        ranks = valid_ranks(variant, args.ranks, len(args.layers))
+        ranks = valid_ranks(variant, args.ranks, len(args.layers), getattr(costs, "microbatches", 0))
         rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
     inter = cluster.inter
     print(f"net [{args.input}, {', '.join(map(str, args.layers))}], batch {args.batch_size}, {args.epochs} epoch(s); "
@@ -158,7 +178,7 @@ def cmd_predict(args) -> int:
 def cmd_validate(args) -> int:
     if not os.path.exists(args.results_file):
         raise UsageError(f"no such results file: {args.results_file}")
-    base = links.Cluster(intra=links.link(args.intra), inter=links.link(args.network))
+    base = links.Cluster(intra=links.link(args.intra), inter=network_from(args), group=links.link(args.group))
     checks, skipped = validation.check(args.results_file, args.cores_per_node or None, base)
     print(validation.table(checks, args.format == "markdown"))
     print()

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 
 from .. import results
 from ..core.types import batch_rows
-from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
+from .profile import NUM_CLASSES, BackpropProfile, FFProfile, profile_backprop, profile_ff
 
 PFF_VARIANTS = ("single-layer", "all-layers", "federated", "perf-opt")
-BACKPROP_VARIANTS = ("backprop", "dp-backprop")
+BACKPROP_VARIANTS = ("backprop", "dp-backprop", "ddp", "gpipe", "1f1b")
+MICROBATCHED = ("gpipe", "1f1b")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class FFCosts:
 
 @dataclass
 class BackpropCosts:
+    """Seconds, for the MLP ``dims`` + a head of NUM_CLASSES, ``threads`` per rank."""
     dims: list[int]
     batch: int
     threads: int
@@ -55,12 +57,17 @@ class BackpropCosts:
     eval: float = 0.0
     scale: float = 1.0
     source: str = "microbenchmark"
+    microbatches: int = 1      # gpipe, 1f1b: microbatches per minibatch
+    library: float = 0.0       # gpipe, 1f1b: the library's bookkeeping per microbatch forward or backward
+    tail: float = 0.0          # ddp: per step, DDP's work after the last bucket is handed to the allreduce
 
 
-def measured(variant: str, dims, batch: int, threads: int = 1):
-    """Costs from the microbenchmarks alone (no run needed, e.g. for a net too big to train here)."""
+def measured(variant: str, dims, batch: int, threads: int = 1, microbatches: int = 4):
+    """Costs from the microbenchmarks alone (no run needed, e.g. for a net too big to train here).
+    gpipe/1f1b get ``microbatches`` and no library bookkeeping, ddp no tail: those need a run."""
     if variant in BACKPROP_VARIANTS:
-        return _backprop_costs(profile_backprop(dims, batch, threads))
+        return _backprop_costs(profile_backprop(dims, batch, threads),
+                               microbatches=microbatches if variant in MICROBATCHED else 1)
     return _ff_costs(profile_ff(dims, batch, threads, "perf-opt" if variant == "perf-opt" else "ff"))
 
 
@@ -83,7 +90,8 @@ def retarget(costs, dims=None, batch: int | None = None):
     note = f", retargeted to {dims} batch {batch}"
     if isinstance(costs, BackpropCosts):
         return _backprop_costs(profile_backprop(dims, batch, costs.threads), costs.scale, eval=costs.eval,
-                               source=costs.source + note)
+                               source=costs.source + note, microbatches=costs.microbatches,
+                               library=costs.library, tail=costs.tail)
     profile = profile_ff(dims, batch, costs.threads, costs.kind)
     return replace(_ff_costs(profile, costs.scale, costs.data_scale), sync=costs.sync, eval=costs.eval,
                    source=costs.source + note)
@@ -107,13 +115,7 @@ def from_run(run: results.Run, profile=None):
     evals = a["timing/eval"][0]
     evaluation = float(evals[evals > 0].max()) if (evals > 0).any() else 0.0
     if variant in BACKPROP_VARIANTS:
-        dims = list(run.attrs["dims"])[:-1]  # the head is not a hidden layer
-        profile = profile or profile_backprop(dims, batch, threads)
-        steps = len(batch_rows(int(run.attrs["num_train"]), batch)) * a["timing/compute"].shape[1]
-        scale = float(a["timing/compute"][0].sum()) / steps / (profile.fb0 + profile.fb1 * batch + profile.adam)
-        costs = _backprop_costs(profile, scale, eval=evaluation, source=f"run {run.name}")
-        costs.data_row = float(a["timing/data"][0].sum()) / steps / batch
-        return costs
+        return _backprop_from_run(run, variant, batch, threads, evaluation, profile)
     dims = list(run.attrs["dims"])
     profile = profile or profile_ff(dims, batch, threads, "perf-opt" if variant == "perf-opt" else "ff")
     sizes = batch_rows(int(run.attrs["num_train"]), batch)
@@ -125,6 +127,25 @@ def from_run(run: results.Run, profile=None):
         return _ff_costs(profile, scale, data_scale, sync=float(a["timing/sync"][0].mean()), eval=evaluation,
                          source=f"run {run.name}")
     return _pff_costs(run, profile, sizes, evaluation)
+
+
+def _backprop_from_run(run, variant: str, batch: int, threads: int, evaluation: float, profile=None):
+    """A 1-rank backprop-family run: its compute per step sets the level of
+    forward+backward and Adam; what else it spent per step is the library's
+    (gpipe/1f1b: per microbatch operation, M forwards and M backwards) or
+    DDP's tail (sync per step); its data per step, the slicing."""
+    a = run.arrays
+    dims = list(run.attrs["dims"])[:-1]  # the head is not a hidden layer
+    profile = profile or profile_backprop(dims, batch, threads)
+    steps = len(batch_rows(int(run.attrs["num_train"]), batch)) * a["timing/compute"].shape[1]
+    m = int(run.config.get("microbatches") or 1) if variant in MICROBATCHED else 1
+    compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps
+    scale = compute / (m * (profile.fb0 + profile.fb1 * batch / m) + profile.adam)
+    costs = _backprop_costs(profile, scale, eval=evaluation, source=f"run {run.name}", microbatches=m,
+                            library=sync / (2 * m) if variant in MICROBATCHED else 0.0,
+                            tail=sync if variant == "ddp" else 0.0)
+    costs.data_row = float(a["timing/data"][0].sum()) / steps / batch
+    return costs
 
 
 def _pff_costs(run, profile: FFProfile, sizes, evaluation) -> FFCosts:
@@ -146,7 +167,8 @@ def _pff_costs(run, profile: FFProfile, sizes, evaluation) -> FFCosts:
 def scaled(costs, k: float):
     """``costs`` with every work item k times as long (a host k times slower)."""
     if isinstance(costs, BackpropCosts):
-        return replace(costs, fb0=costs.fb0 * k, fb1=costs.fb1 * k, adam=costs.adam * k, data_row=costs.data_row * k)
+        return replace(costs, fb0=costs.fb0 * k, fb1=costs.fb1 * k, adam=costs.adam * k, data_row=costs.data_row * k,
+                       library=costs.library * k, tail=costs.tail * k)
     return replace(costs, step=[s * k for s in costs.step], normalize=[s * k for s in costs.normalize],
                    forward_row=[f * k for f in costs.forward_row], data=costs.data * k,
                    inputs_row=costs.inputs_row * k, once_row=costs.once_row * k, sync=costs.sync * k)

@@ -62,15 +62,24 @@ class Signal:
 
 class Collective:
     """All of ``members`` must arrive; it completes ``cost`` seconds after the
-    last one (a blocking allreduce, barrier, reduce)."""
+    last one (a blocking allreduce, barrier, reduce).  ``after``: a collective
+    this one queues behind (it starts no earlier than that one ends), as
+    DDP's gradient buckets go one after another through the process group."""
 
-    def __init__(self, sim: "Simulator", members: int, cost: float):
-        self.sim, self.left, self.cost, self.done = sim, members, cost, Signal()
+    def __init__(self, sim: "Simulator", members: int, cost: float, after: "Collective | None" = None):
+        self.sim, self.left, self.cost, self.done, self.after = sim, members, cost, Signal(), after
+        self.end = None  # when it completes, known once the last member has arrived
 
-    def arrive(self) -> Wait:
+    def arrive(self) -> Signal:
         self.left -= 1
         if self.left == 0:
-            self.sim.fire(self.done, self.cost)
+            start = self.sim.now
+            if self.after is not None:
+                if self.after.end is None:
+                    raise RuntimeError("a queued collective completed before the one it queues behind began")
+                start = max(start, self.after.end)
+            self.end = start + self.cost
+            self.sim.fire(self.done, self.end - self.sim.now)
         return self.done
 
 
@@ -109,8 +118,8 @@ class Simulator:
         """``signal`` fires ``delay`` seconds from now."""
         heapq.heappush(self._heap, (self.now + max(delay, 0.0), next(self._seq), "fire", signal))
 
-    def collective(self, members: int, cost: float) -> Collective:
-        return Collective(self, members, cost)
+    def collective(self, members: int, cost: float, after: Collective | None = None) -> Collective:
+        return Collective(self, members, cost, after)
 
     def run(self, programs: list) -> Timeline:
         """Run every program to its end; raises RuntimeError on a deadlock

@@ -16,7 +16,8 @@ from .predict import Prediction  # noqa: E402
 
 STYLE = {"pipeline": ("#1f77b4", "o"), "all-layers": ("#2ca02c", "s"), "single-layer": ("#9467bd", "D"),
          "federated": ("#8c564b", "^"), "perf-opt": ("#e377c2", "v"), "dp-backprop": ("#d62728", "x"),
-         "backprop": ("#7f7f7f", "+")}
+         "backprop": ("#7f7f7f", "+"), "ddp": ("#ff7f0e", "P"), "gpipe": ("#17becf", "*"),
+         "1f1b": ("#bcbd22", "h")}
 
 
 def speedup_figure(panels: list[dict]) -> plt.Figure:

@@ -3,12 +3,14 @@ batch 64, 100 epochs in 100 chapters, 4 nodes; All-Layers/Adaptive 3.75x),
 then deeper nets, batch sizes and more ranks."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .. import results
 from ..paper_bench import wavefront_bound
 from ..core.partition import layer_costs
 from . import calibrate, links
 from . import predict as model
-from .study import deepen_backprop
+from .study import deepen_backprop, microbatches_for
 
 PAPER = model.Settings(60000, 100, 100)
 PAPER_DIMS = [784, 2000, 2000, 2000, 2000]
@@ -57,12 +59,16 @@ def deeper(args) -> None:
             for network in args.networks.split(",")[-2:]:
                 cluster = links.Cluster(1, 1, 1, inter=links.link(network.strip()))
                 for variant, costs in (("pipeline", ff), ("all-layers", ff), ("single-layer", ff),
-                                       ("dp-backprop", bp)):
-                    t1 = model.predict(variant, costs, cluster, 1, PAPER).seconds
+                                       ("dp-backprop", bp), ("ddp", bp), ("gpipe", bp)):
+                    def seconds(p: int) -> float:
+                        staged = replace(costs, microbatches=microbatches_for(p, batch)) if variant == "gpipe" \
+                            else costs
+                        return model.predict(variant, staged, cluster, p, PAPER).seconds
+                    t1 = seconds(1)
                     cells = []
                     for p in ranks:
-                        if (variant == "pipeline" and p > L) or (variant == "single-layer" and p != L):
+                        if (variant in ("pipeline", "gpipe") and p > L) or (variant == "single-layer" and p != L):
                             cells.append("")
                         else:
-                            cells.append(f"{t1 / model.predict(variant, costs, cluster, p, PAPER).seconds:.1f}")
+                            cells.append(f"{t1 / seconds(p):.1f}")
                     print(f"| {L} | {batch} | {network} | {variant} | " + " | ".join(cells) + " |", flush=True)

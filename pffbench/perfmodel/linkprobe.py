@@ -1,9 +1,16 @@
-"""`mpiexec -n 2 python -m pffbench.perfmodel.linkprobe`: measure the link
-between two ranks (put them on two nodes to measure the network) with a
-buffer-based ping-pong over message sizes 8 B .. 8 MiB (half the round
-trip's median of 50 per size): alpha is an 8-byte message's time, beta the
+"""`mpiexec -n 2 python -m pffbench.perfmodel.linkprobe [--gloo]`: measure the
+link between two ranks (put them on two nodes to measure the network) with a
+ping-pong over message sizes 8 B .. 8 MiB (half the round trip's median of 50
+per size, after 5 untimed): alpha is an 8-byte message's time, beta the
 largest message's size over its time less alpha (Hockney's alpha + n / beta).
-Prints the --alpha/--beta to pass to `python -m pffbench.model predict`."""
+By default MPI's buffer-based Send/Recv (what the FF schedules use); with
+``--gloo``, torch.distributed's send/recv over a gloo process group made from
+the MPI world (what gpipe and 1f1b use), and then gloo's 2-rank allreduce of
+float32 tensors (what ddp uses), fitted as an effective link: its 2-rank ring
+cost ``2 alpha + n / beta`` (links.allreduce_time) through the 8-byte and the
+largest time.  gloo's allreduce reduces and copies on its own thread, so it
+costs several times what its send/recv figures predict.  Prints the
+--alpha/--beta to pass to `python -m pffbench.model predict`."""
 from __future__ import annotations
 
 import statistics
@@ -13,36 +20,94 @@ import time
 import numpy as np
 
 
-def main() -> int:
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    if comm.size != 2:
+def _mpi_pair(comm, n: int):
+    buffer = np.zeros(n, dtype=np.uint8)
+
+    def round_trip():
         if comm.rank == 0:
-            print("pffbench: error: the link probe needs exactly 2 ranks (mpiexec -n 2)", file=sys.stderr)
-        return 2
-    sizes = [8 * 4 ** k for k in range(11)]  # 8 B .. 8 MiB
-    half_trips = []
+            comm.Send(buffer, 1)
+            comm.Recv(buffer, 1)
+        else:
+            comm.Recv(buffer, 0)
+            comm.Send(buffer, 0)
+    return round_trip
+
+
+def _gloo_pair(comm, n: int):
+    import torch
+    import torch.distributed as dist
+    buffer = torch.zeros(n, dtype=torch.uint8)
+
+    def round_trip():
+        if comm.rank == 0:
+            dist.send(buffer, 1)
+            dist.recv(buffer, 1)
+        else:
+            dist.recv(buffer, 0)
+            dist.send(buffer, 0)
+    return round_trip
+
+
+def _gloo_allreduce(comm, n: int):
+    import torch
+    import torch.distributed as dist
+    buffer = torch.ones(max(1, n // 4))
+    return lambda: dist.all_reduce(buffer)
+
+
+def _sweep(comm, make, sizes: list[int], halve: bool) -> list[float]:
+    """Median seconds per operation (half a round trip if ``halve``) of 50 after 5 untimed, per size."""
+    out = []
     for n in sizes:
-        buffer = np.zeros(n, dtype=np.uint8)
+        operation = make(comm, n)
         times = []
         for i in range(55):
             comm.Barrier()
             start = time.perf_counter()
-            if comm.rank == 0:
-                comm.Send(buffer, 1)
-                comm.Recv(buffer, 1)
-            else:
-                comm.Recv(buffer, 0)
-                comm.Send(buffer, 0)
+            operation()
             if i >= 5:
-                times.append((time.perf_counter() - start) / 2)
-        half_trips.append(statistics.median(times))
+                times.append((time.perf_counter() - start) / (2 if halve else 1))
+        out.append(statistics.median(times))
+    return out
+
+
+def _report(title: str, sizes: list[int], seconds: list[float], allreduce: bool) -> None:
+    if allreduce:  # 2 alpha + n / beta
+        alpha = seconds[0] / 2
+        beta = sizes[-1] / max(seconds[-1] - 2 * alpha, 1e-12)
+    else:
+        alpha = seconds[0]  # an 8-byte message: latency only
+        beta = sizes[-1] / max(seconds[-1] - alpha, 1e-12)  # the largest: bandwidth-bound
+    print(title)
+    for n, t in zip(sizes, seconds):
+        print(f"{n:>9} B  {t * 1e6:10.2f} us")
+    print(f"alpha {alpha * 1e6:.2f} us, beta {beta / 1e9:.2f} GB/s  (--alpha {alpha:.3g} --beta {beta:.3g})")
+
+
+def main(argv=None) -> int:
+    from mpi4py import MPI
+    argv = sys.argv[1:] if argv is None else argv
+    comm = MPI.COMM_WORLD
+    if comm.size != 2 or [a for a in argv if a != "--gloo"]:
+        if comm.rank == 0:
+            print("pffbench: error: the link probe needs exactly 2 ranks (mpiexec -n 2) and takes only --gloo",
+                  file=sys.stderr)
+        return 2
+    gloo = "--gloo" in argv
+    if gloo:
+        import torch
+        from ..schedules.backprop import process_group
+        process_group.start(comm, torch.device("cpu"), 60.0)
+    sizes = [8 * 4 ** k for k in range(11)]  # 8 B .. 8 MiB
+    pairs = _sweep(comm, _gloo_pair if gloo else _mpi_pair, sizes, halve=True)
+    reduces = _sweep(comm, _gloo_allreduce, sizes, halve=False) if gloo else None
+    if gloo:
+        process_group.stop()
     if comm.rank == 0:
-        alpha = half_trips[0]  # an 8-byte message: latency only
-        beta = sizes[-1] / max(half_trips[-1] - alpha, 1e-12)  # the largest: bandwidth-bound
-        for n, t in zip(sizes, half_trips):
-            print(f"{n:>9} B  {t * 1e6:10.2f} us")
-        print(f"alpha {alpha * 1e6:.2f} us, beta {beta / 1e9:.2f} GB/s  (--alpha {alpha:.3g} --beta {beta:.3g})")
+        _report(f"{'gloo send/recv' if gloo else 'MPI Send/Recv'}; half round trip, median of 50", sizes, pairs, False)
+        if reduces:
+            _report("gloo allreduce (float32, 2 ranks), median of 50; fitted as a 2-rank ring, 2 alpha + n / beta",
+                    sizes, reduces, True)
     return 0
 
 

@@ -17,6 +17,9 @@ import math
 from dataclasses import dataclass, field
 
 GB = 1e9
+# gloo between two ranks of the dev VM (python -m pffbench.perfmodel.linkprobe --gloo, 2026-11-30 10:53 UTC,
+# quiet host): send/recv 8 B 111 us, 8 MiB 2.28 ms; allreduce 8 B 209 us, 8 MiB 7.55 ms
+GLOO_WHEN = "2026-11-30 10:53 UTC, quiet host (load ~1)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ TABLE = {link.name: link for link in (
     Link("devvm-shm", 2.2e-6, 2.1 * GB,
          "MPI (pip MPICH 5) through shared memory on this project's 2-vCPU AMD EPYC dev VM: measured with "
          "python -m pffbench.perfmodel.linkprobe, 2026-11-30 07:57 UTC (8 B: 2.2 us; 8 MiB: 4.0 ms), host at load ~11"),
+    Link("devvm-gloo", 111e-6, 3.86 * GB,
+         "torch.distributed's gloo send/recv (TCP over the loopback) between 2 ranks on this project's 2-vCPU "
+         "AMD EPYC dev VM: python -m pffbench.perfmodel.linkprobe --gloo, " + GLOO_WHEN + " (8 B: 111 us; 8 MiB: "
+         "2.28 ms)"),
+    Link("devvm-gloo-allreduce", 104e-6, 1.14 * GB,
+         "gloo's allreduce of float32 tensors between 2 ranks on the same VM, fitted as a 2-rank ring "
+         "(2 alpha + n / beta through 8 B: 209 us and 8 MiB: 7.55 ms): python -m pffbench.perfmodel.linkprobe "
+         "--gloo, " + GLOO_WHEN + "; 3.3x its send/recv's cost at 8 MiB (gloo reduces and copies on one thread)"),
     Link("1GbE", 50e-6, 0.117 * GB,
          "1 Gb/s Ethernet, TCP: IEEE 802.3ab line rate 125 MB/s less ~6 % headers; kernel TCP latency "
          "~25-60 us (NetPIPE/OSU figures for GbE clusters)"),
@@ -110,13 +121,19 @@ class Cluster:
     """Where the ranks run: ``ranks_per_node`` consecutive ranks share a node
     of ``cores_per_node`` cores; each rank computes with ``threads`` of them.
     ``intra``: the MPI link within a node, ``inter``: between nodes, ``ring``:
-    the pipeline's shared-memory ring within a node (its ``--transport auto``)."""
+    the pipeline's shared-memory ring within a node (its ``--transport auto``),
+    ``group``: torch.distributed's process group's send/recv within a node
+    (gloo goes through TCP on the loopback even there), ``group_reduce``: its
+    allreduce within a node, as an effective link (linkprobe --gloo); between
+    nodes both are ``inter``."""
     ranks_per_node: int = 1
     cores_per_node: int = 1
     threads: int = 1
     intra: Link = field(default_factory=lambda: TABLE["shm"])
     inter: Link = field(default_factory=lambda: TABLE["10GbE"])
     ring: Link = field(default_factory=lambda: TABLE["ring"])
+    group: Link = field(default_factory=lambda: TABLE["devvm-gloo"])
+    group_reduce: Link = field(default_factory=lambda: TABLE["devvm-gloo-allreduce"])
 
     def __post_init__(self):
         if self.ranks_per_node < 1 or self.cores_per_node < 1 or self.threads < 1:
@@ -137,8 +154,18 @@ class Cluster:
         return self.inter
 
     def collective_link(self, p: int) -> Link:
-        """The slowest link a collective over ranks 0..p-1 crosses."""
+        """The slowest link an MPI collective over ranks 0..p-1 crosses."""
         return self.intra if self.nodes(p) <= 1 else self.inter
 
+    def group_between(self, a: int, b: int) -> Link:
+        """The process group's link from rank a to rank b (gpipe, 1f1b)."""
+        if a == b:
+            return FREE
+        return self.group if self.node_of(a) == self.node_of(b) else self.inter
+
+    def group_link(self, p: int) -> Link:
+        """The link a process-group allreduce over ranks 0..p-1 is charged at (ddp)."""
+        return self.group_reduce if self.nodes(p) <= 1 else self.inter
+
     def without_links(self) -> "Cluster":
-        return Cluster(self.ranks_per_node, self.cores_per_node, self.threads, FREE, FREE, FREE)
+        return Cluster(self.ranks_per_node, self.cores_per_node, self.threads, FREE, FREE, FREE, FREE, FREE)

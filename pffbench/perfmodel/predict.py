@@ -4,10 +4,12 @@ into where the time goes.
 Training time is what ``study.analysis.training_seconds`` measures: the slowest
 rank's time less evaluation.  It is split (``Prediction.breakdown``) as
 
-    T = mean work + imbalance + fill/drain (bubble) + link waits
+    T = mean work + imbalance + library + fill/drain (bubble) + link waits
 
 - mean work: compute and data (and the local part of syncs) averaged over ranks;
 - imbalance: the busiest rank's work beyond the mean (no transport removes it);
+- library: the bookkeeping of torch.distributed.pipelining (gpipe, 1f1b) and
+  DDP, per rank (``library_seconds``), which a run's accounts charge to sync;
 - fill/drain: what the busiest rank still waits with every link free of cost
   (the schedule's dependencies: a pipeline filling and draining, a
   wavefront, chapters that wait for layers);
@@ -16,10 +18,11 @@ rank's time less evaluation.  It is split (``Prediction.breakdown``) as
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..core.types import batch_rows
 from ..instrument.timer import CATEGORIES
 from . import backprop as backprop_model
 from . import pff as pff_model
@@ -28,7 +31,8 @@ from .calibrate import BACKPROP_VARIANTS, BackpropCosts, FFCosts
 from .events import Simulator, Timeline
 from .links import Cluster
 
-VARIANTS = ("pipeline", "all-layers", "single-layer", "federated", "perf-opt", "backprop", "dp-backprop")
+VARIANTS = ("pipeline", "all-layers", "single-layer", "federated", "perf-opt", "backprop", "dp-backprop", "ddp",
+            "gpipe", "1f1b")
 WORK = ("compute", "data")
 
 
@@ -61,6 +65,10 @@ def _programs(variant: str, sim: Simulator, costs, cluster: Cluster, p: int, s: 
               evaluate) -> list:
     if variant == "pipeline":
         return pipeline_model.programs(sim, costs, cluster, p, s.num_train, epochs, evaluate, s.shared_ring)
+    if variant in ("gpipe", "1f1b"):
+        return backprop_model.pipeline(sim, costs, cluster, p, s.num_train, epochs, variant)
+    if variant == "ddp":
+        return backprop_model.ddp(sim, costs, cluster, p, s.num_train, epochs)
     if variant in BACKPROP_VARIANTS:
         if variant == "backprop" and p != 1:
             raise ValueError("backprop runs on one rank; use dp-backprop")
@@ -87,6 +95,23 @@ def simulate(variant: str, costs, cluster: Cluster, p: int, settings: Settings, 
     return sim.run(_programs(variant, sim, costs, cluster, p, settings, epochs, evaluate))
 
 
+def steady_epoch(variant: str, costs, cluster: Cluster, p: int, settings: Settings) -> Timeline:
+    """One epoch of a backprop variant from 2 and 3 simulated steps: every
+    step of these schedules does the same, so from the second on a step adds
+    the same time to every rank (the 3-step timeline less the 2-step one),
+    and an epoch of S full steps (plus a short last one, simulated in both)
+    is the 2-step timeline plus S - 2 such steps.  Exact for a periodic
+    schedule, and a 64-microbatch, 16-stage GPipe epoch then takes 3 steps
+    of simulation instead of 938."""
+    full, rest = divmod(settings.num_train, costs.batch)
+    if full <= 3:
+        return simulate(variant, costs, cluster, p, settings, epochs=1)
+    two, three = (simulate(variant, costs, cluster, p, replace(settings, num_train=k * costs.batch + rest), epochs=1)
+                  for k in (2, 3))
+    return Timeline(two.spent + (full - 2) * (three.spent - two.spent),
+                    two.finish + (full - 2) * (three.finish - two.finish), None)
+
+
 def training_seconds(timeline: Timeline) -> float:
     """Slowest rank's time less its evaluation."""
     return float((timeline.finish - timeline.spent[:, CATEGORIES.index("eval")]).max())
@@ -99,15 +124,32 @@ def predict(variant: str, costs: FFCosts | BackpropCosts, cluster: Cluster, p: i
     repeat = settings.epochs if per_epoch else 1  # epochs alike: simulate one, multiply
 
     def seconds(cl: Cluster, tr: bool) -> tuple[float, Timeline]:
-        tl = simulate(variant, costs, cl, p, settings, tr, epochs=1 if per_epoch else None)
+        if variant in BACKPROP_VARIANTS and not tr:
+            tl = steady_epoch(variant, costs, cl, p, settings)
+        else:
+            tl = simulate(variant, costs, cl, p, settings, tr, epochs=1 if per_epoch else None)
         return training_seconds(tl) * repeat, tl
 
     total, timeline = seconds(cluster, trace)
     free, _ = seconds(cluster.without_links(), False)
     work = timeline.spent[:, [CATEGORIES.index(c) for c in WORK]].sum(axis=1) * repeat
+    library = library_seconds(variant, costs, settings)
     breakdown = {"mean work": float(work.mean()), "imbalance": float(work.max() - work.mean()),
-                 "fill/drain, bubble": max(0.0, free - float(work.max())), "link waits": max(0.0, total - free)}
+                 "library": library, "fill/drain, bubble": max(0.0, free - float(work.max()) - library),
+                 "link waits": max(0.0, total - free)}
     return Prediction(variant, p, total, timeline, breakdown)
+
+
+def library_seconds(variant: str, costs, settings: Settings) -> float:
+    """Per rank, the seconds a library spends on its own bookkeeping (charged to ``sync`` in a run's
+    accounts, as the real timers see it): torch.distributed.pipelining's per microbatch forward and
+    backward (gpipe, 1f1b), DDP's tail of every step; 0 for the others."""
+    steps = len(batch_rows(settings.num_train, costs.batch)) * settings.epochs
+    if variant in ("gpipe", "1f1b"):
+        return steps * 2 * costs.microbatches * costs.library
+    if variant == "ddp":
+        return steps * costs.tail
+    return 0.0
 
 
 def scaling(variant: str, costs, cluster: Cluster, ranks, settings: Settings) -> list[dict]:

@@ -12,12 +12,20 @@ from . import predict as model
 from . import validate as validation
 
 DEEP_SETTINGS = model.Settings(60000, 100, 100)  # the paper's 100 epochs in 100 chapters
-CLUSTER_VARIANTS = ("pipeline", "all-layers", "federated", "single-layer", "dp-backprop")
+CLUSTER_VARIANTS = ("pipeline", "all-layers", "federated", "single-layer", "dp-backprop", "ddp", "gpipe", "1f1b")
+REPLICATED = ("dp-backprop", "ddp")  # backprop nets whose costs come from [784, 2000, 2000] deepened
 
 
 def _valid(variant: str, p: int, layers: int) -> bool:
-    return (variant != "pipeline" or p <= layers) and (variant != "single-layer" or p in (1, layers)) \
+    staged = variant in ("pipeline", *calibrate.MICROBATCHED)
+    return (not staged or p <= layers) and (variant != "single-layer" or p in (1, layers)) \
         and variant != "backprop"
+
+
+def microbatches_for(p: int, batch: int) -> int:
+    """Microbatches for a p-stage GPipe/1F1B in the cluster panels: 4p (GPipe's advice, M >= 4K, makes the
+    bubble small: Huang et al., "GPipe", NeurIPS 2019, sec. 2.3), at least 4 and at most one row each."""
+    return max(4, min(batch, 4 * p))
 
 
 def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict]:
@@ -40,7 +48,8 @@ def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict
         costs = calibrate.from_run(calibration)
         if len(costs.dims) > len(getattr(costs_of.get(variant), "dims", ())):  # the deepest net of each variant
             costs_of[variant] = costs
-        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if variant != "dp-backprop" else variant
+        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if variant not in calibrate.BACKPROP_VARIANTS \
+            else variant
         base_t = statistics.median(c.measured for c in members if c.p == 1)
         settings = model.Settings.from_run(calibration)
         layers = len(dims) - (2 if variant in calibrate.BACKPROP_VARIANTS else 1)
@@ -59,19 +68,25 @@ def cluster_panel(costs_of: dict, network: str, layers: int) -> dict:
     dims = [784] + [2000] * layers
     curves = {}
     for variant in CLUSTER_VARIANTS:
-        source = costs_of.get(variant) or costs_of.get("all-layers" if variant != "dp-backprop" else "backprop")
-        costs = calibrate.retarget(source, dims if variant != "dp-backprop" else dims[:3], 64) if source else \
-            calibrate.measured(variant, dims if variant != "dp-backprop" else dims[:3], 64, 1)
-        if variant == "dp-backprop":
+        backprop = variant in calibrate.BACKPROP_VARIANTS
+        source = costs_of.get(variant) or costs_of.get("backprop" if backprop else "all-layers")
+        net = dims[:3] if backprop else dims
+        costs = calibrate.retarget(source, net, 64) if source else calibrate.measured(variant, net, 64, 1)
+        if backprop:
             costs = deepen_backprop(costs, layers)
         cluster = links.Cluster(1, costs.threads, costs.threads, inter=links.link(network))
         ps = [p for p in (1, 2, 4, 8, 16, 32, 64) if _valid(variant, p, layers)]
-        base = model.predict(variant, costs, cluster, 1, DEEP_SETTINGS).seconds
-        curves[variant] = [(p, base / model.predict(variant, costs, cluster, p, DEEP_SETTINGS).seconds) for p in ps]
+
+        def seconds(p: int) -> float:
+            staged = replace(costs, microbatches=microbatches_for(p, 64)) if variant in calibrate.MICROBATCHED \
+                else costs
+            return model.predict(variant, staged, cluster, p, DEEP_SETTINGS).seconds
+        base = seconds(1)
+        curves[variant] = [(p, base / seconds(p)) for p in ps]
     lk = links.link(network)
     return {"title": f"[784, 2000 x {layers}], batch 64, 1 rank/node, {network} "
                      f"({lk.alpha * 1e6:.1f} us, {lk.beta / 1e9:.1f} GB/s)", "curves": curves,
-            "note": "PFF: 100 epochs in 100 chapters; Single-Layer needs p = L"}
+            "note": "PFF: 100 epochs in 100 chapters; Single-Layer needs p = L; GPipe/1F1B: 4p microbatches"}
 
 
 def deepen_backprop(costs: calibrate.BackpropCosts, layers: int) -> calibrate.BackpropCosts:

@@ -23,7 +23,7 @@ def ff_costs(steps, dims=None, batch=64, forward=None, data=0.0):
 
 
 def free_cluster(ranks_per_node=64, cores=64):
-    return links.Cluster(ranks_per_node, cores, 1, FREE, FREE, FREE)
+    return links.Cluster(ranks_per_node, cores, 1, FREE, FREE, FREE, FREE, FREE)
 
 
 def test_two_equal_stages_over_free_links_take_m_plus_1_stage_times():
@@ -139,3 +139,97 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pffbench: error:") and needle in err[0]
+
+
+def backprop_costs(fb0=0.0, fb1=0.0, adam=0.0, microbatches=4, library=0.0, tail=0.0, dims=(784, 784, 544)):
+    return BackpropCosts(list(dims), 64, 1, fb0, fb1, adam, 0.0, 0, microbatches=microbatches, library=library,
+                         tail=tail)
+
+
+def test_ddp_buckets_follow_ddps_size_rule():
+    """[784, 784, 544] + a 10-class head, in reverse: head 5,450 and layer 1 427,040 floats (1.73 MB) pass
+    DDP's 1 MiB first-bucket limit together; layer 0 (615,440 floats) is the second bucket (25 MiB limit)."""
+    from pffbench.perfmodel.backprop import ddp_buckets
+    assert ddp_buckets([784, 784, 544, 10]) == [[2, 1], [0]]
+    assert ddp_buckets([784, 100, 100, 10]) == [[2, 1, 0]]  # 0.36 MB in all: one bucket
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_gpipe_and_1f1b_over_two_unequal_stages_match_the_hand_derived_step(schedule):
+    """fb1 = 0: every linear costs fb0 / 3, a third of it forward.  With a = fb0 / 9, stage 0 (layer 0)
+    takes a forward and 2a backward, stage 1 (layer 1 + head) 2a and 4a.  Stage 1 sets the pace:
+    its forwards end at a + 2aM, its backwards 4aM later, stage 0's last backward 2a after that:
+    (6M + 3) a, for GPipe (all forwards, then all backwards) and 1F1B alike (derived op by op for
+    M = 4 in docs/model.md).  One rank runs the 3 linears' 9a per microbatch back to back: 9Ma."""
+    a, m = 0.001, 4
+    costs = backprop_costs(fb0=9 * a, microbatches=m)
+    settings = Settings(num_train=64, epochs=1)  # one step
+    assert simulate(schedule, costs, free_cluster(), 2, settings).makespan == pytest.approx((6 * m + 3) * a)
+    assert simulate(schedule, costs, free_cluster(), 1, settings).makespan == pytest.approx(9 * m * a)
+
+
+def test_pipeline_backprop_library_and_links_add_per_microbatch():
+    """Each forward and backward also costs the library's bookkeeping; each message the link's latency."""
+    a, m, lib, alpha = 0.001, 4, 0.0002, 0.0001
+    costs = backprop_costs(fb0=9 * a, microbatches=m, library=lib)
+    settings = Settings(num_train=64, epochs=1)
+    one = simulate("gpipe", costs, free_cluster(), 1, settings).makespan
+    assert one == pytest.approx(9 * m * a + 2 * m * lib)
+    with_links = links.Cluster(64, 64, 1, FREE, FREE, FREE, links.Link("lat", alpha, math.inf))
+    slower = simulate("gpipe", costs, with_links, 2, settings).makespan
+    free = simulate("gpipe", costs, free_cluster(), 2, settings).makespan
+    assert slower > free
+
+
+def test_pipeline_backprop_needs_as_many_microbatches_as_stages():
+    with pytest.raises(ValueError, match="microbatches >= stages"):
+        simulate("gpipe", backprop_costs(fb0=0.01, microbatches=2), free_cluster(), 3, Settings(num_train=64))
+
+
+def test_ddp_overlaps_the_first_bucket_with_the_rest_of_the_backward():
+    """[784, 784, 544]: buckets {head, layer 1} then {layer 0}.  Over a process group whose allreduce
+    link has latency alpha and free bandwidth a 2-rank ring allreduce costs 2 alpha.  A step: forward, backward of head and layer 1,
+    then bucket 0's allreduce overlaps layer 0's backward, bucket 1's waits for bucket 0 (gloo's queue):
+    T = forward + backward of head and layer 1 + max(2 alpha, backward of layer 0) + 2 alpha + tail + Adam."""
+    from pffbench.perfmodel.backprop import layer_work
+    costs = backprop_costs(fb0=0.003, fb1=0.0001, adam=0.001, tail=0.0005)
+    settings = Settings(num_train=64, epochs=1)
+    forward, backward, adam = layer_work(costs, 32)
+    for alpha in (0.0001, 0.01):  # hidden by layer 0's backward, and not
+        cluster = links.Cluster(64, 64, 1, FREE, FREE, FREE, FREE, links.Link("lat", alpha, math.inf))
+        expected = sum(forward) + backward[2] + backward[1] + max(2 * alpha, backward[0]) + 2 * alpha \
+            + costs.tail + sum(adam)
+        assert simulate("ddp", costs, cluster, 2, settings).makespan == pytest.approx(expected)
+    assert simulate("ddp", costs, free_cluster(), 1, settings).makespan == pytest.approx(
+        costs.fb0 + costs.fb1 * 64 + costs.adam + costs.tail)
+
+
+@pytest.mark.parametrize("variant", ["dp-backprop", "ddp", "gpipe", "1f1b"])
+def test_a_backprop_epoch_from_two_and_three_steps_equals_the_whole_epoch(variant):
+    """predict extrapolates an epoch of a backprop variant from 2 and 3 simulated steps (steady_epoch);
+    over 100 steps and a short last one, on links with a cost, it matches simulating every step."""
+    from pffbench.perfmodel.predict import steady_epoch, training_seconds
+    costs = backprop_costs(fb0=0.001, fb1=0.0001, adam=0.002, library=0.0002, tail=0.0001)
+    cluster = links.Cluster(2, 2, 1, links.Link("l", 2e-5, 1e9), links.Link("l", 2e-5, 1e9), FREE,
+                            links.Link("g", 4e-5, 5e8))
+    settings = Settings(num_train=100 * 64 + 32, epochs=1)
+    whole = training_seconds(simulate(variant, costs, cluster, 2, settings, epochs=1))
+    assert training_seconds(steady_epoch(variant, costs, cluster, 2, settings)) == pytest.approx(whole, rel=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["ddp", "gpipe", "1f1b"])
+def test_a_backprop_breakdown_adds_up_and_names_the_librarys_share(variant):
+    costs = backprop_costs(fb0=0.001, fb1=0.0001, adam=0.002, library=0.0002, tail=0.0003)
+    pred = predict(variant, costs, links.Cluster(2, 2, 1), 2, Settings(num_train=50 * 64, epochs=2))
+    assert sum(pred.breakdown.values()) == pytest.approx(pred.seconds, rel=1e-6)
+    per_step = 2 * 4 * 0.0002 if variant != "ddp" else 0.0003  # 2M operations a step, or DDP's tail
+    assert pred.breakdown["library"] == pytest.approx(100 * per_step)
+
+
+def test_predict_runs_the_pipeline_baselines_only_where_microbatches_cover_the_stages(capsys):
+    """gpipe needs M >= p and p <= hidden layers: with 4 microbatches and 8 layers, p = 8 is left out."""
+    assert cli.main(["predict", "--variant", "gpipe,ddp", "--layers", "64,64,64,64,64,64,64,64",
+                     "--ranks", "1,2,4,8", "--num-train", "6400", "--microbatches", "4"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [(r[0], r[1]) for r in rows] == [("gpipe", "1"), ("gpipe", "2"), ("gpipe", "4"),
+                                            ("ddp", "1"), ("ddp", "2"), ("ddp", "4"), ("ddp", "8")]
