@@ -103,6 +103,11 @@ def test_a_collapsed_layer_is_warned_about_recorded_and_reported(tmp_path):
     assert "warning: training collapsed: layer 0 is silent (every unit dead" in done.stderr, done.stderr
     run, = results.read_runs(out)
     assert list(run.attrs["collapsed_layers"]) == [0]
+    # the warning states the net's own test accuracy (the layers before a silent one may still classify)
+    stated = re.search(r"test accuracy (\d+\.\d\d)% \(chance 10\.00%\)", done.stderr)
+    assert stated, done.stderr
+    accuracy = np.asarray(run.arrays["test_accuracy"])
+    assert float(stated.group(1)) == pytest.approx(100 * accuracy[np.isfinite(accuracy)][-1], abs=0.006)
     report = subprocess.run([sys.executable, "-m", "pffbench.report", out],
                             capture_output=True, text=True, timeout=120)
     assert f"run {run.name}: training collapsed (layer 0 silent" in report.stderr, report.stderr

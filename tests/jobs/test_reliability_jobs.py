@@ -16,7 +16,7 @@ import torch
 
 from pffbench import results
 
-from conftest import MPIEXEC, MPIEXEC_FLAGS, ROOT
+from conftest import MPIEXEC, MPIEXEC_FLAGS, ROOT, assert_same_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -221,10 +221,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path)
                       "--model-out", str(tmp_path / "c" / "resumed.pt")], tmp_path / "c")
     assert resumed.wait() == 0, resumed.stderr
     assert "resuming from" in resumed.stdout and "after epoch 2/4" in resumed.stdout
-    a, b = torch.load(tmp_path / "a" / "whole.pt"), torch.load(tmp_path / "c" / "resumed.pt")
-    for layer_a, layer_b in zip(a["layers"], b["layers"], strict=True):
-        for key in layer_a:
-            assert torch.equal(layer_a[key], layer_b[key]), key  # exactly, not approximately
+    assert_same_model(tmp_path / "a" / "whole.pt", tmp_path / "c" / "resumed.pt", parts=("layers",))
     run_a, = results.read_runs(str(whole.out))
     run_c, = results.read_runs(str(resumed.out))
     assert run_c.attrs["resumed_from_epoch"] == 2 and run_c.attrs["status"] == "complete"
@@ -289,11 +286,7 @@ def test_pff_sigkill_mid_chapter_then_resume_gives_the_uninterrupted_weights(var
                       "--model-out", str(tmp_path / "c" / "resumed.pt")], tmp_path / "c")
     assert resumed.wait() == 0, resumed.stderr
     assert f"resuming from {checkpoints} after epoch {resumed_at}/8" in resumed.stdout
-    a, b = torch.load(tmp_path / "a" / "whole.pt"), torch.load(tmp_path / "c" / "resumed.pt")
-    for part in ("layers", "heads"):
-        for module_a, module_b in zip(a.get(part, []), b.get(part, []), strict=True):
-            for key in module_a:
-                assert torch.equal(module_a[key], module_b[key]), (part, key)  # exactly, not approximately
+    assert_same_model(tmp_path / "a" / "whole.pt", tmp_path / "c" / "resumed.pt")
     run_a, = results.read_runs(str(whole.out))
     run_c, = results.read_runs(str(resumed.out))
     assert run_c.attrs["resumed_from_epoch"] == resumed_at and run_c.attrs["status"] == "complete"

@@ -38,6 +38,7 @@ from ...instrument.timer import EpochTimer
 from . import loop
 from .communications import GradientAllreduce
 from .mlp import MLP
+from .trainer import Trainer
 
 
 def flat_gradients(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
@@ -58,16 +59,14 @@ def shard(n: int, rank: int, size: int) -> slice:
     return slice(rank * n // size, (rank + 1) * n // size)
 
 
-class LocalTrainer:
-    """The whole model on every rank (loop.py's trainer interface); with
+class LocalTrainer(Trainer):
+    """The whole model on every rank (trainer.py's interface); with
     p > 1 the ranks' gradients are summed by one MPI Allreduce per step."""
-    replicated = True
 
     def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
-        self.rank, self.size, self.timer = world.rank, world.size, timer
-        self.model = MLP(dims[:-1], dims[-1], config.seed).to(device)
-        self.flat = flat_gradients(self.model, device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
+        super().__init__(MLP(dims[:-1], dims[-1], config.seed).to(device), config.lr, timer)
+        self.rank, self.size = world.rank, world.size
+        self.flat = flat_gradients(self.module, device)
         self.reducer = GradientAllreduce(world.comm, self.flat, timer)
         self.attrs = {"gradient_buffer_floats": int(self.flat.numel())}
 
@@ -77,28 +76,12 @@ class LocalTrainer:
     def step(self, x: torch.Tensor, y: torch.Tensor, n: int, lr: float) -> torch.Tensor:
         with self.timer("compute"):
             self.flat.zero_()
-            step_loss = F.cross_entropy(self.model(x), y, reduction="sum") / n
+            step_loss = F.cross_entropy(self.module(x), y, reduction="sum") / n
             step_loss.backward()
             self.flat[-1] = step_loss.detach()
         self.reducer.allreduce()
-        with self.timer("compute"):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
+        self.adam_step(lr)
         return step_loss.detach()
-
-    def owned(self) -> dict:
-        return dict(enumerate((*self.model.hidden, self.model.head)))
-
-    def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def close(self) -> None:
-        pass
 
 
 def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=None) -> TrainResult | None:

@@ -38,6 +38,7 @@ from ...instrument.timer import EpochTimer, settler
 from . import loop, process_group
 from .data_parallel import shard
 from .mlp import MLP
+from .trainer import Trainer
 
 
 def _sum_buckets(trainer, bucket):  # no annotations: DDP checks them, and this module's are strings
@@ -48,21 +49,18 @@ def _sum_buckets(trainer, bucket):  # no annotations: DDP checks them, and this 
     return work.get_future().then(lambda future: future.value()[0])
 
 
-class DDPTrainer:
-    replicated = True
-
+class DDPTrainer(Trainer):
     def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
-        self.rank, self.size, self.timer, self.device = world.rank, world.size, timer, device
         process_group.start(world.comm, device, config.peer_timeout)
-        self.model = MLP(dims[:-1], dims[-1], config.seed).to(device)
+        super().__init__(MLP(dims[:-1], dims[-1], config.seed).to(device), config.lr, timer)
+        self.rank, self.size, self.device = world.rank, world.size, device
         with process_group.peer_failures(self.rank, "setting up DistributedDataParallel"):
-            self.ddp = DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None)
+            self.ddp = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None)
         self.ddp.register_comm_hook(self, _sum_buckets)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)
         self.settle = settler(device) or (lambda: None)
         self.launched = None
         self.attrs = {"process_group": "nccl" if device.type == "cuda" else "gloo",
-                      "gradient_floats": sum(p.numel() for p in self.model.parameters())}
+                      "gradient_floats": sum(p.numel() for p in self.module.parameters())}
 
     def rows(self, n: int) -> slice:
         return shard(n, self.rank, self.size)
@@ -80,21 +78,8 @@ class DDPTrainer:
         launched = min(self.launched or end, end)
         self.timer.add("compute", launched - start)
         self.timer.add("sync", end - launched)
-        with self.timer("compute"):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
+        self.adam_step(lr)
         return step_loss.detach()
-
-    def owned(self) -> dict:
-        return dict(enumerate((*self.model.hidden, self.model.head)))
-
-    def state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def close(self) -> None:
         process_group.stop()

@@ -18,11 +18,10 @@ common, so they are measured and recorded alike:
 - checkpoints at epoch boundaries (reliability/checkpoint.py) and ``--resume``;
 - the fault-injection hooks (reliability/faults.py).
 
-Trainer interface: ``replicated`` (every rank holds the whole model),
-``rows(n) -> slice``, ``step(x, y, n, lr) -> loss share`` (a 0-d tensor: the
-rank's part of the minibatch-mean loss; the shares of all ranks add up to
-it), ``owned() -> {layer index: Linear}``, ``state()``/``restore(state)``,
-``attrs`` (dict for the results file) and ``close()``.
+Trainers derive from trainer.Trainer (the Adam step, owned layers,
+checkpoint state) and add ``rows(n) -> slice`` and ``step(x, y, n, lr) ->
+loss share`` (a 0-d tensor: the rank's part of the minibatch-mean loss; the
+shares of all ranks add up to it).
 """
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ from ...core.world import World
 from ...instrument.timer import EpochTimer, settler
 from . import loop, process_group
 from .mlp import MLP
+from .trainer import Trainer
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -85,19 +86,20 @@ def stage_layers(num_hidden: int, dims: list[int], ranks: int) -> list[range]:
     return [*blocks[:-1], range(blocks[-1].start, num_hidden + 1)]
 
 
-class PipelineTrainer:
+class PipelineTrainer(Trainer):
     replicated = False
+    state_key = "stage"
 
     def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
-        self.rank, self.size, self.timer, self.device = world.rank, world.size, timer, device
+        self.rank, self.size, self.device = world.rank, world.size, device
         self.microbatches, self.kind = config.microbatches, SCHEDULES[config.variant]
         self.group = process_group.start(world.comm, device, config.peer_timeout)
         num_hidden = len(dims) - 2
         self.blocks = stage_layers(num_hidden, dims, world.size)
         model = MLP(dims[:-1], dims[-1], config.seed)
         linears = [*model.hidden, model.head]
-        self.module = StageModule({i: linears[i] for i in self.blocks[self.rank]}, num_hidden, timer).to(device)
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.lr, fused=True)
+        stage = StageModule({i: linears[i] for i in self.blocks[self.rank]}, num_hidden, timer).to(device)
+        super().__init__(stage, config.lr, timer)
         self.is_first, self.is_last = world.is_first, world.rank == world.size - 1
         self.schedules = {}  # microbatch rows -> schedule
         self.n = 1
@@ -130,21 +132,11 @@ class PipelineTrainer:
             self.settle()
         elapsed = time.perf_counter() - start
         self.timer.add("sync", max(0.0, elapsed - (self.timer.spent("compute") - computed)))
-        with self.timer("compute"):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.optimizer.step()
+        self.adam_step(lr)
         return torch.stack(losses).sum().detach() if losses else torch.zeros((), device=self.device)
 
     def owned(self) -> dict:
         return dict(zip(self.module.indices, self.module.layers))
-
-    def state(self) -> dict:
-        return {"stage": self.module.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def restore(self, state: dict) -> None:
-        self.module.load_state_dict(state["stage"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
     def close(self) -> None:
         process_group.stop()
