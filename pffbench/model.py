@@ -192,6 +192,9 @@ def cmd_validate(args) -> int:
               f"median {100 * s['median_abs_schedule_error']:.1f} %, worst {100 * s['worst_abs_schedule_error']:.1f} %")
         print(f"over {s['cases']} cases (a configuration at one p, median of its repetitions): median |error| "
               f"{100 * s['median_abs_case_error']:.1f} %, worst {100 * s['worst_abs_case_error']:.1f} %")
+        for variant, v in validation.by_variant(checks).items():
+            print(f"  {variant}: {v['runs']} run(s), median |error| {100 * v['median_abs_error']:.1f} %, "
+                  f"worst {100 * v['worst_abs_error']:.1f} %")
     return 0
 
 

@@ -30,7 +30,8 @@ splits over the linears in proportion to their parameters.
   library's per-microbatch bookkeeping besides the compute (calibrated:
   the 1-rank run's time in ``step()`` outside the stage's compute, per
   microbatch operation).  Messages go on the process group's link
-  (``Cluster.group`` within a node).  Then each stage's Adam step.  The
+  (``Cluster.group`` within a node), which also costs the sender and the
+  receiver its per-message ``overhead`` of their own time (LogP's o).  Then each stage's Adam step.  The
   bubble, (p - 1) of the M + p - 1 slots of an ideal GPipe step, is not put
   in: it falls out of the waits.
 """
@@ -152,11 +153,18 @@ def pipeline(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num
     links = [cluster.group_between(r, r + 1) for r in range(p - 1)]
     free_at = {}  # (sender, receiver) -> when that link is free again
 
-    def send(a: int, b: int, arrival: Signal, nbytes: float) -> None:
+    def send(a: int, b: int, arrival: Signal, nbytes: float):
+        """Post a message (arriving one link cost later); yields the sender's overhead."""
         link = links[min(a, b)]
         start = max(sim.now, free_at.get((a, b), 0.0))
         free_at[(a, b)] = start + link.time(nbytes) - link.alpha
         sim.fire(arrival, start - sim.now + link.time(nbytes))
+        yield Work(link.overhead, "sync")
+
+    def receive(s: int, peer: int, arrival: Signal):
+        """Wait for a message, then the receiver's overhead."""
+        yield Wait(arrival, "sync")
+        yield Work(links[min(s, peer)].overhead, "sync")
 
     def order(s: int) -> list[tuple[str, int]]:
         if schedule == "gpipe":
@@ -183,18 +191,18 @@ def pipeline(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num
                 for kind, m in order(s):
                     if kind == "F":
                         if s > 0:
-                            yield Wait(signals[epoch][b]["F"][s][m], "sync")
+                            yield from receive(s, s - 1, signals[epoch][b]["F"][s][m])
                         yield Work(costs.library, "sync")
                         yield Work(f, "compute")
                         if s < p - 1:
-                            send(s, s + 1, signals[epoch][b]["F"][s + 1][m], activation)
+                            yield from send(s, s + 1, signals[epoch][b]["F"][s + 1][m], activation)
                     else:
                         if s < p - 1:
-                            yield Wait(signals[epoch][b]["B"][s][m], "sync")
+                            yield from receive(s, s + 1, signals[epoch][b]["B"][s][m])
                         yield Work(costs.library, "sync")
                         yield Work(g, "compute")
                         if s > 0:
-                            send(s, s - 1, signals[epoch][b]["B"][s - 1][m], FLOAT * rows * dims[block.start])
+                            yield from send(s, s - 1, signals[epoch][b]["B"][s - 1][m], FLOAT * rows * dims[block.start])
                 yield Work(sum(adam[i] for i in block), "compute")
 
     signals = [[{k: [[Signal() for _ in range(m_count)] for _ in range(p)] for k in "FB"} for _ in sizes]

@@ -3,14 +3,12 @@ batch 64, 100 epochs in 100 chapters, 4 nodes; All-Layers/Adaptive 3.75x),
 then deeper nets, batch sizes and more ranks."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .. import results
 from ..paper_bench import wavefront_bound
 from ..core.partition import layer_costs
 from . import calibrate, links
 from . import predict as model
-from .study import deepen_backprop, microbatches_for
+from .study import best_microbatches_seconds, deepen_backprop
 
 PAPER = model.Settings(60000, 100, 100)
 PAPER_DIMS = [784, 2000, 2000, 2000, 2000]
@@ -61,9 +59,9 @@ def deeper(args) -> None:
                 for variant, costs in (("pipeline", ff), ("all-layers", ff), ("single-layer", ff),
                                        ("dp-backprop", bp), ("ddp", bp), ("gpipe", bp)):
                     def seconds(p: int) -> float:
-                        staged = replace(costs, microbatches=microbatches_for(p, batch)) if variant == "gpipe" \
-                            else costs
-                        return model.predict(variant, staged, cluster, p, PAPER).seconds
+                        if variant == "gpipe":
+                            return best_microbatches_seconds(variant, costs, cluster, p, PAPER, batch)[1]
+                        return model.predict(variant, costs, cluster, p, PAPER).seconds
                     t1 = seconds(1)
                     cells = []
                     for p in ranks:

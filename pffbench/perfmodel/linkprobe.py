@@ -9,7 +9,12 @@ the MPI world (what gpipe and 1f1b use), and then gloo's 2-rank allreduce of
 float32 tensors (what ddp uses), fitted as an effective link: its 2-rank ring
 cost ``2 alpha + n / beta`` (links.allreduce_time) through the 8-byte and the
 largest time.  gloo's allreduce reduces and copies on its own thread, so it
-costs several times what its send/recv figures predict.  Prints the
+costs several times what its send/recv figures predict.  Last, the
+overhead each message of torch.distributed.pipelining costs its sender and
+receiver (LogP's o): a GPipe step of stages that compute almost nothing
+(16-wide, batch 64) at M = 4 and 16 microbatches, on 2 stages and on 1 (each
+rank alone); per microbatch a 2-stage step adds 2 (L + o), a 1-stage step
+2 L, where L is the library's own work per operation.  Prints the
 --alpha/--beta to pass to `python -m pffbench.model predict`."""
 from __future__ import annotations
 
@@ -53,6 +58,36 @@ def _gloo_allreduce(comm, n: int):
     import torch.distributed as dist
     buffer = torch.ones(max(1, n // 4))
     return lambda: dist.all_reduce(buffer)
+
+
+def _pipelining_overhead(comm) -> tuple[float, float]:
+    """(L, o): the library's work per microbatch operation on 1 stage, and each message's overhead."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+    alone = [dist.new_group([r]) for r in range(comm.size)][comm.rank]  # every rank makes every group
+
+    def step_seconds(group, index: int, stages: int, microbatches: int) -> float:
+        stage = PipelineStage(torch.nn.Linear(16, 16, bias=False), index, stages, torch.device("cpu"), group=group)
+        schedule = ScheduleGPipe(stage, microbatches, loss_fn=lambda out, target: out.sum(), scale_grads=False)
+        x, y, times = torch.rand(64, 16), torch.zeros(64), []
+        for i in range(60):
+            comm.Barrier()
+            start = time.perf_counter()
+            if stages == 1:
+                schedule.step(x, target=y)
+            elif index == 0:
+                schedule.step(x)
+            else:
+                schedule.step(target=y)
+            if i >= 10:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    two = [step_seconds(None, comm.rank, comm.size, m) for m in (4, 16)]
+    one = [step_seconds(alone, 0, 1, m) for m in (4, 16)]
+    library = (one[1] - one[0]) / 12 / 2
+    return library, max(0.0, (two[1] - two[0]) / 12 / 2 - library)
 
 
 def _sweep(comm, make, sizes: list[int], halve: bool) -> list[float]:
@@ -101,6 +136,7 @@ def main(argv=None) -> int:
     sizes = [8 * 4 ** k for k in range(11)]  # 8 B .. 8 MiB
     pairs = _sweep(comm, _gloo_pair if gloo else _mpi_pair, sizes, halve=True)
     reduces = _sweep(comm, _gloo_allreduce, sizes, halve=False) if gloo else None
+    overhead = _pipelining_overhead(comm) if gloo else None
     if gloo:
         process_group.stop()
     if comm.rank == 0:
@@ -108,6 +144,9 @@ def main(argv=None) -> int:
         if reduces:
             _report("gloo allreduce (float32, 2 ranks), median of 50; fitted as a 2-rank ring, 2 alpha + n / beta",
                     sizes, reduces, True)
+            library, o = overhead
+            print(f"torch.distributed.pipelining over gloo: library {library * 1e6:.0f} us per microbatch operation "
+                  f"(1 stage), overhead {o * 1e6:.0f} us per message on each end (LogP o)")
     return 0
 
 

@@ -28,6 +28,8 @@ class Link:
     alpha: float        # s
     beta: float         # bytes/s (math.inf: no transfer cost, e.g. a zero-copy ring)
     source: str = ""
+    overhead: float = 0.0  # s of the sender's and of the receiver's own time per message (LogP's o; Culler et al.,
+    # "LogP: towards a realistic model of parallel computation", PPoPP 1993); 0 where a wait costs no work
 
     def time(self, nbytes: float) -> float:
         """alpha + nbytes / beta, seconds; 0 for an empty message on a free link."""
@@ -50,7 +52,10 @@ TABLE = {link.name: link for link in (
     Link("devvm-gloo", 111e-6, 3.86 * GB,
          "torch.distributed's gloo send/recv (TCP over the loopback) between 2 ranks on this project's 2-vCPU "
          "AMD EPYC dev VM: python -m pffbench.perfmodel.linkprobe --gloo, " + GLOO_WHEN + " (8 B: 111 us; 8 MiB: "
-         "2.28 ms)"),
+         "2.28 ms); overhead: each message of torch.distributed.pipelining costs its sender and its receiver "
+         "354 us of their own time (the same probe at 11:30 UTC: GPipe steps of 16-wide stages at 4 and 16 "
+         "microbatches on 2 stages and on 1; the library alone 57 us per operation)",
+         overhead=354e-6),
     Link("devvm-gloo-allreduce", 104e-6, 1.14 * GB,
          "gloo's allreduce of float32 tensors between 2 ranks on the same VM, fitted as a 2-rank ring "
          "(2 alpha + n / beta through 8 B: 209 us and 8 MiB: 7.55 ms): python -m pffbench.perfmodel.linkprobe "

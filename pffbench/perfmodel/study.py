@@ -22,10 +22,17 @@ def _valid(variant: str, p: int, layers: int) -> bool:
         and variant != "backprop"
 
 
-def microbatches_for(p: int, batch: int) -> int:
-    """Microbatches for a p-stage GPipe/1F1B in the cluster panels: 4p (GPipe's advice, M >= 4K, makes the
-    bubble small: Huang et al., "GPipe", NeurIPS 2019, sec. 2.3), at least 4 and at most one row each."""
-    return max(4, min(batch, 4 * p))
+def best_microbatches_seconds(variant: str, costs, cluster: links.Cluster, p: int, settings: model.Settings,
+                              batch: int) -> tuple[int, float]:
+    """(M, predicted seconds) of a p-stage GPipe/1F1B at the best of M = p, 2p, 4p microbatches (at most
+    one row each): more microbatches shrink the bubble, (p - 1)/(M + p - 1), but make every matmul
+    smaller and add the library's bookkeeping per microbatch (GPipe, Huang et al., NeurIPS 2019, sec. 2.3,
+    finds the bubble negligible from M >= 4p), so a planner picks M per p."""
+    candidates = sorted({max(1, min(batch, k * p)) for k in (1, 2, 4)} | ({4} if p <= 4 else set()))
+    timed = [(model.predict(variant, replace(costs, microbatches=m), cluster, p, settings).seconds, m)
+             for m in candidates if m >= p]
+    seconds, m = min(timed)
+    return m, seconds
 
 
 def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict]:
@@ -78,15 +85,15 @@ def cluster_panel(costs_of: dict, network: str, layers: int) -> dict:
         ps = [p for p in (1, 2, 4, 8, 16, 32, 64) if _valid(variant, p, layers)]
 
         def seconds(p: int) -> float:
-            staged = replace(costs, microbatches=microbatches_for(p, 64)) if variant in calibrate.MICROBATCHED \
-                else costs
-            return model.predict(variant, staged, cluster, p, DEEP_SETTINGS).seconds
+            if variant in calibrate.MICROBATCHED:
+                return best_microbatches_seconds(variant, costs, cluster, p, DEEP_SETTINGS, 64)[1]
+            return model.predict(variant, costs, cluster, p, DEEP_SETTINGS).seconds
         base = seconds(1)
         curves[variant] = [(p, base / seconds(p)) for p in ps]
     lk = links.link(network)
     return {"title": f"[784, 2000 x {layers}], batch 64, 1 rank/node, {network} "
                      f"({lk.alpha * 1e6:.1f} us, {lk.beta / 1e9:.1f} GB/s)", "curves": curves,
-            "note": "PFF: 100 epochs in 100 chapters; Single-Layer needs p = L; GPipe/1F1B: 4p microbatches"}
+            "note": "PFF: 100 epochs in 100 chapters; Single-Layer needs p = L;\nGPipe/1F1B: the best of p, 2p, 4p microbatches"}
 
 
 def deepen_backprop(costs: calibrate.BackpropCosts, layers: int) -> calibrate.BackpropCosts:

@@ -141,6 +141,12 @@ def summary(checks: list[Check]) -> dict:
             "worst_abs_case_error": max(medians)}
 
 
+def by_variant(checks: list[Check]) -> dict[str, dict]:
+    """summary() per variant, over its predicted (p > 1) runs."""
+    variants = sorted({c.variant for c in checks if not c.calibrating})
+    return {v: summary([c for c in checks if c.variant == v]) for v in variants}
+
+
 def table(checks: list[Check], markdown: bool = False) -> str:
     head = ["run", "variant", "p", "threads", "measured s", "predicted s", "error %", "schedule-only error %",
             "calibrated on"]

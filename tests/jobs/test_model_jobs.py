@@ -34,3 +34,29 @@ def test_the_model_predicts_real_runs_from_a_1_rank_run(tmp_path, mnist_dir):
     assert summary["median_abs_error"] < 0.35, validate.table(checks)
     assert summary["worst_abs_error"] < 0.60, validate.table(checks)
     assert cli.main(["validate", out]) == 0
+
+
+@pytest.mark.slow
+def test_the_model_predicts_the_torch_baselines_from_their_1_rank_runs(tmp_path, mnist_dir):
+    """ddp and gpipe (MNIST, [256, 256], 1 epoch, 1 thread per rank) on 1 and 2 ranks; each 2-rank run
+    predicted from its variant's 1-rank run (the library's bookkeeping and DDP's tail calibrated from
+    it, the per-message overhead of the gloo link measured by linkprobe --gloo), end to end through
+    validate.  Tolerance 60 %: on this 2-vCPU VM the model leaves out what gloo's threads take from the
+    compute (docs/model.md, validation: gpipe -4 % and -13 %, ddp -23 % and -39 % at p = 2), so the test
+    guards the path and gross errors (without the message overhead gpipe on this net came out -64 %;
+    a calibration that lost the 1-rank run's level, a schedule that deadlocked), not the model's
+    accuracy, which the validation tables measure."""
+    out = str(tmp_path / "baselines.h5")
+    for variant in ("ddp", "gpipe"):
+        for p in (1, 2):
+            done = mpirun(p, "-m", "pffbench.run", "--data-dir", mnist_dir, "--variant", variant, "--layers",
+                          "256,256", "--epochs", "1", "--lr", "1e-3", "--threads", "1", "--out", out,
+                          "--name", f"{variant}-p{p}", timeout=600)
+            assert done.returncode == 0, done.stderr
+    checks, skipped = validate.check(out, cores_per_node=os.cpu_count())
+    assert not skipped and sorted((c.variant, c.p) for c in checks) == [("ddp", 1), ("ddp", 2), ("gpipe", 1),
+                                                                        ("gpipe", 2)]
+    for c in checks:
+        assert abs(c.error) < 0.60, validate.table(checks)
+        if c.variant == "gpipe" and c.p == 2:
+            assert c.breakdown["library"] > 0 and c.breakdown["fill/drain, bubble"] > 0, c.breakdown

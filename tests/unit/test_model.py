@@ -168,6 +168,20 @@ def test_gpipe_and_1f1b_over_two_unequal_stages_match_the_hand_derived_step(sche
     assert simulate(schedule, costs, free_cluster(), 1, settings).makespan == pytest.approx(9 * m * a)
 
 
+def test_a_message_overhead_lands_on_the_critical_path_once_per_operation():
+    """No compute, library L per operation, a link whose messages cost each end o of its own time (LogP)
+    and no latency.  On 2 stages the step's critical path is M + 1 forward and M + 1 backward operations
+    holding 2M message ends (derived op by op in docs/model.md): 2 (M + 1) L + 2 M o.  Per microbatch
+    that is 2 (L + o), the slope linkprobe --gloo fits o from (a 1-stage step's slope being 2 L)."""
+    m, lib, o = 4, 0.0002, 0.0003
+    costs = backprop_costs(microbatches=m, library=lib)
+    group = links.Link("o", 0.0, math.inf, overhead=o)
+    cluster = links.Cluster(64, 64, 1, FREE, FREE, FREE, group, FREE)
+    for schedule in ("gpipe", "1f1b"):
+        step = simulate(schedule, costs, cluster, 2, Settings(num_train=64, epochs=1)).makespan
+        assert step == pytest.approx(2 * (m + 1) * lib + 2 * m * o)
+
+
 def test_pipeline_backprop_library_and_links_add_per_microbatch():
     """Each forward and backward also costs the library's bookkeeping; each message the link's latency."""
     a, m, lib, alpha = 0.001, 4, 0.0002, 0.0001
