@@ -39,7 +39,9 @@ def _cluster_args(p) -> None:
     p.add_argument("--network", default="10GbE", help=f"link between nodes: {', '.join(links.TABLE)}")
     p.add_argument("--intra", default="shm", help="MPI link within a node (default shm)")
     p.add_argument("--group", default="devvm-gloo",
-                   help="torch.distributed's link within a node (ddp, gpipe, 1f1b; default devvm-gloo)")
+                   help="torch.distributed's send/recv within a node (gpipe, 1f1b; default devvm-gloo)")
+    p.add_argument("--group-reduce", default="devvm-gloo-allreduce",
+                   help="torch.distributed's allreduce within a node (ddp; default devvm-gloo-allreduce)")
     p.add_argument("--alpha", type=float, help="override the network's latency, seconds")
     p.add_argument("--beta", type=float, help="override the network's bandwidth, bytes/s")
     p.add_argument("--ranks-per-node", type=int, default=1)
@@ -76,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--network", default="10GbE", help="link between the runs' nodes")
     v.add_argument("--alpha", type=float, help="override the network's latency, seconds (e.g. from linkprobe)")
     v.add_argument("--beta", type=float, help="override the network's bandwidth, bytes/s")
-    v.add_argument("--group", default="devvm-gloo", help="torch.distributed's link within a node (ddp, gpipe, 1f1b)")
+    v.add_argument("--group", default="devvm-gloo", help="torch.distributed's send/recv within a node (gpipe, 1f1b)")
+    v.add_argument("--group-reduce", default="devvm-gloo-allreduce",
+                   help="torch.distributed's allreduce within a node (ddp)")
     v.add_argument("--format", choices=("text", "markdown"), default="text")
     g = sub.add_parser("plot", help="model_speedup.png and model_timeline.png")
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
@@ -107,7 +111,7 @@ def cluster_from(args) -> links.Cluster:
     inter = network_from(args)
     cores = args.cores_per_node or args.ranks_per_node * args.threads
     return links.Cluster(args.ranks_per_node, cores, args.threads, links.link(args.intra), inter,
-                         group=links.link(args.group))
+                         group=links.link(args.group), group_reduce=links.link(args.group_reduce))
 
 
 def _calibration(args, variant: str):
@@ -178,7 +182,8 @@ def cmd_predict(args) -> int:
 def cmd_validate(args) -> int:
     if not os.path.exists(args.results_file):
         raise UsageError(f"no such results file: {args.results_file}")
-    base = links.Cluster(intra=links.link(args.intra), inter=network_from(args), group=links.link(args.group))
+    base = links.Cluster(intra=links.link(args.intra), inter=network_from(args), group=links.link(args.group),
+                         group_reduce=links.link(args.group_reduce))
     checks, skipped = validation.check(args.results_file, args.cores_per_node or None, base)
     print(validation.table(checks, args.format == "markdown"))
     print()

@@ -14,8 +14,11 @@ to 1 Gbit/s (``tc tbf`` on both ends, offloads off so that the bytes really
 go through TCP segments the shaper sees).  The 1 Gbit/s runs go into their own
 file, ``results/model-validation-1gbit.h5``, with their own 1-rank runs, because
 ``python -m pffbench.model validate`` takes one network per file.  Before
-each part the link is probed (``python -m pffbench.perfmodel.linkprobe``)
-and the alpha and beta printed, to pass to ``validate --alpha --beta``.
+each emulated-node part the link is probed (``python -m
+pffbench.perfmodel.linkprobe``) and the alpha and beta printed, to pass to
+``validate --alpha --beta``.  The one-node part relies on the table's
+devvm-* links; on another machine probe them first (``mpiexec -n 2 python -m
+pffbench.perfmodel.linkprobe [--gloo]``) and pass ``--intra``/``--group``.
 
 Run it on an idle machine: it measures the host as much as the model.
 """

@@ -39,9 +39,10 @@ from __future__ import annotations
 
 from ..core.types import batch_rows
 from ..schedules.backprop.torch_pipeline import stage_layers
-from .calibrate import NUM_CLASSES, BackpropCosts
+from .calibrate import BackpropCosts
 from .events import Simulator, Signal, Wait, Work
 from .links import Cluster, allreduce_time
+from .profile import NUM_CLASSES
 
 FLOAT = 4
 FORWARD = 1 / 3  # of a layer's forward+backward (FLOPs: the backward makes two products of the forward's size)
@@ -75,7 +76,8 @@ def ddp_buckets(dims: list[int]) -> list[list[int]]:
     DDP (torch/csrc/distributed/c10d/reducer.cpp, compute_bucket_assignment_by_size) takes the
     parameters in reverse order and closes a bucket once it holds at least its limit: 1 MiB for the
     first, 25 MiB for the others.  A linear's bias and weight come one after the other, so a bucket
-    closes after a whole linear."""
+    closes after a whole linear.  (DDP's very first step uses one bucket for everything and re-buckets
+    after it: one step in an epoch, left out.)"""
     buckets, current, size = [], [], 0
     for i in reversed(range(len(dims) - 1)):
         current.append(i)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from .. import results
 from ..core.types import batch_rows
-from .profile import NUM_CLASSES, BackpropProfile, FFProfile, profile_backprop, profile_ff
+from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
 
 PFF_VARIANTS = ("single-layer", "all-layers", "federated", "perf-opt")
 BACKPROP_VARIANTS = ("backprop", "dp-backprop", "ddp", "gpipe", "1f1b")
@@ -45,7 +45,7 @@ class FFCosts:
 
 @dataclass
 class BackpropCosts:
-    """Seconds, for the MLP ``dims`` + a head of NUM_CLASSES, ``threads`` per rank."""
+    """Seconds, for the MLP ``dims`` + a head of profile.NUM_CLASSES, ``threads`` per rank."""
     dims: list[int]
     batch: int
     threads: int

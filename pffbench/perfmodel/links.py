@@ -14,7 +14,7 @@ tens of microseconds (RDMA ones, RoCE or InfiniBand, one to two).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 GB = 1e9
 # gloo between two ranks of the dev VM (python -m pffbench.perfmodel.linkprobe --gloo, 2026-11-30 10:53 UTC,
@@ -163,10 +163,13 @@ class Cluster:
         return self.intra if self.nodes(p) <= 1 else self.inter
 
     def group_between(self, a: int, b: int) -> Link:
-        """The process group's link from rank a to rank b (gpipe, 1f1b)."""
+        """The process group's link from rank a to rank b (gpipe, 1f1b).  Between nodes, the network with
+        the group's per-message overhead: that is the library's and gloo's CPU work, not the wire's."""
         if a == b:
             return FREE
-        return self.group if self.node_of(a) == self.node_of(b) else self.inter
+        if self.node_of(a) == self.node_of(b):
+            return self.group
+        return replace(self.inter, overhead=max(self.inter.overhead, self.group.overhead))
 
     def group_link(self, p: int) -> Link:
         """The link a process-group allreduce over ranks 0..p-1 is charged at (ddp)."""

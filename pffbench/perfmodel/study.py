@@ -13,7 +13,6 @@ from . import validate as validation
 
 DEEP_SETTINGS = model.Settings(60000, 100, 100)  # the paper's 100 epochs in 100 chapters
 CLUSTER_VARIANTS = ("pipeline", "all-layers", "federated", "single-layer", "dp-backprop", "ddp", "gpipe", "1f1b")
-REPLICATED = ("dp-backprop", "ddp")  # backprop nets whose costs come from [784, 2000, 2000] deepened
 
 
 def _valid(variant: str, p: int, layers: int) -> bool:
@@ -24,11 +23,14 @@ def _valid(variant: str, p: int, layers: int) -> bool:
 
 def best_microbatches_seconds(variant: str, costs, cluster: links.Cluster, p: int, settings: model.Settings,
                               batch: int) -> tuple[int, float]:
-    """(M, predicted seconds) of a p-stage GPipe/1F1B at the best of M = p, 2p, 4p microbatches (at most
-    one row each): more microbatches shrink the bubble, (p - 1)/(M + p - 1), but make every matmul
-    smaller and add the library's bookkeeping per microbatch (GPipe, Huang et al., NeurIPS 2019, sec. 2.3,
-    finds the bubble negligible from M >= 4p), so a planner picks M per p."""
-    candidates = sorted({max(1, min(batch, k * p)) for k in (1, 2, 4)} | ({4} if p <= 4 else set()))
+    """(M, predicted seconds) of a p-stage GPipe/1F1B at the best of M = p, 2p, 4p microbatches (and 4,
+    pffbench's default, where p <= 4), each of at least one row: more microbatches shrink the bubble,
+    (p - 1)/(M + p - 1), but make every matmul smaller and add the library's bookkeeping per
+    microbatch (GPipe, Huang et al., NeurIPS 2019, sec. 2.3, finds the bubble negligible from
+    M >= 4p), so a planner picks M per p.  Raises ValueError if batch < p (no microbatch per stage)."""
+    if batch < p:
+        raise ValueError(f"{variant} on {p} stages needs minibatches of at least {p} rows, got {batch}")
+    candidates = sorted({min(batch, k * p) for k in (1, 2, 4)} | ({4} if p <= 4 <= batch else set()))
     timed = [(model.predict(variant, replace(costs, microbatches=m), cluster, p, settings).seconds, m)
              for m in candidates if m >= p]
     seconds, m = min(timed)
