@@ -36,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cluster_args(p) -> None:
-    p.add_argument("--network", default="10GbE", help=f"link between nodes: {', '.join(links.TABLE)}")
+    p.add_argument("--network", default="10GbE", help=f"link between nodes: {', '.join(links.TABLE)}, or measured "
+                   "figures ALPHA,BETA[,OVERHEAD] (s, bytes/s, s; every link option takes them)")
     p.add_argument("--intra", default="shm", help="MPI link within a node (default shm)")
     p.add_argument("--group", default="devvm-gloo",
                    help="torch.distributed's send/recv within a node (gpipe, 1f1b; default devvm-gloo)")

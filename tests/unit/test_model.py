@@ -249,3 +249,13 @@ def test_predict_runs_the_pipeline_baselines_only_where_microbatches_cover_the_s
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     assert [(r[0], r[1]) for r in rows] == [("gpipe", "1"), ("gpipe", "2"), ("gpipe", "4"),
                                             ("ddp", "1"), ("ddp", "2"), ("ddp", "4"), ("ddp", "8")]
+
+
+def test_a_link_is_a_table_name_or_measured_figures():
+    assert links.link("IB-HDR") is links.TABLE["IB-HDR"]
+    lk = links.link("1.1e-4,3.9e9,3.5e-4")
+    assert (lk.alpha, lk.beta, lk.overhead) == (1.1e-4, 3.9e9, 3.5e-4)
+    assert links.link("2e-6,2e9").overhead == 0.0
+    for bad in ("carrier-pigeon", "1e-6", "1e-6,0", "-1,2e9", "1,2,3,4", "nan,1e9"):
+        with pytest.raises(ValueError, match="unknown link"):
+            links.link(bad)
