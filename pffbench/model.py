@@ -148,19 +148,6 @@ def format_rows(rows: list[dict], markdown: bool) -> str:
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head] + cells)
 
 
-def valid_ranks(variant: str, ranks, layers: int, microbatches: int = 0) -> list[int]:
-    """The rank counts ``variant`` can run on for a net of ``layers`` hidden layers."""
-    if variant in calibrate.MICROBATCHED:  # a stage per rank, microbatches >= stages
-        return [p for p in ranks if p <= layers and p <= microbatches]
-    if variant == "single-layer":
-        return [p for p in ranks if p in (1, layers)]
-    if variant == "pipeline":
-        return [p for p in ranks if p <= layers]
-    if variant == "backprop":
-        return [1]
-    return list(ranks)
-
-
 def cmd_predict(args) -> int:
     cluster = cluster_from(args)
     settings = model.Settings(args.num_train, args.epochs, args.splits, True, args.allreduce)
@@ -169,7 +156,8 @@ def cmd_predict(args) -> int:
         if variant not in model.VARIANTS:
             raise UsageError(f"unknown variant {variant!r}; modelled: {', '.join(model.VARIANTS)}")
         costs = _calibration(args, variant)
-        ranks = valid_ranks(variant, args.ranks, len(args.layers), getattr(costs, "microbatches", 0))
+        microbatches = getattr(costs, "microbatches", None)
+        ranks = [p for p in args.ranks if model.runs_on(variant, p, len(args.layers), microbatches)]
         rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
     inter = cluster.inter
     print(f"net [{args.input}, {', '.join(map(str, args.layers))}], batch {args.batch_size}, {args.epochs} epoch(s); "

@@ -126,11 +126,12 @@ def ddp(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num_trai
     steps = [[step_collectives() for _ in sizes] for _ in range(epochs)]
 
     def rank(r: int):
+        shares = {n: (r + 1) * n // p - r * n // p for n in set(sizes)}  # this rank's rows of an n-row minibatch
+        work = {n: layer_work(costs, rows) for n, rows in shares.items()}
         for epoch in range(epochs):
             for b, n in enumerate(sizes):
-                rows = (r + 1) * n // p - r * n // p
-                forward, backward, adam = layer_work(costs, rows)
-                yield Work(costs.data_row * rows, "data")
+                forward, backward, adam = work[n]
+                yield Work(costs.data_row * shares[n], "data")
                 yield Work(sum(forward), "compute")
                 launched = []
                 for bucket, collective in zip(buckets, steps[epoch][b]):
@@ -181,16 +182,18 @@ def pipeline(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num
                 forward += 1
         return ops
 
+    work = {n: layer_work(costs, n / m_count) for n in set(sizes)}  # per microbatch of an n-row minibatch
+
     def rank(s: int):
-        block = blocks[s]
+        block, ops = blocks[s], order(s)
         for epoch in range(epochs):
             for b, n in enumerate(sizes):
                 rows = n / m_count
-                forward, backward, adam = layer_work(costs, rows)
+                forward, backward, adam = work[n]
                 f, g = sum(forward[i] for i in block), sum(backward[i] for i in block)
                 activation = FLOAT * rows * dims[block.stop]  # stage s's output, stage s+1's input
                 yield Work(costs.data_row * n, "data")
-                for kind, m in order(s):
+                for kind, m in ops:
                     if kind == "F":
                         if s > 0:
                             yield from receive(s, s - 1, signals[epoch][b]["F"][s][m])

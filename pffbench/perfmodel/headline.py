@@ -8,7 +8,7 @@ from ..paper_bench import wavefront_bound
 from ..core.partition import layer_costs
 from . import calibrate, links
 from . import predict as model
-from .study import best_microbatches_seconds, deepen_backprop
+from .study import deepen_backprop, planned_seconds
 
 PAPER = model.Settings(60000, 100, 100)
 PAPER_DIMS = [784, 2000, 2000, 2000, 2000]
@@ -58,15 +58,7 @@ def deeper(args) -> None:
                 cluster = links.Cluster(1, 1, 1, inter=links.link(network.strip()))
                 for variant, costs in (("pipeline", ff), ("all-layers", ff), ("single-layer", ff),
                                        ("dp-backprop", bp), ("ddp", bp), ("gpipe", bp)):
-                    def seconds(p: int) -> float:
-                        if variant == "gpipe":
-                            return best_microbatches_seconds(variant, costs, cluster, p, PAPER, batch)[1]
-                        return model.predict(variant, costs, cluster, p, PAPER).seconds
-                    t1 = seconds(1)
-                    cells = []
-                    for p in ranks:
-                        if (variant in ("pipeline", "gpipe") and p > L) or (variant == "single-layer" and p != L):
-                            cells.append("")
-                        else:
-                            cells.append(f"{t1 / seconds(p):.1f}")
+                    t1 = planned_seconds(variant, costs, cluster, 1, PAPER)
+                    cells = [f"{t1 / planned_seconds(variant, costs, cluster, p, PAPER):.1f}"
+                             if model.runs_on(variant, p, L) else "" for p in ranks]
                     print(f"| {L} | {batch} | {network} | {variant} | " + " | ".join(cells) + " |", flush=True)

@@ -25,32 +25,31 @@ import time
 import numpy as np
 
 
-def _mpi_pair(comm, n: int):
-    buffer = np.zeros(n, dtype=np.uint8)
+def _ping_pong(comm, send, recv):
+    """A round trip between ranks 0 and 1: rank 0 sends then receives, rank 1 the other way round;
+    ``send(peer)``/``recv(peer)`` move the probe's buffer."""
+    peer = 1 - comm.rank
 
     def round_trip():
         if comm.rank == 0:
-            comm.Send(buffer, 1)
-            comm.Recv(buffer, 1)
+            send(peer)
+            recv(peer)
         else:
-            comm.Recv(buffer, 0)
-            comm.Send(buffer, 0)
+            recv(peer)
+            send(peer)
     return round_trip
+
+
+def _mpi_pair(comm, n: int):
+    buffer = np.zeros(n, dtype=np.uint8)
+    return _ping_pong(comm, lambda peer: comm.Send(buffer, peer), lambda peer: comm.Recv(buffer, peer))
 
 
 def _gloo_pair(comm, n: int):
     import torch
     import torch.distributed as dist
     buffer = torch.zeros(n, dtype=torch.uint8)
-
-    def round_trip():
-        if comm.rank == 0:
-            dist.send(buffer, 1)
-            dist.recv(buffer, 1)
-        else:
-            dist.recv(buffer, 0)
-            dist.send(buffer, 0)
-    return round_trip
+    return _ping_pong(comm, lambda peer: dist.send(buffer, peer), lambda peer: dist.recv(buffer, peer))
 
 
 def _gloo_allreduce(comm, n: int):

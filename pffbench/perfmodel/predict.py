@@ -95,6 +95,19 @@ def simulate(variant: str, costs, cluster: Cluster, p: int, settings: Settings, 
     return sim.run(_programs(variant, sim, costs, cluster, p, settings, epochs, evaluate))
 
 
+def runs_on(variant: str, p: int, layers: int, microbatches: int | None = None) -> bool:
+    """Whether ``variant`` can run on p ranks for a net of ``layers`` hidden layers: a stage per rank for
+    the pipeline, gpipe and 1f1b (these also need ``microbatches`` >= p, when given), one rank per layer
+    or one rank for Single-Layer, one rank for backprop."""
+    if variant in ("pipeline", "gpipe", "1f1b") and p > layers:
+        return False
+    if variant in ("gpipe", "1f1b") and microbatches is not None and p > microbatches:
+        return False
+    if variant == "single-layer":
+        return p in (1, layers)
+    return variant != "backprop" or p == 1
+
+
 def steady_epoch(variant: str, costs, cluster: Cluster, p: int, settings: Settings) -> Timeline:
     """One epoch of a backprop variant from 2 and 3 simulated steps: every
     step of these schedules does the same, so from the second on a step adds

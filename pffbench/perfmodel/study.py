@@ -15,12 +15,6 @@ DEEP_SETTINGS = model.Settings(60000, 100, 100)  # the paper's 100 epochs in 100
 CLUSTER_VARIANTS = ("pipeline", "all-layers", "federated", "single-layer", "dp-backprop", "ddp", "gpipe", "1f1b")
 
 
-def _valid(variant: str, p: int, layers: int) -> bool:
-    staged = variant in ("pipeline", *calibrate.MICROBATCHED)
-    return (not staged or p <= layers) and (variant != "single-layer" or p in (1, layers)) \
-        and variant != "backprop"
-
-
 def best_microbatches_seconds(variant: str, costs, cluster: links.Cluster, p: int, settings: model.Settings,
                               batch: int) -> tuple[int, float]:
     """(M, predicted seconds) of a p-stage GPipe/1F1B at the best of M = p, 2p, 4p microbatches (and 4,
@@ -35,6 +29,14 @@ def best_microbatches_seconds(variant: str, costs, cluster: links.Cluster, p: in
              for m in candidates if m >= p]
     seconds, m = min(timed)
     return m, seconds
+
+
+def planned_seconds(variant: str, costs, cluster: links.Cluster, p: int, settings: model.Settings) -> float:
+    """Predicted seconds as a planner would run ``variant`` on p ranks: gpipe/1f1b at their best number
+    of microbatches (best_microbatches_seconds), every other variant as it is."""
+    if variant in calibrate.MICROBATCHED:
+        return best_microbatches_seconds(variant, costs, cluster, p, settings, costs.batch)[1]
+    return model.predict(variant, costs, cluster, p, settings).seconds
 
 
 def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict]:
@@ -62,7 +64,7 @@ def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict
         base_t = statistics.median(c.measured for c in members if c.p == 1)
         settings = model.Settings.from_run(calibration)
         layers = len(dims) - (2 if variant in calibrate.BACKPROP_VARIANTS else 1)
-        curve_ps = [p for p in (1, 2, 4) if _valid(variant, p, layers)]
+        curve_ps = [p for p in (1, 2, 4) if model.runs_on(variant, p, layers)]
         t = {p: model.predict(variant, costs, links.Cluster(p, cores, costs.threads, intra), p, settings).seconds
              for p in curve_ps}
         curves[label] = [(p, t[1] / t[p]) for p in curve_ps]
@@ -84,14 +86,10 @@ def cluster_panel(costs_of: dict, network: str, layers: int) -> dict:
         if backprop:
             costs = deepen_backprop(costs, layers)
         cluster = links.Cluster(1, costs.threads, costs.threads, inter=links.link(network))
-        ps = [p for p in (1, 2, 4, 8, 16, 32, 64) if _valid(variant, p, layers)]
+        ps = [p for p in (1, 2, 4, 8, 16, 32, 64) if model.runs_on(variant, p, layers)]
 
-        def seconds(p: int) -> float:
-            if variant in calibrate.MICROBATCHED:
-                return best_microbatches_seconds(variant, costs, cluster, p, DEEP_SETTINGS, 64)[1]
-            return model.predict(variant, costs, cluster, p, DEEP_SETTINGS).seconds
-        base = seconds(1)
-        curves[variant] = [(p, base / seconds(p)) for p in ps]
+        base = planned_seconds(variant, costs, cluster, 1, DEEP_SETTINGS)
+        curves[variant] = [(p, base / planned_seconds(variant, costs, cluster, p, DEEP_SETTINGS)) for p in ps]
     lk = links.link(network)
     return {"title": f"[784, 2000 x {layers}], batch 64, 1 rank/node, {network} "
                      f"({lk.alpha * 1e6:.1f} us, {lk.beta / 1e9:.1f} GB/s)", "curves": curves,
