@@ -259,3 +259,19 @@ def test_a_link_is_a_table_name_or_measured_figures():
     for bad in ("carrier-pigeon", "1e-6", "1e-6,0", "-1,2e9", "1,2,3,4", "nan,1e9"):
         with pytest.raises(ValueError, match="unknown link"):
             links.link(bad)
+
+
+def test_the_pipelining_message_overhead_applies_between_nodes_too():
+    """The per-message overhead is the library's and gloo's CPU work, not the wire's: with one rank per node
+    (the network's link, no overhead of its own) a 2-stage step still costs 2 (M + 1) L + 2 M o."""
+    m, lib, o = 4, 0.0002, 0.0003
+    costs = backprop_costs(microbatches=m, library=lib)
+    cluster = links.Cluster(1, 1, 1, FREE, FREE, FREE, links.Link("o", 0.0, math.inf, overhead=o), FREE)
+    step = simulate("gpipe", costs, cluster, 2, Settings(num_train=64, epochs=1)).makespan
+    assert step == pytest.approx(2 * (m + 1) * lib + 2 * m * o)
+
+
+def test_planning_refuses_a_pipeline_with_fewer_rows_than_stages():
+    from pffbench.perfmodel.study import best_microbatches_seconds
+    with pytest.raises(ValueError, match="at least 8 rows"):
+        best_microbatches_seconds("gpipe", backprop_costs(fb0=0.001), free_cluster(), 8, Settings(num_train=64), 4)
