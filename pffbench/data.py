@@ -22,6 +22,7 @@ from .datasets.files import (BUNDLED_DIRS, CIFAR_FOLDER, CIFAR_TARBALL, CLASS_NA
 from .datasets.idx import _idx_folder, _load_idx_dataset
 from .datasets.images import _load_imagefolder
 from .datasets.synthetic import _synthetic
+from .core.command import command
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
 
@@ -91,6 +92,7 @@ def _check(name: str, data_dir: str) -> list[str]:
     return [f"ok  {path}  md5{of} {MD5[name][path.name]}" for path in paths]
 
 
+@command("python -m pffbench.data")
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m pffbench.data", description="Download or verify pffbench data sets.")
     commands = parser.add_subparsers(dest="command", required=True)

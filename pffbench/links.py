@@ -21,6 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .comm import guard
+from .core.command import command
 from .core.cli import _int_list
 from .core.config import Config
 from .schedules.pipeline.link_timing import pipeline_messages, rows_for, summary, time_link
@@ -114,6 +115,7 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+@command("pffbench")
 def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     opts = build_parser().parse_args(argv)

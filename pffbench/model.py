@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 
 from .core.config import UsageError, one_line
+from .core.command import command
 from .perfmodel import calibrate, links, predict as model, validate as validation
 
 
@@ -192,6 +193,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
+@command("pffbench")
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -207,7 +209,7 @@ def main(argv=None) -> int:
         if args.command == "plot":
             return study.cmd_plot(args)
         return study.cmd_paper(args)
-    except (UsageError, ValueError, OSError) as error:
+    except (UsageError, ValueError) as error:  # the rest of bad input (OSError, ResultsError): @command
         print(f"pffbench: error: {one_line(str(error))}", file=sys.stderr)
         return 2
 

@@ -15,8 +15,11 @@ import subprocess
 import sys
 
 from . import results
+from .core.command import command
+from .core.config import UsageError
 from .core.partition import layer_costs
 from .instrument.progress import plural
+from .store import writer
 from .study.analysis import training_seconds
 
 RUNS = [  # (label, variant, extra flags, parallel ranks)
@@ -46,6 +49,7 @@ def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -
     return sequential / max(done.values())
 
 
+@command("pffbench.paper_bench")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pffbench.paper_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", default="500,500,500,500")
@@ -59,15 +63,25 @@ def main(argv=None) -> int:
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
     common = ["--layers", args.layers, "--epochs", str(args.epochs), "--splits", str(args.splits),
               "--threads", "1", "--out", args.out] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(1, len(RUNS) + 1))
+    try:
+        chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(1, len(RUNS) + 1))
+    except ValueError:
+        raise UsageError(f"--only: expected comma-separated run numbers, got {args.only!r}") from None
+    problem = not args.report and writer.unappendable(args.out)  # before the first run, not in each
+    if problem:
+        raise UsageError(f"--out: {problem}")
     for number, (label, variant, extra, ranks) in enumerate(RUNS, 1):
         for n in (1, ranks):
             if args.report or number not in chosen:
                 continue
             name = f"{variant}{''.join(extra).replace('--', '-')}-n{n}"
             print(f"running {label} on {plural(n, 'rank')}", flush=True)
-            subprocess.run([mpiexec, "-n", str(n), sys.executable, "-m", "pffbench.run", "--variant", variant,
-                            *extra, *common, "--name", name], check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run([mpiexec, "-n", str(n), sys.executable, "-m", "pffbench.run", "--variant",
+                                   variant, *extra, *common, "--name", name], stdout=subprocess.DEVNULL)
+            if done.returncode:  # the run said why on stderr
+                print(f"pffbench.paper_bench: error: {label} on {plural(n, 'rank')} failed "
+                      f"(exit {done.returncode})", file=sys.stderr)
+                return done.returncode
     print(table(args))
     return 0
 

@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from . import results
+from .core.command import command
 from .study import analysis
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
@@ -150,6 +151,7 @@ def notes(runs) -> list[str]:
     return lines
 
 
+@command("pffbench.report")
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")

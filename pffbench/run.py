@@ -20,7 +20,7 @@ import torch
 from mpi4py import MPI
 
 from .comm import guard
-from .core import console
+from .core import command, console
 from .core.cli import parse_config
 from .core.config import Config, UsageError, one_line
 from .core.types import Shape, TrainResult, batch_rows
@@ -265,6 +265,8 @@ def save_model(config: Config, result: TrainResult, path: str, class_names=()) -
 def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     install_abort_on_error(comm)
+    if not isinstance(sys.stdout, command.QuietOnClosedPipe):  # `... | head`: train and record all the same
+        sys.stdout = command.QuietOnClosedPipe(sys.stdout)
     try:
         with contextlib.redirect_stdout(sys.stdout if comm.Get_rank() == 0 else io.StringIO()):
             config = parse_config(argv)  # --help prints once, from rank 0

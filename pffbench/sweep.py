@@ -41,6 +41,7 @@ from .core.validate import validate
 from .instrument.progress import plural
 from .store import checks, writer
 from .study import analysis
+from .core.command import command
 
 
 def default_launcher() -> list[str]:
@@ -222,6 +223,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+@command("pffbench.sweep")
 def main(argv=None) -> int:
     try:
         return _main(argv)
