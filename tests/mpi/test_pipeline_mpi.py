@@ -31,7 +31,7 @@ def test_pipeline_gives_the_sequential_weights(transport):
     same float32 kernels on the same inputs with one thread, so in practice
     the difference is exactly zero; the tolerance only admits BLAS builds
     whose kernel choice depends on the process.  Equal threads per rank are
-    the condition (jobs/test_cli.py::test_equal_threads_per_rank_are_the_condition_for_the_1_rank_weights)."""
+    the condition (jobs/test_cli.py::test_2_ranks_x_1_thread_give_the_weights_of_1_rank_x_1_thread)."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
     torch.set_num_threads(1)
