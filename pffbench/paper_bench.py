@@ -17,7 +17,7 @@ import sys
 from . import results
 from .core.partition import layer_costs
 from .instrument.progress import plural
-from .study.analysis import training_seconds
+from .analysis.analysis import training_seconds
 
 RUNS = [  # (label, variant, extra flags, parallel ranks)
     ("All-Layers, Random, Goodness", "all-layers", ["--neg", "random"], 2),

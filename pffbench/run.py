@@ -20,11 +20,11 @@ import torch
 from mpi4py import MPI
 
 from .comm import guard
-from .core import console
-from .core.cli import parse_config
+from .launch import console
+from .launch.cli import parse_config
 from .core.config import Config, UsageError, one_line
 from .core.types import Shape, TrainResult, batch_rows
-from .core.validate import validate
+from .launch.validate import validate
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
 from .ff import health

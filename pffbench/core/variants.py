@@ -1,7 +1,7 @@
 """The registry of variants: everything that makes a variant, in one place.
 
-The command line's choices (core/cli.py), the validation (core/validate.py),
-the baselines the study draws dashed (study/analysis.py, plot.py), which
+The command line's choices (launch/cli.py), the validation (launch/validate.py),
+the baselines the study draws dashed (analysis/analysis.py, plot.py), which
 variants stop cleanly on a signal (run.py) and where each one's train() lives
 all derive from ``VARIANTS``.  A new schedule is one more entry here and a
 module with ``train(config, world, shape, dataset, on_epoch) -> TrainResult``.
@@ -19,7 +19,7 @@ AGREEMENTS = ("epoch", "chapters", None)
 @dataclass(frozen=True)
 class Variant:
     """One variant.  Which flags it takes follows from its family
-    (core/validate.py): the PFF flags (--neg, --classifier, --splits, --shards,
+    (launch/validate.py): the PFF flags (--neg, --classifier, --splits, --shards,
     --partition, ...) only the "pff" family's, which evaluate at the end only
     (no --eval-every); --checkpoint-dir/--resume and --inject-nan as the
     fields below say."""

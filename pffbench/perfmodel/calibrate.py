@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import results
+from ..store import reader as results
 from ..core.types import batch_rows
-from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
+from ..probes.profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
 
 PFF_VARIANTS = ("single-layer", "all-layers", "federated", "perf-opt")
 BACKPROP_VARIANTS = ("backprop", "dp-backprop", "ddp", "gpipe", "1f1b")

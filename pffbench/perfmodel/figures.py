@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .. import plot, results  # noqa: E402
+from .. import plot  # noqa: E402
+from ..store import reader as results  # noqa: E402
 from .predict import Prediction  # noqa: E402
 
 STYLE = {"pipeline": ("#1f77b4", "o"), "all-layers": ("#2ca02c", "s"), "single-layer": ("#9467bd", "D"),

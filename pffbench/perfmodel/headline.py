@@ -3,7 +3,7 @@ batch 64, 100 epochs in 100 chapters, 4 nodes; All-Layers/Adaptive 3.75x),
 then deeper nets, batch sizes and more ranks."""
 from __future__ import annotations
 
-from .. import results
+from ..store import reader as results
 from ..paper_bench import wavefront_bound
 from ..core.partition import layer_costs
 from . import calibrate, links

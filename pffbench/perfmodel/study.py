@@ -6,7 +6,8 @@ import os
 import statistics
 from dataclasses import replace
 
-from .. import plot, results
+from .. import plot
+from ..store import reader as results
 from . import calibrate, figures, links
 from . import predict as model
 from . import validate as validation

@@ -7,7 +7,7 @@ import torch
 
 from pffbench import results
 from pffbench.store import writer
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
 from pffbench.run import output_problem
 

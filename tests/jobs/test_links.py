@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pffbench import report, results
-from pffbench.schedules.pipeline.link_timing import message_bytes, pipeline_messages, rows_for, window_for
+from pffbench.probes.link_timing import message_bytes, pipeline_messages, rows_for, window_for
 from pffbench.store import writer
 
 from conftest import mpirun

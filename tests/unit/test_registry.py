@@ -3,10 +3,10 @@ makes a variant, and which settings change what is computed, in one place."""
 import dataclasses
 import importlib
 
-from pffbench.core.cli import build_parser
+from pffbench.launch.cli import build_parser
 from pffbench.core.config import COMPUTING, INCIDENTAL, Config, case_settings, computing_settings
 from pffbench.core.variants import AGREEING, BASELINES, VARIANTS
-from pffbench.study import analysis
+from pffbench.analysis import analysis
 
 
 def test_every_variant_names_a_train_function_and_is_a_cli_choice():

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pffbench import report, results, run, sweep
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.store import writer
-from pffbench.study import analysis
+from pffbench.analysis import analysis
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_FILE = ROOT / "results" / "sweep-mnist-2core.h5"  # written by format 1 (lists as JSON text), committed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...comm import collectives
-from ...core import outcome
+from .. import ending as outcome
 from ...instrument import progress
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import LaggedAgreement, agreed_signal

@@ -27,7 +27,7 @@ import torch
 
 from ... import ff
 from ...comm import collectives, guard
-from ...core import outcome
+from .. import ending as outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World

@@ -22,7 +22,7 @@ import numpy as np
 
 from ... import ff
 from ...comm import collectives, guard, shm_space
-from ...core import outcome
+from .. import ending as outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World

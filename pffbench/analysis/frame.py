@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .. import results
+from ..store import reader as results
 from . import analysis
 
 PROVENANCE = ("git_sha", "torch", "mpi4py", "numpy", "h5py", "python", "hostname", "cpu_model", "host_cores")

@@ -15,7 +15,7 @@ import numpy as np
 from ..comm import collectives
 from ..instrument.timer import CATEGORIES, EpochTimer, Timer
 from ..reliability import faults
-from .types import TrainResult
+from ..core.types import TrainResult
 
 
 def evaluates(config, epoch: int) -> bool:

@@ -10,17 +10,17 @@ import numpy as np
 
 from ..instrument import progress
 from ..reliability import checkpoint, faults
-from .config import Config
-from .types import Shape, TrainResult, batch_rows
-from .variants import VARIANTS
-from .world import World
+from ..core.config import Config
+from ..core.types import Shape, TrainResult, batch_rows
+from ..core.variants import VARIANTS
+from ..core.world import World
 
 
 def layers_per_rank(config: Config, world_size: int, dims: list[int]) -> str:
     """How the layers are shared out, for the start line: "0-1 | 2 | 3" (rank 0's | rank 1's | ...)."""
     family = VARIANTS[config.variant].family
     if family == "pipeline" or (config.variant == "single-layer" and world_size > 1):
-        from .partition import balanced_partition, layer_costs
+        from ..core.partition import balanced_partition, layer_costs
         blocks = balanced_partition(layer_costs(dims), world_size) if family == "pipeline" \
             else [range(r, r + 1) for r in range(world_size)]
         return " | ".join(f"{b.start}" if len(b) == 1 else f"{b.start}-{b.stop - 1}" for b in blocks)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .config import Config, UsageError
-from .variants import VARIANTS
+from ..core.config import Config, UsageError
+from ..core.variants import VARIANTS
 
 
 def validate(config: Config, world_size: int | None = None) -> None:

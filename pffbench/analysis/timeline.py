@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from .. import results
+from ..store import reader as results
 from ..instrument.timer import CATEGORIES
 
 COLORS = {"compute": "#1f77b4", "data": "#9ecae1", "send_wait": "#ff7f0e", "recv_wait": "#d62728",
