@@ -203,10 +203,13 @@ def main(argv=None) -> int:
             return cmd_predict(args)
         if args.command == "validate":
             return cmd_validate(args)
-        from .perfmodel import study
         if args.command == "plot":
+            from .perfmodel import study
             return study.cmd_plot(args)
-        return study.cmd_paper(args)
+        from .perfmodel import headline
+        headline.headline(args)
+        headline.deeper(args)
+        return 0
     except (UsageError, ValueError, OSError) as error:
         print(f"pffbench: error: {one_line(str(error))}", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from . import results  # noqa: E402
 from .analysis import analysis, sidecar  # noqa: E402
-from .analysis.timeline import COLORS, IDLE_COLOR, LABELS, timeline_figure, traced_runs  # noqa: E402,F401
+from .analysis.timeline import COLORS, IDLE_COLOR, LABELS, save, timeline_figure, traced_runs  # noqa: E402,F401
 
 def _log2_axis(ax, values, axis: str = "x") -> None:
     ticks = sorted({float(v) for v in values if v > 0})
@@ -196,17 +196,6 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
-
-
-def save(fig: plt.Figure, directory: str, stem: str, formats=("png",)) -> list[str]:
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for ext in formats:
-        path = os.path.join(directory, f"{stem}.{ext}")
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
 
 
 def figures(runs: list[results.Run], timeline_run: str | None = None,

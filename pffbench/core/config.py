@@ -14,10 +14,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..data import DATASETS  # noqa: F401  (the choices of --dataset, re-exported for the CLI)
-from ..ff.negatives import STRATEGIES as NEGATIVES  # noqa: F401
-from .partition import PARTITIONS  # noqa: F401
-
 CLASSIFIERS = ("goodness", "softmax")
 DEVICES = ("cpu", "cuda")
 TRANSPORTS = ("auto", "p2p")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..core.config import CLASSIFIERS, DATASETS, DEVICES, NEGATIVES, PARTITIONS, TRANSPORTS, Config, UsageError, one_line
+from ..core.config import CLASSIFIERS, DEVICES, TRANSPORTS, Config, UsageError, one_line
+from ..core.partition import PARTITIONS
+from ..datasets.load import DATASETS
+from ..ff.negatives import STRATEGIES as NEGATIVES
 from .validate import validate
 from ..core.variants import VARIANTS
 

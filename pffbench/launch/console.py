@@ -33,7 +33,7 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
     """Rank 0's progress lines (instrument/progress.py), after the start line; None elsewhere or --quiet."""
     if not world.is_first:
         return None
-    from ..data import source_of
+    from ..datasets.load import source_of
     dims = [shape.num_features, *config.layers]
     batches = len(batch_rows(shape.num_train, config.batch_size))
     pff = VARIANTS[config.variant].pff

@@ -4,9 +4,9 @@ then deeper nets, batch sizes and more ranks."""
 from __future__ import annotations
 
 from ..store import reader as results
-from ..paper_bench import wavefront_bound
 from ..core.partition import layer_costs
 from . import calibrate, links
+from .pff import wavefront_bound
 from . import predict as model
 from .study import deepen_backprop, planned_seconds
 

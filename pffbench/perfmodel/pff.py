@@ -23,6 +23,25 @@ FLOAT = 4
 NUM_CLASSES = 10
 
 
+def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -> float:
+    """The speedup a PFF schedule allows on ``ranks`` when every (chapter, layer) costs ``costs[layer]`` (e.g. its
+    weight count) and communication is free: sequential time / the schedule's critical path.  python -m
+    pffbench.paper_bench prints it beside the measured speedup."""
+    sequential = chapters * sum(costs)
+    if variant == "federated":
+        return float(ranks)
+    if variant == "single-layer":  # a pipeline of chapters through the layers
+        return sequential / (sum(costs) + (chapters - 1) * max(costs))
+    done = {}  # all-layers and perf-opt: (chapter, layer) -> finish time
+    free = [0.0] * ranks
+    for chapter in range(chapters):
+        rank = chapter % ranks
+        for layer, cost in enumerate(costs):
+            start = max(free[rank], done.get((chapter - 1, layer), 0.0))
+            done[(chapter, layer)] = free[rank] = start + cost
+    return sequential / max(done.values())
+
+
 class _Publisher:
     """Each rank's outgoing messages, serialized on its link."""
 

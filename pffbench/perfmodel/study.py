@@ -1,12 +1,12 @@
-"""The model's studies: the planning figure (``plot``) and the paper's
-headline setup with deeper nets (``paper``)."""
+"""The model's studies: the planning figure (``plot``), and the pieces the
+paper's headline setup with deeper nets (``paper``, headline.py) shares with it."""
 from __future__ import annotations
 
 import os
 import statistics
 from dataclasses import replace
 
-from .. import plot
+from ..analysis import timeline
 from ..store import reader as results
 from . import calibrate, figures, links
 from . import predict as model
@@ -113,7 +113,7 @@ def cmd_plot(args) -> int:
     cores = args.cores_per_node or os.cpu_count() or 1
     first, costs_of = measured_panel(args.results_file, cores, links.link(args.intra))
     panels = [first] + [cluster_panel(costs_of, n.strip(), args.deep_layers) for n in args.networks.split(",")]
-    written = plot.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
+    written = timeline.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
     written += _timelines(args, cores, costs_of)
     print("\n".join(written))
     return 0
@@ -125,7 +125,7 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
     as measured, for comparison by eye), else of the deepest pipeline net on
     ``--timeline-ranks`` ranks."""
     runs = results.read_runs(args.results_file)
-    traced = [r for r in plot.traced_runs(runs) if r.attrs.get("variant", "pipeline") == "pipeline"]
+    traced = [r for r in timeline.traced_runs(runs) if r.attrs.get("variant", "pipeline") == "pipeline"]
     written = []
     if traced:
         run = max(traced, key=lambda r: int(r.attrs["world_size"]))
@@ -136,9 +136,9 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
             p, settings = int(run.attrs["world_size"]), model.Settings.from_run(run)
             cluster = validation.cluster_of(run, cores, links.Cluster(intra=links.link(args.intra)))
             pred = model.predict("pipeline", costs, cluster, p, replace(settings, epochs=1), trace=True)
-            written += plot.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
+            written += timeline.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
                                  "model_timeline")
-            written += plot.save(plot.timeline_figure(run), args.out_dir, "model_timeline_measured")
+            written += timeline.save(timeline.timeline_figure(run), args.out_dir, "model_timeline_measured")
             return written
     pipeline = costs_of.get("pipeline")
     if pipeline is not None:
@@ -146,13 +146,6 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
         pred = model.predict("pipeline", pipeline, links.Cluster(p, cores, pipeline.threads), p,
                              model.Settings(60000, 1), trace=True)
         config = {"layers": pipeline.dims[1:], "batch_size": pipeline.batch}
-        written += plot.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
+        written += timeline.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
                              "model_timeline")
     return written
-
-
-def cmd_paper(args) -> int:
-    from .headline import headline, deeper
-    headline(args)
-    deeper(args)
-    return 0

@@ -1,5 +1,5 @@
 """Reading pffbench results files: the public API (``read_runs``,
-``list_runs``, ``summarize``, ``Run``, ``to_dataframe``).  The file format: store/format.py;
+``list_runs``, ``summarize``, ``Run``, ``to_dataframe`` via pffbench.results).  The file format: store/format.py;
 appending runs: store/writer.py."""
 from __future__ import annotations
 
@@ -148,27 +148,3 @@ def _native(value):
     if isinstance(value, list):
         return [_native(item) for item in value]
     return value
-
-
-def to_dataframe(path, pool: bool = False, on_damaged=None):
-    """A pandas DataFrame with one row per run in ``path`` (a results file, or
-    a list of them): run, status, variant, dataset, ranks, threads_per_rank,
-    training_s (seconds: the slowest rank's epochs, evaluation excluded),
-    final_test_accuracy (0..1), the run's case and that case's median
-    seconds, speedup, efficiency and speedup_vs_1xall, as
-    ``python -m pffbench.report`` computes them (``pool``: as report --pool),
-    its notes, the provenance (git_sha, versions, hostname, cpu_model,
-    host_cores), the 1-minute load average at start and end (NaN where not
-    recorded) and busy_host.  Damaged runs are skipped as in read_runs.
-    Needs pandas (``pip install 'pffbench[table]'``)."""
-    try:
-        import pandas
-    except ImportError:
-        raise ImportError("to_dataframe needs pandas: pip install 'pffbench[table]' (or pandas)") from None
-    from ..analysis.frame import run_rows
-    runs, files = [], []
-    for one in [path] if isinstance(path, str) else list(path):
-        found = read_runs(one, on_damaged=on_damaged)
-        runs += found
-        files += [one] * len(found)
-    return pandas.DataFrame(run_rows(runs, pool, files))
