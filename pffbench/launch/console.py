@@ -1,17 +1,15 @@
 """What rank 0 says around a run (issue 13): the start line and progress
 (instrument/progress.py does the printing), the answers to SIGINT/SIGTERM,
---resume of a run that already finished, and the timings a resumed run
-records.  Called by run.py."""
+--resume of a run that already finished.  Called by run.py.  (The timings
+a resumed run records: schedules/ending.py.)"""
 from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from ..instrument import progress
 from ..reliability import checkpoint, faults
 from ..core.config import Config
-from ..core.types import Shape, TrainResult, batch_rows
+from ..core.types import Shape, batch_rows
 from ..core.variants import VARIANTS
 from ..core.world import World
 
@@ -93,18 +91,3 @@ def already_finished(config: Config, world: World) -> None:
         where = f"recorded as run '{marker['run']}' in {marker['out']}" if marker.get("run") else "recorded"
         raise AlreadyComplete(f"already complete: this run finished and was {where}; nothing to resume "
                               f"(a new run: leave out --resume, or use another --checkpoint-dir)")
-
-
-def only_ran(result: TrainResult) -> None:
-    """A resumed run records the timings of the epochs it ran, not the
-    earlier run's that its checkpoint carried: those are NaN (its losses and
-    accuracies stay, as the model's history), and ``resumed_from_epoch``
-    says where its own epochs begin."""
-    first = result.attrs.get("resumed_from_epoch")
-    if first:
-        result.timing[:, :first, :] = np.nan
-        if "timing_chapter/compute" in result.arrays:
-            per_chapter = result.attrs.get("epochs_per_chapter", 1)
-            for key in [k for k in result.arrays if k.startswith("timing_chapter/")]:
-                result.arrays[key] = np.array(result.arrays[key], dtype=np.float64)
-                result.arrays[key][:, :first // per_chapter] = np.nan
