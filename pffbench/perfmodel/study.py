@@ -7,6 +7,7 @@ import statistics
 from dataclasses import replace
 
 from ..analysis import timeline
+from ..core.variants import VARIANTS
 from ..store import reader as results
 from . import calibrate, figures, links
 from . import predict as model
@@ -35,7 +36,7 @@ def best_microbatches_seconds(variant: str, costs, cluster: links.Cluster, p: in
 def planned_seconds(variant: str, costs, cluster: links.Cluster, p: int, settings: model.Settings) -> float:
     """Predicted seconds as a planner would run ``variant`` on p ranks: gpipe/1f1b at their best number
     of microbatches (best_microbatches_seconds), every other variant as it is."""
-    if variant in calibrate.MICROBATCHED:
+    if VARIANTS[variant].microbatched:
         return best_microbatches_seconds(variant, costs, cluster, p, settings, costs.batch)[1]
     return model.predict(variant, costs, cluster, p, settings).seconds
 
@@ -60,11 +61,11 @@ def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict
         costs = calibrate.from_run(calibration)
         if len(costs.dims) > len(getattr(costs_of.get(variant), "dims", ())):  # the deepest net of each variant
             costs_of[variant] = costs
-        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if variant not in calibrate.BACKPROP_VARIANTS \
+        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if not VARIANTS[variant].baseline \
             else variant
         base_t = statistics.median(c.measured for c in members if c.p == 1)
         settings = model.Settings.from_run(calibration)
-        layers = len(dims) - (2 if variant in calibrate.BACKPROP_VARIANTS else 1)
+        layers = len(dims) - (2 if VARIANTS[variant].baseline else 1)
         curve_ps = [p for p in (1, 2, 4) if model.runs_on(variant, p, layers)]
         t = {p: model.predict(variant, costs, links.Cluster(p, cores, costs.threads, intra), p, settings).seconds
              for p in curve_ps}
@@ -80,7 +81,7 @@ def cluster_panel(costs_of: dict, network: str, layers: int) -> dict:
     dims = [784] + [2000] * layers
     curves = {}
     for variant in CLUSTER_VARIANTS:
-        backprop = variant in calibrate.BACKPROP_VARIANTS
+        backprop = VARIANTS[variant].baseline
         source = costs_of.get(variant) or costs_of.get("backprop" if backprop else "all-layers")
         net = dims[:3] if backprop else dims
         costs = calibrate.retarget(source, net, 64) if source else calibrate.measured(variant, net, 64, 1)
