@@ -63,12 +63,6 @@ def install_abort_on_error(comm: MPI.Comm) -> None:
     sys.excepthook = hook
 
 
-def output_problem(config: Config, world_size: int = 1) -> str | None:
-    """One line if what the run writes could not be written, found before
-    training rather than after it (where the run would be lost): store/checks.py."""
-    return checks.output_problem(config, world_size)
-
-
 def load_data_on_root(config: Config, world: World):
     """Rank 0 loads the data; every rank learns its shape, or the one-line
     error that stops them all."""
@@ -114,7 +108,7 @@ def prepare(config: Config, world: World):
     torch.set_flush_denormal(True)
     torch.set_num_threads(config.threads or world.default_threads())
     message = world.missing_gpu(config.device) or world.comm.bcast(
-        output_problem(config, world.size) if world.is_first else None, root=0)
+        checks.output_problem(config, world.size) if world.is_first else None, root=0)
     if message:
         raise UsageError(message)
     if config.checkpoint_dir:

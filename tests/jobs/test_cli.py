@@ -9,7 +9,7 @@ from pffbench import results
 from pffbench.store import writer
 from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
-from pffbench.run import output_problem
+from pffbench.store.checks import output_problem
 
 from conftest import mpirun
 
