@@ -11,7 +11,7 @@ from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
 from pffbench.store.checks import output_problem
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 def trained(stdout: str) -> bool:

@@ -17,7 +17,7 @@ from pffbench.core.world import launch_mismatch
 from pffbench.instrument.timer import CATEGORIES
 from pffbench.analysis import analysis
 
-from conftest import ROOT, mpirun
+from helpers import ROOT, mpirun
 
 TINY = ["--dataset", "synthetic", "--layers", "32,32", "--epochs", "2", "--batch-size", "50", "--eval-every", "1"]
 

@@ -6,7 +6,7 @@ from pffbench import report, results
 from pffbench.probes.link_timing import message_bytes, pipeline_messages, rows_for, window_for
 from pffbench.store import writer
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 def test_the_measured_messages_are_the_pipelines():
