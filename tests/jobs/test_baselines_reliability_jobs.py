@@ -12,7 +12,7 @@ import pytest
 
 from pffbench import results
 
-from conftest import assert_same_model
+from helpers import assert_same_model
 from test_reliability_jobs import ENDED_BY_ITS_OWN_PATH_S, TINY, Job, _stamp
 
 pytestmark = pytest.mark.timeout(300)

@@ -7,11 +7,11 @@ import torch
 
 from pffbench import results
 from pffbench.store import writer
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
-from pffbench.run import output_problem
+from pffbench.store.checks import output_problem
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 def trained(stdout: str) -> bool:

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from pffbench import plot, results, sweep
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
-from pffbench.core.validate import validate
+from pffbench.launch.validate import validate
 from pffbench.core.world import launch_mismatch
 from pffbench.instrument.timer import CATEGORIES
-from pffbench.study import analysis
+from pffbench.analysis import analysis
 
-from conftest import ROOT, mpirun
+from helpers import ROOT, mpirun
 
 TINY = ["--dataset", "synthetic", "--layers", "32,32", "--epochs", "2", "--batch-size", "50", "--eval-every", "1"]
 

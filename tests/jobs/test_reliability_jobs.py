@@ -16,7 +16,7 @@ import torch
 
 from pffbench import results
 
-from conftest import MPIEXEC, MPIEXEC_FLAGS, ROOT, assert_same_model
+from helpers import MPIEXEC, MPIEXEC_FLAGS, ROOT, assert_same_model
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,7 +18,7 @@ import torch
 
 from pffbench import results
 
-from conftest import ROOT
+from helpers import ROOT
 from netns_cluster import NetnsCluster, available, mpi_of_venv
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300),
@@ -99,7 +99,7 @@ def test_pff_across_nodes_gives_its_twins_weights(cluster, tmp_path, variant, ex
     if twin_ranks == 1:
         twin = run_here(*argv, "--model-out", str(twin_model))
     else:
-        from conftest import mpirun
+        from helpers import mpirun
         twin = mpirun(twin_ranks, "-m", "pffbench.run", *argv, "--model-out", str(twin_model))
     assert twin.returncode == 0, twin.stderr
     done = run_across(cluster, *argv, "--model-out", str(model))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
 from pffbench.core.partition import shard_rows
-from pffbench.core.validate import validate
+from pffbench.launch.validate import validate
 from pffbench.ff import heads
 from pffbench.ff.negatives import Negatives, most_predicted_wrong, sampled_wrong, generator
 from pffbench.instrument.timer import COLUMNS, GapTimer

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from mpi4py import MPI
 
 from pffbench.comm import guard
-from pffbench.core.cli import build_parser, parse_config
+from pffbench.launch.cli import build_parser, parse_config
 from pffbench.core.config import Config, UsageError
-from pffbench.core.validate import validate
+from pffbench.launch.validate import validate
 from pffbench.reliability import agreement, checkpoint, faults
 
 pytestmark = pytest.mark.timeout(120)
