@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
-from .core.command import command
+from .launch.command import command
 from .core.config import UsageError
 from .core.cpu_quota import usable_cores
 from .instrument.progress import plural
 from .store import writer
-from .study.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
+from .analysis.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
 def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, mpiexec: str,

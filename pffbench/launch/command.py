@@ -15,21 +15,20 @@ import functools
 import os
 import sys
 
+from ..core.config import UsageError, one_line
+from ..datasets.files import DataError
+from ..store.format import ResultsError
+
 EXIT_USAGE = 2
 EXIT_CLOSED_PIPE = 141
 
 
-def _bad_input() -> tuple[type[BaseException], ...]:
-    # imported when needed: pffbench.data, which core.config imports, is itself a command
-    from ..datasets.files import DataError
-    from ..store.format import ResultsError
-    from .config import UsageError
-    return UsageError, ResultsError, DataError
+# The errors that mean bad input: everything else is a bug and keeps its traceback.
+BAD_INPUT: tuple[type[BaseException], ...] = (UsageError, ResultsError, DataError, OSError)
 
 
 def error_line(error: BaseException) -> str:
     """The one line for ``error``: an OSError names its file and the OS's reason."""
-    from .config import one_line
     if isinstance(error, OSError) and error.strerror:
         where = f"{error.filename}: " if error.filename is not None else ""
         return one_line(f"{where}{error.strerror}")
@@ -62,7 +61,7 @@ def command(prog: str):
                 return code
             except BrokenPipeError:
                 return closed_pipe()
-            except _bad_input() + (OSError,) as error:
+            except BAD_INPUT as error:
                 try:
                     print(f"{prog}: error: {error_line(error)}", file=sys.stderr, flush=True)
                 except BrokenPipeError:

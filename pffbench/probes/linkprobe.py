@@ -1,4 +1,4 @@
-"""`mpiexec -n 2 python -m pffbench.perfmodel.linkprobe [--gloo]`: measure the
+"""`mpiexec -n 2 python -m pffbench.probes.linkprobe [--gloo]`: measure the
 link between two ranks (put them on two nodes to measure the network) with a
 ping-pong over message sizes 8 B .. 8 MiB (half the round trip's median of 50
 per size, after 5 untimed): alpha is an 8-byte message's time, beta the
@@ -23,6 +23,8 @@ import sys
 import time
 
 import numpy as np
+
+from ..launch.command import command
 
 
 def _ping_pong(comm, send, recv):
@@ -118,6 +120,7 @@ def _report(title: str, sizes: list[int], seconds: list[float], allreduce: bool)
     print(f"alpha {alpha * 1e6:.2f} us, beta {beta / 1e9:.2f} GB/s  (--alpha {alpha:.3g} --beta {beta:.3g})")
 
 
+@command("pffbench")
 def main(argv=None) -> int:
     from mpi4py import MPI
     argv = sys.argv[1:] if argv is None else argv
