@@ -38,3 +38,11 @@ def test_one_list_of_settings_that_change_what_is_computed():
     assert not {"threads", "out", "trace", "eval_every", "peer_timeout", "checkpoint_dir", "resume",
                 "eval_every_steps", "target_accuracy"} & case.keys()
     assert "microbatches" in COMPUTING and "stop_at_target" in case.keys()  # a run stopped early is its own case
+
+
+def test_a_run_stored_before_norm_existed_is_a_case_of_the_default_norm():
+    config = dataclasses.asdict(Config())
+    assert "norm" in COMPUTING
+    older = {k: v for k, v in config.items() if k != "norm"}
+    assert case_settings(older) == case_settings(config)
+    assert case_settings(older) != case_settings({**config, "norm": "length"})
