@@ -172,10 +172,13 @@ def run(config: Config, world: World) -> TrainResult | None:
         several = len(collapsed) > 1
         # a silent layer adds nothing (the layers before it may still classify): say what accuracy the net has
         accuracy, chance = final_accuracy(result), 1 / shape.num_classes
+        # unit-length inputs make Adam's weight steps sqrt(width) times smaller (docs/paper.md)
+        hint = " or give the layers unit-length inputs (--norm length)" if config.norm == "rms" and \
+            config.variant != "perf-opt" else ""
         print(f"pffbench: warning: training collapsed: layer{'s' if several else ''} "
               f"{', '.join(map(str, collapsed))} {'are' if several else 'is'} silent (every unit dead, or its goodness "
               f"under 1% of the threshold on every test input); test accuracy {100 * accuracy:.2f}% (chance "
-              f"{100 * chance:.2f}%); lower --lr (now {config.lr:g})", file=sys.stderr, flush=True)
+              f"{100 * chance:.2f}%); lower --lr (now {config.lr:g}){hint}", file=sys.stderr, flush=True)
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
     arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {
