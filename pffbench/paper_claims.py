@@ -1,7 +1,7 @@
 """`python -m pffbench.paper_bench --claims`: each claim of Aktemur et al.
 (arXiv 2404.08573v2) checked at a reduced scale this machine can run.
 
-Every run is a paper preset (pffbench/presets.py) with the net and the
+Every run is a paper preset (pffbench/launch/presets.py) with the net and the
 schedule shortened: ``--layers`` (default [784, 500 x 4]) and E epochs in E
 chapters (``--epochs``, default 4), one torch thread per rank, through
 ``mpiexec -n N python -m pffbench.run``.  Runs already in ``--out`` under
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from . import results
-from .study.analysis import training_seconds
+from .analysis.analysis import training_seconds
 
 # (run name, preset, ranks); the MNIST runs first: the CIFAR-10 ones need its data
 MNIST_RUNS = [
