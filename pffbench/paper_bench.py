@@ -43,8 +43,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/paper_bench.h5")
     p.add_argument("--only", default=None, help="comma-separated run numbers (1-based) to run")
     p.add_argument("--report", action="store_true", help="only print the table of runs already in --out")
+    p.add_argument("--claims", action="store_true", help="check each of the paper's claims at this scale "
+                   "(the paper presets, shortened; --out defaults to results/paper_claims.h5; see paper_claims.py)")
+    p.add_argument("--cifar", action="store_true", help="with --claims: also the CIFAR-10 rows (needs its data)")
     args = p.parse_args(argv)
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
+    if args.claims:
+        from . import paper_claims
+        if args.out == p.get_default("out"):
+            args.out = "results/paper_claims.h5"
+        return paper_claims.main(mpiexec, args)
     common = ["--layers", args.layers, "--epochs", str(args.epochs), "--splits", str(args.splits),
               "--threads", "1", "--out", args.out] + (["--data-dir", args.data_dir] if args.data_dir else [])
     try:

@@ -156,7 +156,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
-    ending.check_health(result, dataset, config.lr)  # after the clock: a forward pass over the test set
+    ending.check_health(result, dataset, config.lr, config.norm)  # after the clock: a forward pass over the test set
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
     arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {
