@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         from . import paper_claims
         if args.out == p.get_default("out"):
             args.out = "results/paper_claims.h5"
-        return paper_claims.main(mpiexec, args)
+        return paper_claims.run_claims(mpiexec, args)
     common = ["--layers", args.layers, "--epochs", str(args.epochs), "--splits", str(args.splits),
               "--threads", "1", "--out", args.out] + (["--data-dir", args.data_dir] if args.data_dir else [])
     try:

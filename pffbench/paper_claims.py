@@ -177,7 +177,7 @@ def table(items: list[Claim]) -> str:
     return "\n".join(lines)
 
 
-def main(mpiexec: str, args) -> int:
+def run_claims(mpiexec: str, args) -> int:
     run_all(mpiexec, args, MNIST_RUNS + (CIFAR_RUNS if args.cifar else []))
     print(table(claims(args, predict_headline())))
     return 0
