@@ -23,6 +23,7 @@ from mpi4py import MPI
 from .comm import guard
 from .core.cli import _int_list
 from .core.config import Config
+from .instrument.progress import plural
 from .schedules.pipeline.link_timing import pipeline_messages, rows_for, summary, time_link
 from .store import writer
 
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
     rows = measure(comm, opts)
     if comm.Get_rank() != 0:
         return 0
-    print(f"# pffbench.links: rank 0 on {hostnames[0]} -> rank 1 on {hostnames[1]}; {opts.repetitions} repetitions "
+    print(f"# pffbench.links: rank 0 on {hostnames[0]} -> rank 1 on {hostnames[1]}; "
+          f"{plural(opts.repetitions, 'repetition')} "
           f"after {opts.warmup} warm-up; latency = ping-pong / 2, bandwidth = window of messages / time")
     print(table(rows), flush=True)
     arrays, attrs = record(opts, rows, hostnames)

@@ -111,7 +111,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
                 f"(median of {base.stats['n']})")
         best = rows[0].best_single
         if best is not None:
-            note += f"; 1 rank × {best.threads} threads: {best.stats['median']:.2f} s"
+            note += f"; 1 rank × {_plural(best.threads, 'thread')}: {best.stats['median']:.2f} s"
         notes.append(note)
     _log2_axis(ax_s, all_p, "x")
     _log2_axis(ax_s, [2.0 ** k for k in range(-3, 8)], "y")

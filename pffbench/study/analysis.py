@@ -28,6 +28,7 @@ from .. import results
 from ..core.config import case_settings
 from ..core.variants import BASELINES  # noqa: F401  (plot draws them dashed)
 from ..instrument import target, timer
+from ..instrument.progress import plural
 
 
 def pipeline_bound(p: int, m: int) -> float:
@@ -162,7 +163,7 @@ class Case:
         """What a reader of the case's figures must know: pooled runs, a busy host."""
         notes = [f"pooled: {self.pooled}"] if self.pooled else []
         if self.busy:
-            notes.append(f"busy host: {self.busy} of {len(self.runs)} runs")
+            notes.append(f"busy host: {self.busy} of {plural(len(self.runs), 'run')}")
         return "; ".join(notes)
 
     @property
