@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from .core.config import UsageError, one_line
 from .perfmodel import calibrate, links, predict as model, validate as validation
+from .study import sidecar
 
 
 def _ints(text: str) -> list[int]:
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--format", choices=("text", "markdown"), default="text")
     g = sub.add_parser("plot", help="model_speedup.png and model_timeline.png")
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
-    g.add_argument("-o", "--out-dir", default="plots")
+    g.add_argument("-o", "--out-dir", default=sidecar.DEFAULT_FOLDER,
+                   help="folder the figures go in (default: %(default)s, which git ignores; the README's figures "
+                        "in plots/ come from `make figures`)")
     g.add_argument("--cores-per-node", type=int, default=0)
     g.add_argument("--intra", default="shm", help="MPI link within the node the runs ran on")
     g.add_argument("--deep-layers", type=int, default=16, help="depth of the [784, 2000 x L] net of the cluster panels")

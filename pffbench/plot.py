@@ -251,8 +251,9 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m pffbench.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
-    parser.add_argument("-o", "--output", default="plots", metavar="DIR",
-                        help="folder the figures go in, created if missing (default: %(default)s)")
+    parser.add_argument("-o", "--output", default=sidecar.DEFAULT_FOLDER, metavar="DIR",
+                        help="folder the figures go in, created if missing (default: %(default)s, which git "
+                             "ignores; the README's figures in plots/ come from `make figures`)")
     parser.add_argument("--timeline-run", default=None, metavar="NAME",
                         help="run to draw the timeline of (default: the traced run with the most ranks)")
     parser.add_argument("--prefix", default="", help="prefix of the file names")
