@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
 import sys
 
 from . import __version__
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"{__package__}.{table[name][0]}")
     try:
         return int(module.main(rest) or 0)
+    except BrokenPipeError:  # `pffbench report ... | head`: the reader left; no traceback (Python's docs, signal)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except SystemExit as done:  # argparse's --help and usage errors exit; pass their code on
         if done.code is None or isinstance(done.code, int):
             return done.code or 0

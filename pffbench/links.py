@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="power-of-two message sizes in bytes, or 'none' (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repetitions", type=int, default=100, help="timed ping-pongs and windows per size")
-    parser.add_argument("--out", default="results/pffbench.h5", help="results file to append to")
+    parser.add_argument("--out", default="results/links.h5",
+                        help="results file to append to (default: %(default)s, not run's results/pffbench.h5, "
+                             "so that a report of runs holds no link rows)")
     parser.add_argument("--name", default=None)
     return parser
 

@@ -157,7 +157,9 @@ def to_dataframe(path, pool: bool = False, on_damaged=None):
     final_test_accuracy (0..1), the run's case and that case's median
     seconds, speedup, efficiency and speedup_vs_1xall, as
     ``python -m pffbench.report`` computes them (``pool``: as report --pool),
-    its notes, the provenance (git_sha, versions, hostname, cpu_model,
+    its notes, the settings that tell runs apart (layers as "500,500",
+    epochs, batch_size, lr, neg, classifier, splits, partition, ...: the
+    settings of a case, see study/analysis.settings_of), the provenance (git_sha, versions, hostname, cpu_model,
     host_cores), the 1-minute load average at start and end (NaN where not
     recorded) and busy_host.  Damaged runs are skipped as in read_runs.
     Needs pandas (``pip install 'pffbench[table]'``)."""

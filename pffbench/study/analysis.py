@@ -18,6 +18,7 @@ user gets without MPI).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import results
-from ..core.config import case_settings
+from ..core.config import Config, case_settings
 from ..core.variants import BASELINES  # noqa: F401  (plot draws them dashed)
 from ..instrument import target, timer
 from ..instrument.progress import plural
@@ -76,6 +77,44 @@ def signature(run: results.Run, pool: bool = False) -> str:
     config = case_settings(run.config)
     origin = {} if pool else {key: run.attrs.get(key, "") for key in MACHINE + SOFTWARE}
     return json.dumps({"config": config, **origin}, sort_keys=True)
+
+
+# the settings already shown in every table and legend, in columns of their own
+SHOWN = ("variant", "dataset")
+_ORDER = {f.name: i for i, f in enumerate(dataclasses.fields(Config))}
+
+
+def cell(value):
+    """A setting's value as one table cell: a sequence as "500,500", None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
+
+
+def settings_of(run: results.Run) -> dict:
+    """The settings that make a run's case (core/config.py's case_settings: what is computed, and what
+    changes the times but threads), except variant and data set, in Config's order, then any a stored
+    config has that this version's Config has not (a later version's setting, e.g. an objective), each
+    a table cell (``cell``)."""
+    settings = case_settings(run.config)
+    keys = sorted((k for k in settings if k not in SHOWN), key=lambda k: (_ORDER.get(k, len(_ORDER)), k))
+    return {k: cell(settings[k]) for k in keys}
+
+
+def distinguishing(all_cases: list["Case"], shown=lambda case: (case.variant, case.dataset, case.ranks,
+                                                                 case.threads, case.value("layers"))) -> list[str]:
+    """The settings, and machine or software keys, that tell apart cases a table or legend would otherwise
+    show alike: those whose values differ among cases with the same ``shown(case)`` (by default what a
+    report row or a legend shows: variant, data set, ranks, threads, widths), e.g. federated IID against
+    label-skew, two learning rates, two commits.  In settings_of's order, then MACHINE + SOFTWARE."""
+    alike: dict = {}
+    for case in all_cases:
+        alike.setdefault(shown(case), []).append(case)
+    keys = list(dict.fromkeys(k for case in all_cases for k in case.settings))
+    keys += [k for k in MACHINE + SOFTWARE if k not in keys]
+    return [k for k in keys if any(len({str(case.value(k)) for case in group}) > 1 for group in alike.values())]
 
 
 def busy_host(run: results.Run) -> bool:
@@ -165,6 +204,20 @@ class Case:
         if self.busy:
             notes.append(f"busy host: {self.busy} of {plural(len(self.runs), 'run')}")
         return "; ".join(notes)
+
+    @property
+    def settings(self) -> dict:
+        """settings_of its first run (every run of a case shares them)."""
+        return settings_of(self.runs[0])
+
+    def value(self, key: str):
+        """A setting's value (settings_of), else a machine or software attribute's; "" where absent."""
+        settings = self.settings
+        return settings[key] if key in settings else cell(self.runs[0].attrs.get(key, ""))
+
+    def differing(self, keys: list[str]) -> str:
+        """"partition=label-skew, lr=0.001": this case's values of ``keys`` (see distinguishing)."""
+        return ", ".join(f"{k}={self.value(k) if self.value(k) != '' else '-'}" for k in keys)
 
     @property
     def label(self) -> str:
