@@ -248,7 +248,7 @@ class Row:
     best_single: Case | None     # p = 1, the most threads (None when that is the base itself)
     speedup: float               # median T1 / median Tp (NaN without a base)
     efficiency: float            # speedup / p
-    speedup_best: float          # against the best single process
+    speedup_best: float          # against the best single process (NaN: no 1-rank run with more threads)
 
     @property
     def accuracy(self) -> float:
@@ -285,6 +285,10 @@ def table(runs: list[results.Run], pool: bool = False) -> list[Row]:
     for group in series(cases(runs, pool)).values():
         singles = [c for c in group if c.ranks == 1]
         best = max(singles, key=lambda c: c.threads, default=None)
+        # "vs 1xall" needs a 1-rank run with more threads than some case of the series (sweep's all-cores
+        # run); where every run has the same threads there is none, and the column says "-", not 1.000
+        if best is not None and not any(c.threads < best.threads for c in group):
+            best = None
         for case in group:
             stats = case.stats
             base = next((c for c in singles if c.threads == case.threads), None)

@@ -103,3 +103,13 @@ def test_plot_legends_tell_apart_series_that_would_read_alike(skewed):
 
 def test_links_has_a_results_file_of_its_own():
     assert links.build_parser().parse_args([]).out != Config().out
+
+
+def test_vs_1xall_is_blank_without_an_all_cores_run(skewed, capsys):
+    # every run has 1 thread per rank: no 1-rank run with more threads to compare against
+    assert report.main([str(skewed), "--format", "json"]) == 0
+    assert {row["speedup vs 1xall"] for row in json.loads(capsys.readouterr().out)} == {None}
+    assert report.main([str(skewed)]) == 0
+    header, *lines = capsys.readouterr().out.split("\n\n")[0].splitlines()
+    column = report.HEADER.index("speedup vs 1xall")  # every cell before it is one word
+    assert {line.split()[column] for line in lines} == {"-"}
