@@ -113,3 +113,10 @@ def test_vs_1xall_is_blank_without_an_all_cores_run(skewed, capsys):
     header, *lines = capsys.readouterr().out.split("\n\n")[0].splitlines()
     column = report.HEADER.index("speedup vs 1xall")  # every cell before it is one word
     assert {line.split()[column] for line in lines} == {"-"}
+
+
+def test_the_sweep_says_each_runs_seconds_as_it_goes(skewed):
+    from pffbench import sweep
+    line = sweep.done_line(str(skewed), "fed-iid-p2-r0")
+    assert line.startswith("fed-iid-p2-r0 done: 2.50 s training, ") and line.endswith("test accuracy 90.00%")
+    assert sweep.done_line(str(skewed), "missing").startswith("missing done (not read back: ")
