@@ -4,8 +4,9 @@ results files, recomputed from their raw timing arrays.
 One row per case (same configuration, code, software versions, machine,
 ranks and threads per rank; see pffbench.study.analysis); --pool pools runs
 that differ only in code, versions or machine, and the notes column says so.
-The notes column also flags cases measured on a busy host (load above its
-cores).  A run that cannot be read is skipped with one line naming it.  Times are training seconds: the slowest rank's epoch
+The notes column also flags cases measured on a busy host (a load above
+the cores, or the run's own threads, by more than one: other jobs' load,
+not the run's own) and repetitions far from their case's median.  A run that cannot be read is skipped with one line naming it.  Times are training seconds: the slowest rank's epoch
 wall times summed, evaluation excluded.  speedup = median T1 / median Tp with
 T1 the same configuration on 1 rank with the same threads per rank;
 efficiency = speedup / p; "vs 1xall" is the speedup against 1 rank with the

@@ -79,6 +79,10 @@ def signature(run: results.Run, pool: bool = False) -> str:
     return json.dumps({"config": config, **origin}, sort_keys=True)
 
 
+# a repetition this many times slower (or faster) than its case's median is named in the notes: a noisy
+# host, not the schedule (the spread of quiet repeats measured here stays well under it: README tables)
+OUTLIER = 1.5
+
 # the settings already shown in every table and legend, in columns of their own
 SHOWN = ("variant", "dataset")
 _ORDER = {f.name: i for i, f in enumerate(dataclasses.fields(Config))}
@@ -117,13 +121,29 @@ def distinguishing(all_cases: list["Case"], shown=lambda case: (case.variant, ca
     return [k for k in keys if any(len({str(case.value(k)) for case in group}) > 1 for group in alike.values())]
 
 
+def own_threads(run: results.Run) -> int:
+    """The compute threads the run itself starts on rank 0's host (where the load is read): threads per rank
+    of the ranks on that host (all ranks where hostnames were not recorded)."""
+    threads = run.attrs.get("threads_per_rank") or []
+    threads = list(threads) if isinstance(threads, (list, tuple)) else [int(threads)] * int(run.attrs.get(
+        "world_size", 1) or 1)
+    hosts = run.attrs.get("hostnames") or []
+    if len(hosts) == len(threads):
+        threads = [t for t, host in zip(threads, hosts) if host == hosts[0]]
+    return int(sum(threads))
+
+
 def busy_host(run: results.Run) -> bool:
     """Whether the run was measured on a busy host: a 1-minute load average, at
-    its start or end, above the host's cores (store/provenance.py; runs then
-    waited for cores).  False for runs that did not record it."""
+    its start or end (store/provenance.py), above what the host's cores, or
+    the run's own threads where it starts more (own_threads), account for,
+    by more than one: the run's own load (its ranks, and communication
+    threads such as gloo's) is not a busy host, other jobs' is.  False for
+    runs that did not record it."""
     cores = run.attrs.get("host_cores") or 0
+    allowed = max(cores, own_threads(run)) + 1
     loads = [run.attrs.get(key) for key in ("load_avg_start", "load_avg_end")]
-    return bool(cores) and any(isinstance(load, list) and load and load[0] > cores for load in loads)
+    return bool(cores) and any(isinstance(load, list) and load and load[0] > allowed for load in loads)
 
 
 def stem(name: str) -> str:
@@ -198,11 +218,25 @@ class Case:
         return sum(busy_host(run) for run in self.runs)
 
     @property
+    def outliers(self) -> list[tuple[str, float]]:
+        """Repetitions whose training time is more than OUTLIER times the
+        case's median, or under it by that factor: (run name, its time / the
+        median).  Needs 3 repetitions (with 2 the median is their mean)."""
+        seconds = self.seconds
+        if len(seconds) < 3:
+            return []
+        median = float(np.median(seconds))
+        return [(run.name, s / median) for run, s in zip(self.runs, seconds)
+                if s > OUTLIER * median or s * OUTLIER < median]
+
+    @property
     def notes(self) -> str:
-        """What a reader of the case's figures must know: pooled runs, a busy host."""
+        """What a reader of the case's figures must know: pooled runs, a busy host, outlying repetitions."""
         notes = [f"pooled: {self.pooled}"] if self.pooled else []
         if self.busy:
             notes.append(f"busy host: {self.busy} of {plural(len(self.runs), 'run')}")
+        if self.outliers:
+            notes.append("outlier: " + ", ".join(f"{name} {ratio:.2f}x the median" for name, ratio in self.outliers))
         return "; ".join(notes)
 
     @property

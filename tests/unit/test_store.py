@@ -209,11 +209,24 @@ def test_report_keeps_runs_of_other_commits_and_machines_apart_unless_pooled(tmp
 def test_report_flags_runs_measured_on_a_busy_host(tmp_path, capsys):
     path = tmp_path / "r.h5"
     timed_run(path, "quiet-r0", 10.0, load_avg_start=[0.5, 0.4, 0.3], load_avg_end=[2.0, 1.0, 0.5])
-    timed_run(path, "busy-r0", 10.0, load_avg_start=[2.5, 2.0, 1.0], load_avg_end=[1.0, 1.0, 1.0],
+    timed_run(path, "busy-r0", 10.0, load_avg_start=[3.5, 2.0, 1.0], load_avg_end=[1.0, 1.0, 1.0],
               config={"layers": [16], "epochs": 1})
     assert report.main([str(path)]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert lines["busy"].endswith("busy host: 1 of 1 run") and "busy" not in lines["quiet"]
+
+
+def test_a_runs_own_load_is_not_a_busy_host(tmp_path):
+    # 2 ranks x 1 thread on 2 cores with gloo's threads beside them: load 2.4 is the run's own
+    path = tmp_path / "r.h5"
+    timed_run(path, "own-r0", 10.0, world_size=2, threads_per_rank=[1, 1], hostnames=["vm", "vm"],
+              load_avg_start=[1.3, 1.0, 1.0], load_avg_end=[2.4, 1.5, 1.0])
+    timed_run(path, "many-r0", 10.0, world_size=4, threads_per_rank=[1] * 4, hostnames=["vm"] * 4,
+              load_avg_start=[4.5, 1.0, 1.0], load_avg_end=[4.8, 1.5, 1.0])  # 4 ranks on 2 cores: its own
+    timed_run(path, "other-r0", 10.0, world_size=2, threads_per_rank=[1, 1], hostnames=["vm", "vm"],
+              load_avg_start=[6.0, 5.0, 4.0], load_avg_end=[7.0, 6.0, 5.0])  # other jobs
+    busy = {run.name: analysis.busy_host(run) for run in results.read_runs(str(path))}
+    assert busy == {"own-r0": False, "many-r0": False, "other-r0": True}
 
 
 def test_to_dataframe_gives_one_row_per_run_with_the_reports_figures(tmp_path):
@@ -236,3 +249,13 @@ def test_a_sweep_into_a_file_with_runs_says_so(tmp_path):
     timed_run(path, "old-r1", 10.0)
     line = sweep.already_held(str(path))
     assert line.startswith(f"sweep: {path} already holds 2 runs;") and "--pool" in line
+
+
+def test_a_repetition_far_from_its_median_is_named(tmp_path, capsys):
+    path = tmp_path / "r.h5"
+    for i, seconds in enumerate((10.0, 10.5, 9.8, 31.0)):
+        timed_run(path, f"noisy-r{i}", seconds)
+    row, = analysis.table(results.read_runs(str(path)))
+    assert row.case.outliers == [("noisy-r3", pytest.approx(31.0 / 10.25))]
+    assert report.main([str(path)]) == 0
+    assert "outlier: noisy-r3 3.02x the median" in capsys.readouterr().out
