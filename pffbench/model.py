@@ -167,8 +167,25 @@ def cmd_predict(args) -> int:
           f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
           f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "
           f"beta {inter.beta / 1e9:.2f} GB/s)")
+    print(costs_source(args))
     print(format_rows(rows, args.format == "markdown"))
     return 0
+
+
+def costs_source(args) -> str:
+    """The line that says what the predicted compute rests on: a measured run (--calibrate), or the
+    microbenchmarks of the net on this machine, with its CPU and load (a busy host slows them, and
+    predictions vary from run to run with it)."""
+    if args.calibrate:
+        return (f"compute costs: the 1-rank {args.run or 'run of each variant'} in {args.calibrate} "
+                f"(retargeted by microbenchmarks on this machine where its net or batch differs)")
+    from .store import provenance
+    load, cores = provenance.load_average(), os.cpu_count() or 1
+    busy = load and load[0] > cores
+    return (f"compute costs: microbenchmarks of this net on this machine ({provenance.cpu_model()}, {cores} "
+            f"cores, 1-minute load {load[0] if load else float('nan'):.1f}"
+            f"{': busy, the costs and so the predictions vary from run to run' if busy else ''}); "
+            f"--calibrate RESULTS.h5 rests them on a measured run instead")
 
 
 def cmd_validate(args) -> int:

@@ -120,3 +120,12 @@ def test_the_sweep_says_each_runs_seconds_as_it_goes(skewed):
     line = sweep.done_line(str(skewed), "fed-iid-p2-r0")
     assert line.startswith("fed-iid-p2-r0 done: 2.50 s training, ") and line.endswith("test accuracy 90.00%")
     assert sweep.done_line(str(skewed), "missing").startswith("missing done (not read back: ")
+
+
+def test_model_predict_says_what_its_compute_costs_rest_on():
+    from pffbench import model
+    args = model.build_parser().parse_args(["predict", "--layers", "16,16"])
+    line = model.costs_source(args)
+    assert line.startswith("compute costs: microbenchmarks of this net on this machine (") and "load" in line
+    args = model.build_parser().parse_args(["predict", "--calibrate", "c.h5"])
+    assert "c.h5" in model.costs_source(args)
