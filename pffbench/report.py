@@ -2,7 +2,7 @@
 results files, recomputed from their raw timing arrays.
 
 One row per case (same configuration, code, software versions, machine,
-ranks and threads per rank; see pffbench.study.analysis); --pool pools runs
+ranks and threads per rank; see pffbench.analysis.analysis); --pool pools runs
 that differ only in code, versions or machine, and the notes column says so.
 The notes column also flags cases measured on a busy host (a load above
 the cores, or the run's own threads, by more than one: other jobs' load,
@@ -38,8 +38,8 @@ import sys
 import numpy as np
 
 from . import results
-from .instrument.progress import plural
-from .study import analysis
+from .analysis import analysis
+from .core.words import plural
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
           "efficiency", "speedup vs 1xall", "accuracy %")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from pffbench import data, plot, report
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
 from pffbench.instrument import progress
 from pffbench.store import writer
-from pffbench.study import sidecar
+from pffbench.analysis import sidecar
 
 
 def test_a_preset_shortened_with_epochs_keeps_one_epoch_per_chapter():
@@ -130,10 +130,11 @@ def test_a_silent_layer_counts_as_collapsed_and_a_healthy_one_does_not():
 
 from types import SimpleNamespace  # noqa: E402
 
-from pffbench import presets, run  # noqa: E402
-from pffbench.core import console  # noqa: E402
+from pffbench import run  # noqa: E402
+from pffbench.launch import presets  # noqa: E402
+from pffbench.launch import console  # noqa: E402
 from pffbench.core.types import TrainResult  # noqa: E402
-from pffbench.core.validate import validate  # noqa: E402
+from pffbench.launch.validate import validate  # noqa: E402
 from pffbench.instrument.timer import COLUMNS  # noqa: E402
 
 

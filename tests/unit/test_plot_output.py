@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pffbench import model, plot
-from pffbench.study import sidecar
+from pffbench.analysis import sidecar
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "sweep-mnist-2core.h5"
