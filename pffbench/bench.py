@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
+from .launch.command import command
+from .core.config import UsageError
 from .core.cpu_quota import usable_cores
 from .instrument.progress import plural
+from .store import writer
 from .analysis.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
@@ -128,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("pffbench.bench")
 def main(argv=None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
@@ -136,6 +140,9 @@ def main(argv=None) -> int:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
     if opts.second_width < 0:
         parser.error("--second-width must be >= 1 (or 0: measure the balanced one)")
+    problem = opts.out and writer.unappendable(opts.out)  # before minutes of measuring, not after
+    if problem:
+        raise UsageError(f"--out: {problem}")
     cores = usable_cores()  # a CPU quota (container limit) caps the affinity mask's cores
     threads = max(1, cores // 2)
     torch.set_flush_denormal(True)  # the step measurements below run as one pipeline rank does

@@ -21,6 +21,7 @@ from .datasets.idx import _idx_folder
 # the loaders' API, re-exported here where users and tests find it
 from .datasets.files import BUNDLED_DIRS, CIFAR_FOLDER, CLASS_NAMES, MIRRORS, Dataset  # noqa: F401
 from .datasets.load import DATASETS, load_dataset, source_of  # noqa: F401
+from .launch.command import command
 
 
 # --- command line ------------------------------------------------------------
@@ -48,6 +49,7 @@ def _check(name: str, data_dir: str) -> list[str]:
     return [f"ok  {path}  md5{of} {MD5[name][path.name]}" for path in paths]
 
 
+@command("python -m pffbench.data")
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m pffbench.data", description="Download or verify pffbench data sets.")
     commands = parser.add_subparsers(dest="command", required=True)

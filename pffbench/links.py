@@ -21,6 +21,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .comm import guard
+from .launch.command import command
 from .launch.cli import _int_list
 from .core.config import Config
 from .core.words import plural
@@ -117,6 +118,7 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+@command("pffbench")
 def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     opts = build_parser().parse_args(argv)

@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 
 from .core.config import UsageError, one_line
+from .launch.command import command
 from .core.variants import VARIANTS
 from .perfmodel import calibrate, links, predict as model, validate as validation
 from .analysis import sidecar
@@ -213,6 +214,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
+@command("pffbench")
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
         headline.headline(args)
         headline.deeper(args)
         return 0
-    except (UsageError, ValueError, OSError) as error:
+    except (UsageError, ValueError) as error:  # the rest of bad input (OSError, ResultsError): @command
         print(f"pffbench: error: {one_line(str(error))}", file=sys.stderr)
         return 2
 

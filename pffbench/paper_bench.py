@@ -15,8 +15,11 @@ import subprocess
 import sys
 
 from . import results
+from .launch.command import command
+from .core.config import UsageError
 from .core.partition import layer_costs
 from .instrument.progress import plural
+from .store import writer
 from .perfmodel.pff import wavefront_bound
 from .analysis.analysis import training_seconds
 
@@ -30,6 +33,7 @@ RUNS = [  # (label, variant, extra flags, parallel ranks)
 ]
 
 
+@command("pffbench.paper_bench")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pffbench.paper_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", default="500,500,500,500")
@@ -39,19 +43,37 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="results/paper_bench.h5")
     p.add_argument("--only", default=None, help="comma-separated run numbers (1-based) to run")
     p.add_argument("--report", action="store_true", help="only print the table of runs already in --out")
+    p.add_argument("--claims", action="store_true", help="check each of the paper's claims at this scale "
+                   "(the paper presets, shortened; --out defaults to results/paper_claims.h5; see paper_claims.py)")
+    p.add_argument("--cifar", action="store_true", help="with --claims: also the CIFAR-10 rows (needs its data)")
     args = p.parse_args(argv)
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
+    if args.claims:
+        from . import paper_claims
+        if args.out == p.get_default("out"):
+            args.out = "results/paper_claims.h5"
+        return paper_claims.main(mpiexec, args)
     common = ["--layers", args.layers, "--epochs", str(args.epochs), "--splits", str(args.splits),
               "--threads", "1", "--out", args.out] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(1, len(RUNS) + 1))
+    try:
+        chosen = {int(i) for i in args.only.split(",")} if args.only else set(range(1, len(RUNS) + 1))
+    except ValueError:
+        raise UsageError(f"--only: expected comma-separated run numbers, got {args.only!r}") from None
+    problem = not args.report and writer.unappendable(args.out)  # before the first run, not in each
+    if problem:
+        raise UsageError(f"--out: {problem}")
     for number, (label, variant, extra, ranks) in enumerate(RUNS, 1):
         for n in (1, ranks):
             if args.report or number not in chosen:
                 continue
             name = f"{variant}{''.join(extra).replace('--', '-')}-n{n}"
             print(f"running {label} on {plural(n, 'rank')}", flush=True)
-            subprocess.run([mpiexec, "-n", str(n), sys.executable, "-m", "pffbench.run", "--variant", variant,
-                            *extra, *common, "--name", name], check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run([mpiexec, "-n", str(n), sys.executable, "-m", "pffbench.run", "--variant",
+                                   variant, *extra, *common, "--name", name], stdout=subprocess.DEVNULL)
+            if done.returncode:  # the run said why on stderr
+                print(f"pffbench.paper_bench: error: {label} on {plural(n, 'rank')} failed "
+                      f"(exit {done.returncode})", file=sys.stderr)
+                return done.returncode
     print(table(args))
     return 0
 

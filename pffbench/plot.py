@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from . import results  # noqa: E402
+from .launch.command import command  # noqa: E402
 from .analysis import analysis, sidecar  # noqa: E402
 from .analysis.timeline import COLORS, IDLE_COLOR, LABELS, save, timeline_figure, traced_runs  # noqa: E402,F401
 
@@ -248,6 +249,7 @@ class _Parser(argparse.ArgumentParser):
         raise results.ResultsError(message)
 
 
+@command("pffbench.plot")
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m pffbench.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")

@@ -38,6 +38,7 @@ import sys
 import numpy as np
 
 from . import results
+from .launch.command import command
 from .analysis import analysis
 from .core.words import plural
 
@@ -184,6 +185,7 @@ def notes(runs) -> list[str]:
     return lines
 
 
+@command("pffbench.report")
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")

@@ -15,12 +15,16 @@ import time
 import traceback
 from datetime import datetime, timezone
 
+if __name__ == "__main__":  # the run entry: before torch and MPI start (launch/preflight.py says why)
+    from .launch import preflight
+    preflight.before_libraries()
+
 import numpy as np
 import torch
 from mpi4py import MPI
 
 from .comm import guard
-from .launch import console
+from .launch import command, console, preflight
 from .launch.cli import parse_config
 from .core.config import Config, UsageError, one_line
 from .core.types import Shape, TrainResult, batch_rows
@@ -148,6 +152,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     started, load_start = utc_now(), provenance.load_average()
     hostnames = world.hostnames
     threads = world.comm.gather(torch.get_num_threads(), root=0)
+    masks = world.comm.gather(sorted(os.sched_getaffinity(0)), root=0)  # the cores each rank may run on
     quotas = world.comm.gather(world.cpu_quota, root=0)
     reporter = console.start_progress(config, world, shape, len(dataset.y_test) if world.is_first else 0)
     if world.is_first:
@@ -169,13 +174,13 @@ def run(config: Config, world: World) -> TrainResult | None:
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
-    ending.check_health(result, dataset, config.lr)  # after the clock: a forward pass over the test set
+    ending.check_health(result, dataset, config.lr, config.norm)  # after the clock: a forward pass over the test set
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
     arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {
         "variant": config.variant, "dataset": config.dataset, "config": dataclasses.asdict(config),
         "world_size": world.size, "hostnames": hostnames, "threads_per_rank": threads,
-        "cpu_quota": quotas,
+        "cpu_quota": quotas, "cpu_masks": masks,
         "layer_blocks": [[b.start, b.stop] for b in result.blocks], "dims": result.dims,
         "seed": config.seed, "final_test_accuracy": final_accuracy(result),
         "wall_time": wall, "minibatches_per_epoch": len(batch_rows(shape.num_train, config.batch_size)),
@@ -256,6 +261,11 @@ def save_model(config: Config, result: TrainResult, path: str, class_names=()) -
 def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     install_abort_on_error(comm)
+    if not isinstance(sys.stdout, command.QuietOnClosedPipe):  # `... | head`: train and record all the same
+        sys.stdout = command.QuietOnClosedPipe(sys.stdout)
+    narrowed = comm.gather(preflight.restore_affinity(), root=0)  # before World reads the masks
+    if comm.Get_rank() == 0 and preflight.affinity_line(narrowed):
+        print(preflight.affinity_line(narrowed), file=sys.stderr, flush=True)
     try:
         with contextlib.redirect_stdout(sys.stdout if comm.Get_rank() == 0 else io.StringIO()):
             config = parse_config(argv)  # --help prints once, from rank 0

@@ -41,6 +41,7 @@ from .launch.validate import validate
 from .instrument.progress import plural
 from .store import checks, writer
 from .analysis import analysis
+from .launch.command import command
 
 
 def default_launcher() -> list[str]:
@@ -236,6 +237,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+@command("pffbench.sweep")
 def main(argv=None) -> int:
     try:
         return _main(argv)

@@ -47,6 +47,7 @@ class Config:
     lr: float = 3e-3
     threshold: float = 1.0
     sharpness: float = 20.0
+    norm: str = "rms"  # an FF layer's input: unit RMS or unit length (ff.layer.input_scale)
     cooldown: float = 0.5
     seed: int = 0
     threads: int = _incidental(0, times=True)
@@ -81,6 +82,8 @@ class Config:
     inject_nan: tuple[int, int] | None = _incidental(None)
 
 
+# settings added after runs were stored: a stored config without one ran at its default (case_settings)
+COMPUTING_SINCE_STORED = ("norm",)
 COMPUTING = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("computes", True))
 INCIDENTAL = tuple(f.name for f in dataclasses.fields(Config) if not f.metadata.get("computes", True))
 TIMING = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("times", False))
@@ -95,6 +98,10 @@ def case_settings(config: dict) -> dict:
     """The settings runs must share to be repetitions of one measurement: what
     is computed, plus what changes the times, except threads (a case's key of
     its own, beside the ranks).  Settings a stored config has and this Config
-    has not are kept (a run of another version is its own case)."""
+    has not are kept (a run of another version is its own case); settings it
+    lacks had their defaults then (a run stored before --norm existed ran
+    with --norm rms)."""
     known = {f.name for f in dataclasses.fields(Config)}
+    config = {**{f.name: f.default for f in dataclasses.fields(Config) if f.name in COMPUTING_SINCE_STORED
+                 and f.name not in config}, **config}
     return {k: v for k, v in config.items() if k in COMPUTING or (k in TIMING and k != "threads") or k not in known}

@@ -6,10 +6,10 @@ The package's names, for ``from pffbench import ff``: the layer and its loss
 modules.
 """
 from .inputs import EpochInputs, FirstLayerInputs, FirstLayerPairs, PairBatch
-from .layer import (FFLayer, accuracy, cooldown_lr, default_score_layers, embed_labels, ff_loss, goodness,
-                    label_goodness, make_linear, normalize, predict)
+from .layer import (NORMS, FFLayer, accuracy, cooldown_lr, default_score_layers, embed_labels, ff_loss, goodness,
+                    input_scale, label_goodness, make_linear, normalize, predict)
 from .negatives import random_wrong_labels
 
-__all__ = ["EpochInputs", "FFLayer", "FirstLayerInputs", "FirstLayerPairs", "PairBatch", "accuracy", "cooldown_lr",
-           "default_score_layers", "embed_labels", "ff_loss", "goodness", "label_goodness", "make_linear",
+__all__ = ["NORMS", "EpochInputs", "FFLayer", "FirstLayerInputs", "FirstLayerPairs", "PairBatch", "accuracy", "cooldown_lr",
+           "default_score_layers", "embed_labels", "ff_loss", "goodness", "input_scale", "label_goodness", "make_linear",
            "normalize", "predict", "random_wrong_labels"]

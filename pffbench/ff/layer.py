@@ -35,6 +35,20 @@ def embed_labels(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int)
     return out
 
 
+NORMS = ("rms", "length")
+
+
+def input_scale(norm: str, in_features: int) -> float:
+    """How much smaller a layer's input is under ``norm`` than under RMS
+    normalization: 1 for ``rms``, 1 / sqrt(in_features) for ``length`` (a
+    unit-length row of d values has RMS 1 / sqrt(d)).  Hinton's paper
+    ("normalize the length of the hidden vector") and pytorch_forward_forward
+    (``x / (x.norm(2) + 1e-4)``, every layer) normalize to unit length."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return 1.0 if norm == "rms" else in_features ** -0.5
+
+
 def normalize(h: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """RMS (length) normalization: hides the previous layer's goodness so the
     next layer must find new features instead of re-reading the old length."""
@@ -55,12 +69,15 @@ def ff_loss(g: torch.Tensor, num_positive: int, threshold: float, sharpness: flo
     return 2.0 * F.softplus(sharpness * sign * (threshold - g)).mean()
 
 
-def make_linear(in_features: int, out_features: int, seed: int, layer_index: int) -> torch.nn.Linear:
+def make_linear(in_features: int, out_features: int, seed: int, layer_index: int,
+                scale: float = 1.0) -> torch.nn.Linear:
     """Initial weights depend only on (seed, layer index), never on which rank
-    builds the layer, so every partition of the net starts from one state."""
+    builds the layer, so every partition of the net starts from one state:
+    uniform in +-scale / sqrt(in_features), biases zero.  ``scale`` is the
+    FF layer's input_scale (FFLayer: a unit-length input's weights)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + layer_index)
     linear = torch.nn.Linear(in_features, out_features)
-    bound = in_features ** -0.5
+    bound = scale * in_features ** -0.5
     with torch.no_grad():
         linear.weight.uniform_(-bound, bound, generator=generator)
         linear.bias.zero_()
@@ -68,18 +85,39 @@ def make_linear(in_features: int, out_features: int, seed: int, layer_index: int
 
 
 class FFLayer:
-    """One Linear+ReLU layer with its own Adam optimizer and local FF loss."""
+    """One Linear+ReLU layer with its own Adam optimizer and local FF loss.
 
-    def __init__(self, linear: torch.nn.Linear, lr: float, threshold: float, sharpness: float):
+    ``input_scale`` s (input_scale(): 1 for RMS-normalized inputs, 1/sqrt(d_in)
+    for unit-length ones) trains the layer as if its input were s times the
+    RMS-normalized one it is given: a layer W on s x equals the layer W' = s W
+    on x, and since Adam's step does not depend on the gradient's scale (its
+    epsilon aside), Adam at ``lr`` on W is Adam at s * lr (epsilon / s) on W'.
+    So the weights pffbench keeps, publishes and evaluates stay those of RMS
+    inputs (every activity, goodness and message is unchanged); only the
+    weights' step (and their initial size: make_linear's ``scale``) shrink.
+    The biases' step is ``lr`` either way.  With s = 1 this is the plain layer.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, lr: float, threshold: float, sharpness: float,
+                 input_scale: float = 1.0):
         self.linear = linear
         self.threshold = threshold
         self.sharpness = sharpness
         # fused: one kernel for the whole update; the unfused Adam costs as much as the matmuls at batch 64
-        self.optimizer = torch.optim.Adam(linear.parameters(), lr=lr, fused=True)
+        if input_scale == 1.0:
+            self.optimizer = torch.optim.Adam(linear.parameters(), lr=lr, fused=True)
+        else:
+            eps = self._ADAM_EPS
+            self.optimizer = torch.optim.Adam(
+                [{"params": [linear.weight], "lr": lr * input_scale, "eps": eps / input_scale,
+                  "lr_scale": input_scale},
+                 {"params": [linear.bias], "lr": lr, "eps": eps, "lr_scale": 1.0}], lr=lr, fused=True)
+
+    _ADAM_EPS = 1e-8  # torch.optim.Adam's default
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # a checkpoint's groups from before input_scale have no lr_scale
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     @torch.no_grad()
     def train_step(self, x: torch.Tensor, num_positive: int, out: torch.Tensor | None = None,

@@ -10,6 +10,7 @@ import difflib
 from ..core.config import CLASSIFIERS, DEVICES, TRANSPORTS, Config, UsageError, one_line
 from ..core.partition import PARTITIONS
 from ..datasets.load import DATASETS
+from ..ff.layer import NORMS
 from ..ff.negatives import STRATEGIES as NEGATIVES
 from .validate import validate
 from ..core.variants import VARIANTS
@@ -79,6 +80,10 @@ def _model_flags(p, d: Config) -> None:
                        help="goodness threshold, in mean squared activity per unit (default: %(default)s)")
     model.add_argument("--sharpness", type=float, default=d.sharpness,
                        help="slope k of the logistic loss on (goodness - threshold) (default: %(default)s)")
+    model.add_argument("--norm", default=d.norm, choices=NORMS,
+                       help="what an FF layer's input is normalized to: unit RMS, or unit length as in Hinton's paper "
+                            "and pytorch_forward_forward, which makes Adam's steps sqrt(input width) times smaller "
+                            "against the input (the paper presets' lr 0.01 learns so) (default: %(default)s)")
     model.add_argument("--cooldown", type=float, default=d.cooldown, metavar="FRACTION",
                        help="learning rate decays linearly to 0 from this fraction of training on; "
                             "1 = constant (default: %(default)s)")

@@ -21,6 +21,9 @@ def validate(config: Config, world_size: int | None = None) -> None:
     _check_reliability(config, variant, world_size)
     _check_values(config)
     _check_target(config, variant)
+    if config.norm != "rms" and (variant.baseline or config.variant == "perf-opt"):
+        raise UsageError(f"--norm {config.norm} applies to goodness-trained FF layers; {config.variant} trains its "
+                         "layers by backprop on RMS-normalized inputs")
     if variant.baseline:
         _validate_baseline(config, world_size)
         return

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..launch.cli import _int_list
+from ..launch.command import command
 from ..schedules.backprop.mlp import MLP
 from ..schedules.backprop.torch_pipeline import SCHEDULES, stage_layers
 
@@ -117,6 +118,7 @@ def measure(dims: list[int], batch: int, m: int, ranks: int, steps: int) -> dict
     return out
 
 
+@command("pffbench.probes.library_overhead")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pffbench.probes.library_overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=_int_list, default=(784, 544), metavar="W1,W2,...")

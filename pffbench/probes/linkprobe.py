@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from ..launch.command import command
+
 
 def _ping_pong(comm, send, recv):
     """A round trip between ranks 0 and 1: rank 0 sends then receives, rank 1 the other way round;
@@ -118,6 +120,7 @@ def _report(title: str, sizes: list[int], seconds: list[float], allreduce: bool)
     print(f"alpha {alpha * 1e6:.2f} us, beta {beta / 1e9:.2f} GB/s  (--alpha {alpha:.3g} --beta {beta:.3g})")
 
 
+@command("pffbench")
 def main(argv=None) -> int:
     from mpi4py import MPI
     argv = sys.argv[1:] if argv is None else argv

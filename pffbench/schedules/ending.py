@@ -123,11 +123,12 @@ def finish(config, comm, timer: Timer, num_train: int, resumed_from: int | None 
     return _close(config, TrainResult(timing=timing, **result), num_train, resumed_from)
 
 
-def check_health(result: TrainResult, dataset, lr: float) -> None:
+def check_health(result: TrainResult, dataset, lr: float, norm: str) -> None:
     """Rank 0, a complete FF run: flag layers that collapsed (``collapsed_layers``, ff/health.py) and say so in
     one warning; the layers are checked against the goodness threshold the schedule gave ``finish``
     (``health_threshold``; None, dead units only, for layers trained by their own softmax heads:
-    Performance-Optimized).  Nothing for results with ``check_health`` False (the backprop baselines)."""
+    Performance-Optimized).  Nothing for results with ``check_health`` False (the backprop baselines).
+    ``lr`` and ``norm`` (--norm) are the run's, named in the warning's advice."""
     if not result.check_health:
         return
     collapsed = health.dead_layers(result.linears, dataset.x_test, dataset.y_test, dataset.num_classes,
@@ -138,10 +139,14 @@ def check_health(result: TrainResult, dataset, lr: float) -> None:
     several = len(collapsed) > 1
     # a silent layer adds nothing (the layers before it may still classify): say what accuracy the net has
     accuracy, chance = final_accuracy(result), 1 / dataset.num_classes
+    # unit-length inputs make Adam's weight steps sqrt(width) times smaller (docs/paper.md); only goodness-trained
+    # layers take --norm
+    hint = " or give the layers unit-length inputs (--norm length)" if norm == "rms" and \
+        result.health_threshold is not None else ""
     print(f"pffbench: warning: training collapsed: layer{'s' if several else ''} "
           f"{', '.join(map(str, collapsed))} {'are' if several else 'is'} silent (every unit dead, or its goodness "
           f"under 1% of the threshold on every test input); test accuracy {100 * accuracy:.2f}% (chance "
-          f"{100 * chance:.2f}%); lower --lr (now {lr:g})", file=sys.stderr, flush=True)
+          f"{100 * chance:.2f}%); lower --lr (now {lr:g}){hint}", file=sys.stderr, flush=True)
 
 
 def stop(config, comm, timer: Timer, num_train: int, loss: np.ndarray | None, accuracy: np.ndarray,

@@ -117,3 +117,52 @@ def test_a_run_in_a_one_cpu_cgroup_picks_one_thread(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     run, = results.read_runs(str(out))
     assert run.attrs["threads_per_rank"] == [1] and run.attrs["cpu_quota"] == [1.0]
+
+
+@pytest.mark.skipif(not can_mount_namespaces(), reason="needs root and mount namespaces (unshare -m)")
+def test_a_full_dev_shm_is_refused_before_mpi_starts_naming_the_stale_segment(tmp_path):
+    """Issue 20, kind 4, for real: a 1 MiB /dev/shm in a private mount namespace, nearly filled by a stale
+    segment no process holds (as an aborted job leaves).  Before the check both ranks died with SIGBUS inside
+    MPI_Init (MPICH's 2-rank segment is 2.0 MiB) and mpiexec exited 7; now rank 0 says so in one line that names
+    the stale file, and the job exits 2."""
+    stale = "/dev/shm/mpich_shm_deadbeef_0"
+    command = (f"mount -t tmpfs -o size=1m tmpfs /dev/shm && head -c 900000 /dev/zero > {stale} && "
+               f"exec {MPIEXEC} -n 2 {sys.executable} -m pffbench.run --dataset synthetic --layers 8,8 "
+               f"--epochs 1 --out {tmp_path / 'runs.h5'}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=240,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "Bus error" not in done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
+    assert len(errors) == 1 and done.stderr.strip() == errors[0], done.stderr
+    assert "/dev/shm has 0.1 MiB free" in errors[0] and f"rm {stale}" in errors[0] and "(0.9 MiB)" in errors[0]
+    assert not (tmp_path / "runs.h5").exists()
+
+
+def test_omp_proc_bind_does_not_narrow_the_run_to_one_core(tmp_path):
+    """Issue 20, kind 5: with OMP_PROC_BIND=true, `import torch` (GNU OpenMP) binds the importing thread to the
+    first core of its mask.  Before the fix a 1-rank run on 2 cores silently recorded threads_per_rank [1]; now
+    the mask is restored, one warning line names the variable, and the run records each rank's mask."""
+    mask = sorted(os.sched_getaffinity(0))
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec")
+    if len(mask) < 2:
+        pytest.skip("one core: nothing for the import to narrow")
+    probe = subprocess.run([sys.executable, "-c", "import os, torch; print(len(os.sched_getaffinity(0)))"],
+                           capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_PROC_BIND": "true"})
+    if probe.stdout.strip() == str(len(mask)):
+        pytest.skip("this torch's OpenMP runtime does not bind at import: nothing to restore")
+    out = tmp_path / "runs.h5"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_PROC_BIND": "true"}
+    env.pop("OMP_PLACES", None)
+    done = subprocess.run([MPIEXEC, "-n", "1", sys.executable, "-m", "pffbench.run", "--dataset", "synthetic",
+                           "--layers", "8", "--epochs", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("pffbench: warning:")
+                and "CPU mask" in line]
+    assert len(warnings) == 1 and "OMP_PROC_BIND=true" in warnings[0] and "rank(s) 0 " in warnings[0]
+    run, = results.read_runs(str(out))
+    assert run.attrs["cpu_masks"] == [mask]
+    if len(mask) == 2:  # threads = the mask's cores / the node's ranks
+        assert run.attrs["threads_per_rank"] == [2]

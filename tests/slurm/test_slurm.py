@@ -39,6 +39,7 @@ def job_env(**extra) -> dict:
 
 def submit(slurm, tmp_path, script, *args, sbatch=(), timeout=240, **env) -> tuple[int, str]:
     log = tmp_path / "job.out"
+    env.setdefault("CHECKPOINTS", str(tmp_path / "checkpoints"))  # not the repository's results/
     job = slurm.sbatch("--output", str(log), *sbatch, f"jobs/{script}", *args, cwd=ROOT, env=job_env(**env))
     state = slurm.wait(job, timeout=timeout)  # below the 300 s test timeout, so a stuck job is cancelled
     text = log.read_text() if log.exists() else ""
@@ -75,7 +76,8 @@ def test_time_limit_warning_stops_the_run_cleanly(slurm, tmp_path, launcher):
         launcher = str(Path(sys.executable).parent / "mpiexec")
     job = slurm.sbatch("--output", str(log), "--ntasks=2", "--cpus-per-task=1", "jobs/single_run.sbatch",
                        "--dataset", "synthetic", "--layers", "1024,1024", "--batch-size", "10", "--epochs", "100",
-                       "--checkpoint-dir", str(checkpoints), cwd=ROOT, env=job_env(OUT=str(out), LAUNCHER=launcher))
+                       "--checkpoint-dir", str(checkpoints), cwd=ROOT,
+                       env=job_env(OUT=str(out), LAUNCHER=launcher, REQUEUE="0"))
     deadline = time.monotonic() + 120
     while "epoch   2/100" not in (log.read_text() if log.exists() else ""):
         assert time.monotonic() < deadline, f"job {job} did not start training:\n{slurm.logs()}"
@@ -88,6 +90,30 @@ def test_time_limit_warning_stops_the_run_cleanly(slurm, tmp_path, launcher):
     done = run.attrs["epochs_completed"]
     assert 2 <= done < 100 and "pffbench: stopped: interrupted by SIGTERM" in text
     assert "second signal" not in text and (checkpoints / f"epoch-{done:06d}" / "COMPLETE").exists()
+
+
+def test_a_job_cut_by_its_time_limit_requeues_itself_and_resumes(slurm, tmp_path):
+    """The time-limit warning (sent at once, as above) stops the run at a checkpoint; the job requeues
+    itself (#SBATCH --requeue, scontrol requeue) and its second start resumes from that checkpoint and
+    finishes: the interrupted run and the resumed, complete one are both recorded."""
+    log, out, checkpoints = tmp_path / "job.out", tmp_path / "requeue.h5", tmp_path / "checkpoints"
+    epochs = 8
+    job = slurm.sbatch("--output", str(log), "--open-mode=append", "--ntasks=2", "--cpus-per-task=1",
+                       "jobs/single_run.sbatch", "--dataset", "synthetic", "--layers", "1024,1024",
+                       "--batch-size", "10", "--epochs", str(epochs), cwd=ROOT,
+                       env=job_env(OUT=str(out), CHECKPOINTS=str(checkpoints)))
+    deadline = time.monotonic() + 120
+    while f"epoch   2/{epochs}" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, f"job {job} did not start training:\n{slurm.logs()}"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", str(job)], env=slurm.env, check=True, timeout=10)
+    state = slurm.wait(job, timeout=240)
+    text = log.read_text()
+    assert state == "COMPLETED", f"{text[-3000:]}\n{slurm.logs()}"
+    assert "pffbench job: requeued (restart 1)" in text
+    first, second = results.read_runs(str(out))
+    assert first.attrs["status"] == "interrupted" and second.attrs["status"] == "complete", text
+    assert second.attrs["resumed_from_epoch"] == first.attrs["epochs_completed"] < epochs
 
 
 def test_scaling_study(slurm, tmp_path):

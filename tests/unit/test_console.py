@@ -24,6 +24,23 @@ def test_a_preset_shortened_with_epochs_keeps_one_epoch_per_chapter():
     assert parse_config(["--preset", "mnist-goodness-random-all-layers"]).splits == 100
 
 
+def test_the_paper_presets_feed_their_goodness_layers_unit_length_inputs():
+    """Issue 25: the Goodness and Softmax presets keep the paper's Adam 0.01 and threshold 0.01 and train on
+    unit-length inputs; Performance-Optimized (backprop) and the core's default keep unit RMS."""
+    from pffbench.presets import PRESETS
+    for name, preset in PRESETS.items():
+        config = parse_config(["--preset", name])
+        if config.variant in ("perf-opt", "pipeline"):
+            assert config.norm == "rms", name
+        else:
+            assert (config.norm, config.threshold, config.lr) == ("length", 0.01, 0.01), name
+    assert parse_config([]).norm == "rms"
+    assert parse_config(["--preset", "mnist-goodness-random-all-layers", "--norm", "rms"]).norm == "rms"
+    for argv in (["--variant", "perf-opt", "--norm", "length"], ["--variant", "backprop", "--norm", "length"]):
+        with pytest.raises(UsageError, match="--norm length applies to goodness-trained FF layers"):
+            parse_config(argv)
+
+
 @pytest.mark.parametrize("argv,n", [(["-n", "4"], "4"), (["-np", "2"], "2"), (["--epochs", "1", "-n4"], "4")])
 def test_run_with_a_rank_count_points_at_mpiexec(argv, n):
     with pytest.raises(UsageError, match=f"mpiexec -n {n} python -m pffbench.run"):

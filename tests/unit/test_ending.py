@@ -68,10 +68,13 @@ def test_the_collapse_check_follows_the_threshold_the_schedule_gave_not_the_vari
                              dims=[30, 8, 8], blocks=[range(2)], **health)
 
     goodness = result(check_health=True, health_threshold=1.0)
-    ending.check_health(goodness, dataset, 0.03)
-    assert goodness.attrs["collapsed_layers"] == [1] and "layer 1 is silent" in capsys.readouterr().err
+    ending.check_health(goodness, dataset, 0.03, "rms")
+    err = capsys.readouterr().err
+    assert goodness.attrs["collapsed_layers"] == [1] and "layer 1 is silent" in err and "--norm length" in err
+    ending.check_health(result(check_health=True, health_threshold=1.0), dataset, 0.03, "length")
+    assert "--norm" not in capsys.readouterr().err  # already unit length: lowering --lr is the advice left
     for unchecked in (result(check_health=True, health_threshold=None), result()):  # own heads; a baseline
-        ending.check_health(unchecked, dataset, 0.03)
+        ending.check_health(unchecked, dataset, 0.03, "rms")
         assert "collapsed_layers" not in unchecked.attrs
 
 

@@ -231,3 +231,32 @@ def test_pff_first_layer_inputs_share_the_product_of_a_positive_and_its_negative
         got = kind.forward(layer, inputs)  # the shared path, then the plain one
         for a, b in zip(got, plain_inputs or inputs):
             torch.testing.assert_close(a, ff.normalize(torch.relu(layer.linear(b))), rtol=1e-5, atol=1e-5)
+
+
+def test_length_norm_layer_trains_like_a_plain_layer_on_unit_length_inputs():
+    """--norm length: a layer given RMS-normalized rows with input_scale
+    1/sqrt(d) (its weights made and stepped at that scale) computes the same
+    activities, losses and (scaled) weights as a plain layer, with the plain
+    init, given the same rows at unit length: what Hinton's paper and
+    pytorch_forward_forward feed their layers."""
+    torch.manual_seed(0)
+    d = 30
+    x = ff.normalize(torch.rand(64, d))
+    scale = ff.input_scale("length", d)
+    assert scale == pytest.approx(d ** -0.5) and ff.input_scale("rms", d) == 1.0
+    plain = ff.FFLayer(ff.make_linear(d, 40, seed=1, layer_index=0), 0.01, 0.01, 200.0)
+    scaled = ff.FFLayer(ff.make_linear(d, 40, seed=1, layer_index=0, scale=scale), 0.01, 0.01, 200.0, scale)
+    torch.testing.assert_close(scaled.linear.weight, plain.linear.weight * scale)
+    for step in range(40):
+        if step == 20:  # the cooldown's rate changes keep the weights' step scaled
+            plain.set_lr(0.004)
+            scaled.set_lr(0.004)
+        want, want_loss = plain.train_step(x * scale, 32, normalize=False)
+        got, got_loss = scaled.train_step(x, 32, normalize=False)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scaled.linear.weight, plain.linear.weight * scale, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scaled.linear.bias, plain.linear.bias, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(plain.linear.bias, torch.zeros(40))
+    with pytest.raises(ValueError):
+        ff.input_scale("l2", d)

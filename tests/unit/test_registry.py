@@ -73,3 +73,11 @@ def test_the_model_reads_the_registry_its_rank_rules_are_validates():
         del VARIANTS["all-layers-twin"]
     reference = predict.predict("all-layers", costs, cluster, 2, settings)
     assert seconds.seconds == reference.seconds > 0
+
+
+def test_a_run_stored_before_norm_existed_is_a_case_of_the_default_norm():
+    config = dataclasses.asdict(Config())
+    assert "norm" in COMPUTING
+    older = {k: v for k, v in config.items() if k != "norm"}
+    assert case_settings(older) == case_settings(config)
+    assert case_settings(older) != case_settings({**config, "norm": "length"})

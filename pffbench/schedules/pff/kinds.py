@@ -69,8 +69,9 @@ class FFKind(Kind):
 
     def build(self, index: int, state=None) -> ff.FFLayer:
         c = self.config
-        layer = ff.FFLayer(ff.make_linear(self.dims[index], self.dims[index + 1], c.seed, index).to(self.device),
-                           c.lr, c.threshold, c.sharpness)
+        scale = ff.input_scale(c.norm, self.dims[index])
+        layer = ff.FFLayer(ff.make_linear(self.dims[index], self.dims[index + 1], c.seed, index, scale).to(self.device),
+                           c.lr, c.threshold, c.sharpness, scale)
         if state is not None:
             load_flat(self.parameters(layer), state)
         return layer

@@ -22,8 +22,10 @@ class Stage:
         self.dims = [shape.num_features, *config.layers]
         self.blocks = balanced_partition(layer_costs(self.dims), world.size)
         self.block = self.blocks[world.rank]
-        self.layers = {i: ff.FFLayer(ff.make_linear(self.dims[i], self.dims[i + 1], config.seed, i).to(self.device),
-                                     config.lr, config.threshold, config.sharpness) for i in self.block}
+        scales = [ff.input_scale(config.norm, d) for d in self.dims[:-1]]
+        self.layers = {i: ff.FFLayer(ff.make_linear(self.dims[i], self.dims[i + 1], config.seed, i, scales[i])
+                                     .to(self.device), config.lr, config.threshold, config.sharpness, scales[i])
+                       for i in self.block}
         self.owner_of = [r for r, b in enumerate(self.blocks) for _ in b]
         self.score_layers = config.score_layers or ff.default_score_layers(len(config.layers))
         self.gathered = None  # every layer, on rank 0, as of the last evaluation
