@@ -160,6 +160,15 @@ def test_the_writer_stores_a_run_or_says_why_in_one_line(tmp_path, name, attrs):
         assert same(value, run_.attrs[key]), (key, value, run_.attrs[key])
 
 
+def test_a_list_of_ints_beyond_int64_reads_back_as_ints(tmp_path):
+    # numpy makes [0, 2**64 - x] a float64 array, which compared equal to the ints but read back as floats
+    # (found by the fuzz test above)
+    value = [0, 16183350971884623872]
+    writer.append_run(str(tmp_path / "r.h5"), {"timing/wall": np.ones((1, 2))}, {"big": value})
+    read = results.read_runs(str(tmp_path / "r.h5"))[0].attrs["big"]
+    assert read == value and all(type(x) is int for x in read), read
+
+
 # --- issue 13 point 5: a results file that explains itself --------------------------------------------------
 
 def test_a_format_1_file_still_reads_and_takes_format_2_runs(tmp_path):
