@@ -20,7 +20,7 @@ PY := $(VENV)/bin/python
 comma := ,
 EXTRAS := $(if $(MPI_EXTRA),$(MPI_EXTRA)$(comma)test,test)
 
-.PHONY: run test test-quick test-mpi test-netns test-openmpi bench sweep install clean
+.PHONY: run test test-quick test-mpi test-netns test-openmpi bench sweep figures install clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -68,6 +68,17 @@ bench: install
 # e.g. make sweep SWEEP_ARGS="--ranks 1,2 --repeats 3 --out results/sweep.h5 -- --layers 784,784 --epochs 1"
 sweep: install
 	$(PY) -m pffbench.sweep $(SWEEP_ARGS)
+
+# The README's and docs' figures in plots/, redrawn from the committed results files (plot and model plot
+# write to plots/local/ unless told -o).  model_speedup.png's cluster panels also time the wide net's layers
+# on this machine (the model's microbenchmarks), so they follow this machine and its load.
+FIGURES_TMP := plots/local/figures-2nodes
+figures: install
+	$(PY) -m pffbench.plot results/sweep-mnist-2core.h5 -o plots
+	$(PY) -m pffbench.plot results/baselines-mnist-2core.h5 -o plots --prefix baselines_ --target 0.95
+	$(PY) -m pffbench.plot results/shaped-2nodes.h5 --timeline-run pipeline-2nodes-htb-1gbit -o $(FIGURES_TMP)
+	cp $(FIGURES_TMP)/timeline.png plots/timeline-2nodes-1gbit.png
+	$(PY) -m pffbench.model plot results/model-validation.h5 --intra devvm-shm --cores-per-node 2 -o plots
 
 clean:
 	rm -rf $(VENV) .venv-openmpi *.egg-info .pytest_cache

@@ -175,7 +175,7 @@ def report(opts, runs: dict, cases: list, cores: int, threads: int, second: int,
     minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
     bound = pipeline_bound(2, minibatches)
     print(f"machine: {os.uname().nodename}, {cores} cores; MNIST [784,{opts.width},{second}], "
-          f"batch {opts.batch_size}, {opts.epochs} epochs, median of {opts.repeats}")
+          f"batch {opts.batch_size}, {plural(opts.epochs, 'epoch')}, median of {opts.repeats}")
     print(f"stages per minibatch: rank 0 {first_stage * 1e3:.2f} ms (data, 784->{opts.width} pair step), "
           f"rank 1 {second_stage[second] * 1e3:.2f} ms ({opts.width}->{second} step)"
           f"{'' if opts.second_width else f'; {second} measured to balance them'}")

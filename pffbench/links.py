@@ -24,6 +24,7 @@ from .comm import guard
 from .launch.command import command
 from .launch.cli import _int_list
 from .core.config import Config
+from .core.words import plural
 from .probes.link_timing import pipeline_messages, rows_for, summary, time_link
 from .store import writer
 
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="power-of-two message sizes in bytes, or 'none' (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repetitions", type=int, default=100, help="timed ping-pongs and windows per size")
-    parser.add_argument("--out", default="results/pffbench.h5", help="results file to append to")
+    parser.add_argument("--out", default="results/links.h5",
+                        help="results file to append to (default: %(default)s, not run's results/pffbench.h5, "
+                             "so that a report of runs holds no link rows)")
     parser.add_argument("--name", default=None)
     return parser
 
@@ -136,7 +139,8 @@ def main(argv=None) -> int:
     rows = measure(comm, opts)
     if comm.Get_rank() != 0:
         return 0
-    print(f"# pffbench.links: rank 0 on {hostnames[0]} -> rank 1 on {hostnames[1]}; {opts.repetitions} repetitions "
+    print(f"# pffbench.links: rank 0 on {hostnames[0]} -> rank 1 on {hostnames[1]}; "
+          f"{plural(opts.repetitions, 'repetition')} "
           f"after {opts.warmup} warm-up; latency = ping-pong / 2, bandwidth = window of messages / time")
     print(table(rows), flush=True)
     arrays, attrs = record(opts, rows, hostnames)

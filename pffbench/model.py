@@ -20,6 +20,7 @@ from .core.config import UsageError, one_line
 from .launch.command import command
 from .core.variants import VARIANTS
 from .perfmodel import calibrate, links, predict as model, validate as validation
+from .analysis import sidecar
 
 
 def _ints(text: str) -> list[int]:
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--format", choices=("text", "markdown"), default="text")
     g = sub.add_parser("plot", help="model_speedup.png and model_timeline.png")
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
-    g.add_argument("-o", "--out-dir", default="plots")
+    g.add_argument("-o", "--out-dir", default=sidecar.DEFAULT_FOLDER,
+                   help="folder the figures go in (default: %(default)s, which git ignores; the README's figures "
+                        "in plots/ come from `make figures`)")
     g.add_argument("--cores-per-node", type=int, default=0)
     g.add_argument("--intra", default="shm", help="MPI link within the node the runs ran on")
     g.add_argument("--deep-layers", type=int, default=16, help="depth of the [784, 2000 x L] net of the cluster panels")
@@ -166,8 +169,25 @@ def cmd_predict(args) -> int:
           f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
           f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "
           f"beta {inter.beta / 1e9:.2f} GB/s)")
+    print(costs_source(args))
     print(format_rows(rows, args.format == "markdown"))
     return 0
+
+
+def costs_source(args) -> str:
+    """The line that says what the predicted compute rests on: a measured run (--calibrate), or the
+    microbenchmarks of the net on this machine, with its CPU and load (a busy host slows them, and
+    predictions vary from run to run with it)."""
+    if args.calibrate:
+        return (f"compute costs: the 1-rank {args.run or 'run of each variant'} in {args.calibrate} "
+                f"(retargeted by microbenchmarks on this machine where its net or batch differs)")
+    from .store import provenance
+    load, cores = provenance.load_average(), os.cpu_count() or 1
+    busy = load and load[0] > cores
+    return (f"compute costs: microbenchmarks of this net on this machine ({provenance.cpu_model()}, {cores} "
+            f"cores, 1-minute load {load[0] if load else float('nan'):.1f}"
+            f"{': busy, the costs and so the predictions vary from run to run' if busy else ''}); "
+            f"--calibrate RESULTS.h5 rests them on a measured run instead")
 
 
 def cmd_validate(args) -> int:

@@ -71,11 +71,19 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _label(case) -> str:
-    """variant, the full net (input width first: [784, 784, 544]) and data set."""
+def _label(case, keys: list[str] = ()) -> str:
+    """variant, the full net (input width first: [784, 784, 544]) and data set, then the values of ``keys``
+    (``_telling``): what tells this series from another that would read the same."""
     dims = case.runs[0].attrs.get("dims")
     net = f"[{', '.join(map(str, dims))}]" if dims is not None and len(dims) else case.label.split(" ")[1]
-    return f"{case.variant} {net} {case.dataset}"
+    return f"{case.variant} {net} {case.dataset}" + (f" ({case.differing(keys)})" if keys else "")
+
+
+def _telling(cases, *shown: str) -> list[str]:
+    """The settings that tell apart ``cases`` whose legend would otherwise read the same: variant, net,
+    data set and the case attributes ``shown`` ("ranks", "threads") the legend also names."""
+    return analysis.distinguishing(cases, lambda c: (c.variant, c.dataset, c.value("layers"),
+                                                     *(getattr(c, name) for name in shown)))
 
 
 def _machine(runs) -> str:
@@ -93,12 +101,13 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
     all_p = sorted({r.case.ranks for rows in series for r in rows})
     ax_s.plot(all_p, all_p, "k:", label="ideal S = p")
     notes, top_s, top_e = [], max(all_p) * 1.2, 1.15  # raised below for points above them: none is cut off
+    keys = _telling([rows[0].case for rows in series], "threads")
     for i, rows in enumerate(series):
         color = f"C{i}"
         p, s, err, rows = _speedup_points(rows)
         top_s, top_e = max(top_s, 1.1 * float(np.max(s + err[1]))), max(top_e, 1.1 * float(np.max((s + err[1]) / p)))
         case = rows[0].case
-        label = f"{_label(case)}, {_plural(case.threads, 'thread')}/rank"
+        label = f"{_label(case, keys)}, {_plural(case.threads, 'thread')}/rank"
         ax_s.errorbar(p, s, yerr=err, fmt="o-", color=color, capsize=4, label=label)
         ax_e.errorbar(p, s / p, yerr=err / p, fmt="o-", color=color, capsize=4, label=label)
         if case.variant == "pipeline" and case.minibatches:
@@ -112,7 +121,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
                 f"(median of {base.stats['n']})")
         best = rows[0].best_single
         if best is not None:
-            note += f"; 1 rank × {best.threads} threads: {best.stats['median']:.2f} s"
+            note += f"; 1 rank × {_plural(best.threads, 'thread')}: {best.stats['median']:.2f} s"
         notes.append(note)
     _log2_axis(ax_s, all_p, "x")
     _log2_axis(ax_s, [2.0 ** k for k in range(-3, 8)], "y")
@@ -146,13 +155,14 @@ def variants_figure(runs: list[results.Run]) -> plt.Figure | None:
     all_p = sorted({r.case.ranks for rows in series for r in rows})
     ax.plot(all_p, all_p, "k:", label="ideal S = p")
     top = max(all_p) * 1.2
+    keys = _telling([rows[0].case for rows in series])
     for i, rows in enumerate(series):
         p, s, err, rows = _speedup_points(rows)
         top = max(top, 1.1 * float(np.max(s + err[1])))
         case = rows[0].case
         style = "s--" if case.variant in analysis.BASELINES else "o-"
         ax.errorbar(p, s, yerr=err, fmt=style, color=f"C{i}", capsize=4,
-                    label=f"{_label(case)} (T1 = {rows[0].base.stats['median']:.1f} s)")
+                    label=f"{_label(case, keys)} (T1 = {rows[0].base.stats['median']:.1f} s)")
     _log2_axis(ax, all_p, "x")
     _log2_axis(ax, [2.0 ** k for k in range(-3, 8)], "y")
     ax.set_ylim(min(0.9, ax.get_ylim()[0]), top)
@@ -179,10 +189,11 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
         return None
     marked = sorted(set(targets) | set(analysis.recorded_targets(runs)))
     fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
+    keys = _telling([case for case, _, _ in curves], "ranks", "threads")
     for i, (case, seconds, accuracy) in enumerate(curves):
         style = "s--" if case.variant in analysis.BASELINES else "o-"
         ax.plot(seconds, 100 * accuracy, style, color=f"C{i % 10}", markersize=3 if len(seconds) > 20 else 6,
-                label=f"{_label(case)}, p = {case.ranks} × {_plural(case.threads, 'thread')}")
+                label=f"{_label(case, keys)}, p = {case.ranks} × {_plural(case.threads, 'thread')}")
         for goal in marked:
             hit = np.flatnonzero(accuracy >= goal)
             if hit.size:
@@ -242,8 +253,9 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m pffbench.plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
-    parser.add_argument("-o", "--output", default="plots", metavar="DIR",
-                        help="folder the figures go in, created if missing (default: %(default)s)")
+    parser.add_argument("-o", "--output", default=sidecar.DEFAULT_FOLDER, metavar="DIR",
+                        help="folder the figures go in, created if missing (default: %(default)s, which git "
+                             "ignores; the README's figures in plots/ come from `make figures`)")
     parser.add_argument("--timeline-run", default=None, metavar="NAME",
                         help="run to draw the timeline of (default: the traced run with the most ranks)")
     parser.add_argument("--prefix", default="", help="prefix of the file names")

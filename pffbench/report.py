@@ -4,8 +4,9 @@ results files, recomputed from their raw timing arrays.
 One row per case (same configuration, code, software versions, machine,
 ranks and threads per rank; see pffbench.analysis.analysis); --pool pools runs
 that differ only in code, versions or machine, and the notes column says so.
-The notes column also flags cases measured on a busy host (load above its
-cores).  A run that cannot be read is skipped with one line naming it.  Times are training seconds: the slowest rank's epoch
+The notes column also flags cases measured on a busy host (a load above
+the cores, or the run's own threads, by more than one: other jobs' load,
+not the run's own) and repetitions far from their case's median.  A run that cannot be read is skipped with one line naming it.  Times are training seconds: the slowest rank's epoch
 wall times summed, evaluation excluded.  speedup = median T1 / median Tp with
 T1 the same configuration on 1 rank with the same threads per rank;
 efficiency = speedup / p; "vs 1xall" is the speedup against 1 rank with the
@@ -14,15 +15,23 @@ with --target-accuracy): "to A% s" is the median training time to the first
 evaluation at test accuracy >= A over the repetitions that reached it, and
 "reached" how many did (pffbench/instrument/target.py).
 
-Link measurements of ``python -m pffbench.links`` in the same files follow in
-a table of their own: per message size and link kind, latency min/median/max
-[us] and median bandwidth [MB/s], from the raw repetitions.
+Rows that would read alike are told apart: text and markdown add a
+"settings" column with what differs between the rows (e.g. partition=iid
+against partition=label-skew), csv and json end every row with every
+setting of its case.
+
+Link measurements of ``python -m pffbench.links`` in the same files: a table
+of their own, per message size and link kind, latency min/median/max [us]
+and median bandwidth [MB/s], from the raw repetitions; after the runs' in
+text and markdown, and only with --links in csv and json (one table per
+output, so that a csv reader never reads link rows as runs).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 
@@ -31,6 +40,7 @@ import numpy as np
 from . import results
 from .launch.command import command
 from .analysis import analysis
+from .core.words import plural
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
           "efficiency", "speedup vs 1xall", "accuracy %")
@@ -39,6 +49,7 @@ HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "mi
 
 
 ACCURACY = HEADER.index("accuracy %")  # printed with 2 decimals, the rest with 3
+TEXT_COLUMNS = ("settings", "notes")  # left-aligned, as the first three
 
 
 def target_header(targets: list[float]) -> tuple:
@@ -55,6 +66,11 @@ def row_values(row: analysis.Row, targets: list[float] = (), versus: tuple = ())
             row.speedup, row.efficiency, row.speedup_best, 100 * row.accuracy, *reached, c.notes)
 
 
+def _plain(value):
+    """json.dumps's fallback: numpy scalars as Python numbers, anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def _text(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.{digits}f}"
@@ -66,12 +82,22 @@ def format_table(rows: list[analysis.Row], fmt: str = "text", targets: list[floa
     """The table; ``versus`` (a variant) adds the speedup over its p = 1 case
     on the same work (analysis.reference_case); ``targets`` (accuracies in
     (0, 1]) add, each, the median training seconds to it over the
-    repetitions that reached it and how many did."""
-    header = HEADER + ((f"vs {versus}",) if versus else ()) + target_header(list(targets)) + ("notes",)
+    repetitions that reached it and how many did.  So that no two rows
+    read alike: csv and json end each row with every setting of its case
+    (analysis.settings_of: layers, epochs, batch_size, lr, neg, ...); text
+    and markdown add a "settings" column, before the notes, with those
+    settings (or commits, machines) that differ between the rows, where any do."""
+    header = HEADER + ((f"vs {versus}",) if versus else ()) + target_header(list(targets))
     all_cases = [row.case for row in rows]
     values = [row_values(row, targets, (versus, analysis.reference_case(all_cases, row.case, versus))
                          if versus else ()) for row in rows]
-    if fmt == "csv":
+    if fmt in ("csv", "json"):
+        keys = list(dict.fromkeys(k for case in all_cases for k in case.settings))
+        header += ("notes", *keys)
+        values = [(*v, *(case.settings.get(k, "") for k in keys)) for v, case in zip(values, all_cases)]
+        if fmt == "json":
+            return json.dumps([dict(zip(header, (None if isinstance(x, float) and math.isnan(x) else x
+                                                 for x in v))) for v in values], indent=1, default=_plain)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(header)
@@ -79,15 +105,21 @@ def format_table(rows: list[analysis.Row], fmt: str = "text", targets: list[floa
             writer.writerow(["" if isinstance(x, float) and math.isnan(x) else
                              (repr(x) if isinstance(x, float) else x) for x in v])
         return out.getvalue().rstrip("\n")
+    differ = analysis.distinguishing(all_cases)
+    if differ:
+        header += ("settings",)
+        values = [(*v[:-1], case.differing(differ), v[-1]) for v, case in zip(values, all_cases)]
+    header += ("notes",)
     cells = [[_text(x, 2 if i == ACCURACY else 3) for i, x in enumerate(v)] for v in values]
     if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 3 or header[i] == "notes" else "---:"
-                                                               for i in range(len(header))) + "|"]
+        lines = ["| " + " | ".join(header) + " |",
+                 "|" + "|".join("---" if i < 3 or header[i] in TEXT_COLUMNS else "---:"
+                                for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in cells]
         return "\n".join(lines)
     if fmt != "text":
         raise ValueError(f"unknown format {fmt!r}")
-    left = lambda i: i < 3 or header[i] == "notes"  # noqa: E731  (text columns)
+    left = lambda i: i < 3 or header[i] in TEXT_COLUMNS  # noqa: E731  (text columns)
     widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) if left(i) else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
     lines += ["  ".join(x.ljust(w) if left(i) else x.rjust(w) for i, (x, w) in enumerate(zip(row, widths)))
@@ -118,6 +150,8 @@ def format_links(rows: list[tuple], fmt: str = "text") -> str:
              for row in rows]
     if fmt == "csv":
         return "\n".join(",".join(line) for line in [list(LINK_HEADER), *([str(x) for x in row] for row in rows)])
+    if fmt == "json":
+        return json.dumps([dict(zip(LINK_HEADER, row)) for row in rows], indent=1, default=_plain)
     if fmt == "markdown":
         lines = ["| " + " | ".join(LINK_HEADER) + " |", "|" + "|".join("---" if i < 4 else "---:"
                                                                     for i in range(len(LINK_HEADER))) + "|"]
@@ -155,7 +189,12 @@ def notes(runs) -> list[str]:
 def main(argv=None) -> int:
     parser = _Parser(prog="python -m pffbench.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="+", metavar="FILE.h5")
-    parser.add_argument("--format", choices=("text", "markdown", "csv"), default="text")
+    parser.add_argument("--format", choices=("text", "markdown", "csv", "json"), default="text",
+                        help="csv and json: one table per output, each row with every setting of its case "
+                             "(default: %(default)s)")
+    parser.add_argument("--links", action="store_true",
+                        help="the table of pffbench.links measurements in the files, instead of the runs' "
+                             "(text and markdown show both when the files hold both)")
     parser.add_argument("--pool", action="store_true", help="pool runs that differ only in git commit, package "
                         "versions or machine into one case (the notes column says so)")
     parser.add_argument("--target", type=float, action="append", default=None, metavar="A",
@@ -179,7 +218,15 @@ def main(argv=None) -> int:
     except results.ResultsError as error:
         print(f"pffbench.report: error: {error}", file=sys.stderr)
         return 2
-    if runs or not links:
+    one_table = opts.format in ("csv", "json")  # machine-read: never two tables in one stream
+    if opts.links and not links:
+        print(f"pffbench.report: no link measurements (pffbench.links) in {', '.join(opts.files)}", file=sys.stderr)
+        return 1
+    if one_table and not opts.links and links and not runs:
+        print(f"pffbench.report: {', '.join(opts.files)} hold{'s' if len(opts.files) == 1 else ''} only link "
+              f"measurements: add --links for their table", file=sys.stderr)
+        return 1
+    if not opts.links and (runs or not links):
         rows = analysis.table(runs, opts.pool)
         if runs and not rows:
             why = (notes(runs) or ["note: none of the runs is complete"])[0][len("note: "):]
@@ -189,10 +236,15 @@ def main(argv=None) -> int:
         print(format_table(rows, opts.format, targets, opts.versus))
         for line in notes(runs):
             print(line, file=sys.stderr)
-    if links:  # pffbench.links measurements: a table of their own after the runs'
-        title = {"text": "link measurements (python -m pffbench.links)\n", "markdown": "**link measurements**\n\n",
-                 "csv": ""}[opts.format]
-        print(("\n" if runs else "") + title + format_links(link_rows(links), opts.format))
+    if opts.links and one_table:
+        print(format_links(link_rows(links), opts.format))
+    elif links and (opts.links or not one_table):  # text, markdown: a table of their own after the runs'
+        title = {"text": "link measurements (python -m pffbench.links)\n",
+                 "markdown": "**link measurements**\n\n"}[opts.format]
+        print(("\n" if runs and not opts.links else "") + title + format_links(link_rows(links), opts.format))
+    elif links:
+        print(f"note: {plural(len(links), 'link measurement')} in the files left out of the {opts.format} "
+              f"table (one table per output): add --links for theirs", file=sys.stderr)
     return 0
 
 

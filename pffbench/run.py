@@ -74,7 +74,8 @@ def load_data_on_root(config: Config, world: World):
     dataset, message = None, None
     if world.is_first:
         try:
-            dataset = load_dataset(config.dataset, config.data_dir, download=config.download)
+            say = None if config.quiet else lambda line: print(f"pffbench: {line}", flush=True)
+            dataset = load_dataset(config.dataset, config.data_dir, download=config.download, say=say)
             if dataset.num_features <= dataset.num_classes:
                 message = f"{config.dataset}: {dataset.num_features} features leave no room for the label embedding"
         except DataError as error:
@@ -90,17 +91,34 @@ def load_data_on_root(config: Config, world: World):
     return dataset, shape, message
 
 
-def summary_lines(result: TrainResult, wall: float) -> list[str]:
+def summary_lines(config: Config, result: TrainResult, wall: float, attrs: dict) -> list[str]:
+    """The end-of-run summary: accuracy, wall time, the time to --target-accuracy, and each rank's
+    layers and shares of its wall time, the sync column named as what it holds for this variant
+    (core/variants.py: the bubble and gloo traffic of gpipe/1f1b, ddp's allreduce, ...)."""
     timing = np.nansum(result.timing, axis=1)  # [ranks, columns]; a resumed run's earlier epochs are NaN
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
-    lines = [f"test accuracy {100 * final_accuracy(result):.2f}%   wall time {wall:.1f}s",
-             "rank  layers   compute   comm-wait   data   sync+eval   idle"]
+    sync, meaning = VARIANTS[config.variant].sync
+    lines = [f"test accuracy {100 * final_accuracy(result):.2f}%   wall time {wall:.1f}s"]
+    if attrs.get("target_accuracy") is not None:
+        goal = f"target test accuracy {100 * attrs['target_accuracy']:.2f}%"
+        seconds = attrs.get("time_to_target", float("nan"))
+        if np.isfinite(seconds):
+            step = attrs.get("target_reached_step", -1)
+            where = f"epoch {attrs['target_reached_epoch']}" + (f", step {step}" if step >= 0 else "")
+            stopped = "; the run stopped there (--stop-at-target)" if attrs.get("stop_reason") else ""
+            lines.append(f"{goal} reached after {seconds:.1f}s of training ({where}){stopped}")
+        else:
+            lines.append(f"{goal} not reached")
+    columns = {"compute": ("compute",), "comm-wait": ("send_wait", "recv_wait"), "data": ("data",),
+               sync: ("sync",), "eval": ("eval",), "idle": ("idle",)}
+    widths = [max(len(name), 6) for name in columns]
+    lines.append("rank  layers    " + "  ".join(f"{name:>{w}}" for name, w in zip(columns, widths)))
     for r, block in enumerate(result.blocks):
         total = col["wall"][r] or 1.0
-        share = lambda *names: 100 * sum(col[n][r] for n in names) / total  # noqa: E731
-        lines.append(f"{r:>4}  {block.start}-{block.stop - 1:<5} {share('compute'):7.1f}%  "
-                     f"{share('send_wait', 'recv_wait'):8.1f}%  {share('data'):5.1f}%  "
-                     f"{share('sync', 'eval'):8.1f}%  {share('idle'):5.1f}%")
+        shares = [f"{100 * sum(col[n][r] for n in names) / total:.1f}%" for names in columns.values()]
+        lines.append(f"{r:>4}  {console.block_text(block, len(config.layers)):<9} "
+                     + "  ".join(f"{text:>{w}}" for text, w in zip(shares, widths)))
+    lines.append(f"(% of each rank's wall time; {sync}: {meaning})")
     return lines
 
 
@@ -195,7 +213,7 @@ def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, statu
         raise stopped  # its own exit code (interrupted, failed)
     if config.checkpoint_dir:  # a --resume of this run has nothing left to do
         checkpoint.mark_finished(config, attrs["world_size"], name, config.out if name else None)
-    for line in [] if config.quiet else summary_lines(result, wall):
+    for line in [] if config.quiet else summary_lines(config, result, wall, attrs):
         print(line)
     if elsewhere:
         raise NotRecorded(f"{model_error}; {elsewhere}") if model_error else elsewhere

@@ -161,8 +161,22 @@ def sweep(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str,
             launch(launcher, ranks, threads, args, out, name, timeout)
             names[(ranks, threads)].append(name)
             if log:
-                log(f"{name} done")
+                log(done_line(out, name))
     return names
+
+
+def done_line(out: str, name: str) -> str:
+    """What the sweep says after each run: its training seconds (the report's figure: the slowest rank,
+    evaluation excluded), wall time and test accuracy, read back from ``out``; so a noisy repetition
+    shows as it happens."""
+    try:
+        run, = results.read_runs(out, [name])
+        seconds = analysis.training_seconds(run)
+    except (results.ResultsError, ValueError, KeyError) as error:  # the run's own error was said already
+        return f"{name} done (not read back: {one_line(error)})"
+    accuracy = run.attrs.get("final_test_accuracy", float("nan"))
+    return (f"{name} done: {seconds:.2f} s training, {run.attrs.get('wall_time', float('nan')):.2f} s wall, "
+            f"test accuracy {100 * accuracy:.2f}%")
 
 
 def unused_label(out: str, label: str) -> str:

@@ -18,6 +18,7 @@ user gets without MPI).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -25,9 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..store import reader as results
-from ..core.config import case_settings
+from ..core.config import Config, case_settings
 from ..core.variants import BASELINES  # noqa: F401  (plot draws them dashed)
 from ..instrument import target, timer
+from ..instrument.progress import plural
 
 
 def pipeline_bound(p: int, m: int) -> float:
@@ -77,13 +79,71 @@ def signature(run: results.Run, pool: bool = False) -> str:
     return json.dumps({"config": config, **origin}, sort_keys=True)
 
 
+# a repetition this many times slower (or faster) than its case's median is named in the notes: a noisy
+# host, not the schedule (the spread of quiet repeats measured here stays well under it: README tables)
+OUTLIER = 1.5
+
+# the settings already shown in every table and legend, in columns of their own
+SHOWN = ("variant", "dataset")
+_ORDER = {f.name: i for i, f in enumerate(dataclasses.fields(Config))}
+
+
+def cell(value):
+    """A setting's value as one table cell: a sequence as "500,500", None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
+
+
+def settings_of(run: results.Run) -> dict:
+    """The settings that make a run's case (core/config.py's case_settings: what is computed, and what
+    changes the times but threads), except variant and data set, in Config's order, then any a stored
+    config has that this version's Config has not (a later version's setting, e.g. an objective), each
+    a table cell (``cell``)."""
+    settings = case_settings(run.config)
+    keys = sorted((k for k in settings if k not in SHOWN), key=lambda k: (_ORDER.get(k, len(_ORDER)), k))
+    return {k: cell(settings[k]) for k in keys}
+
+
+def distinguishing(all_cases: list["Case"], shown=lambda case: (case.variant, case.dataset, case.ranks,
+                                                                 case.threads, case.value("layers"))) -> list[str]:
+    """The settings, and machine or software keys, that tell apart cases a table or legend would otherwise
+    show alike: those whose values differ among cases with the same ``shown(case)`` (by default what a
+    report row or a legend shows: variant, data set, ranks, threads, widths), e.g. federated IID against
+    label-skew, two learning rates, two commits.  In settings_of's order, then MACHINE + SOFTWARE."""
+    alike: dict = {}
+    for case in all_cases:
+        alike.setdefault(shown(case), []).append(case)
+    keys = list(dict.fromkeys(k for case in all_cases for k in case.settings))
+    keys += [k for k in MACHINE + SOFTWARE if k not in keys]
+    return [k for k in keys if any(len({str(case.value(k)) for case in group}) > 1 for group in alike.values())]
+
+
+def own_threads(run: results.Run) -> int:
+    """The compute threads the run itself starts on rank 0's host (where the load is read): threads per rank
+    of the ranks on that host (all ranks where hostnames were not recorded)."""
+    threads = run.attrs.get("threads_per_rank") or []
+    threads = list(threads) if isinstance(threads, (list, tuple)) else [int(threads)] * int(run.attrs.get(
+        "world_size", 1) or 1)
+    hosts = run.attrs.get("hostnames") or []
+    if len(hosts) == len(threads):
+        threads = [t for t, host in zip(threads, hosts) if host == hosts[0]]
+    return int(sum(threads))
+
+
 def busy_host(run: results.Run) -> bool:
     """Whether the run was measured on a busy host: a 1-minute load average, at
-    its start or end, above the host's cores (store/provenance.py; runs then
-    waited for cores).  False for runs that did not record it."""
+    its start or end (store/provenance.py), above what the host's cores, or
+    the run's own threads where it starts more (own_threads), account for,
+    by more than one: the run's own load (its ranks, and communication
+    threads such as gloo's) is not a busy host, other jobs' is.  False for
+    runs that did not record it."""
     cores = run.attrs.get("host_cores") or 0
+    allowed = max(cores, own_threads(run)) + 1
     loads = [run.attrs.get(key) for key in ("load_avg_start", "load_avg_end")]
-    return bool(cores) and any(isinstance(load, list) and load and load[0] > cores for load in loads)
+    return bool(cores) and any(isinstance(load, list) and load and load[0] > allowed for load in loads)
 
 
 def stem(name: str) -> str:
@@ -158,12 +218,40 @@ class Case:
         return sum(busy_host(run) for run in self.runs)
 
     @property
+    def outliers(self) -> list[tuple[str, float]]:
+        """Repetitions whose training time is more than OUTLIER times the
+        case's median, or under it by that factor: (run name, its time / the
+        median).  Needs 3 repetitions (with 2 the median is their mean)."""
+        seconds = self.seconds
+        if len(seconds) < 3:
+            return []
+        median = float(np.median(seconds))
+        return [(run.name, s / median) for run, s in zip(self.runs, seconds)
+                if s > OUTLIER * median or s * OUTLIER < median]
+
+    @property
     def notes(self) -> str:
-        """What a reader of the case's figures must know: pooled runs, a busy host."""
+        """What a reader of the case's figures must know: pooled runs, a busy host, outlying repetitions."""
         notes = [f"pooled: {self.pooled}"] if self.pooled else []
         if self.busy:
-            notes.append(f"busy host: {self.busy} of {len(self.runs)} runs")
+            notes.append(f"busy host: {self.busy} of {plural(len(self.runs), 'run')}")
+        if self.outliers:
+            notes.append("outlier: " + ", ".join(f"{name} {ratio:.2f}x the median" for name, ratio in self.outliers))
         return "; ".join(notes)
+
+    @property
+    def settings(self) -> dict:
+        """settings_of its first run (every run of a case shares them)."""
+        return settings_of(self.runs[0])
+
+    def value(self, key: str):
+        """A setting's value (settings_of), else a machine or software attribute's; "" where absent."""
+        settings = self.settings
+        return settings[key] if key in settings else cell(self.runs[0].attrs.get(key, ""))
+
+    def differing(self, keys: list[str]) -> str:
+        """"partition=label-skew, lr=0.001": this case's values of ``keys`` (see distinguishing)."""
+        return ", ".join(f"{k}={self.value(k) if self.value(k) != '' else '-'}" for k in keys)
 
     @property
     def label(self) -> str:
@@ -194,7 +282,7 @@ class Row:
     best_single: Case | None     # p = 1, the most threads (None when that is the base itself)
     speedup: float               # median T1 / median Tp (NaN without a base)
     efficiency: float            # speedup / p
-    speedup_best: float          # against the best single process
+    speedup_best: float          # against the best single process (NaN: no 1-rank run with more threads)
 
     @property
     def accuracy(self) -> float:
@@ -231,6 +319,10 @@ def table(runs: list[results.Run], pool: bool = False) -> list[Row]:
     for group in series(cases(runs, pool)).values():
         singles = [c for c in group if c.ranks == 1]
         best = max(singles, key=lambda c: c.threads, default=None)
+        # "vs 1xall" needs a 1-rank run with more threads than some case of the series (sweep's all-cores
+        # run); where every run has the same threads there is none, and the column says "-", not 1.000
+        if best is not None and not any(c.threads < best.threads for c in group):
+            best = None
         for case in group:
             stats = case.stats
             base = next((c for c in singles if c.threads == case.threads), None)

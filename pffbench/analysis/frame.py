@@ -13,9 +13,13 @@ def run_rows(runs: list[results.Run], pool: bool = False, files: list[str] | Non
     """A dict per run, in the order given: its case (the report's row it
     belongs to, None for a run the report leaves out: not complete, no
     timing) with that row's speedup and efficiency; the run's own training
-    seconds (s), final test accuracy (0..1), status; its provenance; the
-    host's 1-minute load at start and end and whether the host was busy.
+    seconds (s), final test accuracy (0..1), status; the settings that
+    tell its case from others (analysis.settings_of: layers, epochs,
+    batch_size, lr, neg, classifier, splits, partition, ..., one column
+    each, "" where a run's version lacks one); its provenance; the host's
+    1-minute load at start and end and whether the host was busy.
     ``files``: the file of each run (a column), if given."""
+    columns = list(dict.fromkeys(k for run in runs for k in analysis.settings_of(run)))
     case_of = {}
     for row in analysis.table(runs, pool):
         for run in row.case.runs:
@@ -35,6 +39,7 @@ def run_rows(runs: list[results.Run], pool: bool = False, files: list[str] | Non
             "speedup": row.speedup if row else math.nan, "efficiency": row.efficiency if row else math.nan,
             "speedup_vs_1xall": row.speedup_best if row else math.nan,
             "notes": row.case.notes if row else "",
+            **{key: analysis.settings_of(run).get(key, "") for key in columns},
             **{key: a.get(key, "") for key in PROVENANCE},
             "load_avg_start": load("load_avg_start"), "load_avg_end": load("load_avg_end"),
             "busy_host": analysis.busy_host(run), "created": a.get("created", ""),
@@ -49,8 +54,10 @@ def to_dataframe(path, pool: bool = False, on_damaged=None):
     final_test_accuracy (0..1), the run's case and that case's median
     seconds, speedup, efficiency and speedup_vs_1xall, as
     ``python -m pffbench.report`` computes them (``pool``: as report --pool),
-    its notes, the provenance (git_sha, versions, hostname, cpu_model,
-    host_cores), the 1-minute load average at start and end (NaN where not
+    its notes, the settings that tell runs apart (layers as "500,500",
+    epochs, batch_size, lr, neg, classifier, splits, partition, ...: the
+    settings of a case, see analysis/analysis.settings_of), the provenance
+    (git_sha, versions, hostname, cpu_model, host_cores), the 1-minute load average at start and end (NaN where not
     recorded) and busy_host.  Damaged runs are skipped as in read_runs.
     Needs pandas (``pip install 'pffbench[table]'``)."""
     try:

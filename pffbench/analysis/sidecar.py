@@ -21,6 +21,9 @@ import time
 from ..store.atomic import atomic_write
 
 RECORD = ".pffbench-plots.json"
+# where `plot` and `model plot` write without -o: a folder git ignores (.gitignore), never the tracked plots/
+# that holds the README's figures (`make figures` regenerates those from the committed results files)
+DEFAULT_FOLDER = os.path.join("plots", "local")
 
 
 def sources_of(paths) -> list[str]:

@@ -54,6 +54,14 @@ PARTITIONS = ("iid", "label-skew")
 SHARD_KEY = 7919  # keeps the shard draw apart from the training draws
 
 
+def stage_layers(num_hidden: int, dims: list[int], ranks: int) -> list[range]:
+    """The linears (hidden layers, then the head at index ``num_hidden``) each rank holds:
+    the FF pipeline's partition of the hidden layers, the head with the last block (torch pipelining's
+    stages, schedules/backprop/torch_pipeline.py; the start line, launch/console.py)."""
+    blocks = balanced_partition(layer_costs(dims[:num_hidden + 1]), ranks)
+    return [*blocks[:-1], range(blocks[-1].start, num_hidden + 1)]
+
+
 def shard_rows(labels: torch.Tensor, shards: int, partition: str, classes_per_shard: int,
                seed: int) -> list[torch.Tensor]:
     """Row indices of each shard.  iid: a random equal split.  label-skew

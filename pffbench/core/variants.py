@@ -40,6 +40,9 @@ class Variant:
     # how pffbench.perfmodel simulates it (perfmodel/predict.py): "pipeline", "wavefront", "single-layer",
     # "federated", "data-parallel", "ddp", "torch-pipeline"
     program: str = "pipeline"
+    # what its timing's "sync" column holds, as the end-of-run summary names it: (column, what it is)
+    sync: tuple[str, str] = ("sync", "the ranks' agreement at epoch or chapter boundaries")
+    shares: str = ""  # how p > 1 ranks that each hold every layer share the work (the start line says it)
 
     @property
     def baseline(self) -> bool:
@@ -54,29 +57,35 @@ class Variant:
 
 _PFF = "pffbench.schedules.pff."
 _BACKPROP = "pffbench.schedules.backprop."  # one epoch loop for all of them: schedules/backprop/loop.py
+_ALLREDUCE = ("allreduce", "the wait for the gradient allreduce (and the epoch boundary's agreement)")
+# a torch pipelining step's time outside its own compute: the bubble and gloo's send/recv between stages
+_BUBBLE = ("bubble+p2p", "a step's time outside this stage's compute: the pipeline bubble and the gloo "
+                         "send/recv of activations and gradients")
 VARIANTS = {v.name: v for v in (
     Variant("pipeline", "pipeline", "pffbench.schedules.pipeline.schedule",
             "layers pipelined over ranks, activations travel", ranks="stage"),
     Variant("single-layer", "pff", _PFF + "single_layer", "rank i trains layer i, chapter by chapter",
             agreement="chapters", ranks="layer", program="single-layer"),
     Variant("all-layers", "pff", _PFF + "all_layers", "chapters round-robin over ranks, a wavefront",
-            agreement="chapters", program="wavefront"),
+            agreement="chapters", program="wavefront", shares="chapters round-robin"),
     Variant("federated", "pff", _PFF + "federated", "All-Layers on private shards, layers averaged",
-            agreement="chapters", program="federated"),
+            agreement="chapters", program="federated",
+            shares="each on its own data shard, layers averaged after every chapter"),
     Variant("perf-opt", "pff", _PFF + "perf_opt", "All-Layers with a softmax head per layer",
-            agreement="chapters", own_heads=True, program="wavefront"),
+            agreement="chapters", own_heads=True, program="wavefront", shares="chapters round-robin"),
     Variant("backprop", "backprop", _BACKPROP + "data_parallel", "the same MLP by backprop, one process",
             checks_finite=False, ranks="one", program="data-parallel"),
     Variant("dp-backprop", "backprop", _BACKPROP + "data_parallel",
-            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, program="data-parallel"),
+            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, program="data-parallel",
+            sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
     Variant("ddp", "backprop", _BACKPROP + "ddp", "data-parallel backprop, torch DistributedDataParallel",
-            checks_finite=False, program="ddp"),
+            checks_finite=False, program="ddp", sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
     Variant("gpipe", "backprop", _BACKPROP + "torch_pipeline",
             "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False,
-            microbatched=True, ranks="stage", program="torch-pipeline"),
+            microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE),
     Variant("1f1b", "backprop", _BACKPROP + "torch_pipeline",
             "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False,
-            microbatched=True, ranks="stage", program="torch-pipeline"),
+            microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE),
 )}
 BASELINES = tuple(name for name, v in VARIANTS.items() if v.baseline)
 AGREEING = tuple(name for name, v in VARIANTS.items() if v.agreement is not None)

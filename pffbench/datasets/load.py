@@ -14,16 +14,18 @@ from .synthetic import _synthetic
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "imagefolder", "synthetic")
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+                 say=None) -> Dataset:
     """Load a data set; with ``download``, missing files are fetched first.
 
-    ``imagefolder`` reads ``<data_dir>/{train,test}/<class>/*.png|jpg|jpeg``.
+    ``imagefolder`` reads ``<data_dir>/{train,test}/<class>/*.png|jpg|jpeg``;
+    ``say`` (a function of one line) hears when its slow decoding starts and ends.
     """
     data_dir = default_data_dir() if data_dir is None else os.fspath(data_dir)
     loaders = {"mnist": lambda: _load_idx_dataset(name, data_dir, download),
                "fashion-mnist": lambda: _load_idx_dataset(name, data_dir, download),
                "cifar10": lambda: _load_cifar10(data_dir, download),
-               "imagefolder": lambda: _load_imagefolder(Path(data_dir)),
+               "imagefolder": lambda: _load_imagefolder(Path(data_dir), say),
                "synthetic": _synthetic}
     if name not in loaders:
         raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")

@@ -181,7 +181,7 @@ def start_line(config, world_size: int, shape, blocks_text: str, source: str, ba
     if chapters:
         work += f" in {plural(chapters, 'chapter')}"
     return (f"pffbench: {config.variant} on {config.dataset} ({shape.num_train} training rows, from {source}); "
-            f"net {dims}; {plural(world_size, 'rank')}, layers per rank {blocks_text}; {work}")
+            f"net {dims}; {plural(world_size, 'rank')}, {blocks_text}; {work}")
 
 
 def for_run(config, world_size: int, shape, source: str, batches: int, eval_share: float, evals: int,

@@ -52,7 +52,7 @@ class TargetClock:
         if not (self.stop and self.first):
             return None
         step, epoch, seconds, accuracy = self.first
-        return (f"reached the target test accuracy {self.target:g} ({accuracy:.4f}) after {int(step)} steps "
+        return (f"reached the target test accuracy {self.target:g} ({accuracy:.4f}) after {int(step)} step{'' if int(step) == 1 else 's'} "
                 f"(epoch {int(epoch) + 1}), {seconds:.2f} s of training: --stop-at-target")
 
     def table(self) -> np.ndarray:

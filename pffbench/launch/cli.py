@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 
 from ..core.config import CLASSIFIERS, DEVICES, TRANSPORTS, Config, UsageError, one_line
 from ..core.partition import PARTITIONS
@@ -202,7 +203,9 @@ def parse_config(argv=None) -> Config:
     if args.preset is not None:
         from .presets import PRESETS
         if args.preset not in PRESETS:
-            raise UsageError(f"unknown --preset {args.preset!r}: see --list-presets")
+            close = difflib.get_close_matches(args.preset, PRESETS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UsageError(f"unknown --preset {args.preset!r}: {hint}see --list-presets")
         settings = PRESETS[args.preset].settings
         parser.set_defaults(**settings)  # explicit flags still win
         args = parser.parse_args(argv)

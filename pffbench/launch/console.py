@@ -9,22 +9,51 @@ import sys
 from ..instrument import progress
 from ..reliability import checkpoint, faults
 from ..core.config import Config
+from ..core.partition import balanced_partition, layer_costs, stage_layers
 from ..core.types import Shape, batch_rows
 from ..core.variants import VARIANTS
 from ..core.world import World
 
 
+def planned_blocks(config: Config, world_size: int, dims: list[int]) -> list[range]:
+    """The layers each rank will hold, rank r's at [r], by the partition the
+    variant's schedule makes (the same functions it calls): indices 0..L-1
+    are the hidden layers and, in the backprop family, L is the softmax head.
+    ``dims``: [input width, *hidden widths]."""
+    num_hidden = len(dims) - 1
+    variant = VARIANTS[config.variant]
+    if variant.family == "pipeline":
+        return balanced_partition(layer_costs(dims), world_size)
+    if variant.microbatched:  # torch pipelining: the FF pipeline's partition, the head on the last stage
+        return stage_layers(num_hidden, dims, world_size)
+    if variant.baseline:
+        return [range(num_hidden + 1)] * world_size
+    if variant.ranks == "layer" and world_size > 1:  # single-layer: rank i holds layer i
+        return [range(r, r + 1) for r in range(world_size)]
+    return [range(num_hidden)] * world_size
+
+
+def block_text(block: range, num_hidden: int) -> str:
+    """One rank's layers: "0", "1-3", "2-3+head" (the softmax head is index ``num_hidden``)."""
+    hidden = range(block.start, min(block.stop, num_hidden))
+    text = "" if not hidden else f"{hidden.start}" if len(hidden) == 1 else f"{hidden.start}-{hidden.stop - 1}"
+    if block.stop > num_hidden:
+        text = f"{text}+head" if text else "head"
+    return text or "-"
+
+
 def layers_per_rank(config: Config, world_size: int, dims: list[int]) -> str:
-    """How the layers are shared out, for the start line: "0-1 | 2 | 3" (rank 0's | rank 1's | ...)."""
-    family = VARIANTS[config.variant].family
-    if family == "pipeline" or (config.variant == "single-layer" and world_size > 1):
-        from ..core.partition import balanced_partition, layer_costs
-        blocks = balanced_partition(layer_costs(dims), world_size) if family == "pipeline" \
-            else [range(r, r + 1) for r in range(world_size)]
-        return " | ".join(f"{b.start}" if len(b) == 1 else f"{b.start}-{b.stop - 1}" for b in blocks)
-    if config.variant == "dp-backprop":
-        return f"all {len(dims) - 1} on every rank, data split"
-    return f"all {len(dims) - 1} on every rank" + (", chapters round-robin" if family == "pff" else "")
+    """How the layers are shared out, for the start line: "layers per rank 0-1 | 2 | 3+head" (rank 0's |
+    rank 1's | ...), or "all 4 layers on every rank, chapters round-robin" where every rank holds them all."""
+    blocks, num_hidden = planned_blocks(config, world_size, dims), len(dims) - 1
+    variant = VARIANTS[config.variant]
+    if all(block == blocks[0] for block in blocks) and blocks[0].start == 0 and blocks[0].stop >= num_hidden:
+        held = (f"all {num_hidden} layers" if num_hidden > 1 else "the one layer") + \
+            (" and the head" if variant.baseline else "")
+        if world_size == 1:
+            return held
+        return f"{held} on every rank" + (f", {variant.shares}" if variant.shares else "")
+    return "layers per rank " + " | ".join(block_text(block, num_hidden) for block in blocks)
 
 
 def start_progress(config: Config, world: World, shape: Shape, num_test: int):

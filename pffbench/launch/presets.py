@@ -31,6 +31,7 @@ class Preset:
     paper_accuracy: str  # percent, as printed in the paper ("98.30 / 98.38" = last head / all heads)
     table: str
     extra: dict = field(default_factory=dict)
+    measured: str = ""  # what a run of it took with pffbench, where one was measured (docs/measurements.md)
 
 
 def _row(dataset, classifier, neg, schedule, seconds, accuracy, table, variant=None):
@@ -69,17 +70,36 @@ def _table() -> dict[str, Preset]:
     # reached 98.10 % (2 ranks on the shared 2-core VM, 4111 s); the figure column shows pffbench's own
     rows["paper-net"] = Preset(dict(layers=PAPER["layers"], batch_size=64, epochs=20, lr=1e-3, eval_every=2,
                                     variant="pipeline"), 4, None, "(98.10)",
-                               "pffbench: the activation pipeline on the paper's net, 20 epochs (measured here)")
+                               "pffbench: the activation pipeline on the paper's net, 20 epochs (measured here)",
+                               measured="4111 s on 2 ranks")
+    # docs/measurements.md, "A short run of a preset": 11 min 49 s for --epochs 2 on 2 ranks
+    rows["mnist-goodness-random-all-layers"].measured = "709 s for --epochs 2 on 2 ranks"
     return rows
 
 
 PRESETS = _table()
 
 
+INPUT_WIDTHS = {"mnist": 784, "cifar10": 3 * 32 * 32}
+
+
+def net_text(p: Preset) -> str:
+    """The preset's net as widths, input first: "[784, 2000 x 4]"."""
+    layers = list(p.settings["layers"])
+    hidden = f"{layers[0]} x {len(layers)}" if len(set(layers)) == 1 else ", ".join(map(str, layers))
+    return f"[{INPUT_WIDTHS[p.settings.get('dataset', 'mnist')]}, {hidden}]"
+
+
 def listing() -> str:
-    lines = ["preset                                  ranks  paper time (s)  paper acc %  table"]
+    """--list-presets: each preset's ranks, net, epochs, the paper's time and accuracy, and pffbench's own
+    duration where one was measured."""
+    lines = [f"{'preset':<37} {'ranks':>5}  {'net':<16} {'epochs':>6}  {'paper time (s)':>14}  {'paper acc %':>13}  "
+             f"{'measured here':<31}  table"]
     for name, p in PRESETS.items():
         seconds = f"{p.paper_seconds:,.2f}" if p.paper_seconds else "-"
-        lines.append(f"{name:<40}{p.ranks:>5}  {seconds:>14}  {p.paper_accuracy or '-':>11}  {p.table}")
-    lines.append("run one as: mpiexec -n RANKS python -m pffbench.run --preset NAME [flags to override]")
+        lines.append(f"{name:<37} {p.ranks:>5}  {net_text(p):<16} {p.settings['epochs']:>6}  {seconds:>14}  "
+                     f"{p.paper_accuracy or '-':>13}  {p.measured or '-':<31}  {p.table}")
+    lines += ["paper time: the paper's own hardware, on the ranks shown; measured here: pffbench on the 2-vCPU AMD "
+              "EPYC development VM, shared with other jobs (docs/measurements.md); '-': not measured",
+              "run one as: mpiexec -n RANKS pffbench run --preset NAME [flags to override]"]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import math
 
 from ..core.config import Config, UsageError
 from ..core.variants import VARIANTS
+from ..core.words import plural
 
 
 def validate(config: Config, world_size: int | None = None) -> None:
@@ -28,8 +29,8 @@ def validate(config: Config, world_size: int | None = None) -> None:
         return
     _validate_pff(config, world_size)
     if world_size is not None and variant.family == "pipeline" and world_size > len(config.layers):
-        raise UsageError(f"{world_size} ranks but only {len(config.layers)} layers: "
-                         f"use at most {len(config.layers)} ranks or more --layers")
+        raise UsageError(f"{world_size} ranks but only {plural(len(config.layers), 'layer')}: "
+                         f"use at most {plural(len(config.layers), 'rank')} or more --layers")
 
 
 def _check_limits(config: Config) -> None:
@@ -95,7 +96,7 @@ def _check_values(config: Config) -> None:
     if config.score_layers is not None:
         bad = [i for i in config.score_layers if not 0 <= i < len(config.layers)]
         if bad:
-            raise UsageError(f"--score-layers {bad} out of range for {len(config.layers)} layers (0-based)")
+            raise UsageError(f"--score-layers {bad} out of range for {plural(len(config.layers), 'layer')} (0-based)")
 
 
 def _check_target(config: Config, variant) -> None:
@@ -143,10 +144,11 @@ def _validate_pff(config: Config, world_size: int | None) -> None:
         raise UsageError(f"{config.variant} needs one rank per layer ({layers}) or 1 rank (its sequential twin), "
                          f"got {world_size} ranks")
     if entry.program == "wavefront" and world_size > chapters:
-        raise UsageError(f"{world_size} ranks but only {chapters} chapters (--splits): chapters go round-robin, "
-                         f"so use at most {chapters} ranks")
+        raise UsageError(f"{world_size} ranks but only {plural(chapters, 'chapter')} (--splits): chapters go "
+                         f"round-robin, so use at most {plural(chapters, 'rank')}")
     if entry.program == "federated" and world_size > (config.shards or world_size):
-        raise UsageError(f"{world_size} ranks but only {config.shards} --shards: every rank needs a shard")
+        raise UsageError(f"{world_size} ranks but only {plural(config.shards, 'shard')} (--shards): every rank "
+                         f"needs a shard")
 
 
 def _validate_baseline(config: Config, world_size: int | None) -> None:
@@ -189,8 +191,8 @@ def _validate_torch_pipeline(config: Config, world_size: int | None) -> None:
         raise UsageError(f"--microbatches {m} must divide --batch-size {config.batch_size}: "
                          "the library's microbatches must all have one shape")
     if world_size is not None and world_size > len(config.layers):
-        raise UsageError(f"{world_size} ranks but only {len(config.layers)} hidden layers: "
-                         f"use at most {len(config.layers)} ranks or more --layers")
+        raise UsageError(f"{world_size} ranks but only {plural(len(config.layers), 'hidden layer')}: "
+                         f"use at most {plural(len(config.layers), 'rank')} or more --layers")
     if world_size is not None and m < world_size:
         raise UsageError(f"--microbatches {m} < {world_size} ranks: torch's {config.variant} schedule needs at "
                          "least one microbatch per stage")

@@ -38,6 +38,7 @@ splits over the linears in proportion to their parameters.
 from __future__ import annotations
 
 from ..core.types import batch_rows
+from ..instrument.progress import plural
 from ..schedules.backprop.torch_pipeline import stage_layers
 from .calibrate import BackpropCosts
 from .events import Simulator, Signal, Wait, Work
@@ -150,7 +151,8 @@ def pipeline(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num
     sizes = batch_rows(num_train, costs.batch)
     m_count = costs.microbatches
     if m_count < p:
-        raise ValueError(f"{schedule} needs microbatches >= stages: {m_count} microbatches, {p} stages")
+        raise ValueError(f"{schedule} needs microbatches >= stages: "
+                         f"{plural(m_count, 'microbatch', 'microbatches')}, {p} stages")
     dims = linear_dims(costs)
     blocks = stage_layers(len(dims) - 2, dims, p)
     links = [cluster.group_between(r, r + 1) for r in range(p - 1)]

@@ -200,7 +200,7 @@ class Checkpoints:
                     f"format {marker.get('format', 1)}, this one reads {FORMAT}): resume with that version, or "
                     f"use another --checkpoint-dir")
         if marker.get("world_size") != self.size:
-            return (f"checkpoint {self._folder(tag)} was written by {marker.get('world_size')} ranks, "
+            return (f"checkpoint {self._folder(tag)} was written by {plural(marker.get('world_size'), 'rank')}, "
                     f"this job has {self.size}: resume with the same number of ranks")
         ours, theirs = self.fingerprint["config"], marker.get("config") or {}
         # settings that do not change what is computed may differ (checkpoints written before --transport

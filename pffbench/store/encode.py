@@ -92,7 +92,9 @@ def _as_array(value: list | tuple) -> np.ndarray | None:
         array = np.array(value)
     except (ValueError, OverflowError):  # ragged; an int beyond int64
         return None
-    if array.dtype.kind not in "bif" or array.size != len(leaves) or array.tolist() != _as_lists(value):
+    # the kind must be the leaves' own: numpy turns ints beyond int64 into float64, equal but read back as floats
+    kind = {bool: "b", int: "i", float: "f"}[type(leaves[0])]
+    if array.dtype.kind != kind or array.size != len(leaves) or array.tolist() != _as_lists(value):
         return None
     return array
 

@@ -35,8 +35,10 @@ Slurm time limit) cannot damage the runs already in the file: holding an exclusi
 flock on the sidecar "<path>.lock", the writer copies the file to a temporary
 ".<file name>.<pid>.<random>.tmp" in the same directory, adds the run to the copy,
 fsyncs it and renames it over the file (store/atomic.py). A killed writer leaves only its temporary,
-which the next writer removes. The lock file is never deleted: deleting it would let
-two writers lock two different files. Each append copies the whole file, which is
+which the next writer removes. The holder deletes the lock file before it releases the
+lock, so none is left beside the results file; a writer that then locks the deleted file
+sees that it is no longer the one at the path and locks the new one instead (writer.py),
+so two writers never hold two different locks. Each append copies the whole file, which is
 cheap for timing data.
 
 HDF5's own file locking is turned off (h5py ``locking=False``; with older h5py set

@@ -187,24 +187,55 @@ def _copy_and_add(path: str, temp: str, name: str, arrays: dict, stored: dict, s
 
 @contextlib.contextmanager
 def _exclusive_lock(path: str, timeout: float):
+    """Hold an exclusive flock on ``<path>.lock`` for the block.  The lock
+    file exists only while a writer holds it: the holder removes it before
+    releasing the lock, so no ``.lock`` is left beside the results file.
+    Safe with that removal: a writer that opened the file before the holder
+    removed it may then lock the removed inode, so after every flock the
+    writer checks that the inode it locked is still the one at the path, and
+    otherwise opens the path afresh and tries again (the usual
+    lock-file-with-unlink protocol: two writers never hold it at once)."""
     lock_path = path + ".lock"
-    with open(lock_path, "a") as lock_file:
-        deadline = time.monotonic() + timeout
-        while True:
+    deadline = time.monotonic() + timeout
+    while True:
+        lock_file = open(lock_path, "a")
+        try:
+            _flock_by(lock_file, deadline, path, lock_path, timeout)
             try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockBusy(f"{path}: another job is writing to this file "
-                                   f"(lock {lock_path} still held after {timeout:g} s)") from None
-                time.sleep(0.05)
-            except OSError as error:  # ENOLCK, EOPNOTSUPP, ENOSYS: NFS without lockd, Lustre mounted noflock
-                raise ResultsError(f"{path}: cannot lock it for appending ({error.strerror or error}); put "
-                                   f"results on a file system with flock, e.g. not a Lustre mount with "
-                                   f"noflock") from None
-        # Closing the file releases the lock, and so does the kernel when the process dies.
+                current = os.path.samestat(os.fstat(lock_file.fileno()), os.stat(lock_path))
+            except FileNotFoundError:  # removed by the writer before us: lock the next one
+                current = False
+        except BaseException:
+            lock_file.close()
+            raise
+        if current:
+            break
+        lock_file.close()
+    try:
         yield
+    finally:
+        # removed while still held (see above); the kernel releases the lock when the file closes or the
+        # process dies, so a killed writer at most leaves a lock file the next writer removes
+        with contextlib.suppress(OSError):
+            os.remove(lock_path)
+        lock_file.close()
+
+
+def _flock_by(lock_file, deadline: float, path: str, lock_path: str, timeout: float) -> None:
+    """flock ``lock_file`` exclusively, polling until ``deadline`` (time.monotonic); LockBusy after it."""
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"{path}: another job is writing to this file "
+                               f"(lock {lock_path} still held after {timeout:g} s)") from None
+            time.sleep(0.05)
+        except OSError as error:  # ENOLCK, EOPNOTSUPP, ENOSYS: NFS without lockd, Lustre mounted noflock
+            raise ResultsError(f"{path}: cannot lock it for appending ({error.strerror or error}); put "
+                               f"results on a file system with flock, e.g. not a Lustre mount with "
+                               f"noflock") from None
 
 
 def _write_run(runs: h5py.Group, name: str, arrays: dict, stored: dict) -> str:

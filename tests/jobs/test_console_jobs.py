@@ -38,12 +38,30 @@ def test_progress_lines_arrive_while_training_with_true_elapsed_times(variant, t
     assert code == 143, err
     first = out.splitlines()[0]
     assert first.startswith(f"pffbench: {variant} on synthetic") and "from generated" in first, out
-    assert "2 ranks, layers per rank" in first, out
+    assert ("2 ranks, all 2 layers on every rank, chapters round-robin" if variant == "all-layers"
+            else "2 ranks, layers per rank 0 | 1") in first, out
     assert "SIGTERM received: stopping at the end of" in out, out
     elapsed = [float(m.group(2)) for m in PROGRESS.finditer(out)]
     assert elapsed and max(elapsed) <= wall, (elapsed, wall)  # the launch's wall time bounds any true elapsed time
     run, = results.read_runs(str(job.out))
     assert run.attrs["status"] == "interrupted" and run.attrs["epochs_completed"] < epochs
+
+
+@pytest.mark.parametrize("variant", ["gpipe", "pipeline", "federated"])
+def test_the_start_line_names_the_layers_the_summary_reports(variant, tmp_path):
+    out = tmp_path / "s.h5"
+    done = mpirun(2, "-m", "pffbench.run", *TINY, "--variant", variant, "--layers", "16,16", "--epochs", "1",
+                  "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("rank  layers")))
+    summary = [line.split()[1] for line in lines[header + 1:header + 3]]  # each rank's layers
+    if len(set(summary)) == 1:  # every rank holds them all
+        assert "2 ranks, all 2 layers" in lines[0] and "layers per rank" not in lines[0], lines[0]
+    else:
+        assert f"2 ranks, layers per rank {' | '.join(summary)};" in lines[0], lines[0]
+    assert "sync+eval" not in done.stdout
+    assert not os.path.exists(f"{out}.lock")
 
 
 def test_quiet_prints_nothing_but_the_run_is_recorded(tmp_path):

@@ -1,6 +1,7 @@
 """Issue 13, in process: presets shortened with --epochs, the messages of
 run/report/plot, the progress lines' pieces, plot's record of its figures."""
 import io
+import re
 import os
 
 import matplotlib.pyplot as plt
@@ -140,3 +141,130 @@ def test_a_silent_layer_counts_as_collapsed_and_a_healthy_one_does_not():
     assert health.dead_layers([dead], x, y, 10) == [0]
     assert health.dead_layers([healthy, faint], x, y, 10, threshold=1.0) == [1]
     assert health.dead_layers([healthy, faint], x, y, 10) == []  # without a threshold only dead units count
+
+
+# --- issue 23 point 6: what the console says -----------------------------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from pffbench import run  # noqa: E402
+from pffbench.launch import presets  # noqa: E402
+from pffbench.launch import console  # noqa: E402
+from pffbench.core.types import TrainResult  # noqa: E402
+from pffbench.launch.validate import validate  # noqa: E402
+from pffbench.instrument.timer import COLUMNS  # noqa: E402
+
+
+def _config(*flags):
+    return parse_config(["--dataset", "synthetic", "--layers", "16,16", *flags])
+
+
+@pytest.mark.parametrize("flags,ranks,text", [
+    (["--variant", "gpipe"], 2, "layers per rank 0 | 1+head"),
+    (["--variant", "1f1b"], 1, "all 2 layers and the head"),
+    (["--variant", "ddp"], 2, "all 2 layers and the head on every rank, each minibatch split over the ranks"),
+    (["--variant", "pipeline"], 2, "layers per rank 0 | 1"),
+    (["--variant", "single-layer"], 2, "layers per rank 0 | 1"),
+    (["--variant", "all-layers"], 2, "all 2 layers on every rank, chapters round-robin"),
+    (["--variant", "federated"], 1, "all 2 layers"),
+    (["--variant", "federated"], 2, "all 2 layers on every rank, each on its own data shard, layers averaged "
+                                    "after every chapter"),
+])
+def test_the_start_line_names_the_partition_the_schedule_uses(flags, ranks, text):
+    config = _config(*flags)
+    assert console.layers_per_rank(config, ranks, [100, 16, 16]) == text
+
+
+def test_the_start_lines_blocks_are_the_schedules_own():
+    from pffbench.core.partition import balanced_partition, layer_costs
+    from pffbench.schedules.backprop.torch_pipeline import stage_layers
+    dims = [784, 500, 300, 100]
+    for ranks in (1, 2, 3):
+        assert console.planned_blocks(_config("--variant", "gpipe"), ranks, dims) == stage_layers(3, dims + [10], ranks)
+        assert console.planned_blocks(_config(), ranks, dims) == balanced_partition(layer_costs(dims), ranks)
+
+
+def _result(blocks, ranks=2):
+    timing = np.zeros((ranks, 1, len(COLUMNS)))
+    share = dict(compute=2.0, sync=6.0, eval=1.0, idle=1.0)
+    for name, seconds in share.items():
+        timing[:, 0, COLUMNS.index(name)] = seconds
+    timing[:, 0, COLUMNS.index("wall")] = sum(share.values())
+    return TrainResult(timing, np.zeros((2, 1)), np.array([0.5]), [], [100, 16, 16, 10], blocks)
+
+
+@pytest.mark.parametrize("variant,column", [("gpipe", "bubble+p2p"), ("1f1b", "bubble+p2p"), ("ddp", "allreduce"),
+                                            ("dp-backprop", "allreduce"), ("pipeline", "sync")])
+def test_the_summary_names_the_sync_column_for_what_it_holds_and_keeps_eval_apart(variant, column):
+    config = _config("--variant", variant)
+    lines = run.summary_lines(config, _result([range(0, 1), range(1, 3)]), 10.0, {})
+    header = next(line for line in lines if line.startswith("rank"))
+    assert header.split() == ["rank", "layers", "compute", "comm-wait", "data", column, "eval", "idle"]
+    assert "sync+eval" not in "\n".join(lines)
+    assert lines[-3].split()[1:] == ["0", "20.0%", "0.0%", "0.0%", "60.0%", "10.0%", "10.0%"]
+    assert lines[-2].split()[1] == "1+head"
+    assert lines[-1].startswith(f"(% of each rank's wall time; {column}: ")
+
+
+def test_the_summary_gives_the_time_to_the_target():
+    config = _config("--variant", "backprop", "--target-accuracy", "0.9", "--stop-at-target", "--eval-every", "1")
+    attrs = {"target_accuracy": 0.9, "time_to_target": 12.345, "target_reached_epoch": 3, "target_reached_step": 90,
+             "stop_reason": "reached the target"}
+    lines = run.summary_lines(config, _result([range(0, 3)], ranks=1), 20.0, attrs)
+    assert lines[1] == ("target test accuracy 90.00% reached after 12.3s of training (epoch 3, step 90); "
+                        "the run stopped there (--stop-at-target)")
+    attrs.update(time_to_target=float("nan"), target_reached_epoch=-1, stop_reason=None)
+    assert run.summary_lines(config, _result([range(0, 3)], ranks=1), 20.0, attrs)[1] == \
+        "target test accuracy 90.00% not reached"
+
+
+@pytest.mark.parametrize("flags,ranks,expected", [
+    (["--layers", "500"], 2, "2 ranks but only 1 layer: use at most 1 rank or more --layers"),
+    (["--layers", "500", "--variant", "gpipe"], 2, "2 ranks but only 1 hidden layer: use at most 1 rank"),
+    (["--layers", "500", "--score-layers", "1"], 1, "out of range for 1 layer (0-based)"),
+    (["--variant", "all-layers", "--splits", "1", "--epochs", "1"], 2, "only 1 chapter (--splits)"),
+    (["--variant", "federated", "--shards", "1"], 2, "only 1 shard (--shards)"),
+])
+def test_counts_of_one_are_singular(flags, ranks, expected):
+    with pytest.raises(UsageError, match=re.escape(expected)):
+        validate(parse_config(["--dataset", "synthetic", *flags]), ranks)
+
+
+@pytest.mark.parametrize("typo,meant", [("paper", "paper-net"),
+                                        ("mnist-goodnes-random-all-layer", "mnist-goodness-random-all-layers"),
+                                        ("cifar10-perfopt", "cifar10-perf-opt")])
+def test_a_mistyped_preset_gets_did_you_mean(typo, meant):
+    with pytest.raises(UsageError, match=re.escape(f"unknown --preset {typo!r}: did you mean {meant!r}?")):
+        parse_config(["--preset", typo])
+    with pytest.raises(UsageError, match="see --list-presets$"):
+        parse_config(["--preset", "zzzz"])
+
+
+def test_list_presets_shows_the_net_epochs_and_a_measured_duration(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--list-presets"])
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0]
+    assert "net" in header.split() and "epochs" in header.split() and "measured here" in header
+    row = next(line for line in lines if line.startswith("paper-net "))
+    assert "[784, 2000 x 4]" in row and " 20 " in row and "4111 s" in row
+    row = next(line for line in lines if line.startswith("cifar10-perf-opt "))
+    assert "[3072, 2000 x 4]" in row and " 100 " in row
+    assert presets.net_text(presets.PRESETS["mnist-perf-opt"]) == "[784, 2000 x 4]"
+
+
+def test_an_image_folder_says_it_is_reading_before_it_decodes(tmp_path, monkeypatch):
+    from PIL import Image
+    from pffbench.datasets import images
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / split / name / "0.png")
+    said, decode = [], images._decode_images
+
+    def decoding(*args):
+        assert said and said[0].startswith(f"reading the image folder {tmp_path}: decoding 4 images in 2 classes")
+        return decode(*args)
+    monkeypatch.setattr(images, "_decode_images", decoding)
+    data.load_dataset("imagefolder", tmp_path, say=said.append)
+    assert len(said) == 2 and said[1].startswith("read 4 images of 4x4 RGB in ")

@@ -246,7 +246,7 @@ def test_predict_runs_the_pipeline_baselines_only_where_microbatches_cover_the_s
     """gpipe needs M >= p and p <= hidden layers: with 4 microbatches and 8 layers, p = 8 is left out."""
     assert cli.main(["predict", "--variant", "gpipe,ddp", "--layers", "64,64,64,64,64,64,64,64",
                      "--ranks", "1,2,4,8", "--num-train", "6400", "--microbatches", "4"]) == 0
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[3:]]  # net, costs line, header
     assert [(r[0], r[1]) for r in rows] == [("gpipe", "1"), ("gpipe", "2"), ("gpipe", "4"),
                                             ("ddp", "1"), ("ddp", "2"), ("ddp", "4"), ("ddp", "8")]
 

@@ -143,7 +143,7 @@ def test_clock_columns_add_up_to_wall_and_chapters_sum_epochs(monkeypatch):
     (["--variant", "single-layer", "--layers", "8,8,8"], 2, "single-layer needs one rank per layer (3)"),
     (["--variant", "all-layers", "--epochs", "10", "--splits", "3"], None, "--splits 3 does not divide --epochs 10"),
     (["--variant", "all-layers", "--epochs", "2"], 4, "4 ranks but only 2 chapters"),
-    (["--variant", "federated", "--shards", "2"], 4, "4 ranks but only 2 --shards"),
+    (["--variant", "federated", "--shards", "2"], 4, "4 ranks but only 2 shards (--shards)"),
     (["--neg", "adaptive"], None, "need a PFF --variant"),
     (["--variant", "perf-opt", "--eval-every", "1"], None, "--eval-every works with the pipeline variant only"),
     (["--preset", "nope"], None, "unknown --preset"),

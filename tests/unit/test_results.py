@@ -348,3 +348,30 @@ def test_provenance_marks_dirty_checkout(monkeypatch, tmp_path):
     fake_git.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert provenance()["git_sha"] == "0123abcd-dirty"
+
+
+def test_no_lock_file_is_left_beside_the_results_file(path):
+    append_run(str(path), *small_run(0))
+    append_run(str(path), *small_run(1))
+    assert sorted(os.listdir(path.parent)) == [path.name]
+
+
+def test_a_writer_that_locked_a_removed_lock_file_tries_again_on_the_new_one(path):
+    # Writer B opens the lock file while A holds it; A removes it and releases (as every writer now does),
+    # and C has meanwhile locked a new lock file.  B's flock on the removed inode then succeeds, but B must
+    # not write while C holds the lock at the path.
+    lock_path = f"{path}.lock"
+    holder_a = open(lock_path, "a")
+    fcntl.flock(holder_a, fcntl.LOCK_EX)
+    writer = threading.Thread(target=append_run, args=(str(path), *small_run(0)),
+                              kwargs={"name": "b", "lock_timeout": 20})
+    writer.start()
+    time.sleep(0.3)  # B has opened the old inode and polls its flock
+    os.remove(lock_path)
+    with open(lock_path, "a") as holder_c:
+        fcntl.flock(holder_c, fcntl.LOCK_EX)
+        holder_a.close()  # B can now lock the removed inode
+        time.sleep(0.5)
+        assert not path.exists(), "wrote while another writer held the lock"
+    writer.join(timeout=20)
+    assert list_runs(str(path)) == ["b"]

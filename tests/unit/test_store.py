@@ -160,6 +160,15 @@ def test_the_writer_stores_a_run_or_says_why_in_one_line(tmp_path, name, attrs):
         assert same(value, run_.attrs[key]), (key, value, run_.attrs[key])
 
 
+def test_a_list_of_ints_beyond_int64_reads_back_as_ints(tmp_path):
+    # numpy makes [0, 2**64 - x] a float64 array, which compared equal to the ints but read back as floats
+    # (found by the fuzz test above)
+    value = [0, 16183350971884623872]
+    writer.append_run(str(tmp_path / "r.h5"), {"timing/wall": np.ones((1, 2))}, {"big": value})
+    read = results.read_runs(str(tmp_path / "r.h5"))[0].attrs["big"]
+    assert read == value and all(type(x) is int for x in read), read
+
+
 # --- issue 13 point 5: a results file that explains itself --------------------------------------------------
 
 def test_a_format_1_file_still_reads_and_takes_format_2_runs(tmp_path):
@@ -201,18 +210,32 @@ def test_report_keeps_runs_of_other_commits_and_machines_apart_unless_pooled(tmp
     assert pooled.stats["n"] == 4 and pooled.stats["median"] == 13.0
     assert pooled.case.notes == "pooled: 2 git_sha, 2 torch, 2 cpu_model"
     assert report.main([str(path), "--pool", "--format", "csv"]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].endswith(",notes") and table[1].endswith(',"pooled: 2 git_sha, 2 torch, 2 cpu_model"')
+    import csv
+    row, = csv.DictReader(capsys.readouterr().out.splitlines())
+    assert row["notes"] == "pooled: 2 git_sha, 2 torch, 2 cpu_model"
 
 
 def test_report_flags_runs_measured_on_a_busy_host(tmp_path, capsys):
     path = tmp_path / "r.h5"
     timed_run(path, "quiet-r0", 10.0, load_avg_start=[0.5, 0.4, 0.3], load_avg_end=[2.0, 1.0, 0.5])
-    timed_run(path, "busy-r0", 10.0, load_avg_start=[2.5, 2.0, 1.0], load_avg_end=[1.0, 1.0, 1.0],
+    timed_run(path, "busy-r0", 10.0, load_avg_start=[3.5, 2.0, 1.0], load_avg_end=[1.0, 1.0, 1.0],
               config={"layers": [16], "epochs": 1})
     assert report.main([str(path)]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
-    assert lines["busy"].endswith("busy host: 1 of 1 runs") and "busy" not in lines["quiet"]
+    assert lines["busy"].endswith("busy host: 1 of 1 run") and "busy" not in lines["quiet"]
+
+
+def test_a_runs_own_load_is_not_a_busy_host(tmp_path):
+    # 2 ranks x 1 thread on 2 cores with gloo's threads beside them: load 2.4 is the run's own
+    path = tmp_path / "r.h5"
+    timed_run(path, "own-r0", 10.0, world_size=2, threads_per_rank=[1, 1], hostnames=["vm", "vm"],
+              load_avg_start=[1.3, 1.0, 1.0], load_avg_end=[2.4, 1.5, 1.0])
+    timed_run(path, "many-r0", 10.0, world_size=4, threads_per_rank=[1] * 4, hostnames=["vm"] * 4,
+              load_avg_start=[4.5, 1.0, 1.0], load_avg_end=[4.8, 1.5, 1.0])  # 4 ranks on 2 cores: its own
+    timed_run(path, "other-r0", 10.0, world_size=2, threads_per_rank=[1, 1], hostnames=["vm", "vm"],
+              load_avg_start=[6.0, 5.0, 4.0], load_avg_end=[7.0, 6.0, 5.0])  # other jobs
+    busy = {run.name: analysis.busy_host(run) for run in results.read_runs(str(path))}
+    assert busy == {"own-r0": False, "many-r0": False, "other-r0": True}
 
 
 def test_to_dataframe_gives_one_row_per_run_with_the_reports_figures(tmp_path):
@@ -235,3 +258,13 @@ def test_a_sweep_into_a_file_with_runs_says_so(tmp_path):
     timed_run(path, "old-r1", 10.0)
     line = sweep.already_held(str(path))
     assert line.startswith(f"sweep: {path} already holds 2 runs;") and "--pool" in line
+
+
+def test_a_repetition_far_from_its_median_is_named(tmp_path, capsys):
+    path = tmp_path / "r.h5"
+    for i, seconds in enumerate((10.0, 10.5, 9.8, 31.0)):
+        timed_run(path, f"noisy-r{i}", seconds)
+    row, = analysis.table(results.read_runs(str(path)))
+    assert row.case.outliers == [("noisy-r3", pytest.approx(31.0 / 10.25))]
+    assert report.main([str(path)]) == 0
+    assert "outlier: noisy-r3 3.02x the median" in capsys.readouterr().out

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from ...core.config import Config, UsageError
-from ...core.partition import balanced_partition, layer_costs
+from ...core.partition import stage_layers
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
 from ...instrument.timer import EpochTimer, settler
@@ -77,13 +77,6 @@ class TimedStage(PipelineStage):
     def backward_one_chunk(self, *args, **kwargs):
         with self.timer("compute"):
             return super().backward_one_chunk(*args, **kwargs)
-
-
-def stage_layers(num_hidden: int, dims: list[int], ranks: int) -> list[range]:
-    """The linears (hidden layers, then the head at index ``num_hidden``) each rank holds:
-    the FF pipeline's partition of the hidden layers, the head with the last block."""
-    blocks = balanced_partition(layer_costs(dims[:num_hidden + 1]), ranks)
-    return [*blocks[:-1], range(blocks[-1].start, num_hidden + 1)]
 
 
 class PipelineTrainer(Trainer):
