@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"; did you mean '{close[0]}'?" if close else f" (commands: {', '.join(table)})"
         print(f"pffbench: error: unknown command '{name}'{hint}", file=sys.stderr)
         return EXIT_USAGE
+    if table[name][0] == "run":  # the run entry's checks come before torch and MPI start (launch/preflight.py)
+        from .launch import preflight
+        preflight.before_libraries()
     module = importlib.import_module(f"{__package__}.{table[name][0]}")
     try:
         return int(module.main(rest) or 0)
@@ -100,3 +103,8 @@ def cli() -> None:
 
 if __name__ == "__main__":
     cli()
+
+
+def run_cli() -> None:
+    """The `pffbench-run` console script: `pffbench run ...`, so its checks too run before torch and MPI start."""
+    sys.exit(main(["run", *sys.argv[1:]]))
