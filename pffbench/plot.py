@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from . import results  # noqa: E402
+from .store.atomic import WriteFailed, atomic_file, describe  # noqa: E402
 from .study import analysis, sidecar  # noqa: E402
 from .study.timeline import COLORS, IDLE_COLOR, LABELS, timeline_figure, traced_runs  # noqa: E402,F401
 
@@ -199,13 +200,18 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
 
 
 def save(fig: plt.Figure, directory: str, stem: str, formats=("png",)) -> list[str]:
+    """Write ``fig`` as ``directory/stem.<ext>`` for each of ``formats``, each
+    atomically (store/atomic.py: a figure is never half written); raises
+    WriteFailed naming the figure and the OS's reason."""
     os.makedirs(directory, exist_ok=True)
     paths = []
-    for ext in formats:
-        path = os.path.join(directory, f"{stem}.{ext}")
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for ext in formats:
+            path = os.path.join(directory, f"{stem}.{ext}")
+            atomic_file(path, lambda temp: fig.savefig(temp, format=ext, dpi=130, bbox_inches="tight"))
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths
 
 
@@ -274,7 +280,13 @@ def main(argv=None) -> int:
         print("pffbench.plot: nothing to plot (no complete runs)", file=sys.stderr)
         return 1
     formats = ("png", "pdf") if opts.pdf else ("png",)
-    written = write(drawn, opts.output, opts.prefix, formats, sidecar.sources_of(opts.files))
+    try:
+        written = write(drawn, opts.output, opts.prefix, formats, sidecar.sources_of(opts.files))
+    except OSError as error:  # a full disk, a read-only folder: the OS's reason, in one line
+        where = error.filename or opts.output
+        print(f"pffbench.plot: error: {error if isinstance(error, WriteFailed) else describe(where, error)}",
+              file=sys.stderr)
+        return 1
     for path in written:
         print(path)
     return 0

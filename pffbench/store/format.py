@@ -33,11 +33,15 @@ Summary statistics (summarize) are computed on read and never stored.
 Appends are copy-on-write, so a writer killed at any moment (SIGKILL, node failure,
 Slurm time limit) cannot damage the runs already in the file: holding an exclusive
 flock on the sidecar "<path>.lock", the writer copies the file to a temporary
-".<file name>.<pid>.<random>.tmp" in the same directory, adds the run to the copy,
+".pffbench-<digest of the file name>.<pid>.<random>.tmp" in the same directory (a
+fixed-length name: any file name the file system takes has temporaries it takes too;
+versions before 2026-12 used ".<file name>.<pid>.<random>.tmp"), adds the run to the copy,
 fsyncs it and renames it over the file (store/atomic.py). A killed writer leaves only its temporary,
-which the next writer removes. The lock file is never deleted: deleting it would let
-two writers lock two different files. Each append copies the whole file, which is
-cheap for timing data.
+which the next writer removes (of either naming). A writer's lock file stays; only the
+probe before a run removes one it made itself, while holding its lock, and every writer,
+once it holds a lock, checks that its lock file is still the one at "<path>.lock" (else it
+locks the new one), so two writers never hold two different lock files. Each append
+copies the whole file, which is cheap for timing data.
 
 HDF5's own file locking is turned off (h5py ``locking=False``; with older h5py set
 HDF5_USE_FILE_LOCKING=FALSE) because it fails on some network file systems. Writers

@@ -144,7 +144,9 @@ class Loop:
             if world.is_first and on_epoch:
                 on_epoch(epoch, self.loss[:, epoch], self.test_accuracy[epoch], timer.training_seconds(epoch))
             if self.checkpoints and not last_epoch and not stop:
-                self.checkpoints.save(epoch + 1, self._state(epoch + 1))
+                unwritten = self.checkpoints.save(epoch + 1, self._state(epoch + 1))
+                if unwritten:  # a checkpoint that cannot be written (a full disk) fails the run, every rank together
+                    raise self._stopped(epoch + 1, 0, unwritten)
             if signum and not last_epoch and not stop:  # a signal during the last epoch lets the run finish
                 raise self._stopped(epoch + 1, signum)
             if stop:
@@ -176,7 +178,7 @@ class Loop:
                            linears=[l.cpu() for l in linears], dims=self.dims, blocks=blocks,
                            arrays=arrays, attrs=attrs)
 
-    def _stopped(self, epochs_done: int, signum: int) -> faults.RunStopped:
+    def _stopped(self, epochs_done: int, signum: int, failure: str | None = None) -> faults.RunStopped:
         timing, _ = self._gathered()
         self.trainer.close()
         result = None
@@ -185,7 +187,7 @@ class Loop:
                                  dims=self.dims, blocks=[range(len(self.dims) - 1)] * self.world.size,
                                  arrays={"evaluations": self.target.table()},
                                  attrs={"epochs_completed": epochs_done, **self.target.attrs()})
-        stop = faults.stopped(None, signum, epochs_done, bool(self.checkpoints), result)
+        stop = faults.stopped(failure, signum, epochs_done, bool(self.checkpoints), result)
         if result is not None:
             result.attrs["stop_reason"] = stop.message
         return stop

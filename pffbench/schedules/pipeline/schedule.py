@@ -68,8 +68,9 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
             if links.receiver:
                 links.receiver.cancel()  # the minibatches of the epochs that will not run
             break
-        if checkpoints and not failure and not last_epoch:
-            checkpoints.save(epoch + 1, _checkpoint_state(epoch + 1, step, stage, source, timer, loss, accuracy))
+        if checkpoints and not failure and not last_epoch:  # a checkpoint that cannot be written fails the run
+            failure = checkpoints.save(epoch + 1, _checkpoint_state(epoch + 1, step, stage, source, timer, loss,
+                                                                    accuracy))
         if failure or (signum and not last_epoch):  # a signal during the last epoch lets the run finish
             _drain(links)
             raise outcome.stop(world.comm, timer, loss if world.is_first else None, accuracy, epoch + 1, failure,
