@@ -28,6 +28,9 @@ class TrainResult:
     arrays: dict = field(default_factory=dict)  # variant-specific datasets for the results file
     attrs: dict = field(default_factory=dict)   # variant-specific attributes for the results file
     heads: list = field(default_factory=list)   # classifier heads on the CPU (softmax, per-layer), for --model-out
+    # the collapse check (schedules/ending.py, check_health) for FF layers; not recorded
+    check_health: bool = False
+    health_threshold: float | None = None       # the goodness threshold they train to; None: dead units only
 
 
 def batch_rows(num_train: int, batch_size: int) -> list[int]:

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from ..core.words import plural  # noqa: F401  (the commands import it from here too)
+
 LOG_INTERVAL_S = 10.0   # a plain progress line at most this often when stderr is not a terminal
 BAR_AFTER_S = 2.0       # no bar for epochs shorter than this: one line per epoch is enough
 
@@ -53,11 +55,6 @@ def resumed(epochs_done: int) -> None:
     """The run resumed after ``epochs_done`` epochs: its rate counts only the epochs it runs."""
     if _CURRENT is not None:
         _CURRENT.resume(epochs_done)
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``1 run``, ``2 runs``."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 class Progress:

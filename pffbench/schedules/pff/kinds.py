@@ -34,9 +34,12 @@ class Kind:
 
     ``uses_negatives``: the inputs carry (positive; negative) rows, and
     adaptive negatives need the model's label scores; ``has_head``: a
-    softmax head trained after each chapter's layers."""
+    softmax head trained after each chapter's layers; ``health_threshold``:
+    the goodness threshold the layers train to, for the collapse check
+    (schedules/ending.py; None: no goodness, dead units only)."""
     uses_negatives = False
     has_head = False
+    health_threshold = None
 
     def __init__(self, config: Config, dims: list[int], num_classes: int, device: torch.device):
         self.config, self.dims, self.num_classes, self.device = config, dims, num_classes, device
@@ -60,6 +63,7 @@ class FFKind(Kind):
         super().__init__(config, dims, num_classes, device)
         self.score_layers = config.score_layers or ff.default_score_layers(len(dims) - 1)
         self.has_head = config.classifier == "softmax"
+        self.health_threshold = config.threshold
         self._batch = None  # the minibatch buffer of step()
         self._first_layer = None  # (x, its FirstLayerInputs)
 

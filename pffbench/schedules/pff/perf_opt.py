@@ -9,6 +9,7 @@ probabilities multiplied): both are reported, the second as test accuracy.
 """
 from __future__ import annotations
 
+from ...core import wavefront as routing
 from .all_layers import RoundRobin, wavefront
 from .chapters import Chapters
 from .communications import Post
@@ -19,5 +20,5 @@ def train(config, world, shape, dataset=None, on_epoch=None):
     kind = PerfOptKind(config, [shape.num_features, *config.layers], shape.num_classes, world.device(config.device))
     pff = Chapters(config, world, shape, dataset, kind=kind)
     exchange = RoundRobin(Post(world.comm, pff.slot_sizes()), world.size, pff.num_chapters, range(pff.num_layers))
-    return wavefront(pff, exchange, range(world.rank, pff.num_chapters, world.size), on_epoch,
+    return wavefront(pff, exchange, routing.chapters_of(world.rank, world.size, pff.num_chapters), on_epoch,
                      blocks=[range(pff.num_layers)] * world.size)
