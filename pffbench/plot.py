@@ -38,6 +38,7 @@ from . import results  # noqa: E402
 from .launch.command import command  # noqa: E402
 from .analysis import analysis, sidecar  # noqa: E402
 from .analysis.timeline import COLORS, IDLE_COLOR, LABELS, save, timeline_figure, traced_runs  # noqa: E402,F401
+from .store.atomic import WriteFailed, describe  # noqa: E402
 
 def _log2_axis(ax, values, axis: str = "x") -> None:
     ticks = sorted({float(v) for v in values if v > 0})
@@ -277,7 +278,13 @@ def main(argv=None) -> int:
         print("pffbench.plot: nothing to plot (no complete runs)", file=sys.stderr)
         return 1
     formats = ("png", "pdf") if opts.pdf else ("png",)
-    written = write(drawn, opts.output, opts.prefix, formats, sidecar.sources_of(opts.files))
+    try:
+        written = write(drawn, opts.output, opts.prefix, formats, sidecar.sources_of(opts.files))
+    except OSError as error:  # a full disk, a read-only folder: the OS's reason, in one line
+        where = error.filename or opts.output
+        print(f"pffbench.plot: error: {error if isinstance(error, WriteFailed) else describe(where, error)}",
+              file=sys.stderr)
+        return 1
     for path in written:
         print(path)
     return 0

@@ -37,7 +37,7 @@ from .schedules import ending
 from .schedules.ending import final_accuracy
 from .store import checks, provenance, rescue, writer
 from .store.format import ResultsError
-from .store.atomic import atomic_write
+from .store.atomic import atomic_write, describe
 
 EXIT_USAGE = 2
 EXIT_NOT_RECORDED = 4  # the run trained but is not in --out (a rescue file holds it); 3 is a failed run
@@ -196,11 +196,11 @@ def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, statu
     stopped one, then raise its stop), print the summary."""
     model_error = None
     if config.model_out and not stopped:
+        model = model_contents(config, result, attrs["class_names"])
         try:
-            save_model(config, result, config.model_out, attrs["class_names"])
+            save_model(model, config.model_out)
         except Exception as error:  # noqa: BLE001 (the run is still recorded, then this is said)
-            model_error = f"--model-out {config.model_out}: the model could not be saved " \
-                          f"({type(error).__name__}: {one_line(error)})"
+            model_error = f"--model-out: {describe(config.model_out, error)}; " + rescue_model(config, model)
     try:
         name, elsewhere = record(config, arrays, attrs, status), None
     except NotRecorded as error:  # saved elsewhere: say so last, after what else the run has to do
@@ -248,14 +248,29 @@ def record(config: Config, arrays: dict, attrs: dict, status: str) -> str:
     raise NotRecorded(f"{problem}; run '{name}' is saved in {path} instead{kept}")
 
 
-def save_model(config: Config, result: TrainResult, path: str, class_names=()) -> None:
-    """--model-out: the config, dims, what each label means (``class_names``:
-    label i is the i-th name), layers and heads, written atomically."""
+def model_contents(config: Config, result: TrainResult, class_names=()) -> dict:
+    """What --model-out holds: the config, dims, what each label means
+    (``class_names``: label i is the i-th name), layers and heads."""
+    return {"config": dataclasses.asdict(config), "dims": result.dims, "class_names": list(class_names),
+            "layers": [linear.state_dict() for linear in result.linears],
+            "heads": [head.state_dict() for head in result.heads]}
+
+
+def save_model(model: dict, path: str) -> None:
+    """Write ``model`` (model_contents) to ``path`` atomically; raises WriteFailed
+    (store/atomic.py) or the error torch gave."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    model = {"config": dataclasses.asdict(config), "dims": result.dims, "class_names": list(class_names),
-             "layers": [linear.state_dict() for linear in result.linears],
-             "heads": [head.state_dict() for head in result.heads]}
     atomic_write(path, lambda f: torch.save(model, f))
+
+
+def rescue_model(config: Config, model: dict) -> str:
+    """The weights --model-out could not take, written beside where a run's
+    rescue file goes (store/rescue.py); says where, in a few words."""
+    try:
+        path = rescue.rescue_file(config.out, config.model_out, ".pt", lambda f: torch.save(model, f))
+    except Exception as error:  # noqa: BLE001
+        return f"the model could not be saved anywhere else either ({one_line(str(error))})"
+    return f"the model is saved in {path} instead"
 
 
 def main(argv=None) -> int:

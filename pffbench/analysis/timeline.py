@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from ..store import reader as results
+from ..store.atomic import atomic_file
 from ..instrument.timer import CATEGORIES
 
 COLORS = {"compute": "#1f77b4", "data": "#9ecae1", "send_wait": "#ff7f0e", "recv_wait": "#d62728",
@@ -90,13 +91,17 @@ def timeline_figure(run: results.Run) -> plt.Figure:
 
 
 def save(fig: plt.Figure, directory: str, stem: str, formats=("png",)) -> list[str]:
-    """Write ``fig`` as ``directory/stem.<format>`` for each format (130 dpi) and close it; the paths written.
+    """Write ``fig`` as ``directory/stem.<format>`` for each format (130 dpi), each
+    atomically (store/atomic.py: a figure is never half written), and close it;
+    the paths written.  Raises WriteFailed naming the figure and the OS's reason.
     Shared by python -m pffbench.plot and the model's figures."""
     os.makedirs(directory, exist_ok=True)
     paths = []
-    for ext in formats:
-        path = os.path.join(directory, f"{stem}.{ext}")
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for ext in formats:
+            path = os.path.join(directory, f"{stem}.{ext}")
+            atomic_file(path, lambda temp: fig.savefig(temp, format=ext, dpi=130, bbox_inches="tight"))
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths

@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -34,7 +35,8 @@ import torch
 from ..comm import collectives
 from ..core.config import INCIDENTAL, Config, UsageError, computing_settings
 from ..instrument.progress import plural
-from ..store.atomic import atomic_write
+from ..store.atomic import atomic_write, describe
+from ..store.format import one_line
 
 MARKER = "COMPLETE"
 KEEP = 2
@@ -77,6 +79,7 @@ class Checkpoints:
         self.directory, self.comm, self.config = directory, comm, config
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.fingerprint = fingerprint(config, self.size)
+        self.error = ""  # a checkpoint marker rank 0 could not write (commit)
 
     @classmethod
     def from_config(cls, config: Config, comm) -> "Checkpoints | None":
@@ -119,34 +122,57 @@ class Checkpoints:
     def _file(self, tag: int, rank: int) -> str:
         return os.path.join(self._folder(tag), f"rank-{rank:04d}.pt")
 
-    def save(self, tag: int, state: dict) -> None:
-        """Store this rank's ``state`` as checkpoint ``tag`` (epochs completed)."""
+    def save(self, tag: int, state: dict) -> str | None:
+        """Store this rank's ``state`` as checkpoint ``tag`` (epochs completed).
+        Returns None, or on every rank the one line saying which rank's file
+        could not be written and why (``failure``): the schedule then stops the
+        run as failed, recorded with its epochs, resumable from the last
+        complete checkpoint."""
         error = self.write(tag, state)
         done = collectives.sum_everywhere(self.comm, np.array([0.0 if error else 1.0]), "a checkpoint")
-        self.check_written(tag, done[0] == self.size, error)
+        if done[0] != self.size:
+            return self.failure(tag, error)
         self.commit(tag)
+        return None
 
     def write(self, tag: int, state: dict) -> str:
-        """Write this rank's file of checkpoint ``tag``; returns "" or what went wrong.  Not collective:
-        the ranks then agree that every file is there (``check_written``), and rank 0 commits."""
+        """Write this rank's file of checkpoint ``tag``; returns "" or, in one
+        line, what went wrong (also a marker rank 0 could not write before:
+        ``commit``).  Not collective: the ranks then agree that every file is
+        there, and rank 0 commits."""
+        if self.error:
+            return self.error
+        path = self._file(tag, self.rank)
         try:
             os.makedirs(self._folder(tag), exist_ok=True)
-            atomic_write(self._file(tag, self.rank), lambda f: torch.save(state, f))
+            atomic_write(path, lambda f: torch.save(state, f))
             return ""
-        except OSError as exc:
-            return f"cannot write checkpoint {self._file(tag, self.rank)}: {exc.strerror or exc}"
+        except Exception as exc:  # noqa: BLE001 (any failure, whatever the library calls it: one line)
+            return describe(path, exc)
 
-    def check_written(self, tag: int, everyone: bool, error: str) -> None:
-        if not everyone:
-            if error:
-                raise OSError(error)  # this rank failed: its traceback ends the job
-            raise OSError(f"checkpoint {self._folder(tag)}: another rank could not write its file")
+    def failure(self, tag: int, error: str) -> str:
+        """Collective, once the ranks know that some rank's file of ``tag``
+        could not be written (``error``: this rank's line, or ""): the line of
+        the first such rank, and where a --resume would continue."""
+        errors = self.comm.allgather(error)
+        rank = next(r for r, line in enumerate(errors) if line)
+        tags = self.complete_tags() if self.rank == 0 else []
+        after = f"--resume continues after epoch {tags[-1]}" if tags else "no checkpoint is complete: --resume starts over"
+        return f"rank {rank}: {errors[rank]} ({after})"
 
     def commit(self, tag: int) -> None:
-        """Once every rank's file of ``tag`` is durable: rank 0 marks it complete and prunes old ones."""
+        """Once every rank's file of ``tag`` is durable: rank 0 marks it
+        complete and prunes old ones.  A marker it cannot write leaves the
+        checkpoint incomplete (resume ignores it) and becomes rank 0's error at
+        the next checkpoint (``write``), where the ranks agree to stop."""
         if self.rank == 0:
             marker = {"tag": tag, "ranks": self.size, "time": time.time(), **self.fingerprint}
-            atomic_write(os.path.join(self._folder(tag), MARKER), lambda f: f.write(json.dumps(marker).encode()))
+            path = os.path.join(self._folder(tag), MARKER)
+            try:
+                atomic_write(path, lambda f: f.write(json.dumps(marker).encode()))
+            except Exception as exc:  # noqa: BLE001
+                self.error = describe(path, exc)
+                return
             self._prune(tag)
 
     def complete_tags(self) -> list[int]:
@@ -165,36 +191,69 @@ class Checkpoints:
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
     def load_latest(self) -> tuple[int, dict] | None:
-        """(tag, this rank's state) of the newest complete checkpoint, None if
-        there is none.  A checkpoint of another configuration is a UsageError
-        on every rank."""
-        verdict = None
-        if self.rank == 0:
-            verdict = self._pick()
-        verdict = self.comm.bcast(verdict, root=0)
-        if isinstance(verdict, str):
-            raise UsageError(verdict)
-        if verdict is None:
-            return None
-        path = self._file(verdict, self.rank)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a complete checkpoint must load: say which file and how to go on
-            raise OSError(f"cannot load checkpoint {path}: {exc}; delete {self._folder(verdict)} "
-                          f"to resume from the one before") from exc
-        return verdict, state
+        """(tag, this rank's state) of the newest complete checkpoint whose
+        files every rank can load, None if there is none (collective).
 
-    def _pick(self):
-        tags = self.complete_tags()
-        if not tags:
+        Every rank loads its own file of the newest complete checkpoint before
+        training; if any rank cannot (a copy cut short, a damaged disk), all
+        of them go on to the one before (pffbench keeps two for this), and
+        rank 0 says so in one warning line.  A checkpoint of another
+        configuration, or complete checkpoints none of which is intact, is a
+        UsageError on every rank."""
+        candidates = self.comm.bcast(self._candidates() if self.rank == 0 else None, root=0)
+        if isinstance(candidates, str):
+            raise UsageError(candidates)
+        damaged = []  # rank 0: what is wrong with each checkpoint passed over
+        for tag, problem in candidates:
+            state, error = None, problem  # rank 0's finding (marker, missing files) holds for every rank
+            if not problem:
+                path = self._file(tag, self.rank)
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=False)
+                except Exception as exc:  # noqa: BLE001 (torch's RuntimeError, pickle's, EOFError, OSError ...)
+                    size = os.path.getsize(path) if os.path.exists(path) else 0
+                    error = (f"rank {self.rank} cannot load {os.path.basename(path)}, {size} bytes "
+                             f"({type(exc).__name__}: {one_line(exc)})")
+            bad = collectives.sum_everywhere(self.comm, np.array([1.0 if error else 0.0]),
+                                             "the check of the checkpoints")
+            if not bad[0]:
+                if damaged and self.rank == 0:
+                    print(f"pffbench: warning: {'; '.join(damaged)}: resuming from {self._folder(tag)} instead",
+                          file=sys.stderr, flush=True)
+                return tag, state
+            errors = self.comm.gather(error, root=0)
+            if self.rank == 0:
+                damaged.append(f"checkpoint {self._folder(tag)} is damaged: {next(e for e in errors if e)}")
+        if not candidates:
             return None
-        tag = tags[-1]
-        marker_path = os.path.join(self._folder(tag), MARKER)
-        try:
-            with open(marker_path) as f:
-                marker = json.load(f)
-        except (OSError, ValueError) as exc:
-            return f"cannot read checkpoint marker {marker_path}: {exc}"
+        raise UsageError(f"{'; '.join(damaged)}; no intact checkpoint is left in {self.directory}: "
+                         f"run without --resume, or with another --checkpoint-dir")
+
+    def _candidates(self) -> list[tuple[int, str]] | str:
+        """Rank 0: the complete checkpoints, newest first, each with what is
+        wrong with it ("" if nothing rank 0 can see); or the line refusing them
+        all (the newest readable one was written by other settings, another
+        pffbench, another number of ranks)."""
+        out = []
+        for tag in reversed(self.complete_tags()):
+            marker_path = os.path.join(self._folder(tag), MARKER)
+            try:
+                with open(marker_path) as f:
+                    marker = json.load(f)
+                if not isinstance(marker, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                out.append((tag, f"cannot read its marker {MARKER} ({one_line(exc)})"))
+                continue
+            refusal = self._refusal(tag, marker)
+            if refusal:
+                return refusal
+            missing = [r for r in range(self.size) if not os.path.isfile(self._file(tag, r))]
+            out.append((tag, f"it is marked complete but lacks rank files {missing}" if missing else ""))
+        return out
+
+    def _refusal(self, tag: int, marker: dict) -> str | None:
+        """The line refusing checkpoint ``tag`` of ``marker`` for this run, or None."""
         if marker.get("format", 1) != FORMAT:
             return (f"checkpoint {self._folder(tag)} was written by another version of pffbench (checkpoint "
                     f"format {marker.get('format', 1)}, this one reads {FORMAT}): resume with that version, or "
@@ -213,10 +272,7 @@ class Checkpoints:
             flags = ", ".join("--" + k.replace("_", "-") for k in differ)
             return (f"checkpoint {self._folder(tag)} was written with other settings ({flags}): "
                     f"resume with the same flags, or use another --checkpoint-dir")
-        missing = [r for r in range(self.size) if not os.path.isfile(self._file(tag, r))]
-        if missing:
-            return f"checkpoint {self._folder(tag)} is marked complete but lacks rank files {missing}"
-        return tag
+        return None
 
 
 # --- a finished run ---------------------------------------------------------------------------------------------

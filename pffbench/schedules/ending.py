@@ -6,6 +6,9 @@ schedules/backprop/loop.py), so that run.py only records what they return.
 - ``end_epoch``: the epoch's accounts closed and its progress line;
 - ``checkpoint_state`` / ``restore_state``: the part of an epoch checkpoint
   every epoch-granular schedule holds (accounts, position, random state);
+- ``save_checkpoint``: an epoch checkpoint written by every rank, or the
+  failure line with which every rank stops the run (``stop``) when some rank
+  could not write its file (a full disk);
 - ``finish``: every rank's accounts (and trace) gathered, rank 0's
   TrainResult assembled: a resumed run's earlier epochs NaN, the time to
   ``--target-accuracy`` where the schedule does not clock it itself, and
@@ -72,6 +75,17 @@ def restore_state(state: dict, loss: np.ndarray, accuracy: np.ndarray, timer: Ep
     timer.restore(state["timer"])
     checkpoint.set_rng_state(state["rng"], generator)
     return state["step"]
+
+
+def save_checkpoint(checkpoints: checkpoint.Checkpoints, epochs_done: int, state: dict) -> str | None:
+    """Collective: this rank's ``state`` (``checkpoint_state``) as the checkpoint after ``epochs_done`` epochs.
+    None once every rank wrote its file (rank 0 commits it); otherwise, on every rank, one line saying which
+    rank's file could not be written, the OS's reason and where --resume would continue
+    (``Checkpoints.failure``).  The schedule passes that line to ``stop`` as the run's failure: a checkpoint that
+    cannot be written fails the run on every rank together, recorded with its epochs, resumable from the last
+    complete checkpoint.  (PFF's chapters agree on their checkpoint files lagged, schedules/pff/boundaries.py,
+    and stop through ``stop`` with ``Checkpoints.failure`` the same way.)"""
+    return checkpoints.save(epochs_done, state)
 
 
 def final_accuracy(result: TrainResult) -> float:

@@ -9,12 +9,16 @@ the folder, and
   to a probe file it then removes (writer.unappendable): a file system
   without flock (NFS without lockd, Lustre mounted ``noflock``), a damaged
   file the append cannot read, a value HDF5 refuses are all found here;
-- ``--model-out``, ``--checkpoint-dir``: writes a file in the folder and
-  renames it, as the atomic write of a model or checkpoint does
-  (store/atomic.py), then removes it.
+- ``--model-out``: writes the file as the atomic write of the model will
+  (store/atomic.py), under its own name if it is not there yet, then
+  removes it;
+- ``--checkpoint-dir``: writes a file in the folder and renames it, as the
+  atomic write of a checkpoint does, then removes it.
 
-The folders made stay (the run writes there anyway), and so does --out's
-lock file (see store/format.py).
+A refusal says the OS's own reason ("Read-only file system", "Disk quota
+exceeded", "File name too long"), from the write that failed.  The folders
+made stay (the run writes there anyway); a lock file the probe of --out made
+does not.
 """
 from __future__ import annotations
 
@@ -50,8 +54,7 @@ def output_problem(config, world_size: int = 1) -> str | None:
     if config.model_out is not None:
         if os.path.isdir(config.model_out):
             return f"--model-out: {config.model_out} is a folder; name the file to save the model in"
-        problem = writer.unwritable_parent(config.model_out) or \
-            folder_problem(os.path.dirname(os.path.abspath(config.model_out)))
+        problem = writer.unwritable_parent(config.model_out) or file_problem(config.model_out)
         if problem:
             return f"--model-out: {problem}"
     if config.checkpoint_dir is not None:
@@ -66,16 +69,46 @@ def output_problem(config, world_size: int = 1) -> str | None:
 def folder_problem(folder: str) -> str | None:
     """One line if a file cannot be written into ``folder`` (made if missing)
     and renamed there, as atomic_write does; else None."""
+    error = _probe_folder(folder)
+    return f"cannot write a file in {folder}: {_reason(error)}" if error else None
+
+
+def _probe_folder(folder: str) -> Exception | None:
     probe = os.path.join(folder, f".pffbench-probe.{os.getpid()}.{secrets.token_hex(4)}")
     try:
         os.makedirs(folder, exist_ok=True)
         atomic_write(probe, lambda f: f.write(b"pffbench probe\n"))
-    except OSError as error:
-        return f"cannot write a file in {folder}: {error.strerror or one_line(error)}"
+    except Exception as error:  # noqa: BLE001 (the OS's reason, whatever raised it)
+        return error
     finally:
         with contextlib.suppress(OSError):
             os.remove(probe)
     return None
+
+
+def file_problem(path: str) -> str | None:
+    """One line if the file ``path`` could not be written as atomic_write
+    writes it (a temporary in its folder, made if missing, renamed to
+    ``path``); else None.  A file not there yet is written under its own name
+    and removed, so that a name the file system refuses (longer than its
+    NAME_MAX) is found here, not after training; one that is there is kept:
+    a file renamed over another in its folder tries the same."""
+    if os.path.lexists(path):
+        error = _probe_folder(os.path.dirname(os.path.abspath(path)))
+    else:
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            atomic_write(path, lambda f: f.write(b"pffbench probe\n"))
+            error = None
+        except Exception as failure:  # noqa: BLE001
+            error = failure
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    return f"cannot write {path}: {_reason(error)}" if error else None
+
+
+def _reason(error: BaseException) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
 
 
 def planned_attrs(config, world_size: int) -> dict:

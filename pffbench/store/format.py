@@ -33,9 +33,11 @@ Summary statistics (summarize) are computed on read and never stored.
 Appends are copy-on-write, so a writer killed at any moment (SIGKILL, node failure,
 Slurm time limit) cannot damage the runs already in the file: holding an exclusive
 flock on the sidecar "<path>.lock", the writer copies the file to a temporary
-".<file name>.<pid>.<random>.tmp" in the same directory, adds the run to the copy,
+".pffbench-<digest of the file name>.<pid>.<random>.tmp" in the same directory (a
+fixed-length name: any file name the file system takes has temporaries it takes too;
+versions before 2026-12 used ".<file name>.<pid>.<random>.tmp"), adds the run to the copy,
 fsyncs it and renames it over the file (store/atomic.py). A killed writer leaves only its temporary,
-which the next writer removes. The holder deletes the lock file before it releases the
+which the next writer removes (of either naming). The holder deletes the lock file before it releases the
 lock, so none is left beside the results file; a writer that then locks the deleted file
 sees that it is no longer the one at the path and locks the new one instead (writer.py),
 so two writers never hold two different locks. Each append copies the whole file, which is

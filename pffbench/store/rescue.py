@@ -9,21 +9,41 @@ import tempfile
 import numpy as np
 
 from . import writer
+from .atomic import atomic_write
+
+
+def folders(out: str) -> list[str]:
+    """Where a rescue goes, first that takes it: --out's own folder, the
+    folder next to it (its parent), the working folder, the temp folder
+    (often node-local and wiped with the job: last)."""
+    here = os.path.dirname(os.path.abspath(out))
+    return list(dict.fromkeys((here, os.path.dirname(here), os.getcwd(), tempfile.gettempdir())))
+
+
+def rescue_name(folder: str, user_path: str, suffix: str) -> str:
+    """``<stem of user_path>-unsaved-<pid><suffix>`` in ``folder``, the stem
+    cut so that the name fits the file system's NAME_MAX: the user's name may
+    take all of it (a 249-byte --out), a rescue must still fit."""
+    stem = os.path.splitext(os.path.basename(user_path))[0] or "results"
+    tail = f"-unsaved-{os.getpid()}{suffix}"
+    try:
+        most = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        most = 255
+    room = max(most - len(os.fsencode(tail)), 1)
+    cut = os.fsencode(stem)[:room].decode("utf-8", "ignore") or "results"
+    return os.path.join(folder, cut + tail)
 
 
 def rescue_run(out: str, arrays: dict, attrs: dict, name: str | None, status: str) -> tuple[str, str, list[str]]:
-    """Write the run into ``<stem>-unsaved-<pid>.h5``, in the first folder that
-    takes it: --out's own folder, the folder next to it (its parent), the
-    working folder, the temp folder (often node-local and wiped with the job:
-    last).  No lock is taken (the file is this process's own).  A value HDF5
-    refuses is kept as text (storable).  Returns (file, run name,
-    what was changed); raises the last error if no folder takes it."""
-    here = os.path.dirname(os.path.abspath(out))
-    folders = list(dict.fromkeys((here, os.path.dirname(here), os.getcwd(), tempfile.gettempdir())))
-    stem = os.path.splitext(os.path.basename(out))[0] or "results"
+    """Write the run into ``<stem>-unsaved-<pid>.h5``, in the first of
+    ``folders(out)`` that takes it.  No lock is taken (the file is this
+    process's own).  A value HDF5 refuses is kept as text (storable).
+    Returns (file, run name, what was changed); raises the last error if no
+    folder takes it."""
     error: Exception = RuntimeError("no folder to write in")
-    for folder in folders:
-        path = os.path.join(folder, f"{stem}-unsaved-{os.getpid()}.h5")
+    for folder in folders(out):
+        path = rescue_name(folder, out, ".h5")
         for lenient in (False, True):
             try:
                 kept = storable(arrays, attrs, name) if lenient else (arrays, attrs, name, [])
@@ -31,6 +51,22 @@ def rescue_run(out: str, arrays: dict, attrs: dict, name: str | None, status: st
                 return path, stored, kept[3]
             except Exception as e:  # noqa: BLE001 (any failure: try the next way)
                 error = e
+    raise error
+
+
+def rescue_file(out: str, user_path: str, suffix: str, write) -> str:
+    """A file that could not be written at ``user_path`` (the model of
+    --model-out): ``write(file)`` into ``<stem>-unsaved-<pid><suffix>``
+    beside where a run's rescue goes (``folders(out)``), atomically; returns
+    its path, or raises the last error if no folder takes it."""
+    error: Exception = RuntimeError("no folder to write in")
+    for folder in folders(out):
+        path = rescue_name(folder, user_path, suffix)
+        try:
+            atomic_write(path, write)
+            return path
+        except Exception as e:  # noqa: BLE001
+            error = e
     raise error
 
 

@@ -5,7 +5,9 @@ not write before it trains."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -73,15 +75,22 @@ def missing_folder(path: str) -> str | None:
 
 
 def unwritable_parent(path: str) -> str | None:
-    """One line if the file ``path`` cannot be created for want of a folder to put it in, else None."""
+    """One line if the file ``path`` cannot be created for want of a folder to put it in, else None.
+    Whether the OS lets the folder be written in is the probes' to find (they write there: the OS gives its
+    own reason, "Read-only file system", "Disk quota exceeded", ...); a permission bit says nothing of that."""
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
         return f"cannot create {path}: {folder} is a file, not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"cannot create {path}: permission denied to write in {folder}"
     return None
+
+
+def _temporary_name(base: str) -> str:
+    """The stem of results file ``base``'s temporaries, ``.pffbench-<digest of base>``: of a fixed length, so
+    that any name the file system takes has temporaries it takes too; and unique to ``base``, so that a
+    writer removes only its own file's dead temporaries."""
+    return ".pffbench-" + hashlib.sha256(base.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str | None = None,
@@ -110,17 +119,19 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
     # Resolve symlinks so the rename replaces the file, not the link.
     path = os.path.realpath(path)
     directory, base = os.path.split(path)
+    lock_path = path + ".lock"
     try:
         os.makedirs(directory, exist_ok=True)
         with _exclusive_lock(path, lock_timeout) if lock else contextlib.nullcontext():
-            # Under the lock no other writer is alive, so any temporary is a dead one's; matched exactly,
-            # as ".{base}.*.tmp" also matches ".{base}.x.<pid>.<hex>.tmp", a temporary of "{base}.x", whose
-            # writer holds another lock.
-            ours = re.compile(re.escape(f".{base}.") + r"\d+\.[0-9a-f]{8}\.tmp")
+            # Under the lock no other writer is alive, so any temporary is a dead one's; matched exactly:
+            # this file's (by the digest of its name), and those of versions that named them after the file
+            # (".{base}.<pid>.<hex>.tmp"; ".{base}.*.tmp" would also match a temporary of "{base}.x")
+            stem = _temporary_name(base)
+            ours = re.compile(f"(?:{re.escape(stem)}|{re.escape('.' + base)})" + r"\.\d+\.[0-9a-f]{8}\.tmp")
             for stale in os.listdir(directory) if lock else ():
                 if ours.fullmatch(stale):
                     os.remove(os.path.join(directory, stale))
-            tmp, target = (os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            tmp, target = (os.path.join(directory, f"{stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
                            for _ in range(2))
             added = []
             atomic_file(target if probe else path,
@@ -131,12 +142,26 @@ def append_run(path: str, arrays: dict[str, np.ndarray], attrs: dict, name: str 
             name = added[0]
     except ResultsError:
         raise
-    except PermissionError as e:  # the file, its folder or its lock file: not a locking problem
-        raise ResultsError(f"{path}: permission denied: cannot write it, its folder or its lock file "
-                           f"{path}.lock ({one_line(e.filename or e)})") from e
-    except Exception as e:  # OSError, and h5py's KeyError, RuntimeError, ValueError, UnicodeError, ...
+    except OSError as e:
+        if e.errno:  # the OS refused: its own reason, naming the user's file (not a temporary)
+            raise ResultsError(_refused(path, lock_path, e)) from e
+        raise ResultsError(f"{path}: cannot append run: {_what(e)}") from e  # h5py's OSError without one
+    except Exception as e:  # h5py's KeyError, RuntimeError, ValueError, UnicodeError, ...
         raise ResultsError(f"{path}: cannot append run: {_what(e)}") from e
     return name
+
+
+def _refused(path: str, lock_path: str, error: OSError) -> str:
+    """One line: why the OS refused to let ``path`` be appended to."""
+    reason = error.strerror or one_line(error)
+    if error.filename != lock_path or error.errno not in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG):
+        return f"cannot write {path}: {reason}"  # the lock file is just the first thing written
+    if error.errno == errno.ENAMETOOLONG:
+        with contextlib.suppress(OSError, ValueError):
+            most = os.pathconf(os.path.dirname(path), "PC_NAME_MAX") - len(".lock")
+            return (f"cannot write {path}: {reason}: its lock file adds 5 bytes to the name, which may have at "
+                    f"most {most} bytes here (it has {len(os.fsencode(os.path.basename(path)))})")
+    return f"cannot write {path} (its lock file {lock_path}): {reason}"
 
 
 def check_storable(arrays: dict, attrs: dict, name: str | None = None) -> None:

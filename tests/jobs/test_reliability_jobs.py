@@ -4,6 +4,7 @@ under a hard timeout; whatever is left of it is killed by pid afterwards, so
 no test can hang or leave ranks behind."""
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from pffbench import results
+from pffbench.reliability import faults
 
 from helpers import MPIEXEC, MPIEXEC_FLAGS, ROOT, assert_same_model
 
@@ -62,13 +64,18 @@ class Job:
     """``mpiexec -n N python -m pffbench.run ...`` in its own session; stdout
     and stderr go to files so a test can watch them while it runs."""
 
-    def __init__(self, n: int, argv: list[str], tmp_path: Path, module=("-m", "pffbench.run")):
+    def __init__(self, n: int, argv: list[str], tmp_path: Path, module=("-m", "pffbench.run"),
+                 out: Path | None = None, mounts: str | None = None):
+        """``mounts``: a shell script run first in a private mount namespace (``private_mounts``),
+        which runs the job as ``"$@"``; ``out``: --out (default tmp_path/runs.h5)."""
         if MPIEXEC is None:
             pytest.skip("no mpiexec found")
         self.tmp_path = tmp_path
-        self.out = tmp_path / "runs.h5"
+        self.out = out or tmp_path / "runs.h5"
         self.stdout_path, self.stderr_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
         command = [MPIEXEC, *MPIEXEC_FLAGS, "-n", str(n), sys.executable, *module, *argv, "--out", str(self.out)]
+        if mounts is not None:
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mounts, "sh", *command]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.segments_before = _mpich_segments()
         with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
@@ -363,6 +370,128 @@ def test_pff_nan_stops_the_run_names_layer_rank_chapter_and_records_it_failed(va
     run, = results.read_runs(str(job.out))
     assert run.attrs["status"] == "failed" and run.attrs["epochs_completed"] == done
     assert not np.isfinite(run.arrays["loss"][:, int(nan.split(":")[1])]).all()
+
+
+# --- issue 20: what a user's machine brings -------------------------------------------------------
+
+MOUNT_REFUSED = 99  # what a ``mounts`` script exits with when the mount itself fails
+
+
+def private_mounts() -> None:
+    """Skip unless this process may mount in a private mount namespace (root, and ``unshare --mount``)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1): the file system is mounted in a private mount namespace")
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True,
+                           text=True, timeout=30)
+    if probe.returncode:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.strip()}")
+
+
+def _ended(job: Job, timeout: float = 180) -> int:
+    code = job.wait(timeout=timeout)
+    if code == MOUNT_REFUSED:
+        pytest.skip(f"the mount was refused: {job.stderr}")
+    return code
+
+
+# (variant, tmpfs KiB, epochs, the checkpoint that does not fit, the last complete one): the tmpfs holds two
+# checkpoints of the [100, 256, 256] net but not the third, which pffbench writes before pruning the oldest
+# (all-layers: one checkpoint per round of 2 chapters, and the ranks learn of the failure a round later)
+DISK_FULL = [("pipeline", 2560, 4, 3, 2), ("all-layers", 1800, 12, 6, 4), ("dp-backprop", 3000, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("variant,kib,epochs,unwritten,last", DISK_FULL, ids=[case[0] for case in DISK_FULL])
+def test_a_disk_that_fills_during_training_fails_the_run_in_one_line_recorded_and_resumable(
+        variant, kib, epochs, unwritten, last, tmp_path):
+    private_mounts()
+    argv = [*TINY, "--variant", variant, "--layers", "256,256", "--epochs", str(epochs)]
+    checkpoints, saved = tmp_path / "ck", tmp_path / "saved"
+    for folder in (checkpoints, saved, tmp_path / "b", tmp_path / "c"):
+        folder.mkdir()
+    # the checkpoints go to a small tmpfs; what it holds when the job ends is copied out, for the resume
+    mounts = (f'mount -t tmpfs -o size={kib}k pffbench-full "{checkpoints}" || exit {MOUNT_REFUSED}\n'
+              f'"$@"; code=$?; cp -a "{checkpoints}/." "{saved}/"; exit $code')
+    full = Job(2, [*argv, "--checkpoint-dir", str(checkpoints)], tmp_path / "b", mounts=mounts)
+    code, err = _ended(full), full.stderr
+    assert code == faults.EXIT_FAILED and "Traceback" not in err, err
+    line, = err.strip().splitlines()
+    assert line.startswith("pffbench: error: rank ") and f"cannot write {checkpoints}/epoch-{unwritten:06d}/" in line
+    assert line.endswith(f": No space left on device (--resume continues after epoch {last})"), line
+    run, = results.read_runs(str(full.out))
+    assert run.attrs["status"] == "failed" and run.attrs["epochs_completed"] >= unwritten
+    assert run.attrs["stop_reason"] == line[len("pffbench: error: "):]
+    assert _complete(saved)[-1] == last  # the checkpoint that did not fit is not marked complete
+    resumed = Job(2, [*argv, "--checkpoint-dir", str(saved), "--resume"], tmp_path / "c")
+    assert resumed.wait(timeout=180) == 0, resumed.stderr
+    assert f"resuming from {saved} after epoch {last}/{epochs}" in resumed.stdout
+    run, = results.read_runs(str(resumed.out))
+    assert run.attrs["status"] == "complete" and run.attrs["resumed_from_epoch"] == last
+
+
+def _read_only(folder: Path) -> str:
+    """A ``mounts`` script making ``folder`` a read-only bind mount of itself."""
+    return (f'mount --bind "{folder}" "{folder}" && mount -o remount,ro,bind "{folder}" || exit {MOUNT_REFUSED}\n'
+            f'exec "$@"')
+
+
+@pytest.mark.parametrize("flag,n", [("--out", 2), ("--model-out", 1), ("--checkpoint-dir", 1)])
+def test_outputs_on_a_read_only_mount_are_refused_with_the_os_reason(flag, n, tmp_path):
+    private_mounts()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "model.pt").write_bytes(b"an older model")  # a file that is there: nothing must call it uncreatable
+    target = {"--out": ro / "runs.h5", "--model-out": ro / "model.pt", "--checkpoint-dir": ro / "ck"}[flag]
+    argv = [*TINY, "--layers", "16,16", "--epochs", "1"] + ([flag, str(target)] if flag != "--out" else [])
+    job = Job(n, argv, tmp_path, out=target if flag == "--out" else None, mounts=_read_only(ro))
+    code, err = _ended(job), job.stderr
+    assert code == 2 and "Traceback" not in err and "epoch" not in job.stdout, err
+    line, = err.strip().splitlines()
+    assert line.startswith(f"pffbench: error: {flag}") and line.endswith(": Read-only file system"), line
+    assert "permission denied" not in line.lower() and "cannot create" not in line
+    assert (ro / "model.pt").read_bytes() == b"an older model" and sorted(os.listdir(ro)) == ["model.pt"]
+
+
+def _cut_short(path: Path) -> None:
+    """``path`` as an interrupted copy leaves it: its first half."""
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_resume_passes_over_a_checkpoint_cut_short_on_one_rank_or_refuses_in_one_line(tmp_path):
+    argv = [*TINY, "--layers", "32,32", "--epochs", "3", "--seed", "5", "--batch-size", "64"]
+    checkpoints = tmp_path / "ck"
+    for folder in "abcd":
+        (tmp_path / folder).mkdir()
+    whole = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--model-out", str(tmp_path / "a" / "whole.pt")],
+                tmp_path / "a")
+    assert whole.wait() == 0, whole.stderr
+    assert _complete(checkpoints) == [1, 2]
+    (checkpoints / "FINISHED").unlink()  # as if the job had been killed in its last epoch
+    _cut_short(checkpoints / "epoch-000002" / "rank-0001.pt")  # the newest checkpoint, rank 1's file only
+
+    resumed = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--resume",
+                      "--model-out", str(tmp_path / "b" / "resumed.pt")], tmp_path / "b")
+    assert resumed.wait() == 0, resumed.stderr
+    line, = resumed.stderr.strip().splitlines()
+    assert line.startswith(f"pffbench: warning: checkpoint {checkpoints}/epoch-000002 is damaged: rank 1 cannot "
+                           f"load rank-0001.pt, ") and line.endswith(f"resuming from {checkpoints}/epoch-000001 instead")
+    assert "after epoch 1/3" in resumed.stdout
+    assert_same_model(tmp_path / "a" / "whole.pt", tmp_path / "b" / "resumed.pt", parts=("layers",))
+    run, = results.read_runs(str(resumed.out))
+    assert run.attrs["resumed_from_epoch"] == 1 and run.attrs["status"] == "complete"
+
+    # no intact checkpoint left: refused before training, in one line, on every rank
+    (checkpoints / "FINISHED").unlink()
+    _cut_short(checkpoints / "epoch-000001" / "rank-0000.pt")
+    _cut_short(checkpoints / "epoch-000002" / "rank-0001.pt")
+    refused = Job(2, [*argv, "--checkpoint-dir", str(checkpoints), "--resume"], tmp_path / "c")
+    assert refused.wait() == 2, refused.stderr
+    line, = refused.stderr.strip().splitlines()
+    assert line.startswith(f"pffbench: error: checkpoint {checkpoints}/epoch-000002 is damaged: rank 1 cannot load")
+    assert f"checkpoint {checkpoints}/epoch-000001 is damaged: rank 0 cannot load rank-0000.pt" in line
+    assert line.endswith(f"no intact checkpoint is left in {checkpoints}: run without --resume, or with another "
+                         f"--checkpoint-dir")
+    assert "epoch" not in refused.stdout.replace("epochs of", "") and not refused.out.exists()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -202,3 +202,72 @@ def test_a_writer_error_is_found_before_training_or_keeps_model_and_run(tmp_path
     assert f"KeyError" in line and f"run 'kept' is saved in {rescued} instead" in line
     assert model.stat().st_size > 0 and not out.exists()
     assert results.read_runs(str(rescued))[0].name == "kept"
+
+
+# --- issue 20: names as long as the file system takes, and a model that cannot be written -----------
+
+def test_249_byte_names_are_written_and_longer_ones_refused_before_training(tmp_path):
+    # NAME_MAX is 255: a 249-byte name is legal, and nothing pffbench writes beside it may make it fail
+    out, model = tmp_path / ("o" * 246 + ".h5"), tmp_path / ("m" * 246 + ".pt")
+    done = mpirun(1, *SMALL, "--epochs", "1", "--out", str(out), "--model-out", str(model), timeout=180)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert results.read_runs(str(out))[0].attrs["status"] == "complete"
+    assert torch_load(model)["layers"]
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, out.name + ".lock", model.name])  # no temporary left
+    # names the file system refuses (the lock file of --out adds 5 bytes): one line each, before training,
+    # naming the user's file (not a temporary), leaving nothing behind
+    for flag, name in (("--out", "o" * 251 + ".h5"), ("--model-out", "m" * 253 + ".pt")):
+        folder = tmp_path / flag.strip("-")
+        target = folder / name
+        argv = ["--out", str(target)] if flag == "--out" else ["--out", str(folder / "r.h5"), flag, str(target)]
+        done = mpirun(1, *SMALL, "--epochs", "1", *argv, timeout=180)
+        assert done.returncode == 2 and not trained(done.stdout) and "Traceback" not in done.stderr, done.stderr
+        line, = done.stderr.strip().splitlines()
+        assert line.startswith(f"pffbench: error: {flag}: cannot write {target}: File name too long"), line
+        assert ".tmp" not in line and ".pffbench" not in line
+        assert os.listdir(folder) == [], os.listdir(folder)
+
+
+def torch_load(path):
+    import torch
+    return torch.load(path)
+
+
+MODEL_FAILS = """
+import errno, sys
+from pffbench import run
+real = run.save_model
+def full(model, path):  # the disk fills while the run trains: --model-out's write fails, the run's goes on
+    if path == sys.argv[1]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(model, path)
+run.save_model = full
+sys.exit(run.main(sys.argv[2:]))
+"""
+
+
+def test_a_model_that_cannot_be_written_goes_beside_the_rescue_file_and_the_run_is_recorded(tmp_path):
+    script = tmp_path / "model_fails.py"
+    script.write_text(MODEL_FAILS)
+    out, model = tmp_path / "job" / "runs.h5", tmp_path / "models" / "model.pt"
+    done = mpirun(1, str(script), str(model), "--dataset", "synthetic", "--layers", "16,16", "--epochs", "1",
+                  "--out", str(out), "--model-out", str(model), "--name", "kept", timeout=180)
+    assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
+    kept, = out.parent.glob("model-unsaved-*.pt")
+    line, = [line for line in done.stderr.splitlines() if line.startswith("pffbench: error:")]
+    assert line == f"pffbench: error: --model-out: cannot write {model}: No space left on device; " \
+                   f"the model is saved in {kept} instead"
+    assert torch_load(kept)["layers"] and not model.exists()
+    assert results.read_runs(str(out))[0].name == "kept"
+
+
+def test_a_run_whose_249_byte_out_cannot_be_appended_is_rescued(tmp_path):
+    script = tmp_path / "writer_fails.py"
+    script.write_text(WRITER_FAILS)
+    out = tmp_path / "job" / ("o" * 246 + ".h5")
+    done = mpirun(1, str(script), "second", "--dataset", "synthetic", "--layers", "16,16", "--epochs", "1",
+                  "--out", str(out), "--name", "kept", timeout=180)
+    assert done.returncode == 4 and "Traceback" not in done.stderr, done.stderr
+    rescued, = out.parent.glob("o*-unsaved-*.h5")
+    assert len(os.fsencode(rescued.name)) <= 255 and f"saved in {rescued} instead" in done.stderr
+    assert results.read_runs(str(rescued))[0].name == "kept"

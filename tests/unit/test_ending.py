@@ -78,6 +78,22 @@ def test_the_collapse_check_follows_the_threshold_the_schedule_gave_not_the_vari
         assert "collapsed_layers" not in unchecked.attrs
 
 
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_as_failed_through_the_ending(tmp_path):
+    # issue 20: the pipeline and backprop families save through ending.save_checkpoint and stop with its line
+    from pffbench.reliability.checkpoint import Checkpoints
+    config = dataclasses.replace(Config(), epochs=4, checkpoint_dir=str(tmp_path / "ck"))
+    checkpoints = Checkpoints.from_config(config, MPI.COMM_SELF)
+    assert ending.save_checkpoint(checkpoints, 1, {"epoch": 1}) is None
+    (tmp_path / "ck" / "epoch-000002").write_bytes(b"")  # a file where the epoch's folder goes
+    failure = ending.save_checkpoint(checkpoints, 2, {"epoch": 2})
+    assert failure.startswith("rank 0: cannot write") and "--resume continues after epoch 1" in failure
+    assert "\n" not in failure
+    stopped = ending.stop(config, MPI.COMM_SELF, _timer(4), 100, np.zeros((1, 4)), np.full(4, np.nan), 2, failure,
+                          0, True, [8, 4], [range(1)])
+    assert stopped.status == "failed" and stopped.message == failure
+    assert stopped.result.attrs["epochs_completed"] == 2 and stopped.result.attrs["stop_reason"] == failure
+
+
 def _calls(path: Path) -> set[str]:
     return {node.func.id if isinstance(node.func, ast.Name) else node.func.attr
             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)
@@ -88,7 +104,7 @@ def test_only_the_ending_builds_a_train_result_and_every_family_ends_through_it(
     schedules = ROOT / "pffbench" / "schedules"
     builders = {p.relative_to(schedules).as_posix() for p in schedules.rglob("*.py") if "TrainResult" in _calls(p)}
     assert builders == {"ending.py"}
-    epochs = {"finish", "stop", "end_epoch", "evaluates", "checkpoint_state", "restore_state"}
+    epochs = {"finish", "stop", "end_epoch", "evaluates", "checkpoint_state", "restore_state", "save_checkpoint"}
     for family, used in ((["pipeline/schedule.py"], epochs), (["backprop/loop.py"], epochs),
                          (["pff/chapters.py", "pff/boundaries.py"], {"finish", "stop", "report_epochs"})):
         assert used <= set().union(*(_calls(schedules / name) for name in family)), family

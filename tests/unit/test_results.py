@@ -33,7 +33,9 @@ def digest(p):
 
 
 def temporaries(p):
-    return list(Path(p).parent.glob(f".{Path(p).name}.*.tmp"))
+    """The temporaries of results file ``p``'s writers (store/writer.py names them after a digest of its name)."""
+    from pffbench.store.writer import _temporary_name
+    return list(Path(p).parent.glob(f"{_temporary_name(Path(p).name)}.*.tmp"))
 
 
 def small_run(i):
@@ -238,12 +240,18 @@ def test_a_file_system_without_flock_is_reported_before_a_run(path, monkeypatch)
 
 def test_another_files_temporary_is_left_alone(path):
     # "results.h5.old" is another results file; its live writer's temporary starts like ours
+    from pffbench.store.writer import _temporary_name
     theirs = path.parent / f".{path.name}.old.4242.deadbeef.tmp"
     theirs.write_bytes(b"half-written")
-    ours = path.parent / f".{path.name}.4242.deadbeef.tmp"  # a dead writer's, under our lock: removed
+    older = path.parent / f".{path.name}.4242.deadbeef.tmp"  # a dead writer's of an older version: removed
+    older.write_bytes(b"stale")
+    ours = path.parent / f"{_temporary_name(path.name)}.4242.deadbeef.tmp"  # a dead writer's, under our lock
     ours.write_bytes(b"stale")
+    other = path.parent / f"{_temporary_name(path.name + '.old')}.4243.deadbeef.tmp"  # results.h5.old's live one
+    other.write_bytes(b"half-written")
     append_run(str(path), *small_run(0), name="r0")
-    assert theirs.read_bytes() == b"half-written" and not ours.exists()
+    assert theirs.read_bytes() == b"half-written" and other.read_bytes() == b"half-written"
+    assert not ours.exists() and not older.exists()
 
 
 CONCURRENT_WRITER = """

@@ -88,7 +88,7 @@ def test_any_error_of_the_writer_becomes_one_line_and_a_rescue_file(tmp_path, mo
     real = writer._write_run
 
     def failing(runs, name, arrays, stored):
-        if runs.file.filename.startswith(str(tmp_path / ".runs.h5.")):  # only the append to --out
+        if runs.file.filename.startswith(str(tmp_path / writer._temporary_name("runs.h5"))):  # the append to --out
             if kind is UnicodeEncodeError:
                 raise UnicodeEncodeError("utf-8", "\udcff", 0, 1, "surrogates not allowed")
             raise kind("h5py said\nsomething on two lines")

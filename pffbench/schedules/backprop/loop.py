@@ -144,7 +144,9 @@ class Loop:
             signum = agreed_signal(s for s, flag in zip(faults.EXIT_SIGNAL, total[1:]) if flag)
             ending.end_epoch(timer, world, on_epoch, epoch, self.loss, self.test_accuracy)
             if self.checkpoints and not last_epoch and not stop:
-                self.checkpoints.save(epoch + 1, self._state(epoch + 1))
+                unwritten = ending.save_checkpoint(self.checkpoints, epoch + 1, self._state(epoch + 1))
+                if unwritten:  # a checkpoint that cannot be written (a full disk) fails the run, every rank together
+                    raise self._stopped(epoch + 1, 0, unwritten)
             if signum and not last_epoch and not stop:  # a signal during the last epoch lets the run finish
                 raise self._stopped(epoch + 1, signum)
             if stop:
@@ -166,10 +168,10 @@ class Loop:
         self.trainer.close()
         return result
 
-    def _stopped(self, epochs_done: int, signum: int) -> faults.RunStopped:
+    def _stopped(self, epochs_done: int, signum: int, failure: str | None = None) -> faults.RunStopped:
         stop = ending.stop(self.config, self.world.comm, self.timer, self.shape.num_train,
-                           self.loss if self.world.is_first else None, self.test_accuracy, epochs_done, None, signum,
-                           bool(self.checkpoints), self.dims, [range(len(self.dims) - 1)] * self.world.size,
+                           self.loss if self.world.is_first else None, self.test_accuracy, epochs_done, failure,
+                           signum, bool(self.checkpoints), self.dims, [range(len(self.dims) - 1)] * self.world.size,
                            arrays={"evaluations": self.target.table()}, attrs=self.target.attrs())
         self.trainer.close()
         return stop

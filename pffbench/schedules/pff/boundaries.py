@@ -87,17 +87,22 @@ class Boundaries:
     def _boundary(self, round_: int, written: int) -> None:
         self.agreement.post(round_, [faults.INTERRUPTS.signum, written, *(self.pff.failure or (0, 0, 0, 0))])
         for past, table in self.agreement.due(round_):
-            self._settle(past, table)
+            unwritten = self._settle(past, table)
             failure, signum = self._verdict(table)
-            if (failure or signum) and self.first_posted is None:
+            if (failure or signum or unwritten) and self.first_posted is None:
                 self.first_posted = past
-            if failure or signum:
+            if failure or signum or unwritten:
                 for later, table in self.agreement.due():  # the rounds since: every rank has posted them
                     self._settle(later, table)
-                self._stop(self._epochs_done(round_), table, seen=self._epochs_done(self.first_posted))
+                # a checkpoint a rank could not write (a full disk): the run stops as failed, every rank together
+                lost = None if failure or not unwritten else \
+                    self.checkpoints.failure(self._epochs_done(past), self.error)
+                self._stop(self._epochs_done(round_), table, seen=self._epochs_done(self.first_posted),
+                           failure=lost)
 
     def close(self) -> None:
-        """After this rank's last chapter: a non-finite layer anywhere fails the run."""
+        """After this rank's last chapter: a non-finite layer anywhere fails the run (a checkpoint that
+        could not be written in the last rounds does not: the run is complete)."""
         with self.pff.timer("sync", self.pff.config.epochs - 1):
             self.agreement.post(self.num_rounds - 1, [0, 0, *(self.pff.failure or (0, 0, 0, 0))])
             for past, table in self.agreement.due():
@@ -107,14 +112,14 @@ class Boundaries:
         if self._verdict(table)[0]:
             self._stop(self.pff.config.epochs, table, seen=self._epochs_done(self.first_posted))
 
-    def _settle(self, round_: int, table) -> None:
-        """Round ``round_``'s checkpoint: complete once every rank wrote its file."""
+    def _settle(self, round_: int, table) -> bool:
+        """Round ``round_``'s checkpoint: complete once every rank wrote its
+        file; True if some rank could not write its file."""
         written = table[:, self.FLAGS.index("written")]
-        if (written < 0).any():
-            self.checkpoints.check_written(self._epochs_done(round_), False, self.error)
         if self.checkpoints and (written > 0).all():
             self.checkpoints.commit(self._epochs_done(round_))
             self.committed = self._epochs_done(round_)
+        return bool((written < 0).any())
 
     def _verdict(self, table) -> tuple[str | None, int]:
         """(the first non-finite layer in training order, or None; the signal to stop for, or 0)."""
@@ -129,12 +134,13 @@ class Boundaries:
                                       f" (chapter {row[chapter] + 1} of {self.pff.num_chapters})")
         return failure, agreed_signal(table[:, self.FLAGS.index("signal")])
 
-    def _stop(self, epochs_done: int, table, seen: int | None = None) -> None:
+    def _stop(self, epochs_done: int, table, seen: int | None = None, failure: str | None = None) -> None:
         """Every rank agreed to stop after ``epochs_done`` epochs (a rank first
         posted the problem after ``seen``): settle the messages in flight,
         gather the accounts, raise RunStopped (rank 0's carries the partial
-        run for the results file)."""
-        failure, signum = self._verdict(table)
+        run for the results file); ``failure``: the reason to fail it if no layer diverged."""
+        diverged, signum = self._verdict(table)
+        failure = diverged or failure
         pff, comm = self.pff, self.pff.world.comm
         self.exchange.drain()
         loss = collectives.sum_to_root(comm, pff.loss)

@@ -68,8 +68,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
             if links.receiver:
                 links.receiver.cancel()  # the minibatches of the epochs that will not run
             break
-        if checkpoints and not failure and not last_epoch:
-            checkpoints.save(epoch + 1, outcome.checkpoint_state(
+        if checkpoints and not failure and not last_epoch:  # a checkpoint that cannot be written fails the run
+            failure = outcome.save_checkpoint(checkpoints, epoch + 1, outcome.checkpoint_state(
                 epoch + 1, step, loss, accuracy, timer, source.generator if source else None,
                 layers={i: layer.linear.state_dict() for i, layer in stage.layers.items()},
                 optimizers={i: layer.optimizer.state_dict() for i, layer in stage.layers.items()}))
