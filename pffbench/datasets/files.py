@@ -144,7 +144,8 @@ def _download(name: str, dest: Path, data_dir: str) -> None:
         url = base + dest.name
         temp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
         try:
-            atomic_file(str(dest), lambda path: _fetch_verified(url, path, name, dest.name), temp=str(temp))
+            atomic_file(str(dest), lambda path: _fetch_verified(url, path, name, dest.name), temp=str(temp),
+                        passes=(Exception,))  # a mirror's failure, said below as the mirror said it
             return
         except (OSError, http.client.HTTPException, ValueError, _BadFile) as error:
             failures.append(f"{url}: {' '.join(str(error).split())}")

@@ -88,13 +88,15 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_file(path: str, fill, temp: str | None = None) -> None:
+def atomic_file(path: str, fill, temp: str | None = None, passes: tuple = ()) -> None:
     """``fill(temp)`` makes the file's new contents at the path ``temp``
     (default ``temporary``, beside ``path``); then it is fsynced and renamed
     over ``path``, and the folder fsynced.  The temporary is removed if
     anything fails.  Raises WriteFailed (naming ``path``, not the temporary)
     for any failure the OS caused; another error of ``fill`` (a library
-    refusing the contents) as it is."""
+    refusing the contents) as it is, and so the exception types in
+    ``passes``: the caller's own verdicts on the contents (a download's bad
+    checksum), whatever OS error they were raised while handling."""
     folder = os.path.dirname(os.path.abspath(path))
     temp = temp or temporary(folder)
     try:
@@ -103,7 +105,7 @@ def atomic_file(path: str, fill, temp: str | None = None) -> None:
             os.fsync(written.fileno())
         os.replace(temp, path)
     except Exception as error:
-        reason = os_reason(error, folder)
+        reason = None if isinstance(error, passes) else os_reason(error, folder)
         if reason is None:
             raise
         raise WriteFailed(path, reason[1], reason[0]) from error
