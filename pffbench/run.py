@@ -30,6 +30,7 @@ from .core.world import World, launch_mismatch
 from .ff import health
 from .instrument import target
 from .instrument.timer import COLUMNS
+from .learn import rules
 from .reliability import checkpoint, faults
 from .store import checks, provenance, rescue, writer
 from .store.format import ResultsError
@@ -164,9 +165,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     if not world.is_first:
         return None
     console.only_ran(result)
-    collapsed = [] if stopped or VARIANTS[config.variant].baseline else \
-        health.dead_layers(result.linears, dataset.x_test, dataset.y_test, shape.num_classes,
-                           None if config.variant == "perf-opt" else config.threshold)
+    collapsed = [] if stopped or VARIANTS[config.variant].baseline else _dead_layers(config, result, dataset)
     if collapsed:
         result.attrs["collapsed_layers"] = collapsed
         several = len(collapsed) > 1
@@ -193,6 +192,16 @@ def run(config: Config, world: World) -> TrainResult | None:
         attrs.update(target.target_attrs(target.evaluations_of(arrays, attrs["minibatches_per_epoch"]),
                                          config.target_accuracy))
     return finish(config, result, arrays, attrs, status, stopped, wall)
+
+
+def _dead_layers(config: Config, result: TrainResult, dataset) -> list[int]:
+    """The collapsed layers (ff/health.py) on the inputs the run's rule trains on."""
+    objective = rules.objective_of(config)
+    if objective == "scff":  # the positive [x, x], no label
+        return health.dead_layers(result.linears, torch.cat((dataset.x_test, dataset.x_test), dim=1),
+                                  dataset.y_test, dataset.num_classes, config.threshold, labels=False)
+    return health.dead_layers(result.linears, dataset.x_test, dataset.y_test, dataset.num_classes,
+                              None if objective == "local-softmax" else config.threshold)
 
 
 def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, status: str, stopped, wall: float):

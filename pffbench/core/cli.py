@@ -9,6 +9,7 @@ import dataclasses
 from .config import CLASSIFIERS, DATASETS, DEVICES, NEGATIVES, PARTITIONS, TRANSPORTS, Config, UsageError, one_line
 from .validate import validate
 from .variants import VARIANTS
+from ..learn.rules import OBJECTIVES
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -47,6 +48,11 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                 "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
     p.add_argument("--variant", default=d.variant, choices=tuple(VARIANTS),
                    help="training schedule (default: %(default)s: layers pipelined over ranks)")
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="local learning rule of the FF variants: ff (goodness with wrong-label negatives), "
+                        "local-softmax (a softmax auxiliary head per layer, the paper's Performance-Optimized "
+                        "rule), scff (self-contrastive FF, no label in the input, linear read-out) "
+                        "(default: ff; perf-opt: local-softmax)")
     _data_flags(p, d)
     _model_flags(p, d)
     _execution_flags(p, d)

@@ -42,6 +42,7 @@ def _incidental(default, times: bool = False):
 @dataclass
 class Config:
     variant: str = "pipeline"
+    objective: str | None = None  # the local learning rule (pffbench/learn/rules); None: the variant's own
     dataset: str = "mnist"
     data_dir: str | None = _incidental(None)
     download: bool = _incidental(False)

@@ -20,6 +20,7 @@ def validate(config: Config, world_size: int | None = None) -> None:
     _check_reliability(config, variant, world_size)
     _check_values(config)
     _check_target(config, variant)
+    _check_objective(config, variant)
     if variant.baseline:
         _validate_baseline(config, world_size)
         return
@@ -114,6 +115,26 @@ def _check_target(config: Config, variant) -> None:
     if config.stop_at_target and not (config.eval_every or config.eval_every_steps):
         raise UsageError("--stop-at-target needs evaluations before the end: --eval-every K (epochs) or, for the "
                          "backprop baselines, --eval-every-steps K")
+
+
+def _check_objective(config: Config, variant) -> None:
+    """--objective: a rule for the FF variants, with the flags that rule reads."""
+    if config.objective is None:
+        return
+    if variant.baseline:
+        raise UsageError(f"--objective picks the local learning rule of the FF variants; {config.variant} trains "
+                         "by backprop")
+    if config.variant == "perf-opt" and config.objective != "local-softmax":
+        raise UsageError(f"perf-opt is all-layers with --objective local-softmax: for {config.objective}, use "
+                         f"--variant all-layers --objective {config.objective}")
+    if config.objective == "ff":
+        return
+    d = Config()
+    used = [flag for flag, changed in (("--neg", config.neg != d.neg), ("--classifier", config.classifier != d.classifier),
+                                       ("--score-layers", config.score_layers is not None)) if changed]
+    if used:
+        raise UsageError(f"{', '.join(used)}: settings of the ff rule (wrong-label negatives, goodness or softmax "
+                         f"classifier); --objective {config.objective} has its own")
 
 
 def _validate_pff(config: Config, world_size: int | None) -> None:

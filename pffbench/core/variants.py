@@ -32,6 +32,7 @@ class Variant:
     checks_finite: bool = True    # stops on a non-finite loss or layer (what --inject-nan tests)
     traced: bool = True           # records --trace (every variant does)
     microbatched: bool = False    # takes --microbatches (torch's pipeline schedules)
+    objective: str | None = "ff"  # its local learning rule unless --objective says (None: backprop, no rule)
 
     @property
     def baseline(self) -> bool:
@@ -55,19 +56,19 @@ VARIANTS = {v.name: v for v in (
             agreement="chapters"),
     Variant("federated", "pff", _PFF + "federated", "All-Layers on private shards, layers averaged",
             agreement="chapters"),
-    Variant("perf-opt", "pff", _PFF + "perf_opt", "All-Layers with a softmax head per layer",
-            agreement="chapters"),
+    Variant("perf-opt", "pff", _PFF + "all_layers", "All-Layers x --objective local-softmax (a softmax head "
+            "per layer)", agreement="chapters", objective="local-softmax"),
     Variant("backprop", "backprop", _BACKPROP + "data_parallel", "the same MLP by backprop, one process",
-            checks_finite=False),
+            checks_finite=False, objective=None),
     Variant("dp-backprop", "backprop", _BACKPROP + "data_parallel",
-            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False),
+            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, objective=None),
     Variant("ddp", "backprop", _BACKPROP + "ddp", "data-parallel backprop, torch DistributedDataParallel",
-            checks_finite=False),
+            checks_finite=False, objective=None),
     Variant("gpipe", "backprop", _BACKPROP + "torch_pipeline",
-            "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False,
+            "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False, objective=None,
             microbatched=True),
     Variant("1f1b", "backprop", _BACKPROP + "torch_pipeline",
-            "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False,
+            "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False, objective=None,
             microbatched=True),
 )}
 BASELINES = tuple(name for name, v in VARIANTS.items() if v.baseline)
