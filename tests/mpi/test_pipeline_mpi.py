@@ -84,3 +84,30 @@ def test_run_appends_timings_to_hdf5(tmp_path_factory):
     assert attrs["config"]["layers"] == [32, 32, 32, 32]
     for key in ("mpi_library", "torch", "git_sha", "start_utc", "end_utc", "seed"):
         assert key in attrs, key
+
+
+@pytest.mark.parametrize("objective", ["local-softmax", "scff"])
+@pytest.mark.parametrize("transport", ["auto", "p2p"])
+def test_every_rule_in_the_pipeline_gives_the_sequential_weights(objective, transport):
+    """--objective local-softmax (labels travel beside the activity, a head per
+    layer) and scff (2d-wide first layer, its own negatives): p ranks, one
+    thread each, give the 1-rank weights and heads bit for bit."""
+    from pffbench.core.world import World
+    comm = MPI.COMM_WORLD
+    torch.set_num_threads(1)
+    assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
+    data = load_dataset("synthetic") if comm.rank == 0 else None
+    shape = comm.bcast(shape_of(data) if data else None)
+    config = dataclasses.replace(CONFIG, objective=objective, epochs=2, transport=transport, eval_every=1)
+    parallel = pipeline.train(config, World(comm), shape, data)
+    if comm.rank != 0:
+        assert parallel is None
+        return
+    sequential = pipeline.train(config, World(MPI.COMM_SELF), shape, data)
+    assert len(parallel.blocks) == comm.size and parallel.dims == sequential.dims
+    assert len(parallel.heads) == (4 if objective == "local-softmax" else 0)
+    for p_layer, s_layer in zip(parallel.linears + parallel.heads, sequential.linears + sequential.heads, strict=True):
+        assert torch.equal(p_layer.weight, s_layer.weight) and torch.equal(p_layer.bias, s_layer.bias)
+    np.testing.assert_array_equal(parallel.loss, sequential.loss)
+    np.testing.assert_array_equal(parallel.test_accuracy, sequential.test_accuracy)
+    assert parallel.test_accuracy[-1] > 0.5  # 10 classes: chance is 0.1

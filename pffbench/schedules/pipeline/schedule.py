@@ -38,7 +38,10 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     """Train ``config.epochs`` epochs; rank 0's TrainResult (None elsewhere)."""
     stage = Stage(config, world, shape)
     sizes = batch_rows(shape.num_train, config.batch_size)
-    source = BatchSource(dataset, config, stage.device, sizes) if world.is_first else None
+    source = None
+    if world.is_first:
+        source = stage.rule.Source(dataset, config, stage.device, sizes) if stage.generic else \
+            BatchSource(dataset, config, stage.device, sizes)
     checkpoints = checkpoint.Checkpoints.from_config(config, world.comm)
     resumed = checkpoints.load_latest() if checkpoints and config.resume else None
     start_epoch = resumed[0] if resumed else 0
@@ -46,7 +49,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     guard.barrier(world.comm, "set-up")
     timer = EpochTimer(config.epochs, trace=config.trace, device=stage.device)
     links = Links(world.comm, timer, stage.dims[stage.block.start], stage.dims[stage.block.stop],
-                  [2 * n for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
+                  [stage.message_rows(n) for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
     shm_short = _report_shm_shortfall(world, links) if config.transport == "auto" and world.size > 1 else 0
     loss = np.zeros((len(config.layers), config.epochs))
     accuracy = np.full(config.epochs, np.nan)
@@ -96,13 +99,13 @@ def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], 
         if b == half:
             faults.mid_epoch(config, stage.rank, epoch, stage.linear_list())
         if source:
-            with timer("data"):
-                x, norms = source.batch(b), None
+            with timer("data"):  # ff: a PairBatch; another rule: (x, its side column)
+                x, norms = source.batch(b) if stage.generic else (source.batch(b), None)
         else:
             x, norms = stage.to_device(*receiver.receive())
         out = norms_out = None  # where the block's output goes, unnormalized; nowhere on the last rank
         if sender:  # may wait for the next rank to hand a slot back
-            out, norms_out = sender.slot(2 * n) if in_slot else stage.empty_output(n)
+            out, norms_out = sender.slot(stage.message_rows(n)) if in_slot else stage.empty_output(n)
         with timer("compute"):
             stage.step(x, norms, n, ff.cooldown_lr(config.lr, step, total_steps, config.cooldown), out, norms_out,
                        epoch_loss)
@@ -132,11 +135,13 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, loss, accur
     reached = 0.0
     if not failure and outcome.evaluates(config, epoch):
         with timer("eval"):
-            stage.gathered = collectives.gather_layers(comm, stage.linears(), stage.dims, stage.owner_of)
+            _gather(stage)
             if stage.world.is_first:
                 device = stage.device
-                accuracy[epoch] = ff.accuracy([l.to(device) for l in stage.gathered], dataset.x_test.to(device),
-                                              dataset.y_test.to(device), stage.shape.num_classes, stage.score_layers)
+                accuracy[epoch] = stage.rule.accuracy(stage.gathered, stage.gathered_heads, dataset, config, device) \
+                    if stage.generic else ff.accuracy([l.to(device) for l in stage.gathered], dataset.x_test.to(device),
+                                                      dataset.y_test.to(device), stage.shape.num_classes,
+                                                      stage.score_layers)
             # the next epoch cannot start before rank 0 is back: the others' wait is evaluation too
             if config.stop_at_target:  # and every rank learns whether the target is reached
                 hit = stage.world.is_first and accuracy[epoch] >= config.target_accuracy
@@ -146,12 +151,22 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, loss, accur
     return failure, signum, bool(reached) and not signum
 
 
+def _gather(stage: Stage) -> None:
+    """Every layer (and auxiliary head) to rank 0, as ``stage.gathered`` (``gathered_heads``)."""
+    comm = stage.world.comm
+    stage.gathered = collectives.gather_layers(comm, stage.linears(), stage.dims, stage.owner_of)
+    if stage.heads():
+        shapes = [(width, stage.shape.num_classes) for width in stage.dims[1:]]
+        stage.gathered_heads = collectives.gather_layers(comm, stage.heads(), stage.dims, stage.owner_of, shapes)
+
+
 def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, resumed_from,
             shm_short: int) -> TrainResult | None:
     links.close()
     link_counts = collectives.sum_to_root(world.comm, np.array(links.counts(), dtype=np.float64))
     result = outcome.finish(world.comm, timer, config.trace, loss=loss, test_accuracy=accuracy,
-                            linears=[l.cpu() for l in stage.gathered or ()], dims=stage.dims, blocks=stage.blocks)
+                            linears=[l.cpu() for l in stage.gathered or ()], dims=stage.dims, blocks=stage.blocks,
+                            heads=[h.cpu() for h in stage.gathered_heads or ()])
     if result is None:
         return None
     rings, messages = link_counts
@@ -187,6 +202,7 @@ def _checkpoint_state(epochs_done, step, stage: Stage, source, timer, loss, accu
     the minibatch/negatives generator)."""
     return {"epoch": epochs_done, "step": step,
             "layers": {i: layer.linear.state_dict() for i, layer in stage.layers.items()},
+            "heads": {i: head.state_dict() for i, head in stage.heads().items()},
             "optimizers": {i: layer.optimizer.state_dict() for i, layer in stage.layers.items()},
             "loss": loss.copy(), "accuracy": accuracy.copy(), "timer": timer.state(),
             "rng": checkpoint.rng_state(source.generator if source else None)}
@@ -195,6 +211,8 @@ def _checkpoint_state(epochs_done, step, stage: Stage, source, timer, loss, accu
 def _restore(state, stage: Stage, source, timer, loss, accuracy) -> int:
     for i, layer in stage.layers.items():
         layer.linear.load_state_dict(state["layers"][i])
+        if hasattr(layer, "head"):
+            layer.head.load_state_dict(state["heads"][i])
         layer.optimizer.load_state_dict(state["optimizers"][i])
     loss[:], accuracy[:] = state["loss"], state["accuracy"]
     timer.restore(state["timer"])
