@@ -103,7 +103,7 @@ def _execution_flags(p, d: Config) -> None:
                      help="also measure test accuracy every K epochs (0 = only at the end; default); "
                           "pipeline and the backprop baselines")
     run.add_argument("--eval-every-steps", type=int, default=d.eval_every_steps, metavar="K",
-                     help="also measure test accuracy every K minibatch steps (backprop baselines only)")
+                     help="also measure test accuracy every K minibatch steps (pipeline and the backprop baselines)")
     run.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                      help="record the training time (evaluation excluded) to the first evaluation with test "
                           "accuracy >= A, e.g. 0.97; evaluated as --eval-every(-steps) says")

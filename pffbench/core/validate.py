@@ -98,23 +98,23 @@ def _check_values(config: Config) -> None:
 
 def _check_target(config: Config, variant) -> None:
     """--target-accuracy, --stop-at-target, --eval-every-steps: what each family can honour
-    (instrument/target.py: a step for the baselines, an epoch for the pipeline, the run for the PFF variants)."""
+    (instrument/target.py: a step for the baselines and the pipeline, the run for the PFF variants)."""
     if config.target_accuracy is not None and not 0 < config.target_accuracy <= 1:
         raise UsageError(f"--target-accuracy must be in (0, 1], got {config.target_accuracy}")
     if config.eval_every_steps < 0:
         raise UsageError(f"--eval-every-steps must be >= 0, got {config.eval_every_steps}")
-    baselines = ", ".join(name for name, v in VARIANTS.items() if v.baseline)
-    if config.eval_every_steps and not variant.baseline:
-        raise UsageError(f"--eval-every-steps works with the backprop baselines ({baselines}); "
-                         f"{config.variant} evaluates at epoch or chapter boundaries")
+    stepping = ", ".join(name for name, v in VARIANTS.items() if not v.pff)
+    if config.eval_every_steps and variant.pff:
+        raise UsageError(f"--eval-every-steps works with the pipeline and the backprop baselines ({stepping}); "
+                         f"{config.variant} evaluates at the end of the run")
     if config.stop_at_target and config.target_accuracy is None:
         raise UsageError("--stop-at-target needs --target-accuracy A")
     if config.stop_at_target and variant.pff:
         raise UsageError(f"--stop-at-target works with the pipeline and the backprop baselines; {config.variant} "
                          "evaluates only at the end of the run")
     if config.stop_at_target and not (config.eval_every or config.eval_every_steps):
-        raise UsageError("--stop-at-target needs evaluations before the end: --eval-every K (epochs) or, for the "
-                         "backprop baselines, --eval-every-steps K")
+        raise UsageError("--stop-at-target needs evaluations before the end: --eval-every K (epochs) or "
+                         "--eval-every-steps K")
 
 
 def _check_objective(config: Config, variant) -> None:

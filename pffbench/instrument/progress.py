@@ -179,11 +179,15 @@ class Progress:
 def start_line(config, world_size: int, shape, blocks_text: str, source: str, batches: int,
                chapters: int | None) -> str:
     """The run's first line: what trains, on what data (and where it was read from), on how many ranks."""
-    dims = [shape.num_features, *config.layers]
+    from ..learn import rules
+    objective = rules.objective_of(config)
+    width = rules.module(objective).input_width(shape.num_features) if objective else shape.num_features
+    dims = [width, *config.layers]
     work = f"{plural(config.epochs, 'epoch')} of {plural(batches, 'minibatch', 'minibatches')}"
     if chapters:
         work += f" in {plural(chapters, 'chapter')}"
-    return (f"pffbench: {config.variant} on {config.dataset} ({shape.num_train} training rows, from {source}); "
+    rule = f" x {objective}" if config.objective else ""  # named when asked for: the default lines stay as they were
+    return (f"pffbench: {config.variant}{rule} on {config.dataset} ({shape.num_train} training rows, from {source}); "
             f"net {dims}; {plural(world_size, 'rank')}, layers per rank {blocks_text}; {work}")
 
 
