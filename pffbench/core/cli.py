@@ -68,6 +68,10 @@ def _data_flags(p, d: Config) -> None:
     data.add_argument("--data-dir", default=None, metavar="DIR",
                       help="data cache; default $PFFBENCH_DATA, else ./data (bundled MNIST is always found)")
     data.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
+    data.add_argument("--validation", type=int, default=d.validation, metavar="N",
+                      help="hold N training rows out (the same seeded choice for every run), train on the rest and "
+                           "evaluate on them instead of the test set (how python -m pffbench.tune picks settings); "
+                           "0 = evaluate on the test set (default)")
 
 
 def _model_flags(p, d: Config) -> None:

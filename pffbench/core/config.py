@@ -46,6 +46,7 @@ class Config:
     dataset: str = "mnist"
     data_dir: str | None = _incidental(None)
     download: bool = _incidental(False)
+    validation: int = 0  # rows held out of the training set and evaluated on instead of the test set (tune)
     layers: tuple[int, ...] = (500, 500, 500, 500)
     epochs: int = 4
     batch_size: int = 64

@@ -86,6 +86,8 @@ def _check_values(config: Config) -> None:
         raise UsageError(f"--cooldown must be in [0, 1], got {config.cooldown}")
     if config.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {config.threads}")
+    if config.validation < 0:
+        raise UsageError(f"--validation must be >= 0, got {config.validation}")
     if config.eval_every < 0:
         raise UsageError(f"--eval-every must be >= 0, got {config.eval_every}")
     if config.seed < 0:
