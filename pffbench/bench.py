@@ -21,7 +21,7 @@ import torch
 from . import ff, results, sweep
 from .core.cpu_quota import usable_cores
 from .instrument.progress import plural
-from .study.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
+from .analysis.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
 def scaling(args: list[str], cases: list[tuple[int, int]], repeats: int, out: str, mpiexec: str,

@@ -7,7 +7,7 @@ Two ranks: the pipeline's real messages for --layers and --batch-size (the
 activations and row norms crossing each link of a --ranks pipeline), then
 power-of-two sizes (--sweep), through the shared-memory ring (ranks on one
 node) and through Isend/Irecv messages (--transport); the timing is in
-schedules/pipeline/link_timing.py.  Every measurement is appended, raw, to
+probes/link_timing.py.  Every measurement is appended, raw, to
 --out (/links/<name>, see pffbench.store) and shown by
 ``python -m pffbench.report``.
 """
@@ -21,9 +21,9 @@ import numpy as np
 from mpi4py import MPI
 
 from .comm import guard
-from .core.cli import _int_list
+from .launch.cli import _int_list
 from .core.config import Config
-from .schedules.pipeline.link_timing import pipeline_messages, rows_for, summary, time_link
+from .probes.link_timing import pipeline_messages, rows_for, summary, time_link
 from .store import writer
 
 COLUMNS = ("size[B]", "lat_min[us]", "lat_med[us]", "lat_max[us]", "bw_med[MB/s]")

@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 
 from .core.config import UsageError, one_line
+from .core.variants import VARIANTS
 from .perfmodel import calibrate, links, predict as model, validate as validation
 
 
@@ -129,7 +130,7 @@ def _calibration(args, variant: str):
     costs = calibrate.from_run((same_threads or ones)[0])
     if costs.dims != dims or costs.batch != args.batch_size:
         costs = calibrate.retarget(costs, dims, args.batch_size)
-    if args.microbatches and variant in calibrate.MICROBATCHED:
+    if args.microbatches and VARIANTS[variant].microbatched:
         costs = replace(costs, microbatches=args.microbatches)
     return costs
 
@@ -203,10 +204,13 @@ def main(argv=None) -> int:
             return cmd_predict(args)
         if args.command == "validate":
             return cmd_validate(args)
-        from .perfmodel import study
         if args.command == "plot":
+            from .perfmodel import study
             return study.cmd_plot(args)
-        return study.cmd_paper(args)
+        from .perfmodel import headline
+        headline.headline(args)
+        headline.deeper(args)
+        return 0
     except (UsageError, ValueError, OSError) as error:
         print(f"pffbench: error: {one_line(str(error))}", file=sys.stderr)
         return 2

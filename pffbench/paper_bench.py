@@ -17,7 +17,8 @@ import sys
 from . import results
 from .core.partition import layer_costs
 from .instrument.progress import plural
-from .study.analysis import training_seconds
+from .perfmodel.pff import wavefront_bound
+from .analysis.analysis import training_seconds
 
 RUNS = [  # (label, variant, extra flags, parallel ranks)
     ("All-Layers, Random, Goodness", "all-layers", ["--neg", "random"], 2),
@@ -27,23 +28,6 @@ RUNS = [  # (label, variant, extra flags, parallel ranks)
     ("Federated (IID), Random, Goodness", "federated", ["--neg", "random"], 2),
     ("Performance-Optimized", "perf-opt", [], 2),
 ]
-
-
-def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -> float:
-    """Sequential time / the schedule's critical path, in units of layer cost."""
-    sequential = chapters * sum(costs)
-    if variant == "federated":
-        return float(ranks)
-    if variant == "single-layer":  # a pipeline of chapters through the layers
-        return sequential / (sum(costs) + (chapters - 1) * max(costs))
-    done = {}  # all-layers and perf-opt: (chapter, layer) -> finish time
-    free = [0.0] * ranks
-    for chapter in range(chapters):
-        rank = chapter % ranks
-        for layer, cost in enumerate(costs):
-            start = max(free[rank], done.get((chapter - 1, layer), 0.0))
-            done[(chapter, layer)] = free[rank] = start + cost
-    return sequential / max(done.values())
 
 
 def main(argv=None) -> int:

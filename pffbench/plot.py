@@ -15,7 +15,7 @@ files, PNG (and PDF with --pdf), headless (matplotlib Agg).
   against data-parallel backprop when the files hold backprop runs).
 
 PNG only unless --pdf.  The folder keeps a record of which results files
-each figure came from (study/sidecar.py): plot warns before overwriting
+each figure came from (analysis/sidecar.py): plot warns before overwriting
 another file's figures, removes its own stale ones, and says why a figure was
 not drawn.
 
@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from . import results  # noqa: E402
-from .study import analysis, sidecar  # noqa: E402
-from .study.timeline import COLORS, IDLE_COLOR, LABELS, timeline_figure, traced_runs  # noqa: E402,F401
+from .analysis import analysis, sidecar  # noqa: E402
+from .analysis.timeline import COLORS, IDLE_COLOR, LABELS, save, timeline_figure, traced_runs  # noqa: E402,F401
 
 def _log2_axis(ax, values, axis: str = "x") -> None:
     ticks = sorted({float(v) for v in values if v > 0})
@@ -198,17 +198,6 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
     return fig
 
 
-def save(fig: plt.Figure, directory: str, stem: str, formats=("png",)) -> list[str]:
-    os.makedirs(directory, exist_ok=True)
-    paths = []
-    for ext in formats:
-        path = os.path.join(directory, f"{stem}.{ext}")
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
 def figures(runs: list[results.Run], timeline_run: str | None = None,
             targets: list[float] = ()) -> tuple[dict, list[str]]:
     """({stem: Figure} of every figure the runs support, [why each other one was not drawn]);
@@ -282,7 +271,7 @@ def main(argv=None) -> int:
 
 def write(drawn: dict, directory: str, prefix: str, formats, sources: list[str]) -> list[str]:
     """Save the figures; warn about those that replace another results file's
-    figures, remove this source's figures not drawn now (study/sidecar.py)."""
+    figures, remove this source's figures not drawn now (analysis/sidecar.py)."""
     names = [f"{prefix}{stem}.{ext}" for stem in drawn for ext in formats]
     for name, theirs in sidecar.conflicts(directory, names, sources):
         origin = f"drawn from {', '.join(theirs)}" if theirs else "of unknown origin"

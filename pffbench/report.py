@@ -2,7 +2,7 @@
 results files, recomputed from their raw timing arrays.
 
 One row per case (same configuration, code, software versions, machine,
-ranks and threads per rank; see pffbench.study.analysis); --pool pools runs
+ranks and threads per rank; see pffbench.analysis.analysis); --pool pools runs
 that differ only in code, versions or machine, and the notes column says so.
 The notes column also flags cases measured on a busy host (load above its
 cores).  A run that cannot be read is skipped with one line naming it.  Times are training seconds: the slowest rank's epoch
@@ -29,7 +29,7 @@ import sys
 import numpy as np
 
 from . import results
-from .study import analysis
+from .analysis import analysis
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
           "efficiency", "speedup vs 1xall", "accuracy %")

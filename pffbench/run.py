@@ -20,18 +20,17 @@ import torch
 from mpi4py import MPI
 
 from .comm import guard
-from .core import console
-from .core.cli import parse_config
+from .launch import console
+from .launch.cli import parse_config
 from .core.config import Config, UsageError, one_line
 from .core.types import Shape, TrainResult, batch_rows
-from .core.validate import validate
+from .launch.validate import validate
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
-from .ff import health
-from .instrument import target
 from .instrument.timer import COLUMNS
-from .learn import rules
 from .reliability import checkpoint, faults
+from .schedules import ending
+from .schedules.ending import final_accuracy
 from .store import checks, provenance, rescue, writer
 from .store.format import ResultsError
 from .store.atomic import atomic_write
@@ -64,12 +63,6 @@ def install_abort_on_error(comm: MPI.Comm) -> None:
     sys.excepthook = hook
 
 
-def output_problem(config: Config, world_size: int = 1) -> str | None:
-    """One line if what the run writes could not be written, found before
-    training rather than after it (where the run would be lost): store/checks.py."""
-    return checks.output_problem(config, world_size)
-
-
 def load_data_on_root(config: Config, world: World):
     """Rank 0 loads the data; every rank learns its shape, or the one-line
     error that stops them all."""
@@ -95,12 +88,6 @@ def load_data_on_root(config: Config, world: World):
     return dataset, shape, message
 
 
-def final_accuracy(result: TrainResult) -> float:
-    """The last test accuracy measured (a run stopped at its target ends before its last epoch)."""
-    measured = result.test_accuracy[np.isfinite(result.test_accuracy)]
-    return float(measured[-1]) if measured.size else float("nan")
-
-
 def summary_lines(result: TrainResult, wall: float) -> list[str]:
     timing = np.nansum(result.timing, axis=1)  # [ranks, columns]; a resumed run's earlier epochs are NaN
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
@@ -123,7 +110,7 @@ def prepare(config: Config, world: World):
     torch.set_flush_denormal(True)
     torch.set_num_threads(config.threads or world.default_threads())
     message = world.missing_gpu(config.device) or world.comm.bcast(
-        output_problem(config, world.size) if world.is_first else None, root=0)
+        checks.output_problem(config, world.size) if world.is_first else None, root=0)
     if message:
         raise UsageError(message)
     if config.checkpoint_dir:
@@ -166,17 +153,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     wall = time.perf_counter() - t0
     if not world.is_first:
         return None
-    console.only_ran(result)
-    collapsed = [] if stopped or VARIANTS[config.variant].baseline else _dead_layers(config, result, dataset)
-    if collapsed:
-        result.attrs["collapsed_layers"] = collapsed
-        several = len(collapsed) > 1
-        # a silent layer adds nothing (the layers before it may still classify): say what accuracy the net has
-        accuracy, chance = final_accuracy(result), 1 / shape.num_classes
-        print(f"pffbench: warning: training collapsed: layer{'s' if several else ''} "
-              f"{', '.join(map(str, collapsed))} {'are' if several else 'is'} silent (every unit dead, or its goodness "
-              f"under 1% of the threshold on every test input); test accuracy {100 * accuracy:.2f}% (chance "
-              f"{100 * chance:.2f}%); lower --lr (now {config.lr:g})", file=sys.stderr, flush=True)
+    ending.check_health(result, dataset, config.lr)  # after the clock: a forward pass over the test set
     arrays = {f"timing/{name}": result.timing[:, :, i] for i, name in enumerate(COLUMNS)}
     arrays.update({"loss": result.loss, "test_accuracy": result.test_accuracy, **result.arrays})
     attrs = {
@@ -192,20 +169,7 @@ def run(config: Config, world: World) -> TrainResult | None:
     }
     if config.validation:  # what "test_accuracy" measured
         attrs["evaluated_on"] = f"validation: {config.validation} rows held out of the training set"
-    if config.target_accuracy is not None and "target_accuracy" not in attrs:  # epoch-granular variants
-        attrs.update(target.target_attrs(target.evaluations_of(arrays, attrs["minibatches_per_epoch"]),
-                                         config.target_accuracy))
     return finish(config, result, arrays, attrs, status, stopped, wall)
-
-
-def _dead_layers(config: Config, result: TrainResult, dataset) -> list[int]:
-    """The collapsed layers (ff/health.py) on the inputs the run's rule trains on."""
-    objective = rules.objective_of(config)
-    if objective == "scff":  # the positive [x, x], no label
-        return health.dead_layers(result.linears, torch.cat((dataset.x_test, dataset.x_test), dim=1),
-                                  dataset.y_test, dataset.num_classes, config.threshold, labels=False)
-    return health.dead_layers(result.linears, dataset.x_test, dataset.y_test, dataset.num_classes,
-                              None if objective == "local-softmax" else config.threshold)
 
 
 def finish(config: Config, result: TrainResult, arrays: dict, attrs: dict, status: str, stopped, wall: float):

@@ -34,13 +34,13 @@ import sys
 import tempfile
 
 from . import results
-from .core.cli import parse_config
+from .launch.cli import parse_config
 from .core.config import UsageError, one_line
 from .core.cpu_quota import usable_cores
-from .core.validate import validate
+from .launch.validate import validate
 from .instrument.progress import plural
 from .store import checks, writer
-from .study import analysis
+from .analysis import analysis
 
 
 def default_launcher() -> list[str]:

@@ -40,7 +40,7 @@ import sys
 
 import numpy as np
 
-from .core.cli import parse_config
+from .launch.cli import parse_config
 from .core.config import UsageError, one_line
 
 # flags the protocol sets itself: a user's would be overridden, so they are refused

@@ -15,10 +15,10 @@ go through TCP segments the shaper sees).  The 1 Gbit/s runs go into their own
 file, ``results/model-validation-1gbit.h5``, with their own 1-rank runs, because
 ``python -m pffbench.model validate`` takes one network per file.  Before
 each emulated-node part the link is probed (``python -m
-pffbench.perfmodel.linkprobe``) and the alpha and beta printed, to pass to
+pffbench.probes.linkprobe``) and the alpha and beta printed, to pass to
 ``validate --alpha --beta``.  The one-node part relies on the table's
 devvm-* links; on another machine probe them first (``mpiexec -n 2 python -m
-pffbench.perfmodel.linkprobe [--gloo]``) and pass ``--intra``/``--group``.
+pffbench.probes.linkprobe [--gloo]``) and pass ``--intra``/``--group``.
 
 Run it on an idle machine: it measures the host as much as the model.
 """
@@ -100,7 +100,7 @@ def nodes(repeats: int, outs: dict[str, str]) -> None:
             NetnsCluster(directory, nodes=2) as cluster:
         for link, rate in (("open", None), ("1gbit", "1gbit")):
             _shape(cluster, rate)
-            probe = subprocess.run(cluster.command([PYTHON, "-m", "pffbench.perfmodel.linkprobe"]),
+            probe = subprocess.run(cluster.command([PYTHON, "-m", "pffbench.probes.linkprobe"]),
                                    env=cluster.env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
             print(f"link probe, {link}:", probe.stdout.strip().splitlines()[-1] if probe.stdout else probe.stderr)
             out = str(ROOT / outs[link])

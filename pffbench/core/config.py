@@ -6,17 +6,13 @@ and output go, threads, device, links, tracing, evaluation frequency,
 reliability and test hooks.  ``times=True`` marks those of them that change
 the measured times.  ``computing_settings`` (what a checkpoint must match)
 and ``case_settings`` (what runs must share to be repetitions of one case in
-pffbench.study.analysis) derive from it.  The command line is core/cli.py,
-the validation core/validate.py.
+pffbench.analysis.analysis) derive from it.  The command line is launch/cli.py,
+the validation launch/validate.py.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-
-from ..data import DATASETS  # noqa: F401  (the choices of --dataset, re-exported for the CLI)
-from ..ff.negatives import STRATEGIES as NEGATIVES  # noqa: F401
-from .partition import PARTITIONS  # noqa: F401
 
 CLASSIFIERS = ("goodness", "softmax")
 DEVICES = ("cpu", "cuda")

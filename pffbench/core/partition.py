@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import torch
 
-from ..ff.negatives import generator
+from .seeds import generator
 
 
 def layer_costs(dims: list[int] | tuple[int, ...], paired_first: bool = True) -> list[int]:

@@ -3,6 +3,7 @@
 sizes of an epoch."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +29,11 @@ class TrainResult:
     arrays: dict = field(default_factory=dict)  # variant-specific datasets for the results file
     attrs: dict = field(default_factory=dict)   # variant-specific attributes for the results file
     heads: list = field(default_factory=list)   # classifier heads on the CPU (softmax, per-layer), for --model-out
+    # the collapse check (schedules/ending.py, check_health) for FF layers; not recorded
+    check_health: bool = False
+    health_threshold: float | None = None       # the goodness threshold they train to; None: dead units only
+    # the test rows as the first layer sees them (x [n, d] -> [n, D], e.g. scff's [x, x]); None: x, label embedded
+    health_inputs: Callable | None = None
 
 
 def batch_rows(num_train: int, batch_size: int) -> list[int]:

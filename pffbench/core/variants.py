@@ -1,7 +1,7 @@
 """The registry of variants: everything that makes a variant, in one place.
 
-The command line's choices (core/cli.py), the validation (core/validate.py),
-the baselines the study draws dashed (study/analysis.py, plot.py), which
+The command line's choices (launch/cli.py), the validation (launch/validate.py),
+the baselines the study draws dashed (analysis/analysis.py, plot.py), which
 variants stop cleanly on a signal (run.py) and where each one's train() lives
 all derive from ``VARIANTS``.  A new schedule is one more entry here and a
 module with ``train(config, world, shape, dataset, on_epoch) -> TrainResult``.
@@ -19,7 +19,7 @@ AGREEMENTS = ("epoch", "chapters", None)
 @dataclass(frozen=True)
 class Variant:
     """One variant.  Which flags it takes follows from its family
-    (core/validate.py): the PFF flags (--neg, --classifier, --splits, --shards,
+    (launch/validate.py): the PFF flags (--neg, --classifier, --splits, --shards,
     --partition, ...) only the "pff" family's, which evaluate at the end only
     (no --eval-every); --checkpoint-dir/--resume and --inject-nan as the
     fields below say."""
@@ -33,6 +33,19 @@ class Variant:
     traced: bool = True           # records --trace (every variant does)
     microbatched: bool = False    # takes --microbatches (torch's pipeline schedules)
     objective: str | None = "ff"  # its local learning rule unless --objective says (None: backprop, no rule)
+    # the ranks it runs on, for a net of L hidden layers: "any"; "stage" (a stage of layers per rank: p <= L);
+    # "layer" (one rank per layer, or one rank: p in (1, L)); "one" (one process).  launch/validate.py says why
+    # not in words, perfmodel/predict.py (runs_on) which p to draw
+    ranks: str = "any"
+    # how pffbench.perfmodel simulates it (perfmodel/predict.py): "pipeline", "wavefront", "single-layer",
+    # "federated", "data-parallel", "ddp", "torch-pipeline"
+    program: str = "pipeline"
+
+    @property
+    def own_heads(self) -> bool:
+        """Every layer trains with its own softmax head (Performance-Optimized), no goodness: its own rule is
+        local-softmax (learn/rules/local_softmax.py), as perfmodel/calibrate.py reads it."""
+        return self.objective == "local-softmax"
 
     @property
     def baseline(self) -> bool:
@@ -49,27 +62,28 @@ _PFF = "pffbench.schedules.pff."
 _BACKPROP = "pffbench.schedules.backprop."  # one epoch loop for all of them: schedules/backprop/loop.py
 VARIANTS = {v.name: v for v in (
     Variant("pipeline", "pipeline", "pffbench.schedules.pipeline.schedule",
-            "layers pipelined over ranks, activations travel"),
+            "layers pipelined over ranks, activations travel", ranks="stage"),
     Variant("single-layer", "pff", _PFF + "single_layer", "rank i trains layer i, chapter by chapter",
-            agreement="chapters"),
+            agreement="chapters", ranks="layer", program="single-layer"),
     Variant("all-layers", "pff", _PFF + "all_layers", "chapters round-robin over ranks, a wavefront",
-            agreement="chapters"),
+            agreement="chapters", program="wavefront"),
     Variant("federated", "pff", _PFF + "federated", "All-Layers on private shards, layers averaged",
-            agreement="chapters"),
+            agreement="chapters", program="federated"),
     Variant("perf-opt", "pff", _PFF + "all_layers", "All-Layers x --objective local-softmax (a softmax head "
-            "per layer)", agreement="chapters", objective="local-softmax"),
+            "per layer)", agreement="chapters", objective="local-softmax", program="wavefront"),
     Variant("backprop", "backprop", _BACKPROP + "data_parallel", "the same MLP by backprop, one process",
-            checks_finite=False, objective=None),
+            checks_finite=False, objective=None, ranks="one", program="data-parallel"),
     Variant("dp-backprop", "backprop", _BACKPROP + "data_parallel",
-            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, objective=None),
+            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, objective=None,
+            program="data-parallel"),
     Variant("ddp", "backprop", _BACKPROP + "ddp", "data-parallel backprop, torch DistributedDataParallel",
-            checks_finite=False, objective=None),
+            checks_finite=False, objective=None, program="ddp"),
     Variant("gpipe", "backprop", _BACKPROP + "torch_pipeline",
             "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False, objective=None,
-            microbatched=True),
+            microbatched=True, ranks="stage", program="torch-pipeline"),
     Variant("1f1b", "backprop", _BACKPROP + "torch_pipeline",
             "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False, objective=None,
-            microbatched=True),
+            microbatched=True, ranks="stage", program="torch-pipeline"),
 )}
 BASELINES = tuple(name for name, v in VARIANTS.items() if v.baseline)
 AGREEING = tuple(name for name, v in VARIANTS.items() if v.agreement is not None)

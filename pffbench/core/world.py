@@ -8,7 +8,7 @@ import torch
 from mpi4py import MPI
 
 from .cpu_quota import Quota, cpu_quota
-from ..instrument.progress import plural
+from .words import plural
 
 
 class World:

@@ -1,3 +1,3 @@
-"""The data sets' loaders (pffbench/data.py is their API and command line):
-files.py (checksums, mirrors, verified reads and downloads), idx.py (MNIST,
+"""The data sets' loaders: load.py (load_dataset by name; pffbench/data.py re-exports it beside the command
+line), files.py (checksums, mirrors, verified reads and downloads), idx.py (MNIST,
 Fashion-MNIST), cifar.py, images.py (image folders), synthetic.py."""

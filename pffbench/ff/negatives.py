@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import torch
 
+from ..core.seeds import generator  # noqa: F401  (the keyed draws, re-exported)
+
 STRATEGIES = ("random", "fixed", "adaptive", "adaptive-sampled")
 FIXED_CHAPTER = -1  # the key of the one draw that fixed negatives make
-
-
-def generator(*keys: int) -> torch.Generator:
-    """A generator keyed by integers (seed, chapter, layer, ...)."""
-    seed = 0
-    for key in keys:
-        seed = (seed * 1_000_003 + key + 7) % (2 ** 61 - 1)
-    return torch.Generator().manual_seed(seed)
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:

@@ -42,7 +42,7 @@ from ..schedules.backprop.torch_pipeline import stage_layers
 from .calibrate import BackpropCosts
 from .events import Simulator, Signal, Wait, Work
 from .links import Cluster, allreduce_time
-from .profile import NUM_CLASSES
+from ..probes.profile import NUM_CLASSES
 
 FLOAT = 4
 FORWARD = 1 / 3  # of a layer's forward+backward (FLOPs: the backward makes two products of the forward's size)

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .. import results
+from ..store import reader as results
 from ..core.types import batch_rows
-from .profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
+from ..core.variants import VARIANTS
+from ..probes.profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
 
-PFF_VARIANTS = ("single-layer", "all-layers", "federated", "perf-opt")
-BACKPROP_VARIANTS = ("backprop", "dp-backprop", "ddp", "gpipe", "1f1b")
-MICROBATCHED = ("gpipe", "1f1b")
 
 
 @dataclass
@@ -62,13 +60,18 @@ class BackpropCosts:
     tail: float = 0.0          # ddp: per step, DDP's work after the last bucket is handed to the allreduce
 
 
+def _kind(variant: str) -> str:
+    """The FF layer kind the profile times: "perf-opt" (a layer and its own softmax head) or "ff"."""
+    return "perf-opt" if VARIANTS[variant].own_heads else "ff"
+
+
 def measured(variant: str, dims, batch: int, threads: int = 1, microbatches: int = 4):
     """Costs from the microbenchmarks alone (no run needed, e.g. for a net too big to train here).
     gpipe/1f1b get ``microbatches`` and no library bookkeeping, ddp no tail: those need a run."""
-    if variant in BACKPROP_VARIANTS:
+    if VARIANTS[variant].baseline:
         return _backprop_costs(profile_backprop(dims, batch, threads),
-                               microbatches=microbatches if variant in MICROBATCHED else 1)
-    return _ff_costs(profile_ff(dims, batch, threads, "perf-opt" if variant == "perf-opt" else "ff"))
+                               microbatches=microbatches if VARIANTS[variant].microbatched else 1)
+    return _ff_costs(profile_ff(dims, batch, threads, _kind(variant)))
 
 
 def _ff_costs(p: FFProfile, scale: float = 1.0, data_scale: float = 1.0, **more) -> FFCosts:
@@ -114,14 +117,14 @@ def from_run(run: results.Run, profile=None):
     a = run.arrays
     evals = a["timing/eval"][0]
     evaluation = float(evals[evals > 0].max()) if (evals > 0).any() else 0.0
-    if variant in BACKPROP_VARIANTS:
+    if VARIANTS[variant].baseline:
         return _backprop_from_run(run, variant, batch, threads, evaluation, profile)
     dims = list(run.attrs["dims"])
-    profile = profile or profile_ff(dims, batch, threads, "perf-opt" if variant == "perf-opt" else "ff")
+    profile = profile or profile_ff(dims, batch, threads, _kind(variant))
     sizes = batch_rows(int(run.attrs["num_train"]), batch)
     full = sum(sizes) / batch  # minibatches an epoch, a partial one counted by its rows
     compute, data = a["timing/compute"][0], a["timing/data"][0]
-    if variant not in PFF_VARIANTS:
+    if not VARIANTS[variant].pff:
         scale = float(compute.mean()) / (full * sum(profile.step))
         data_scale = float(data.mean()) / full / profile.data
         return _ff_costs(profile, scale, data_scale, sync=float(a["timing/sync"][0].mean()), eval=evaluation,
@@ -138,12 +141,13 @@ def _backprop_from_run(run, variant: str, batch: int, threads: int, evaluation: 
     dims = list(run.attrs["dims"])[:-1]  # the head is not a hidden layer
     profile = profile or profile_backprop(dims, batch, threads)
     steps = len(batch_rows(int(run.attrs["num_train"]), batch)) * a["timing/compute"].shape[1]
-    m = int(run.config.get("microbatches") or 1) if variant in MICROBATCHED else 1
+    microbatched = VARIANTS[variant].microbatched
+    m = int(run.config.get("microbatches") or 1) if microbatched else 1
     compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps
     scale = compute / (m * (profile.fb0 + profile.fb1 * batch / m) + profile.adam)
     costs = _backprop_costs(profile, scale, eval=evaluation, source=f"run {run.name}", microbatches=m,
-                            library=sync / (2 * m) if variant in MICROBATCHED else 0.0,
-                            tail=sync if variant == "ddp" else 0.0)
+                            library=sync / (2 * m) if microbatched else 0.0,
+                            tail=sync if VARIANTS[variant].program == "ddp" else 0.0)
     costs.data_row = float(a["timing/data"][0].sum()) / steps / batch
     return costs
 

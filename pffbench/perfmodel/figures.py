@@ -1,6 +1,6 @@
 """The model's figures: predicted speedup against p, one panel per network
 kind, measured points overlaid; and a predicted per-rank timeline drawn by
-pffbench.plot's own Gantt code (``plot.timeline_figure``)."""
+pffbench.plot's own Gantt code (``analysis.timeline.timeline_figure``)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .. import plot, results  # noqa: E402
+from ..analysis import timeline  # noqa: E402
+from ..store import reader as results  # noqa: E402
 from .predict import Prediction  # noqa: E402
 
 STYLE = {"pipeline": ("#1f77b4", "o"), "all-layers": ("#2ca02c", "s"), "single-layer": ("#9467bd", "D"),
@@ -61,8 +62,8 @@ def speedup_figure(panels: list[dict]) -> plt.Figure:
 
 def timeline_figure(pred: Prediction, config: dict, title_run: str = "model") -> plt.Figure:
     """The predicted per-rank timeline of ``pred`` (simulated with trace=True),
-    in the layout of a traced run, drawn by plot.timeline_figure."""
+    in the layout of a traced run, drawn by timeline.timeline_figure."""
     events = pred.timeline.events
     attrs = {"world_size": pred.p, "variant": pred.variant, "dataset": config.get("dataset", "mnist"),
              "config": json.dumps(config), "hostname": "model"}
-    return plot.timeline_figure(results.Run(title_run, attrs, {"trace/events": events}))
+    return timeline.timeline_figure(results.Run(title_run, attrs, {"trace/events": events}))

@@ -3,10 +3,10 @@ batch 64, 100 epochs in 100 chapters, 4 nodes; All-Layers/Adaptive 3.75x),
 then deeper nets, batch sizes and more ranks."""
 from __future__ import annotations
 
-from .. import results
-from ..paper_bench import wavefront_bound
+from ..store import reader as results
 from ..core.partition import layer_costs
 from . import calibrate, links
+from .pff import wavefront_bound
 from . import predict as model
 from .study import deepen_backprop, planned_seconds
 

@@ -15,12 +15,34 @@ from __future__ import annotations
 
 import math
 
+from ..core import wavefront as routing
+from ..core.variants import VARIANTS
 from .calibrate import FFCosts
 from .events import Signal, Simulator, Wait, Work
 from .links import Cluster, allreduce_time, broadcast_time
 
 FLOAT = 4
 NUM_CLASSES = 10
+
+
+def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -> float:
+    """The speedup a PFF schedule allows on ``ranks`` when every (chapter, layer) costs ``costs[layer]`` (e.g. its
+    weight count) and communication is free: sequential time / the schedule's critical path.  python -m
+    pffbench.paper_bench prints it beside the measured speedup."""
+    sequential = chapters * sum(costs)
+    program = VARIANTS[variant].program
+    if program == "federated":
+        return float(ranks)
+    if program == "single-layer":  # a pipeline of chapters through the layers
+        return sequential / (sum(costs) + (chapters - 1) * max(costs))
+    done = {}  # all-layers and perf-opt: (chapter, layer) -> finish time
+    free = [0.0] * ranks
+    for chapter in range(chapters):
+        rank = routing.trainer(chapter, ranks)
+        for layer, cost in enumerate(costs):
+            start = max(free[rank], done.get((chapter - 1, layer), 0.0))
+            done[(chapter, layer)] = free[rank] = start + cost
+    return sequential / max(done.values())
 
 
 class _Publisher:
@@ -65,9 +87,9 @@ def all_layers(sim: Simulator, costs: FFCosts, cluster: Cluster, p: int, num_tra
 
     def rank(r: int):
         yield Wait(share.arrive(), "data")
-        for k, c in enumerate(range(r, chapters, p)):
+        for k, c in enumerate(routing.chapters_of(r, p, chapters)):
             yield Work(inputs + (once if k == 0 else 0.0), "data")
-            dest = (c + 1) % p if c + 1 < chapters else 0
+            dest = routing.destination(c, p, chapters)
             for l in range(L):
                 if c > 0:
                     yield Wait(published[c - 1][l], "recv_wait")

@@ -27,12 +27,12 @@ from ..instrument.timer import CATEGORIES
 from . import backprop as backprop_model
 from . import pff as pff_model
 from . import pipeline as pipeline_model
-from .calibrate import BACKPROP_VARIANTS, BackpropCosts, FFCosts
+from ..core.variants import VARIANTS as REGISTRY
+from .calibrate import BackpropCosts, FFCosts
 from .events import Simulator, Timeline
 from .links import Cluster
 
-VARIANTS = ("pipeline", "all-layers", "single-layer", "federated", "perf-opt", "backprop", "dp-backprop", "ddp",
-            "gpipe", "1f1b")
+VARIANTS = tuple(REGISTRY)  # every variant has a program (core/variants.py)
 WORK = ("compute", "data")
 
 
@@ -63,25 +63,25 @@ class Prediction:
 
 def _programs(variant: str, sim: Simulator, costs, cluster: Cluster, p: int, s: Settings, epochs: int,
               evaluate) -> list:
-    if variant == "pipeline":
+    if variant not in REGISTRY:
+        raise ValueError(f"no model for variant {variant!r}; modelled: {', '.join(VARIANTS)}")
+    program, chapters = REGISTRY[variant].program, s.splits or s.epochs
+    if REGISTRY[variant].ranks == "one" and p != 1:
+        raise ValueError(f"{variant} runs on one rank")
+    if program == "pipeline":
         return pipeline_model.programs(sim, costs, cluster, p, s.num_train, epochs, evaluate, s.shared_ring)
-    if variant in ("gpipe", "1f1b"):
+    if program == "torch-pipeline":  # the variant names torch's schedule: gpipe or 1f1b
         return backprop_model.pipeline(sim, costs, cluster, p, s.num_train, epochs, variant)
-    if variant == "ddp":
+    if program == "ddp":
         return backprop_model.ddp(sim, costs, cluster, p, s.num_train, epochs)
-    if variant in BACKPROP_VARIANTS:
-        if variant == "backprop" and p != 1:
-            raise ValueError("backprop runs on one rank; use dp-backprop")
+    if program == "data-parallel":
         return backprop_model.data_parallel(sim, costs, cluster, p, s.num_train, epochs, s.algorithm)
-    chapters = s.splits or s.epochs
     per = s.epochs // chapters
-    if variant in ("all-layers", "perf-opt"):
+    if program == "wavefront":
         return pff_model.all_layers(sim, costs, cluster, p, s.num_train, chapters, per)
-    if variant == "single-layer":
+    if program == "single-layer":
         return pff_model.single_layer(sim, costs, cluster, p, s.num_train, chapters, per)
-    if variant == "federated":
-        return pff_model.federated(sim, costs, cluster, p, s.num_train, chapters, per, s.algorithm)
-    raise ValueError(f"no model for variant {variant!r}; modelled: {', '.join(VARIANTS)}")
+    return pff_model.federated(sim, costs, cluster, p, s.num_train, chapters, per, s.algorithm)
 
 
 def simulate(variant: str, costs, cluster: Cluster, p: int, settings: Settings, trace: bool = False,
@@ -96,16 +96,18 @@ def simulate(variant: str, costs, cluster: Cluster, p: int, settings: Settings, 
 
 
 def runs_on(variant: str, p: int, layers: int, microbatches: int | None = None) -> bool:
-    """Whether ``variant`` can run on p ranks for a net of ``layers`` hidden layers: a stage per rank for
-    the pipeline, gpipe and 1f1b (these also need ``microbatches`` >= p, when given), one rank per layer
-    or one rank for Single-Layer, one rank for backprop."""
-    if variant in ("pipeline", "gpipe", "1f1b") and p > layers:
+    """Whether ``variant`` can run on p ranks for a net of ``layers`` hidden layers, by its registry entry's
+    rank rule (core/variants.py, the one launch/validate.py enforces): a stage per rank (the pipeline, gpipe,
+    1f1b; microbatched ones also need ``microbatches`` >= p, when given), one rank per layer or one rank
+    (Single-Layer), one rank (backprop)."""
+    entry = REGISTRY[variant]
+    if entry.ranks == "stage" and p > layers:
         return False
-    if variant in ("gpipe", "1f1b") and microbatches is not None and p > microbatches:
+    if entry.microbatched and microbatches is not None and p > microbatches:
         return False
-    if variant == "single-layer":
+    if entry.ranks == "layer":
         return p in (1, layers)
-    return variant != "backprop" or p == 1
+    return entry.ranks != "one" or p == 1
 
 
 def steady_epoch(variant: str, costs, cluster: Cluster, p: int, settings: Settings) -> Timeline:
@@ -133,11 +135,12 @@ def training_seconds(timeline: Timeline) -> float:
 def predict(variant: str, costs: FFCosts | BackpropCosts, cluster: Cluster, p: int, settings: Settings,
             trace: bool = False) -> Prediction:
     """Predicted training time of ``variant`` on p ranks, with its breakdown."""
-    per_epoch = variant == "pipeline" or variant in BACKPROP_VARIANTS
+    backprop = REGISTRY[variant].baseline
+    per_epoch = backprop or REGISTRY[variant].family == "pipeline"
     repeat = settings.epochs if per_epoch else 1  # epochs alike: simulate one, multiply
 
     def seconds(cl: Cluster, tr: bool) -> tuple[float, Timeline]:
-        if variant in BACKPROP_VARIANTS and not tr:
+        if backprop and not tr:
             tl = steady_epoch(variant, costs, cl, p, settings)
         else:
             tl = simulate(variant, costs, cl, p, settings, tr, epochs=1 if per_epoch else None)
@@ -158,9 +161,9 @@ def library_seconds(variant: str, costs, settings: Settings) -> float:
     accounts, as the real timers see it): torch.distributed.pipelining's per microbatch forward and
     backward (gpipe, 1f1b), DDP's tail of every step; 0 for the others."""
     steps = len(batch_rows(settings.num_train, costs.batch)) * settings.epochs
-    if variant in ("gpipe", "1f1b"):
+    if REGISTRY[variant].microbatched:
         return steps * 2 * costs.microbatches * costs.library
-    if variant == "ddp":
+    if REGISTRY[variant].program == "ddp":
         return steps * costs.tail
     return 0.0
 

@@ -1,12 +1,14 @@
-"""The model's studies: the planning figure (``plot``) and the paper's
-headline setup with deeper nets (``paper``)."""
+"""The model's studies: the planning figure (``plot``), and the pieces the
+paper's headline setup with deeper nets (``paper``, headline.py) shares with it."""
 from __future__ import annotations
 
 import os
 import statistics
 from dataclasses import replace
 
-from .. import plot, results
+from ..analysis import timeline
+from ..core.variants import VARIANTS
+from ..store import reader as results
 from . import calibrate, figures, links
 from . import predict as model
 from . import validate as validation
@@ -34,7 +36,7 @@ def best_microbatches_seconds(variant: str, costs, cluster: links.Cluster, p: in
 def planned_seconds(variant: str, costs, cluster: links.Cluster, p: int, settings: model.Settings) -> float:
     """Predicted seconds as a planner would run ``variant`` on p ranks: gpipe/1f1b at their best number
     of microbatches (best_microbatches_seconds), every other variant as it is."""
-    if variant in calibrate.MICROBATCHED:
+    if VARIANTS[variant].microbatched:
         return best_microbatches_seconds(variant, costs, cluster, p, settings, costs.batch)[1]
     return model.predict(variant, costs, cluster, p, settings).seconds
 
@@ -59,11 +61,11 @@ def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict
         costs = calibrate.from_run(calibration)
         if len(costs.dims) > len(getattr(costs_of.get(variant), "dims", ())):  # the deepest net of each variant
             costs_of[variant] = costs
-        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if variant not in calibrate.BACKPROP_VARIANTS \
+        label = f"{variant} {'x'.join(map(str, dims[1:]))}" if not VARIANTS[variant].baseline \
             else variant
         base_t = statistics.median(c.measured for c in members if c.p == 1)
         settings = model.Settings.from_run(calibration)
-        layers = len(dims) - (2 if variant in calibrate.BACKPROP_VARIANTS else 1)
+        layers = len(dims) - (2 if VARIANTS[variant].baseline else 1)
         curve_ps = [p for p in (1, 2, 4) if model.runs_on(variant, p, layers)]
         t = {p: model.predict(variant, costs, links.Cluster(p, cores, costs.threads, intra), p, settings).seconds
              for p in curve_ps}
@@ -79,7 +81,7 @@ def cluster_panel(costs_of: dict, network: str, layers: int) -> dict:
     dims = [784] + [2000] * layers
     curves = {}
     for variant in CLUSTER_VARIANTS:
-        backprop = variant in calibrate.BACKPROP_VARIANTS
+        backprop = VARIANTS[variant].baseline
         source = costs_of.get(variant) or costs_of.get("backprop" if backprop else "all-layers")
         net = dims[:3] if backprop else dims
         costs = calibrate.retarget(source, net, 64) if source else calibrate.measured(variant, net, 64, 1)
@@ -112,7 +114,7 @@ def cmd_plot(args) -> int:
     cores = args.cores_per_node or os.cpu_count() or 1
     first, costs_of = measured_panel(args.results_file, cores, links.link(args.intra))
     panels = [first] + [cluster_panel(costs_of, n.strip(), args.deep_layers) for n in args.networks.split(",")]
-    written = plot.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
+    written = timeline.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
     written += _timelines(args, cores, costs_of)
     print("\n".join(written))
     return 0
@@ -124,7 +126,7 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
     as measured, for comparison by eye), else of the deepest pipeline net on
     ``--timeline-ranks`` ranks."""
     runs = results.read_runs(args.results_file)
-    traced = [r for r in plot.traced_runs(runs) if r.attrs.get("variant", "pipeline") == "pipeline"]
+    traced = [r for r in timeline.traced_runs(runs) if r.attrs.get("variant", "pipeline") == "pipeline"]
     written = []
     if traced:
         run = max(traced, key=lambda r: int(r.attrs["world_size"]))
@@ -135,9 +137,9 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
             p, settings = int(run.attrs["world_size"]), model.Settings.from_run(run)
             cluster = validation.cluster_of(run, cores, links.Cluster(intra=links.link(args.intra)))
             pred = model.predict("pipeline", costs, cluster, p, replace(settings, epochs=1), trace=True)
-            written += plot.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
+            written += timeline.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
                                  "model_timeline")
-            written += plot.save(plot.timeline_figure(run), args.out_dir, "model_timeline_measured")
+            written += timeline.save(timeline.timeline_figure(run), args.out_dir, "model_timeline_measured")
             return written
     pipeline = costs_of.get("pipeline")
     if pipeline is not None:
@@ -145,13 +147,6 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
         pred = model.predict("pipeline", pipeline, links.Cluster(p, cores, pipeline.threads), p,
                              model.Settings(60000, 1), trace=True)
         config = {"layers": pipeline.dims[1:], "batch_size": pipeline.batch}
-        written += plot.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
+        written += timeline.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
                              "model_timeline")
     return written
-
-
-def cmd_paper(args) -> int:
-    from .headline import headline, deeper
-    headline(args)
-    deeper(args)
-    return 0

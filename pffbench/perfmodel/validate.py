@@ -18,8 +18,8 @@ import os
 import statistics
 from dataclasses import dataclass, replace
 
-from .. import results
-from ..study import analysis
+from ..store import reader as results
+from ..analysis import analysis
 from .calibrate import from_run, run_threads, scaled
 from .links import Cluster
 from .predict import Settings, predict

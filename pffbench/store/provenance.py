@@ -1,7 +1,7 @@
 """Where and with what a run was measured: the attrs every run records
 beside its timings (versions, git commit, host, CPU model, host load), so
 that a reader can tell runs of different machines, code or load apart
-(study/analysis.py never pools them unless asked)."""
+(analysis/analysis.py never pools them unless asked)."""
 from __future__ import annotations
 
 import importlib.metadata

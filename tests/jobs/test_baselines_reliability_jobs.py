@@ -12,8 +12,8 @@ import pytest
 
 from pffbench import results
 
-from conftest import assert_same_model
-from test_reliability_jobs import TINY, Job, _stamp
+from helpers import assert_same_model
+from test_reliability_jobs import ENDED_BY_ITS_OWN_PATH_S, TINY, Job, _stamp
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -68,14 +68,14 @@ def test_sigterm_stops_at_an_epoch_boundary_checkpoints_and_records_interrupted(
 
 
 @pytest.mark.parametrize("variant", ["ddp", "gpipe"])
-def test_an_exception_on_a_rank_ends_the_gloo_job_within_10_s(variant, tmp_path):
+def test_an_exception_on_a_rank_ends_the_gloo_job_at_once(variant, tmp_path):
     job = Job(2, [*TINY, "--layers", "16,16", "--epochs", "3", "--variant", variant, "--inject-fault", "1:1"],
               tmp_path)
     code = job.wait(timeout=120)
     err = job.stderr
     assert code != 0, err
     assert "[rank 1] pffbench.reliability.faults.InjectedFault: injected fault on rank 1" in err, err
-    assert job.ended - _stamp(err, "injected fault") < 10
+    assert job.ended - _stamp(err, "injected fault") < ENDED_BY_ITS_OWN_PATH_S
     assert not job.out.exists()
 
 
@@ -93,7 +93,7 @@ def test_a_rank_hung_in_a_gloo_collective_ends_the_job_after_peer_timeout(varian
     assert re.search(pattern, err), err
     elapsed = job.ended - _stamp(err, "injected hang")
     print(f"hang {variant}: job ended {elapsed:.2f} s after the hang (--peer-timeout 3)")
-    assert 3 <= elapsed < 13
+    assert 3 <= elapsed < 3 + ENDED_BY_ITS_OWN_PATH_S  # not before the timeout; then at once
 
 
 @pytest.mark.parametrize("variant,every", [("gpipe", ["--eval-every-steps", "16"]), ("pipeline", ["--eval-every", "1"])])

@@ -7,11 +7,11 @@ import torch
 
 from pffbench import results
 from pffbench.store import writer
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
-from pffbench.run import output_problem
+from pffbench.store.checks import output_problem
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 def trained(stdout: str) -> bool:
@@ -198,14 +198,15 @@ def test_imagefolder_run_records_its_class_names_and_refuses_an_empty_class(tmp_
     assert len(results.read_runs(str(out))) == 1
 
 
-def test_equal_threads_per_rank_are_the_condition_for_the_1_rank_weights(tmp_path):
+def test_2_ranks_x_1_thread_give_the_weights_of_1_rank_x_1_thread(tmp_path):
     """What users compare: the saved models of whole runs.  2 ranks x 1
     thread give the weights of 1 rank x 1 thread exactly (1e-6 admits BLAS
-    builds that pick kernels per process); 1 rank x 2 threads does not: a
-    product or sum split over 2 threads adds its parts in another order, and
-    training carries the round-off on (measured: about 1e-6 after these 189
-    steps; 0.0053 after one MNIST epoch of [784, 500, 500]).  If this second assertion
-    ever fails, the README's condition can be dropped."""
+    builds that pick kernels per process).  Whether 1 rank x 2 threads gives
+    them too is the CPU's and BLAS's choice, not pffbench's, so it is only
+    printed: a product split over 2 threads may add its parts in another order
+    (AMD EPYC, 2026-11-30: about 1e-6 after these 189 steps), or not (Intel
+    Xeon with AVX-512, 2026-12-04: identical).  Hence the README's condition,
+    equal threads per rank."""
     argv = ["-m", "pffbench.run", "--dataset", "synthetic", "--layers", "256,256", "--epochs", "3",
             "--batch-size", "32", "--out", str(tmp_path / "runs.h5")]
     models = {}
@@ -221,6 +222,6 @@ def test_equal_threads_per_rank_are_the_condition_for_the_1_rank_weights(tmp_pat
                    for x, y in zip(layers[a], layers[b], strict=True) for key in ("weight", "bias"))
 
     assert largest_difference((2, 1), (1, 1)) <= 1e-6
-    assert largest_difference((2, 1), (1, 2)) > 0
+    print(f"1 rank x 2 threads against 2 ranks x 1 thread, on this CPU: {largest_difference((2, 1), (1, 2)):.3g}")
     assert [run.attrs["threads_per_rank"] for run in results.read_runs(str(tmp_path / "runs.h5"))] == \
         [[1], [1, 1], [2]]

@@ -15,7 +15,7 @@ import pytest
 from pffbench import results
 from pffbench.reliability import faults
 
-from conftest import ROOT, mpirun
+from helpers import ROOT, mpirun
 from test_reliability_jobs import TINY, Job
 
 pytestmark = pytest.mark.timeout(300)

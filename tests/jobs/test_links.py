@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from pffbench import report, results
-from pffbench.schedules.pipeline.link_timing import message_bytes, pipeline_messages, rows_for, window_for
+from pffbench.probes.link_timing import message_bytes, pipeline_messages, rows_for, window_for
 from pffbench.store import writer
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 def test_the_measured_messages_are_the_pipelines():

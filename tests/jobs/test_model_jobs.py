@@ -7,7 +7,7 @@ import pytest
 from pffbench import model as cli
 from pffbench.perfmodel import validate
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 
 from pffbench import results
 
-from conftest import MPIEXEC, ROOT
+from helpers import MPIEXEC, ROOT
 
 pytestmark = pytest.mark.timeout(300)
 

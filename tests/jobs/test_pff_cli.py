@@ -4,7 +4,7 @@ import torch
 
 from pffbench import results
 
-from conftest import mpirun
+from helpers import mpirun
 
 
 @pytest.mark.parametrize("n,argv,needle", [

@@ -16,7 +16,7 @@ import torch
 
 from pffbench import results
 
-from conftest import MPIEXEC, MPIEXEC_FLAGS, ROOT, assert_same_model
+from helpers import MPIEXEC, MPIEXEC_FLAGS, ROOT, assert_same_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,6 +101,13 @@ class Job:
         return self.stdout_path.read_text(errors="replace")
 
 
+# How late a job may end after a fault and still count as ended by pffbench's own path.  Not a speed
+# target (the measured 0.5 s is printed, and belongs in docs/measurements.md): a bound far above what any CPU
+# or load needs, and far below what the other paths would take (the 600 s default --peer-timeout, the
+# 120-150 s these tests wait before calling the job hung).
+ENDED_BY_ITS_OWN_PATH_S = 60
+
+
 def _stamp(text: str, pattern: str) -> float:
     match = re.search(pattern + r".*?\(t=([0-9.]+)\)", text)
     assert match, text
@@ -118,7 +125,7 @@ CASES = [(*case, "plain") for case in FAULTS] + [("pipeline", 2, 1, "mpi4py"), (
 
 
 @pytest.mark.parametrize("variant,n,rank,launcher", CASES, ids=[f"{v}-n{n}-rank{r}-{l}" for v, n, r, l in CASES])
-def test_an_exception_on_any_rank_ends_the_job_within_10_s(variant, n, rank, launcher, tmp_path):
+def test_an_exception_on_any_rank_ends_the_job_at_once(variant, n, rank, launcher, tmp_path):
     # all-layers trains chapter c (= epoch c here) on rank c mod n: fault rank r in its own first epoch
     epoch = 1 if variant == "pipeline" else rank
     module = ("-m", "mpi4py", "-m", "pffbench.run") if launcher == "mpi4py" else ("-m", "pffbench.run")
@@ -133,7 +140,7 @@ def test_an_exception_on_any_rank_ends_the_job_within_10_s(variant, n, rank, lau
     elapsed = job.ended - _stamp(err, "injected fault")
     FAULT_TO_EXIT.append((f"fault {variant} n={n} rank={rank} {launcher}", elapsed))
     print(f"fault {variant} n={n} rank={rank} ({launcher}): job ended {elapsed:.2f} s after the exception")
-    assert elapsed < 10
+    assert elapsed < ENDED_BY_ITS_OWN_PATH_S
     assert not job.out.exists()
 
 
@@ -155,7 +162,7 @@ def test_a_hung_rank_aborts_the_job_after_peer_timeout(n, rank, pattern, variant
     elapsed = job.ended - _stamp(err, "injected hang")
     FAULT_TO_EXIT.append((f"hang n={n} rank={rank}, --peer-timeout 3", elapsed))
     print(f"hang n={n} rank={rank}: job ended {elapsed:.2f} s after the hang (--peer-timeout 3)")
-    assert 3 <= elapsed < 13
+    assert 3 <= elapsed < 3 + ENDED_BY_ITS_OWN_PATH_S  # not before the timeout; then at once
 
 
 # --- 8. numerical faults -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pffbench import results
-from tests.conftest import mpirun
+from helpers import mpirun
 
 
 def trained(stdout: str) -> bool:

@@ -13,7 +13,7 @@ from pffbench import results
 from pffbench.data import load_dataset, validation_split
 from pffbench.tune import learning_rates, pick
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def tune(*argv, timeout=900):

@@ -3,11 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pffbench.comm import guard
 from pffbench.comm.collectives import gather_events
-from pffbench.core.types import Shape
 from pffbench.core.config import Config
-from pffbench.data import load_dataset
 from pffbench.instrument.timer import CATEGORIES, EpochTimer
 from pffbench.schedules.backprop import data_parallel as backprop
 from pffbench.schedules.backprop.mlp import MLP
@@ -20,17 +17,14 @@ CONFIG = Config(variant="dp-backprop", dataset="synthetic", layers=(48, 32), epo
                 threads=1, eval_every=1, trace=True)
 
 
-def test_data_parallel_backprop_gives_the_single_process_weights():
+def test_data_parallel_backprop_gives_the_single_process_weights(synthetic):
     """p ranks, each a shard of every minibatch, gradients summed by one
     Allreduce per step: the same weights as one process, to float32 round-off
     (the shards' partial sums add in another order).  Tolerance 1e-5 absolute
     after 64 Adam steps, on weights of order 0.1."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)
-    data = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(Shape(data.x_train.shape[0], data.num_features, data.num_classes)
-                       if data else None)
+    data, shape = synthetic
     parallel = backprop.train(CONFIG, World(comm), shape, data)
     if comm.rank != 0:
         assert parallel is None

@@ -4,13 +4,10 @@ import importlib
 
 import numpy as np
 import pytest
-import torch
 
 from pffbench import results
-from pffbench.core.types import Shape
 from pffbench.core.config import Config
 from pffbench.core.variants import VARIANTS
-from pffbench.data import load_dataset
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -27,17 +24,6 @@ def config_for(variant: str, size: int, **changes) -> Config:
     base = FEDERATED if variant == "federated" else BASE
     layers = (64,) * size if variant == "single-layer" else base.layers  # single-layer: one rank per layer
     return dataclasses.replace(base, variant=variant, layers=layers, **changes)
-
-
-@pytest.fixture(scope="module")
-def data():
-    comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)  # equal threads per rank: the condition for the 1-rank weights (see jobs/test_cli.py)
-    assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
-    dataset = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
-                       if dataset else None)
-    return dataset, shape
 
 
 def train(config, data, comm=None):
@@ -57,8 +43,8 @@ def assert_same_weights(a, b):
 
 @pytest.mark.parametrize("variant", ["single-layer", "all-layers", "federated"])
 @pytest.mark.parametrize("neg", NEGATIVES)
-def test_every_variant_and_negative_strategy_learns(variant, neg, data):
-    result = train(config_for(variant, MPI.COMM_WORLD.size, neg=neg), data)
+def test_every_variant_and_negative_strategy_learns(variant, neg, synthetic):
+    result = train(config_for(variant, MPI.COMM_WORLD.size, neg=neg), synthetic)
     if MPI.COMM_WORLD.rank == 0:
         print(f"{variant} {neg} N={MPI.COMM_WORLD.size}: {result.test_accuracy[-1]:.3f}")
         assert result.test_accuracy[-1] > 0.6  # chance is 0.1
@@ -66,14 +52,14 @@ def test_every_variant_and_negative_strategy_learns(variant, neg, data):
 
 
 @pytest.mark.parametrize("variant", ["single-layer", "all-layers", "federated"])
-def test_softmax_classifier_learns(variant, data):
-    result = train(config_for(variant, MPI.COMM_WORLD.size, classifier="softmax", neg="adaptive"), data)
+def test_softmax_classifier_learns(variant, synthetic):
+    result = train(config_for(variant, MPI.COMM_WORLD.size, classifier="softmax", neg="adaptive"), synthetic)
     if MPI.COMM_WORLD.rank == 0:
         assert result.test_accuracy[-1] > 0.6 and result.attrs["classifier"] == "softmax"
 
 
-def test_perf_opt_learns_and_reports_both_heads(data):
-    result = train(config_for("perf-opt", MPI.COMM_WORLD.size), data)
+def test_perf_opt_learns_and_reports_both_heads(synthetic):
+    result = train(config_for("perf-opt", MPI.COMM_WORLD.size), synthetic)
     if MPI.COMM_WORLD.rank == 0:
         attrs = result.attrs
         assert attrs["accuracy_last_head"] > 0.6 and attrs["accuracy_all_heads"] > 0.6
@@ -84,16 +70,16 @@ def test_perf_opt_learns_and_reports_both_heads(data):
     ("single-layer", "random", "goodness"), ("single-layer", "fixed", "softmax"),
     ("all-layers", "random", "goodness"), ("all-layers", "fixed", "softmax"), ("perf-opt", "random", "goodness"),
 ])
-def test_n_ranks_give_the_weights_of_the_one_rank_schedule(variant, neg, classifier, data):
+def test_n_ranks_give_the_weights_of_the_one_rank_schedule(variant, neg, classifier, synthetic):
     """Adaptive negatives are left out: on N ranks they come from the model
     N chapters back (so that no rank waits for them), on 1 rank from the
     previous chapter's, so they depend on N by design (see the next test)."""
     comm = MPI.COMM_WORLD
     config = config_for(variant, comm.size, neg=neg, classifier=classifier, epochs=comm.size * 2,
                         splits=comm.size)
-    parallel = train(config, data)
+    parallel = train(config, synthetic)
     if comm.rank == 0:
-        sequential = train(config, data, MPI.COMM_SELF)
+        sequential = train(config, synthetic, MPI.COMM_SELF)
         assert_same_weights(parallel, sequential)
         np.testing.assert_allclose(parallel.loss, sequential.loss, rtol=1e-5)
         assert parallel.test_accuracy[-1] == sequential.test_accuracy[-1]
@@ -101,35 +87,35 @@ def test_n_ranks_give_the_weights_of_the_one_rank_schedule(variant, neg, classif
 
 @pytest.mark.parametrize("neg,classifier", [("random", "goodness"), ("adaptive", "goodness"),
                                             ("adaptive", "softmax"), ("adaptive-sampled", "goodness")])
-def test_single_layer_and_all_layers_train_the_same_network(neg, classifier, data):
+def test_single_layer_and_all_layers_train_the_same_network(neg, classifier, synthetic):
     """The same (chapter, layer) trainings, scheduled differently; with adaptive
     negatives both take chapter c's from the model after chapter c - N."""
     comm = MPI.COMM_WORLD
     config = config_for("single-layer", comm.size, neg=neg, classifier=classifier, epochs=3 * comm.size,
                         splits=3 * comm.size)
-    single = train(config, data)
-    every = train(dataclasses.replace(config, variant="all-layers"), data)
+    single = train(config, synthetic)
+    every = train(dataclasses.replace(config, variant="all-layers"), synthetic)
     if comm.rank == 0:
         assert_same_weights(single, every)
         if neg != "random":  # and the lag matters: the 1-rank schedule (lag 1) differs
-            sequential = train(config, data, MPI.COMM_SELF)
+            sequential = train(config, synthetic, MPI.COMM_SELF)
             assert max((a.weight - b.weight).abs().max().item()
                        for a, b in zip(single.linears, sequential.linears, strict=True)) > 1e-3
 
 
-def test_federated_with_one_shard_equals_all_layers(data):
+def test_federated_with_one_shard_equals_all_layers(synthetic):
     comm = MPI.COMM_WORLD
     config = config_for("all-layers", comm.size)
-    all_layers = train(config, data)
+    all_layers = train(config, synthetic)
     if comm.rank == 0:
-        federated = train(dataclasses.replace(config, variant="federated", shards=1), data, MPI.COMM_SELF)
+        federated = train(dataclasses.replace(config, variant="federated", shards=1), synthetic, MPI.COMM_SELF)
         assert_same_weights(all_layers, federated)
 
 
-def test_federated_label_skew_shards_are_private_and_skewed(data):
+def test_federated_label_skew_shards_are_private_and_skewed(synthetic):
     comm = MPI.COMM_WORLD
     config = config_for("federated", comm.size, partition="label-skew", classes_per_shard=2, shards=2 * comm.size)
-    result = train(config, data)
+    result = train(config, synthetic)
     if comm.rank == 0:
         counts = result.arrays["shard_label_counts"]
         assert counts.shape == (comm.size, 10) and counts.sum() == 2000

@@ -7,9 +7,7 @@ import torch
 
 from pffbench import results
 from pffbench.core.config import Config
-from pffbench.core.types import Shape
 from pffbench.schedules.pipeline import schedule as pipeline
-from pffbench.data import load_dataset
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -18,12 +16,8 @@ pytestmark = pytest.mark.mpi(min_size=2)
 CONFIG = Config(dataset="synthetic", layers=(64, 64, 64, 64), epochs=3, batch_size=16, lr=3e-3, threads=1)
 
 
-def shape_of(data):
-    return Shape(data.x_train.shape[0], data.num_features, data.num_classes)
-
-
 @pytest.mark.parametrize("transport", ["auto", "p2p"])
-def test_pipeline_gives_the_sequential_weights(transport):
+def test_pipeline_gives_the_sequential_weights(transport, synthetic):
     """p ranks and 1 rank agree to float32 round-off after 375 steps, with
     activations in the shared ring (auto) or in MPI messages (p2p).
 
@@ -31,13 +25,10 @@ def test_pipeline_gives_the_sequential_weights(transport):
     same float32 kernels on the same inputs with one thread, so in practice
     the difference is exactly zero; the tolerance only admits BLAS builds
     whose kernel choice depends on the process.  Equal threads per rank are
-    the condition (jobs/test_cli.py::test_equal_threads_per_rank_are_the_condition_for_the_1_rank_weights)."""
+    the condition (jobs/test_cli.py::test_2_ranks_x_1_thread_give_the_weights_of_1_rank_x_1_thread)."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)
-    assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
-    data = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(shape_of(data) if data else None)
+    data, shape = synthetic
     parallel = pipeline.train(dataclasses.replace(CONFIG, transport=transport), World(comm), shape, data)
     if comm.rank != 0:
         assert parallel is None
@@ -88,16 +79,13 @@ def test_run_appends_timings_to_hdf5(tmp_path_factory):
 
 @pytest.mark.parametrize("objective", ["local-softmax", "scff"])
 @pytest.mark.parametrize("transport", ["auto", "p2p"])
-def test_every_rule_in_the_pipeline_gives_the_sequential_weights(objective, transport):
+def test_every_rule_in_the_pipeline_gives_the_sequential_weights(objective, transport, synthetic):
     """--objective local-softmax (labels travel beside the activity, a head per
     layer) and scff (2d-wide first layer, its own negatives): p ranks, one
     thread each, give the 1-rank weights and heads bit for bit."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)
-    assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
-    data = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(shape_of(data) if data else None)
+    data, shape = synthetic
     config = dataclasses.replace(CONFIG, objective=objective, epochs=2, transport=transport, eval_every=1)
     parallel = pipeline.train(config, World(comm), shape, data)
     if comm.rank != 0:
@@ -114,7 +102,7 @@ def test_every_rule_in_the_pipeline_gives_the_sequential_weights(objective, tran
 
 
 @pytest.mark.parametrize("objective", ["ff", "local-softmax"])
-def test_step_evaluation_leaves_the_weights_and_stops_at_the_target(objective, tmp_path_factory):
+def test_step_evaluation_leaves_the_weights_and_stops_at_the_target(objective, tmp_path_factory, synthetic):
     """--eval-every-steps K: an evaluation after every K-th step on every rank
     (25 and 50 of 125 per epoch...), recorded with its step and training
     seconds; the weights are those of the run without it (evaluation is
@@ -123,9 +111,7 @@ def test_step_evaluation_leaves_the_weights_and_stops_at_the_target(objective, t
     from pffbench.core.world import World
     from pffbench.run import run
     comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)
-    data = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(shape_of(data) if data else None)
+    data, shape = synthetic
     config = dataclasses.replace(CONFIG, objective=objective, epochs=2)
     stepped = dataclasses.replace(config, eval_every_steps=25, target_accuracy=0.5)
     plain, evaluated = (pipeline.train(c, World(comm), shape, data) for c in (config, stepped))

@@ -3,11 +3,8 @@ world) under mpiexec -n 2 / -n 4 (pytest --with-mpi): they compute what the
 1-process and MPI data-parallel baselines compute."""
 import numpy as np
 import pytest
-import torch
 
 from pffbench.core.config import Config
-from pffbench.core.types import Shape
-from pffbench.data import load_dataset
 from pffbench.instrument.timer import COLUMNS
 from pffbench.schedules.backprop import data_parallel as backprop
 from pffbench.schedules.backprop import ddp, torch_pipeline
@@ -22,21 +19,13 @@ CONFIG = Config(variant="gpipe", dataset="synthetic", layers=(48, 40, 32, 24), e
 TOLERANCE = 1e-5  # absolute, on weights of order 0.1 after 64 Adam steps: float32 round-off of reordered sums
 
 
-def _data():
-    comm = MPI.COMM_WORLD
-    torch.set_num_threads(1)
-    data = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(Shape(data.x_train.shape[0], data.num_features, data.num_classes) if data else None)
-    return data, shape
-
-
 def _same_weights(a, b) -> float:
     assert len(a.linears) == len(b.linears) == 5
     return max((la.weight - lb.weight).abs().max().item() for la, lb in zip(a.linears, b.linears))
 
 
 @pytest.mark.parametrize("variant", ["gpipe", "1f1b"])
-def test_torch_pipeline_gives_the_single_process_backprop_weights(variant):
+def test_torch_pipeline_gives_the_single_process_backprop_weights(variant, synthetic):
     """The microbatches' gradients (each microbatch's summed loss / n, the
     library's own 1/M scaling off) add up to the minibatch-mean gradient: the
     weights of 1-process backprop to round-off, the same losses and
@@ -45,7 +34,7 @@ def test_torch_pipeline_gives_the_single_process_backprop_weights(variant):
     without the division every weight would be M times off."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
-    data, shape = _data()
+    data, shape = synthetic
     config = Config(**{**CONFIG.__dict__, "variant": variant})
     parallel = torch_pipeline.train(config, World(comm), shape, data)
     if comm.rank != 0:
@@ -66,13 +55,13 @@ def test_torch_pipeline_gives_the_single_process_backprop_weights(variant):
     assert parallel.attrs["microbatches"] == 4 and parallel.attrs["process_group"] == "gloo"
 
 
-def test_ddp_gives_the_mpi_data_parallel_weights():
+def test_ddp_gives_the_mpi_data_parallel_weights(synthetic):
     """DDP with a summing communication hook over the same shards as
     dp-backprop: the same weights to round-off (the allreduce of gloo and of
     MPI add the ranks' gradients in their own orders)."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
-    data, shape = _data()
+    data, shape = synthetic
     config = Config(**{**CONFIG.__dict__, "variant": "ddp"})
     torch_ddp = ddp.train(config, World(comm), shape, data)
     mpi_dp = backprop.train(Config(**{**CONFIG.__dict__, "variant": "dp-backprop"}), World(comm), shape, data)
@@ -87,13 +76,13 @@ def test_ddp_gives_the_mpi_data_parallel_weights():
 
 
 @pytest.mark.parametrize("variant", ["gpipe", "ddp", "dp-backprop"])
-def test_every_rank_stops_at_the_same_step_once_the_target_is_reached(variant):
+def test_every_rank_stops_at_the_same_step_once_the_target_is_reached(variant, synthetic):
     """--eval-every-steps 8 --target-accuracy 0.3 --stop-at-target: every
     rank ends after the same step (or the collectives would hang), and the
     record names when the target was reached."""
     from pffbench.core.world import World
     comm = MPI.COMM_WORLD
-    data, shape = _data()
+    data, shape = synthetic
     config = Config(**{**CONFIG.__dict__, "variant": variant, "eval_every": 0, "eval_every_steps": 8,
                        "target_accuracy": 0.3, "stop_at_target": True, "epochs": 3})
     module = {"gpipe": torch_pipeline, "ddp": ddp, "dp-backprop": backprop}[variant]

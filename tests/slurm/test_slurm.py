@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pffbench import results
-from pffbench.study import analysis
+from pffbench.analysis import analysis
 
 from slurm_local import LocalSlurm, available
 

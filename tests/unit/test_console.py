@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from pffbench import data, plot, report
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import UsageError
 from pffbench.instrument import progress
 from pffbench.store import writer
-from pffbench.study import sidecar
+from pffbench.analysis import sidecar
 
 
 def test_a_preset_shortened_with_epochs_keeps_one_epoch_per_chapter():

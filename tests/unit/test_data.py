@@ -20,6 +20,7 @@ from hypothesis import example, given, settings, strategies as st
 from PIL import Image
 
 from pffbench import data
+from pffbench.datasets import load as loading
 from pffbench.data import IDX_FILES, DataError, fetch, load_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -424,7 +425,7 @@ def test_unreadable_files_are_one_data_error(monkeypatch, tmp_path):
     # as root the permission bits do not stop us, so the loader fails as an unreadable file would
     def denied(*args):
         raise PermissionError(13, "Permission denied", str(tmp_path / "mnist" / "train-images-idx3-ubyte.gz"))
-    monkeypatch.setattr(data, "_load_idx_dataset", denied)
+    monkeypatch.setattr(loading, "_load_idx_dataset", denied)
     with pytest.raises(DataError, match=r"^mnist: cannot read .*train-images-idx3-ubyte.gz: Permission denied$"):
         load_dataset("mnist", tmp_path)
 

@@ -1,17 +1,17 @@
-"""python -m pffbench.study.library_overhead runs and reports every line (no durations asserted).
+"""python -m pffbench.probes.library_overhead runs and reports every line (no durations asserted).
 In a process of its own: it flushes denormals to zero, as runs do, which would leak into other tests."""
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_the_overhead_tool_times_plain_microbatched_library_and_stages():
-    done = subprocess.run([sys.executable, "-m", "pffbench.study.library_overhead", "--layers", "16,12,8", "--inputs",
+    done = subprocess.run([sys.executable, "-m", "pffbench.probes.library_overhead", "--layers", "16,12,8", "--inputs",
                            "20", "--batch-size", "16", "--microbatches", "4", "--ranks", "3", "--steps", "3"],
                           capture_output=True, text=True, timeout=100, cwd=ROOT)
     assert done.returncode == 0, done.stderr

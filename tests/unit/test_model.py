@@ -5,7 +5,7 @@ import math
 import pytest
 
 from pffbench import model as cli
-from pffbench.paper_bench import wavefront_bound
+from pffbench.perfmodel.pff import wavefront_bound
 from pffbench.core.partition import layer_costs
 from pffbench.perfmodel import links
 from pffbench.perfmodel.calibrate import BackpropCosts, FFCosts

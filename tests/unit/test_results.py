@@ -285,7 +285,7 @@ def test_lock_timeout_gives_clear_error_and_touches_nothing(path):
         start = time.monotonic()
         with pytest.raises(ResultsError, match="another job is writing") as err:
             append_run(str(path), *small_run(1), lock_timeout=0.2)
-        assert 0.2 <= time.monotonic() - start < 2
+        assert 0.2 <= time.monotonic() - start < 20  # waited its lock_timeout; the upper bound only tells it from a hang
     assert lock_path in str(err.value) and "\n" not in str(err.value)
     assert digest(path) == before
 

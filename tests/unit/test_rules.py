@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pffbench import ff
-from pffbench.core.cli import parse_config
+from pffbench.launch.cli import parse_config
 from pffbench.core.config import Config, UsageError
 from pffbench.core.types import Shape
 from pffbench.core.variants import VARIANTS
@@ -40,7 +40,8 @@ def train(config, synthetic):
 def test_every_rule_module_offers_the_registry_names():
     for name in rules.OBJECTIVES:
         module = rules.module(name)
-        for attribute in ("NEEDS_NEGATIVES", "input_width", "message_rows", "make_layer", "step", "accuracy"):
+        for attribute in ("NEEDS_NEGATIVES", "input_width", "message_rows", "make_layer", "step", "accuracy",
+                          "health"):
             assert hasattr(module, attribute), (name, attribute)
         assert module.__doc__ and module.message_rows(5) in (5, 10)
     assert rules.module("ff").NEEDS_NEGATIVES and not rules.module("scff").NEEDS_NEGATIVES
@@ -143,3 +144,40 @@ def test_rules_under_the_chapter_schedules_learn(variant, objective, synthetic):
     assert result.test_accuracy[-1] > 0.5  # 10 classes: chance is 0.1
     assert result.dims[0] == rules.module(objective).input_width(synthetic[1].num_features)
     assert result.attrs["negatives"] == "none"
+
+
+def test_the_collapse_check_sees_the_inputs_and_threshold_of_the_rule(capsys):
+    """schedules/ending.py checks a run's layers as its rule trains them: scff's 2d-wide first layer on the
+    positive [x, x] with no label (on x it cannot even run), local-softmax's without goodness; the PFF kinds
+    and the pipeline (the rule's ``health``) pass the same."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    from mpi4py import MPI
+
+    from pffbench.instrument.timer import EpochTimer
+    from pffbench.schedules import ending
+    from pffbench.schedules.pff import kinds
+    config = Config(epochs=1)
+    assert rules.module("ff").health(config) == (config.threshold, None)
+    assert local_softmax.health(config) == (None, None)
+    assert scff.health(config) == (config.threshold, scff.positive)
+    kind = kinds.SCFFKind(config, [30, 8, 8], 10, torch.device("cpu"))
+    assert (kind.health_threshold, kind.health_inputs) == scff.health(config)
+    assert kinds.PerfOptKind(config, [30, 8], 10, torch.device("cpu")).health_threshold is None
+
+    torch.manual_seed(0)
+    dataset = SimpleNamespace(x_test=torch.rand(200, 30), y_test=torch.randint(0, 10, (200,)), num_classes=10)
+    first, dead = torch.nn.Linear(60, 8), torch.nn.Linear(8, 8)
+    with torch.no_grad():
+        dead.weight.zero_()
+        dead.bias.fill_(-1.0)  # every unit dead
+    timer = EpochTimer(1)
+    timer.start_epoch(0)
+    timer.end_epoch()
+    threshold, inputs = scff.health(config)
+    result = ending.finish(config, MPI.COMM_SELF, timer, 100, loss=np.zeros((2, 1)), test_accuracy=np.array([0.5]),
+                           linears=[first, dead], dims=[60, 8, 8], blocks=[range(2)], check_health=True,
+                           health_threshold=threshold, health_inputs=inputs)
+    ending.check_health(result, dataset, 0.03)
+    assert result.attrs["collapsed_layers"] == [1] and "layer 1 is silent" in capsys.readouterr().err

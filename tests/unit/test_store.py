@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pffbench import report, results, run, sweep
-from pffbench.core.cli import parse_config
-from pffbench.store import writer
-from pffbench.study import analysis
+from pffbench.launch.cli import parse_config
+from pffbench.store import checks, writer
+from pffbench.analysis import analysis
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_FILE = ROOT / "results" / "sweep-mnist-2core.h5"  # written by format 1 (lists as JSON text), committed
@@ -35,7 +35,7 @@ def no_flock(code):
 def test_out_in_a_new_folder_without_flock_is_refused_before_training(tmp_path, monkeypatch, code):
     out = tmp_path / "results" / "job42" / "runs.h5"  # a per-job folder: not there yet
     monkeypatch.setattr(writer.fcntl, "flock", no_flock(code))
-    problem = run.output_problem(parse_config(["--out", str(out)]))
+    problem = checks.output_problem(parse_config(["--out", str(out)]))
     assert problem.startswith("--out: ") and f"cannot lock it for appending ({os.strerror(code)})" in problem
     assert "\n" not in problem and not out.exists()
 
@@ -63,7 +63,7 @@ def test_a_folder_where_renames_fail_is_refused_before_training(tmp_path, monkey
             raise OSError(errno.EPERM, os.strerror(errno.EPERM))
         return real_replace(src, dst, *args, **kwargs)
     monkeypatch.setattr(os, "replace", replace)
-    problem = run.output_problem(parse_config(["--out", str(tmp_path / "r.h5"), flag, str(target)]))
+    problem = checks.output_problem(parse_config(["--out", str(tmp_path / "r.h5"), flag, str(target)]))
     assert problem and problem.startswith(flag) and "Operation not permitted" in problem, problem
     assert [p.name for p in (tmp_path / "new").rglob("*")] in ([], ["ck"])  # no probe left behind
 
@@ -71,7 +71,7 @@ def test_a_folder_where_renames_fail_is_refused_before_training(tmp_path, monkey
 def test_rescue_goes_beside_out_when_its_lock_fails(tmp_path, monkeypatch):
     out = tmp_path / "job42" / "runs.h5"
     config = parse_config(["--out", str(out), "--name", "kept"])
-    assert run.output_problem(config) is None  # the folder is made and tried
+    assert checks.output_problem(config) is None  # the folder is made and tried
     monkeypatch.setattr(writer.fcntl, "flock", no_flock(errno.ENOLCK))  # e.g. lockd gone while the run trained
     with pytest.raises(run.NotRecorded) as error:
         run.record(config, {"loss": np.ones((2, 3))}, {"variant": "pipeline"}, "complete")
@@ -119,7 +119,7 @@ def test_a_rescue_keeps_a_value_hdf5_refuses_as_text(tmp_path):
 ])
 def test_values_hdf5_refuses_are_refused_before_training(tmp_path, flags, needle):
     # (the config's strings and paths go in as JSON text, which escapes what HDF5 would refuse)
-    problem = run.output_problem(parse_config(["--out", str(tmp_path / "r.h5"), *flags]))
+    problem = checks.output_problem(parse_config(["--out", str(tmp_path / "r.h5"), *flags]))
     assert problem and needle in problem and "\n" not in problem, problem
 
 

@@ -12,7 +12,7 @@ from pffbench.instrument import target
 from pffbench.instrument.timer import EpochTimer
 from pffbench.run import final_accuracy
 from pffbench.store.writer import append_run
-from pffbench.study import analysis
+from pffbench.analysis import analysis
 
 pytestmark = pytest.mark.timeout(60)
 

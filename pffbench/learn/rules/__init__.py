@@ -18,7 +18,12 @@ Every rule is one small pure-torch module offering the same names:
 - ``Source(dataset, config, device, sizes)``: the first layer's minibatches
   (``start_epoch()``, ``batch(b) -> (x, side)``, ``generator``);
 - ``accuracy(layers, heads, dataset, config, device) -> float``: its
-  classifier's test accuracy from the trained Linears (and auxiliary heads).
+  classifier's test accuracy from the trained Linears (and auxiliary heads);
+- ``health(config) -> (threshold, inputs)``: how the collapse check
+  (schedules/ending.py, ff/health.py) sees its layers: the goodness
+  threshold they train to (None: no goodness, dead units only) and the
+  test rows as the first layer sees them (a function of x [n, d]; None: x
+  with its true label embedded).
 
 The ff rule is today's Forward-Forward (ff/): the pipeline and the PFF
 schedules keep their tuned paths for it; the other rules run through the

@@ -38,6 +38,11 @@ def step(layer: ff.FFLayer, x: torch.Tensor, side, n: int) -> tuple[torch.Tensor
     return layer.train_step(x, n)
 
 
+def health(config) -> tuple[float, None]:
+    """The collapse check: goodness against --threshold, on rows with their label embedded."""
+    return config.threshold, None
+
+
 def accuracy(linears, heads, dataset, config, device) -> float:
     score_layers = config.score_layers or ff.default_score_layers(len(linears))
     return ff.accuracy([l.to(device) for l in linears], dataset.x_test.to(device), dataset.y_test.to(device),

@@ -75,6 +75,11 @@ class Source:
         return self.x[rows], self.y[rows].to(self.x.dtype).unsqueeze(1)
 
 
+def health(config) -> tuple[None, None]:
+    """The collapse check: no goodness (its heads classify), dead units only, on rows with their label embedded."""
+    return None, None
+
+
 def accuracy(linears, head_linears, dataset, config, device) -> float:
     """The all-heads test accuracy of layers rebuilt from ``linears`` and ``head_linears``."""
     layers = [heads.PerfOptLayer(l.to(device), h.to(device), config.lr) for l, h in zip(linears, head_linears, strict=True)]

@@ -89,11 +89,21 @@ class Source:
         return pairs(self.x, rows, self.partners[rows]), None
 
 
+def positive(x: torch.Tensor) -> torch.Tensor:
+    """The positive input of raw rows ``x`` [n, d]: each beside itself, [n, 2d] (not normalized)."""
+    return torch.cat((x, x), dim=1)
+
+
+def health(config):
+    """The collapse check: goodness against --threshold, on the positive [x, x] (no label)."""
+    return config.threshold, positive
+
+
 @torch.no_grad()
 def features(linears, x: torch.Tensor) -> torch.Tensor:
     """The read-out's input for raw rows ``x`` [n, d]: every layer's
     normalized activity for the positive [x, x], side by side [n, sum widths]."""
-    h, parts = ff.normalize(torch.cat((x, x), dim=1)), []
+    h, parts = ff.normalize(positive(x)), []
     for linear in linears:
         h = ff.normalize(F.relu(linear(h)))
         parts.append(h)

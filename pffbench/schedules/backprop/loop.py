@@ -18,6 +18,8 @@ common, so they are measured and recorded alike:
 - checkpoints at epoch boundaries (reliability/checkpoint.py) and ``--resume``;
 - the fault-injection hooks (reliability/faults.py).
 
+It ends epochs and the run through schedules/ending.py, as the FF schedules do.
+
 Trainers derive from trainer.Trainer (the Adam step, owned layers,
 checkpoint state) and add ``rows(n) -> slice`` and ``step(x, y, n, lr) ->
 loss share`` (a 0-d tensor: the rank's part of the minibatch-mean loss; the
@@ -37,9 +39,10 @@ from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
 from ...instrument import progress
 from ...instrument.target import TargetClock
-from ...instrument.timer import CATEGORIES, EpochTimer
+from ...instrument.timer import EpochTimer
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import agreed_signal
+from .. import ending
 from .mlp import stack_accuracy
 
 
@@ -128,8 +131,7 @@ class Loop:
                     stop = True
                     break
             last_epoch = epoch == config.epochs - 1
-            due = last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0)
-            if due and not evaluated:
+            if ending.evaluates(config, epoch) and not evaluated:
                 stop = self.evaluate(epoch)
             signals = [float(faults.INTERRUPTS.signum == s) for s in faults.EXIT_SIGNAL]
             local = np.array([share.item(), *signals])
@@ -140,9 +142,7 @@ class Loop:
                 total = local
             self.loss[0, epoch] = total[0] / steps
             signum = agreed_signal(s for s, flag in zip(faults.EXIT_SIGNAL, total[1:]) if flag)
-            timer.end_epoch()
-            if world.is_first and on_epoch:
-                on_epoch(epoch, self.loss[:, epoch], self.test_accuracy[epoch], timer.training_seconds(epoch))
+            ending.end_epoch(timer, world, on_epoch, epoch, self.loss, self.test_accuracy)
             if self.checkpoints and not last_epoch and not stop:
                 self.checkpoints.save(epoch + 1, self._state(epoch + 1))
             if signum and not last_epoch and not stop:  # a signal during the last epoch lets the run finish
@@ -151,58 +151,39 @@ class Loop:
                 break
         return self._result()
 
-    def _gathered(self):
-        timing = collectives.gather_rows(self.world.comm, self.timer.table())
-        trace = collectives.gather_events(self.world.comm, self.timer.events()) if self.config.trace else None
-        return timing, trace
-
     def _result(self) -> TrainResult | None:
         linears = self._linears_on_root()
-        timing, trace = self._gathered()
-        self.trainer.close()
-        if not self.world.is_first:
-            return None
-        arrays = {"trace/events": trace} if trace is not None else {}
-        arrays["evaluations"] = self.target.table()
         attrs = {"classifier": "softmax head, cross-entropy, trained end to end by backprop",
-                 "setup_seconds": self.setup_seconds, **self.trainer.attrs, **self.target.attrs(),
-                 **({"trace_categories": list(CATEGORIES)} if trace is not None else {}),
-                 **({"resumed_from_epoch": self.start_epoch} if self.start_epoch else {})}
+                 "setup_seconds": self.setup_seconds, **self.trainer.attrs, **self.target.attrs()}
         if self.target.stopped_at:
             attrs["stop_reason"] = self.target.stopped_at
         num_hidden = len(self.dims) - 2
         blocks = getattr(self.trainer, "blocks", None) or [range(num_hidden + 1)] * self.world.size
-        return TrainResult(timing=timing, loss=self.loss, test_accuracy=self.test_accuracy,
-                           linears=[l.cpu() for l in linears], dims=self.dims, blocks=blocks,
-                           arrays=arrays, attrs=attrs)
+        result = ending.finish(self.config, self.world.comm, self.timer, self.shape.num_train,
+                               self.start_epoch or None, loss=self.loss, test_accuracy=self.test_accuracy,
+                               linears=[l.cpu() for l in linears] if self.world.is_first else [], dims=self.dims,
+                               blocks=blocks, arrays={"evaluations": self.target.table()}, attrs=attrs)
+        self.trainer.close()
+        return result
 
     def _stopped(self, epochs_done: int, signum: int) -> faults.RunStopped:
-        timing, _ = self._gathered()
+        stop = ending.stop(self.config, self.world.comm, self.timer, self.shape.num_train,
+                           self.loss if self.world.is_first else None, self.test_accuracy, epochs_done, None, signum,
+                           bool(self.checkpoints), self.dims, [range(len(self.dims) - 1)] * self.world.size,
+                           arrays={"evaluations": self.target.table()}, attrs=self.target.attrs())
         self.trainer.close()
-        result = None
-        if self.world.is_first:
-            result = TrainResult(timing=timing, loss=self.loss, test_accuracy=self.test_accuracy, linears=[],
-                                 dims=self.dims, blocks=[range(len(self.dims) - 1)] * self.world.size,
-                                 arrays={"evaluations": self.target.table()},
-                                 attrs={"epochs_completed": epochs_done, **self.target.attrs()})
-        stop = faults.stopped(None, signum, epochs_done, bool(self.checkpoints), result)
-        if result is not None:
-            result.attrs["stop_reason"] = stop.message
         return stop
 
     # --- checkpoints ---
     def _state(self, epochs_done: int) -> dict:
-        return {"epoch": epochs_done, "step": self.step, "trainer": self.trainer.state(),
-                "loss": self.loss.copy(), "accuracy": self.test_accuracy.copy(), "timer": self.timer.state(),
-                "target": self.target.state(), "rng": checkpoint.rng_state(self.generator)}
+        return ending.checkpoint_state(epochs_done, self.step, self.loss, self.test_accuracy, self.timer,
+                                       self.generator, trainer=self.trainer.state(), target=self.target.state())
 
     def _restore(self, epochs_done: int, state: dict) -> None:
         self.trainer.restore(state["trainer"])
-        self.step, self.start_epoch = state["step"], epochs_done
-        self.loss[:], self.test_accuracy[:] = state["loss"], state["accuracy"]
-        self.timer.restore(state["timer"])
+        self.start_epoch = epochs_done
+        self.step = ending.restore_state(state, self.loss, self.test_accuracy, self.timer, self.generator)
         self.target.restore(state["target"])
-        checkpoint.set_rng_state(state["rng"], self.generator)
         if self.world.is_first:
             print(f"resuming from {self.config.checkpoint_dir} after epoch {epochs_done}/{self.config.epochs}",
                   flush=True)

@@ -13,30 +13,32 @@ checkpoints, resumes, and stops every rank together on a signal or NaN.
 """
 from __future__ import annotations
 
+from ...core import wavefront as routing
 from .boundaries import Boundaries
 from .chapters import Chapters
 from .communications import Post
 
 
 class RoundRobin:
-    """Routing of All-Layers: chapter c gets from rank (c-1) mod N and
-    publishes to rank (c+1) mod N; after the last chapter, to rank 0, which
-    evaluates."""
+    """Routing of All-Layers (core/wavefront.py): chapter c gets from rank
+    (c-1) mod N and publishes to rank (c+1) mod N; after the last chapter, to
+    rank 0, which evaluates."""
 
     def __init__(self, post: Post, size: int, num_chapters: int, slots):
         self.post, self.size, self.num_chapters, self.slots = post, size, num_chapters, list(slots)
 
     def expect(self, chapter: int) -> None:
-        if chapter > 0:
+        source = routing.source(chapter, self.size)
+        if source is not None:
             for slot in self.slots:
-                self.post.expect(slot, (chapter - 1) % self.size)
+                self.post.expect(slot, source)
 
     def get(self, slot: int, chapter: int):
-        return None if chapter == 0 else self.post.get(slot, (chapter - 1) % self.size)
+        source = routing.source(chapter, self.size)
+        return None if source is None else self.post.get(slot, source)
 
     def publish(self, slot: int, chapter: int, state) -> None:
-        dest = (chapter + 1) % self.size if chapter + 1 < self.num_chapters else 0
-        self.post.publish(slot, state, [dest])
+        self.post.publish(slot, state, [routing.destination(chapter, self.size, self.num_chapters)])
 
     def flush(self) -> None:
         self.post.flush()
@@ -101,5 +103,5 @@ def train(config, world, shape, dataset=None, on_epoch=None):
     sizes = pff.slot_sizes()
     exchange = RoundRobin(Post(world.comm, sizes), world.size, pff.num_chapters,
                           [s for s in sizes if s != pff.scores_slot])
-    return wavefront(pff, exchange, range(world.rank, pff.num_chapters, world.size), on_epoch,
+    return wavefront(pff, exchange, routing.chapters_of(world.rank, world.size, pff.num_chapters), on_epoch,
                      blocks=[range(pff.num_layers)] * world.size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...comm import collectives
-from ...core import outcome
+from .. import ending as outcome
 from ...instrument import progress
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import LaggedAgreement, agreed_signal
@@ -140,7 +140,7 @@ class Boundaries:
         loss = collectives.sum_to_root(comm, pff.loss)
         if loss is not None:
             loss /= self.loss_divisor
-        raise outcome.stop(comm, pff.timer, loss, np.full(pff.config.epochs, np.nan), epochs_done, failure, signum,
-                           self.committed == epochs_done, pff.dims, self.blocks,
+        raise outcome.stop(pff.config, comm, pff.timer, pff.shape.num_train, loss, np.full(pff.config.epochs, np.nan),
+                           epochs_done, failure, signum, self.committed == epochs_done, pff.dims, self.blocks,
                            attrs={"splits": pff.num_chapters, "epochs_per_chapter": pff.per_chapter,
                                   "stop_posted_after_epoch": epochs_done if seen is None else seen})

@@ -27,7 +27,7 @@ import torch
 
 from ... import ff
 from ...comm import collectives, guard
-from ...core import outcome
+from .. import ending as outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
@@ -176,8 +176,6 @@ class Chapters:
         accuracy = np.full(self.config.epochs, np.nan)
         attrs = dict(attrs or {}, splits=self.num_chapters, epochs_per_chapter=self.per_chapter,
                      negatives=self.config.neg if self.kind.uses_negatives else "none")
-        if self.resumed_from is not None:
-            attrs["resumed_from_epoch"] = self.resumed_from
         if self.world.is_first:
             with self.timer("eval", last):
                 accuracy[last], more = self.kind.evaluate(layers, head, self.dataset.x_test.to(self.device),
@@ -193,9 +191,11 @@ class Chapters:
         classifier_heads = [layer.head.cpu() for layer in layers or () if hasattr(layer, "head")]  # perf-opt
         if head is not None:
             classifier_heads.append(head.linear.cpu())
-        result = outcome.finish(self.world.comm, self.timer, self.config.trace, loss=loss, test_accuracy=accuracy,
-                                linears=[layer.linear.cpu() for layer in layers or ()], dims=self.dims,
-                                blocks=blocks, arrays=arrays, attrs=attrs, heads=classifier_heads)
+        result = outcome.finish(self.config, self.world.comm, self.timer, self.shape.num_train, self.resumed_from,
+                                loss=loss, test_accuracy=accuracy, linears=[layer.linear.cpu() for layer in layers or ()],
+                                dims=self.dims, blocks=blocks, arrays=arrays, attrs=attrs, heads=classifier_heads,
+                                check_health=True, health_threshold=self.kind.health_threshold,
+                                health_inputs=self.kind.health_inputs)
         if result is not None:
             outcome.report_epochs(on_epoch, result.timing, loss, accuracy)
         return result

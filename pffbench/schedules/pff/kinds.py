@@ -34,9 +34,15 @@ class Kind:
 
     ``uses_negatives``: the inputs carry (positive; negative) rows, and
     adaptive negatives need the model's label scores; ``has_head``: a
-    softmax head trained after each chapter's layers."""
+    softmax head trained after each chapter's layers; ``health_threshold``:
+    the goodness threshold the layers train to, for the collapse check
+    (schedules/ending.py; None: no goodness, dead units only), and
+    ``health_inputs``: the test rows as the first layer sees them there
+    (None: with their label embedded; the rule's ``health``, learn/rules)."""
     uses_negatives = False
     has_head = False
+    health_threshold = None
+    health_inputs = None
 
     def __init__(self, config: Config, dims: list[int], num_classes: int, device: torch.device):
         self.config, self.dims, self.num_classes, self.device = config, dims, num_classes, device
@@ -60,6 +66,7 @@ class FFKind(Kind):
         super().__init__(config, dims, num_classes, device)
         self.score_layers = config.score_layers or ff.default_score_layers(len(dims) - 1)
         self.has_head = config.classifier == "softmax"
+        self.health_threshold = config.threshold
         self._batch = None  # the minibatch buffer of step()
         self._first_layer = None  # (x, its FirstLayerInputs)
 
@@ -164,6 +171,7 @@ class SCFFKind(FFKind):
     def __init__(self, config: Config, dims: list[int], num_classes: int, device: torch.device):
         super().__init__(config, [scff.input_width(dims[0]), *dims[1:]], num_classes, device)
         self.has_head = False
+        self.health_threshold, self.health_inputs = scff.health(config)
         self._train = None  # (x, y) of the chapters, for the read-out
 
     def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong, chapter: int) -> tuple:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ... import ff
 from ...comm import collectives, guard, shm_space
-from ...core import outcome
+from .. import ending as outcome
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
@@ -86,17 +86,21 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
                 links.receiver.cancel()  # the minibatches of the epochs that will not run
             break
         if checkpoints and not failure and not last_epoch:
-            checkpoints.save(epoch + 1, _checkpoint_state(epoch + 1, step, stage, source, timer, loss, accuracy,
-                                                          evaluation.clock))
+            checkpoints.save(epoch + 1, outcome.checkpoint_state(
+                epoch + 1, step, loss, accuracy, timer, source.generator if source else None,
+                layers={i: layer.linear.state_dict() for i, layer in stage.layers.items()},
+                heads={i: head.state_dict() for i, head in stage.heads().items()},
+                optimizers={i: layer.optimizer.state_dict() for i, layer in stage.layers.items()},
+                **({"target": evaluation.clock.state()} if evaluation.clock else {})))
         if failure or (signum and not last_epoch):  # a signal during the last epoch lets the run finish
             _drain(links)
-            raise outcome.stop(world.comm, timer, loss if world.is_first else None, accuracy, epoch + 1, failure,
-                               signum, bool(checkpoints), stage.dims, stage.blocks)
-    result = _finish(config, world, stage, links, timer, loss, accuracy, start_epoch if resumed else None, shm_short)
+            raise outcome.stop(config, world.comm, timer, shape.num_train, loss if world.is_first else None, accuracy,
+                               epoch + 1, failure, signum, bool(checkpoints), stage.dims, stage.blocks,
+                               arrays=evaluation.record())
+    result = _finish(config, world, shape, stage, links, timer, loss, accuracy, start_epoch if resumed else None,
+                     shm_short, evaluation.record())
     if result is not None and stop_reason:
         result.attrs["stop_reason"] = stop_reason
-    if result is not None and evaluation.clock:  # step-granular: the evaluations as they happened
-        result.arrays["evaluations"] = evaluation.clock.table()
     return result
 
 
@@ -134,6 +138,11 @@ class Evaluation:
         if self.clock:
             self.clock.record(step, epoch, seconds, value)
         return value
+
+    def record(self) -> dict:
+        """The run's step-granular record for the results file (array ``evaluations``, from which
+        schedules/ending.py takes the time to target), or nothing without --eval-every-steps."""
+        return {"evaluations": self.clock.table()} if self.clock else {}
 
     def at_step(self, epoch: int, step: int) -> bool:
         """After step ``step`` (1-based count): evaluate if --eval-every-steps says so; True if the run stops here."""
@@ -222,13 +231,15 @@ def _gather(stage: Stage) -> None:
         stage.gathered_heads = collectives.gather_layers(comm, stage.heads(), stage.dims, stage.owner_of, shapes)
 
 
-def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, resumed_from,
-            shm_short: int) -> TrainResult | None:
+def _finish(config, world, shape: Shape, stage: Stage, links: Links, timer, loss, accuracy, resumed_from,
+            shm_short: int, record: dict) -> TrainResult | None:
     links.close()
     link_counts = collectives.sum_to_root(world.comm, np.array(links.counts(), dtype=np.float64))
-    result = outcome.finish(world.comm, timer, config.trace, loss=loss, test_accuracy=accuracy,
-                            linears=[l.cpu() for l in stage.gathered or ()], dims=stage.dims, blocks=stage.blocks,
-                            heads=[h.cpu() for h in stage.gathered_heads or ()])
+    threshold, inputs = stage.rule.health(config)
+    result = outcome.finish(config, world.comm, timer, shape.num_train, resumed_from, loss=loss,
+                            test_accuracy=accuracy, linears=[l.cpu() for l in stage.gathered or ()], dims=stage.dims,
+                            blocks=stage.blocks, heads=[h.cpu() for h in stage.gathered_heads or ()], arrays=record,
+                            check_health=True, health_threshold=threshold, health_inputs=inputs)
     if result is None:
         return None
     rings, messages = link_counts
@@ -236,8 +247,6 @@ def _finish(config, world, stage: Stage, links: Links, timer, loss, accuracy, re
         "shared" if not messages else "mixed"  # mixed: some links within a node, some between nodes
     if shm_short:
         result.attrs["shm_fallback_links"] = shm_short  # links that are messages for want of /dev/shm space
-    if resumed_from is not None:
-        result.attrs["resumed_from_epoch"] = resumed_from
     return result
 
 
@@ -258,27 +267,13 @@ def _drain(links: Links) -> None:
     links.close()
 
 
-def _checkpoint_state(epochs_done, step, stage: Stage, source, timer, loss, accuracy, clock) -> dict:
-    """This rank's part of a checkpoint: its layers with their Adam states, the
-    schedule position, the accounts so far and every random state (on rank 0
-    the minibatch/negatives generator)."""
-    return {"epoch": epochs_done, "step": step,
-            "layers": {i: layer.linear.state_dict() for i, layer in stage.layers.items()},
-            "heads": {i: head.state_dict() for i, head in stage.heads().items()},
-            "optimizers": {i: layer.optimizer.state_dict() for i, layer in stage.layers.items()},
-            "loss": loss.copy(), "accuracy": accuracy.copy(), "timer": timer.state(),
-            "rng": checkpoint.rng_state(source.generator if source else None),
-            **({"target": clock.state()} if clock else {})}
-
-
 def _restore(state, stage: Stage, source, timer, loss, accuracy) -> int:
+    """Put back a checkpoint: this rank's layers with their Adam states, then the accounts, the position and (on
+    rank 0) the minibatch/negatives generator (ending.restore_state)."""
     for i, layer in stage.layers.items():
         layer.linear.load_state_dict(state["layers"][i])
         if hasattr(layer, "head"):
             layer.head.load_state_dict(state["heads"][i])
         layer.optimizer.load_state_dict(state["optimizers"][i])
-    loss[:], accuracy[:] = state["loss"], state["accuracy"]
-    timer.restore(state["timer"])
-    checkpoint.set_rng_state(state["rng"], source.generator if source else None)
-    return state["step"]
+    return outcome.restore_state(state, loss, accuracy, timer, source.generator if source else None)
 

@@ -1,26 +1,24 @@
 """What rank 0 says around a run (issue 13): the start line and progress
 (instrument/progress.py does the printing), the answers to SIGINT/SIGTERM,
---resume of a run that already finished, and the timings a resumed run
-records.  Called by run.py."""
+--resume of a run that already finished.  Called by run.py.  (The timings
+a resumed run records: schedules/ending.py.)"""
 from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from ..instrument import progress
 from ..reliability import checkpoint, faults
-from .config import Config
-from .types import Shape, TrainResult, batch_rows
-from .variants import VARIANTS
-from .world import World
+from ..core.config import Config
+from ..core.types import Shape, batch_rows
+from ..core.variants import VARIANTS
+from ..core.world import World
 
 
 def layers_per_rank(config: Config, world_size: int, dims: list[int]) -> str:
     """How the layers are shared out, for the start line: "0-1 | 2 | 3" (rank 0's | rank 1's | ...)."""
     family = VARIANTS[config.variant].family
     if family == "pipeline" or (config.variant == "single-layer" and world_size > 1):
-        from .partition import balanced_partition, layer_costs
+        from ..core.partition import balanced_partition, layer_costs
         blocks = balanced_partition(layer_costs(dims), world_size) if family == "pipeline" \
             else [range(r, r + 1) for r in range(world_size)]
         return " | ".join(f"{b.start}" if len(b) == 1 else f"{b.start}-{b.stop - 1}" for b in blocks)
@@ -33,8 +31,11 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
     """Rank 0's progress lines (instrument/progress.py), after the start line; None elsewhere or --quiet."""
     if not world.is_first:
         return None
-    from ..data import source_of
-    dims = [shape.num_features, *config.layers]
+    from ..datasets.load import source_of
+    from ..learn import rules
+    objective = rules.objective_of(config)
+    width = rules.module(objective).input_width(shape.num_features) if objective else shape.num_features
+    dims = [width, *config.layers]  # the net the rule trains (scff: a 2d-wide first layer), as the stages split it
     batches = len(batch_rows(shape.num_train, config.batch_size))
     pff = VARIANTS[config.variant].pff
     # an evaluation's cost in epochs: classes x test rows label-conditioned passes against 2 x train rows
@@ -43,7 +44,9 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
     per_row = 1 if VARIANTS[config.variant].baseline else shape.num_classes
     eval_share = per_row * num_test / (6 * shape.num_train)
     evals = 1 if pff or not config.eval_every else 0
-    return progress.for_run(config, world.size, shape, source_of(config.dataset, config.data_dir), batches,
+    # the rule is named when asked for (--objective): the default lines stay as they were
+    return progress.for_run(config, world.size, shape, dims, config.objective,
+                            source_of(config.dataset, config.data_dir), batches,
                             eval_share, evals, layers_per_rank(config, world.size, dims),
                             (config.splits or config.epochs) if pff else None)
 
@@ -93,18 +96,3 @@ def already_finished(config: Config, world: World) -> None:
         where = f"recorded as run '{marker['run']}' in {marker['out']}" if marker.get("run") else "recorded"
         raise AlreadyComplete(f"already complete: this run finished and was {where}; nothing to resume "
                               f"(a new run: leave out --resume, or use another --checkpoint-dir)")
-
-
-def only_ran(result: TrainResult) -> None:
-    """A resumed run records the timings of the epochs it ran, not the
-    earlier run's that its checkpoint carried: those are NaN (its losses and
-    accuracies stay, as the model's history), and ``resumed_from_epoch``
-    says where its own epochs begin."""
-    first = result.attrs.get("resumed_from_epoch")
-    if first:
-        result.timing[:, :first, :] = np.nan
-        if "timing_chapter/compute" in result.arrays:
-            per_chapter = result.attrs.get("epochs_per_chapter", 1)
-            for key in [k for k in result.arrays if k.startswith("timing_chapter/")]:
-                result.arrays[key] = np.array(result.arrays[key], dtype=np.float64)
-                result.arrays[key][:, :first // per_chapter] = np.nan

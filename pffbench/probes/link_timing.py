@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from mpi4py import MPI
 
-from ...core.partition import balanced_partition, layer_costs
-from ...instrument.timer import EpochTimer
-from .communications import AHEAD, Links
+from ..core.partition import balanced_partition, layer_costs
+from ..instrument.timer import EpochTimer
+from ..schedules.pipeline.communications import AHEAD, Links
 
 
 @dataclass

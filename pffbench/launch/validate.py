@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .config import Config, UsageError
-from .variants import VARIANTS
+from ..core.config import Config, UsageError
+from ..core.variants import VARIANTS
 
 
 def validate(config: Config, world_size: int | None = None) -> None:
@@ -158,14 +158,14 @@ def _validate_pff(config: Config, world_size: int | None) -> None:
         raise UsageError(f"--eval-every works with the pipeline variant only; {config.variant} evaluates at the end")
     if world_size is None:
         return
-    layers = len(config.layers)
-    if config.variant == "single-layer" and world_size not in (1, layers):
-        raise UsageError(f"single-layer needs one rank per layer ({layers}) or 1 rank (its sequential twin), "
+    layers, entry = len(config.layers), VARIANTS[config.variant]  # the rank rules: the registry's facts
+    if entry.ranks == "layer" and world_size not in (1, layers):
+        raise UsageError(f"{config.variant} needs one rank per layer ({layers}) or 1 rank (its sequential twin), "
                          f"got {world_size} ranks")
-    if config.variant in ("all-layers", "perf-opt") and world_size > chapters:
+    if entry.program == "wavefront" and world_size > chapters:
         raise UsageError(f"{world_size} ranks but only {chapters} chapters (--splits): chapters go round-robin, "
                          f"so use at most {chapters} ranks")
-    if config.variant == "federated" and world_size > (config.shards or world_size):
+    if entry.program == "federated" and world_size > (config.shards or world_size):
         raise UsageError(f"{world_size} ranks but only {config.shards} --shards: every rank needs a shard")
 
 
@@ -184,10 +184,11 @@ def _validate_baseline(config: Config, world_size: int | None) -> None:
         raise UsageError(f"--microbatches is for the {' and '.join(MICROBATCHED)} variants, not {config.variant}")
     if variant_takes_microbatches(config.variant):
         _validate_torch_pipeline(config, world_size)
-    if world_size is not None and config.variant == "backprop" and world_size > 1:
-        raise UsageError(f"backprop runs in one process, got {world_size} ranks: "
+    entry = VARIANTS[config.variant]  # the rank rules: the registry's facts
+    if world_size is not None and entry.ranks == "one" and world_size > 1:
+        raise UsageError(f"{config.variant} runs in one process, got {world_size} ranks: "
                          f"use --variant dp-backprop for data-parallel backprop over MPI")
-    if world_size is not None and config.variant in ("dp-backprop", "ddp") and world_size > config.batch_size:
+    if world_size is not None and entry.program in ("data-parallel", "ddp") and world_size > config.batch_size:
         raise UsageError(f"{world_size} ranks but --batch-size {config.batch_size}: "
                          "every rank needs a row of each minibatch")
 

@@ -4,11 +4,13 @@ sync and evaluation per rank, gaps idle; for the pipeline, zooms on its fill
 and on its drain at the end of epoch 1."""
 from __future__ import annotations
 
+import os
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from .. import results
+from ..store import reader as results
 from ..instrument.timer import CATEGORIES
 
 COLORS = {"compute": "#1f77b4", "data": "#9ecae1", "send_wait": "#ff7f0e", "recv_wait": "#d62728",
@@ -85,3 +87,16 @@ def timeline_figure(run: results.Run) -> plt.Figure:
                  f"p = {ranks}, batch {config.get('batch_size')} (run {run.name}, {run.attrs.get('hostname', '?')})",
                  fontsize=11)
     return fig
+
+
+def save(fig: plt.Figure, directory: str, stem: str, formats=("png",)) -> list[str]:
+    """Write ``fig`` as ``directory/stem.<format>`` for each format (130 dpi) and close it; the paths written.
+    Shared by python -m pffbench.plot and the model's figures."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for ext in formats:
+        path = os.path.join(directory, f"{stem}.{ext}")
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        paths.append(path)
+    plt.close(fig)
+    return paths

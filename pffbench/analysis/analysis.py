@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import results
+from ..store import reader as results
 from ..core.config import case_settings
 from ..core.variants import BASELINES  # noqa: F401  (plot draws them dashed)
 from ..instrument import target, timer

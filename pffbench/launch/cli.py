@@ -1,14 +1,17 @@
 """The command line of `python -m pffbench.run`: the parser, presets, and the
-Config it makes (validated by core/validate.py before any MPI communication,
+Config it makes (validated by launch/validate.py before any MPI communication,
 so every rank reaches the same verdict from the same argv)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from .config import CLASSIFIERS, DATASETS, DEVICES, NEGATIVES, PARTITIONS, TRANSPORTS, Config, UsageError, one_line
+from ..core.config import CLASSIFIERS, DEVICES, TRANSPORTS, Config, UsageError, one_line
+from ..core.partition import PARTITIONS
+from ..datasets.load import DATASETS
+from ..ff.negatives import STRATEGIES as NEGATIVES
 from .validate import validate
-from .variants import VARIANTS
+from ..core.variants import VARIANTS
 from ..learn.rules import OBJECTIVES
 
 
@@ -179,7 +182,7 @@ class _ListPresets(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from ..presets import listing
+        from .presets import listing
         print(listing())
         parser.exit(0)
 
@@ -202,7 +205,7 @@ def parse_config(argv=None) -> Config:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.preset is not None:
-        from ..presets import PRESETS
+        from .presets import PRESETS
         if args.preset not in PRESETS:
             raise UsageError(f"unknown --preset {args.preset!r}: see --list-presets")
         settings = PRESETS[args.preset].settings

@@ -1,4 +1,4 @@
-"""`mpiexec -n 2 python -m pffbench.perfmodel.linkprobe [--gloo]`: measure the
+"""`mpiexec -n 2 python -m pffbench.probes.linkprobe [--gloo]`: measure the
 link between two ranks (put them on two nodes to measure the network) with a
 ping-pong over message sizes 8 B .. 8 MiB (half the round trip's median of 50
 per size, after 5 untimed): alpha is an 8-byte message's time, beta the

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .. import results
+from ..store import reader as results
 from . import analysis
 
 PROVENANCE = ("git_sha", "torch", "mpi4py", "numpy", "h5py", "python", "hostname", "cpu_model", "host_cores")
@@ -40,3 +40,26 @@ def run_rows(runs: list[results.Run], pool: bool = False, files: list[str] | Non
             "busy_host": analysis.busy_host(run), "created": a.get("created", ""),
         })
     return rows
+
+
+def to_dataframe(path, pool: bool = False, on_damaged=None):
+    """A pandas DataFrame with one row per run in ``path`` (a results file, or
+    a list of them): run, status, variant, dataset, ranks, threads_per_rank,
+    training_s (seconds: the slowest rank's epochs, evaluation excluded),
+    final_test_accuracy (0..1), the run's case and that case's median
+    seconds, speedup, efficiency and speedup_vs_1xall, as
+    ``python -m pffbench.report`` computes them (``pool``: as report --pool),
+    its notes, the provenance (git_sha, versions, hostname, cpu_model,
+    host_cores), the 1-minute load average at start and end (NaN where not
+    recorded) and busy_host.  Damaged runs are skipped as in read_runs.
+    Needs pandas (``pip install 'pffbench[table]'``)."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("to_dataframe needs pandas: pip install 'pffbench[table]' (or pandas)") from None
+    runs, files = [], []
+    for one in [path] if isinstance(path, str) else list(path):
+        found = results.read_runs(one, on_damaged=on_damaged)
+        runs += found
+        files += [one] * len(found)
+    return pandas.DataFrame(run_rows(runs, pool, files))

@@ -1,4 +1,4 @@
-"""`python -m pffbench.study.library_overhead`: what torch.distributed.pipelining
+"""`python -m pffbench.probes.library_overhead`: what torch.distributed.pipelining
 costs per step beyond the compute it schedules, measured in one process.
 
 The same step (backprop's MLP, a minibatch of --batch-size rows cut into M
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.cli import _int_list
+from ..launch.cli import _int_list
 from ..schedules.backprop.mlp import MLP
 from ..schedules.backprop.torch_pipeline import SCHEDULES, stage_layers
 
@@ -118,7 +118,7 @@ def measure(dims: list[int], batch: int, m: int, ranks: int, steps: int) -> dict
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pffbench.study.library_overhead", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pffbench.probes.library_overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=_int_list, default=(784, 544), metavar="W1,W2,...")
     parser.add_argument("--inputs", type=int, default=784)
     parser.add_argument("--classes", type=int, default=10)
