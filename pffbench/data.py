@@ -20,7 +20,7 @@ from .datasets.files import (CIFAR_TARBALL, IDX_FILES, MD5, _MD5_OF_DECOMPRESSED
 from .datasets.idx import _idx_folder
 # the loaders' API, re-exported here where users and tests find it
 from .datasets.files import BUNDLED_DIRS, CIFAR_FOLDER, CLASS_NAMES, MIRRORS, Dataset  # noqa: F401
-from .datasets.load import DATASETS, load_dataset, source_of  # noqa: F401
+from .datasets.load import DATASETS, load_dataset, source_of, validation_split  # noqa: F401
 from .launch.command import command
 
 

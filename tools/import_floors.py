@@ -28,11 +28,13 @@ from pathlib import Path
 
 # The declared floors of pffbench's folders, ground floor first.  A folder may import only its own files and the
 # folders of lower floors.  "" is the package's own top-level modules: the commands (run, sweep, report, ...) and
-# the public faces (results, presets); "__init__" is pffbench/__init__.py, which imports nothing.
+# the public faces (results, presets); "__init__" is pffbench/__init__.py, which imports nothing.  "learn" (the local
+# learning rules) is pure math like ff, one floor up because its rules are built of ff's layers and heads; the
+# schedules run them.
 FOLDER_FLOORS: list[set[str]] = [
     {"__init__", "core"},
     {"ff", "comm", "instrument", "store"},
-    {"datasets", "reliability"},
+    {"datasets", "reliability", "learn"},
     {"launch", "schedules"},
     {"probes", "analysis"},
     {"perfmodel"},

@@ -15,9 +15,12 @@ DATA_TAG = 1900
 
 
 def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[int],
-                  owner_of: list[int]) -> list[torch.nn.Linear] | None:
+                  owner_of: list[int], shapes: list[tuple[int, int]] | None = None) -> list[torch.nn.Linear] | None:
     """Copy every layer's weights to rank 0 over point-to-point buffers.
-    Returns the full list of layers (CPU) on rank 0, None elsewhere."""
+    Returns the full list of layers (CPU) on rank 0, None elsewhere.
+    Layer i is dims[i] -> dims[i + 1] wide, or ``shapes[i]`` (in, out) if
+    given (e.g. the auxiliary head beside layer i)."""
+    shapes = shapes or list(zip(dims[:-1], dims[1:]))
     rank = comm.Get_rank()
     if rank != 0:
         requests = []
@@ -33,10 +36,10 @@ def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[
     for index, owner in enumerate(owner_of):
         if owner == 0:
             source = owned[index]
-            linear = torch.nn.Linear(dims[index], dims[index + 1])
+            linear = torch.nn.Linear(*shapes[index])
             linear.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
         else:
-            linear = torch.nn.Linear(dims[index], dims[index + 1])
+            linear = torch.nn.Linear(*shapes[index])
             with torch.no_grad():
                 for part, tensor in enumerate((linear.weight, linear.bias)):
                     wait(comm.Irecv([tensor.numpy(), MPI.FLOAT], source=owner, tag=LAYER_TAG_BASE + 2 * index + part),

@@ -38,9 +38,11 @@ def _incidental(default, times: bool = False):
 @dataclass
 class Config:
     variant: str = "pipeline"
+    objective: str | None = None  # the local learning rule (pffbench/learn/rules); None: the variant's own
     dataset: str = "mnist"
     data_dir: str | None = _incidental(None)
     download: bool = _incidental(False)
+    validation: int = 0  # rows held out of the training set and evaluated on instead of the test set (tune)
     layers: tuple[int, ...] = (500, 500, 500, 500)
     epochs: int = 4
     batch_size: int = 64

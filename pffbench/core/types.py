@@ -3,6 +3,7 @@
 sizes of an epoch."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ class TrainResult:
     # the collapse check (schedules/ending.py, check_health) for FF layers; not recorded
     check_health: bool = False
     health_threshold: float | None = None       # the goodness threshold they train to; None: dead units only
+    # the test rows as the first layer sees them (x [n, d] -> [n, D], e.g. scff's [x, x]); None: x, label embedded
+    health_inputs: Callable | None = None
 
 
 def batch_rows(num_train: int, batch_size: int) -> list[int]:

@@ -32,17 +32,23 @@ class Variant:
     checks_finite: bool = True    # stops on a non-finite loss or layer (what --inject-nan tests)
     traced: bool = True           # records --trace (every variant does)
     microbatched: bool = False    # takes --microbatches (torch's pipeline schedules)
+    objective: str | None = "ff"  # its local learning rule unless --objective says (None: backprop, no rule)
     # the ranks it runs on, for a net of L hidden layers: "any"; "stage" (a stage of layers per rank: p <= L);
     # "layer" (one rank per layer, or one rank: p in (1, L)); "one" (one process).  launch/validate.py says why
     # not in words, perfmodel/predict.py (runs_on) which p to draw
     ranks: str = "any"
-    own_heads: bool = False       # every layer trains with its own softmax head (Performance-Optimized), no goodness
     # how pffbench.perfmodel simulates it (perfmodel/predict.py): "pipeline", "wavefront", "single-layer",
     # "federated", "data-parallel", "ddp", "torch-pipeline"
     program: str = "pipeline"
     # what its timing's "sync" column holds, as the end-of-run summary names it: (column, what it is)
     sync: tuple[str, str] = ("sync", "the ranks' agreement at epoch or chapter boundaries")
     shares: str = ""  # how p > 1 ranks that each hold every layer share the work (the start line says it)
+
+    @property
+    def own_heads(self) -> bool:
+        """Every layer trains with its own softmax head (Performance-Optimized), no goodness: its own rule is
+        local-softmax (learn/rules/local_softmax.py), as perfmodel/calibrate.py reads it."""
+        return self.objective == "local-softmax"
 
     @property
     def baseline(self) -> bool:
@@ -71,20 +77,21 @@ VARIANTS = {v.name: v for v in (
     Variant("federated", "pff", _PFF + "federated", "All-Layers on private shards, layers averaged",
             agreement="chapters", program="federated",
             shares="each on its own data shard, layers averaged after every chapter"),
-    Variant("perf-opt", "pff", _PFF + "perf_opt", "All-Layers with a softmax head per layer",
-            agreement="chapters", own_heads=True, program="wavefront", shares="chapters round-robin"),
+    Variant("perf-opt", "pff", _PFF + "all_layers", "All-Layers x --objective local-softmax (a softmax head "
+            "per layer)", agreement="chapters", objective="local-softmax", program="wavefront",
+            shares="chapters round-robin"),
     Variant("backprop", "backprop", _BACKPROP + "data_parallel", "the same MLP by backprop, one process",
-            checks_finite=False, ranks="one", program="data-parallel"),
+            checks_finite=False, objective=None, ranks="one", program="data-parallel"),
     Variant("dp-backprop", "backprop", _BACKPROP + "data_parallel",
-            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, program="data-parallel",
+            "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, objective=None, program="data-parallel",
             sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
     Variant("ddp", "backprop", _BACKPROP + "ddp", "data-parallel backprop, torch DistributedDataParallel",
-            checks_finite=False, program="ddp", sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
+            checks_finite=False, objective=None, program="ddp", sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
     Variant("gpipe", "backprop", _BACKPROP + "torch_pipeline",
-            "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False,
+            "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False, objective=None,
             microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE),
     Variant("1f1b", "backprop", _BACKPROP + "torch_pipeline",
-            "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False,
+            "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False, objective=None,
             microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE),
 )}
 BASELINES = tuple(name for name, v in VARIANTS.items() if v.baseline)

@@ -1,4 +1,4 @@
-"""Loading a data set by name (``load_dataset``) and saying where it comes from (``source_of``); the command
+"""Loading a data set by name (``load_dataset``), holding rows out for validation (``validation_split``) and saying where it comes from (``source_of``); the command
 line that fetches and checks files is python -m pffbench.data."""
 from __future__ import annotations
 
@@ -33,6 +33,27 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return loaders[name]()
     except OSError as error:  # a file or folder this process may not read, a failing disk, ...
         raise DataError(f"{name}: cannot read {error.filename or data_dir}: {error.strerror or error}") from None
+
+
+VALIDATION_SEED = 20_250_701  # one held-out set for every trial and every --seed
+
+
+def validation_split(dataset: Dataset, rows: int) -> Dataset:
+    """``dataset`` with ``rows`` training rows held out as its evaluation set
+    (x_test, y_test) and trained on the rest: a seeded random choice, the
+    same for every run, the remaining rows in their order.  The test set is
+    not touched (pffbench.tune picks settings on this, never on the test
+    set).  DataError if fewer than ``rows`` + 1 training rows."""
+    import dataclasses
+
+    import torch
+    total = dataset.x_train.shape[0]
+    if not 0 < rows < total:
+        raise DataError(f"--validation {rows}: {dataset.name} has {total} training rows; hold out 1 to {total - 1}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held, kept = order[:rows].sort().values, order[rows:].sort().values
+    return dataclasses.replace(dataset, x_train=dataset.x_train[kept], y_train=dataset.y_train[kept],
+                               x_test=dataset.x_train[held], y_test=dataset.y_train[held])
 
 
 def source_of(name: str, data_dir: str | os.PathLike | None = None) -> str:

@@ -25,16 +25,17 @@ SILENT = 0.01  # of the goodness threshold
 
 @torch.no_grad()
 def dead_layers(linears, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                threshold: float | None = None) -> list[int]:
+                threshold: float | None = None, labels: bool = True) -> list[int]:
     """0-based indices of the layers of ``linears`` (torch.nn.Linear, in
     order) whose units are all zero on every one of the first SAMPLE rows
     of ``x`` [N, D] (labels ``y`` [N]), or, given the goodness ``threshold``
     (FF layers), whose goodness (mean squared activity) is under SILENT x
     threshold on every one of them.  The layers after a dead one see
     only zeros (their biases may still light units: they are not listed
-    unless dead themselves)."""
+    unless dead themselves).  ``labels=False``: the rows as they are (a
+    rule with no label in its input)."""
     rows = slice(0, min(SAMPLE, x.shape[0]))
-    h = normalize(embed_labels(x[rows].float(), y[rows], num_classes))
+    h = normalize(embed_labels(x[rows].float(), y[rows], num_classes) if labels else x[rows].float())
     dead = []
     for index, linear in enumerate(linears):
         weight = linear.weight

@@ -173,22 +173,24 @@ class Progress:
                 f"send it again to abort at once (nothing more is recorded then)")
 
 
-def start_line(config, world_size: int, shape, blocks_text: str, source: str, batches: int,
-               chapters: int | None) -> str:
-    """The run's first line: what trains, on what data (and where it was read from), on how many ranks."""
-    dims = [shape.num_features, *config.layers]
+def start_line(config, world_size: int, shape, dims: list[int], rule: str | None, blocks_text: str, source: str,
+               batches: int, chapters: int | None) -> str:
+    """The run's first line: what trains (``dims``: the net's widths, the rule's input width first; ``rule``: the
+    learning rule named after the variant, None to name none), on what data (and where it was read from), on how
+    many ranks."""
     work = f"{plural(config.epochs, 'epoch')} of {plural(batches, 'minibatch', 'minibatches')}"
     if chapters:
         work += f" in {plural(chapters, 'chapter')}"
-    return (f"pffbench: {config.variant} on {config.dataset} ({shape.num_train} training rows, from {source}); "
+    rule = f" x {rule}" if rule else ""
+    return (f"pffbench: {config.variant}{rule} on {config.dataset} ({shape.num_train} training rows, from {source}); "
             f"net {dims}; {plural(world_size, 'rank')}, {blocks_text}; {work}")
 
 
-def for_run(config, world_size: int, shape, source: str, batches: int, eval_share: float, evals: int,
-            blocks_text: str, chapters: int | None) -> Progress | None:
-    """Rank 0's Progress (printing the start line), installed; None with --quiet.
+def for_run(config, world_size: int, shape, dims: list[int], rule: str | None, source: str, batches: int,
+            eval_share: float, evals: int, blocks_text: str, chapters: int | None) -> Progress | None:
+    """Rank 0's Progress (printing the start line, see ``start_line``), installed; None with --quiet.
     ``chapters``: the PFF variants' chapter count (None: epochs only)."""
     if config.quiet:
         return None
-    print(start_line(config, world_size, shape, blocks_text, source, batches, chapters), flush=True)
+    print(start_line(config, world_size, shape, dims, rule, blocks_text, source, batches, chapters), flush=True)
     return Progress(config.epochs, shape.num_train, eval_share, evals, chapters).install()

@@ -5,20 +5,22 @@ evaluation that first shows test accuracy >= A, evaluation time excluded.
 Two sources give the same table of evaluations, [k, 4] float64 rows of
 (steps done, epoch index (0-based), training seconds, test accuracy):
 
-- the backprop baselines record every evaluation as it happens (array
-  ``evaluations``; pffbench/schedules/backprop/loop.py): at epoch boundaries
-  (``--eval-every``) and every ``--eval-every-steps`` steps; the seconds are
-  rank 0's training clock after a barrier, so every rank has finished the
-  steps counted;
-- every other variant evaluates at epoch boundaries (the pipeline, every
+- the backprop baselines (pffbench/schedules/backprop/loop.py), and the
+  pipeline run with ``--eval-every-steps`` (schedules/pipeline/schedule.py),
+  record every evaluation as it happens (array ``evaluations``): at epoch
+  boundaries (``--eval-every``) and every ``--eval-every-steps`` steps; the
+  seconds are rank 0's training clock after a barrier, so every rank has
+  finished the steps counted;
+- every other run evaluates at epoch boundaries (the pipeline, every
   ``--eval-every`` epochs) or once at the end (the PFF variants), and its
   table is rebuilt from the per-epoch records: the seconds up to epoch e are
   the slowest rank's epoch wall times up to e, evaluation excluded (as
   pffbench.instrument.timer.training_seconds counts a whole run).
 
-The granularity is therefore a step for the baselines, an epoch for the
-pipeline, and the whole run for the PFF variants (their time to target is
-their training time if the final accuracy reaches A, else not reached).
+The granularity is therefore a step for the baselines and the pipeline
+(with --eval-every-steps), an epoch for the pipeline without, and the whole
+run for the PFF variants (their time to target is their training time if
+the final accuracy reaches A, else not reached).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from ..ff.layer import NORMS
 from ..ff.negatives import STRATEGIES as NEGATIVES
 from .validate import validate
 from ..core.variants import VARIANTS
+from ..learn.rules import OBJECTIVES
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -52,6 +53,11 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
                 "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
     p.add_argument("--variant", default=d.variant, choices=tuple(VARIANTS),
                    help="training schedule (default: %(default)s: layers pipelined over ranks)")
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
+                   help="local learning rule of the FF variants: ff (goodness with wrong-label negatives), "
+                        "local-softmax (a softmax auxiliary head per layer, the paper's Performance-Optimized "
+                        "rule), scff (self-contrastive FF, no label in the input, linear read-out) "
+                        "(default: ff; perf-opt: local-softmax)")
     _data_flags(p, d)
     _model_flags(p, d)
     _execution_flags(p, d)
@@ -67,6 +73,10 @@ def _data_flags(p, d: Config) -> None:
     data.add_argument("--data-dir", default=None, metavar="DIR",
                       help="data cache; default $PFFBENCH_DATA, else ./data (bundled MNIST is always found)")
     data.add_argument("--download", action="store_true", help="download missing files from the official mirrors")
+    data.add_argument("--validation", type=int, default=d.validation, metavar="N",
+                      help="hold N training rows out (the same seeded choice for every run), train on the rest and "
+                           "evaluate on them instead of the test set (how python -m pffbench.tune picks settings); "
+                           "0 = evaluate on the test set (default)")
 
 
 def _model_flags(p, d: Config) -> None:
@@ -106,7 +116,7 @@ def _execution_flags(p, d: Config) -> None:
                      help="also measure test accuracy every K epochs (0 = only at the end; default); "
                           "pipeline and the backprop baselines")
     run.add_argument("--eval-every-steps", type=int, default=d.eval_every_steps, metavar="K",
-                     help="also measure test accuracy every K minibatch steps (backprop baselines only)")
+                     help="also measure test accuracy every K minibatch steps (pipeline and the backprop baselines)")
     run.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                      help="record the training time (evaluation excluded) to the first evaluation with test "
                           "accuracy >= A, e.g. 0.97; evaluated as --eval-every(-steps) says")

@@ -61,7 +61,10 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
     if not world.is_first:
         return None
     from ..datasets.load import source_of
-    dims = [shape.num_features, *config.layers]
+    from ..learn import rules
+    objective = rules.objective_of(config)
+    width = rules.module(objective).input_width(shape.num_features) if objective else shape.num_features
+    dims = [width, *config.layers]  # the net the rule trains (scff: a 2d-wide first layer), as the stages split it
     batches = len(batch_rows(shape.num_train, config.batch_size))
     pff = VARIANTS[config.variant].pff
     # an evaluation's cost in epochs: classes x test rows label-conditioned passes against 2 x train rows
@@ -70,7 +73,9 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
     per_row = 1 if VARIANTS[config.variant].baseline else shape.num_classes
     eval_share = per_row * num_test / (6 * shape.num_train)
     evals = 1 if pff or not config.eval_every else 0
-    return progress.for_run(config, world.size, shape, source_of(config.dataset, config.data_dir), batches,
+    # the rule is named when asked for (--objective): the default lines stay as they were
+    return progress.for_run(config, world.size, shape, dims, config.objective,
+                            source_of(config.dataset, config.data_dir), batches,
                             eval_share, evals, layers_per_rank(config, world.size, dims),
                             (config.splits or config.epochs) if pff else None)
 

@@ -21,9 +21,12 @@ def validate(config: Config, world_size: int | None = None) -> None:
     _check_reliability(config, variant, world_size)
     _check_values(config)
     _check_target(config, variant)
-    if config.norm != "rms" and (variant.baseline or config.variant == "perf-opt"):
-        raise UsageError(f"--norm {config.norm} applies to goodness-trained FF layers; {config.variant} trains its "
+    rule = config.objective or variant.objective  # the variant's own rule where --objective is not given
+    if config.norm != "rms" and (variant.baseline or rule == "local-softmax"):
+        what = config.variant if variant.baseline else f"{config.variant} x local-softmax"
+        raise UsageError(f"--norm {config.norm} applies to goodness-trained FF layers; {what} trains its "
                          "layers by backprop on RMS-normalized inputs")
+    _check_objective(config, variant)
     if variant.baseline:
         _validate_baseline(config, world_size)
         return
@@ -89,6 +92,8 @@ def _check_values(config: Config) -> None:
         raise UsageError(f"--cooldown must be in [0, 1], got {config.cooldown}")
     if config.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {config.threads}")
+    if config.validation < 0:
+        raise UsageError(f"--validation must be >= 0, got {config.validation}")
     if config.eval_every < 0:
         raise UsageError(f"--eval-every must be >= 0, got {config.eval_every}")
     if config.seed < 0:
@@ -101,23 +106,43 @@ def _check_values(config: Config) -> None:
 
 def _check_target(config: Config, variant) -> None:
     """--target-accuracy, --stop-at-target, --eval-every-steps: what each family can honour
-    (instrument/target.py: a step for the baselines, an epoch for the pipeline, the run for the PFF variants)."""
+    (instrument/target.py: a step for the baselines and the pipeline, the run for the PFF variants)."""
     if config.target_accuracy is not None and not 0 < config.target_accuracy <= 1:
         raise UsageError(f"--target-accuracy must be in (0, 1], got {config.target_accuracy}")
     if config.eval_every_steps < 0:
         raise UsageError(f"--eval-every-steps must be >= 0, got {config.eval_every_steps}")
-    baselines = ", ".join(name for name, v in VARIANTS.items() if v.baseline)
-    if config.eval_every_steps and not variant.baseline:
-        raise UsageError(f"--eval-every-steps works with the backprop baselines ({baselines}); "
-                         f"{config.variant} evaluates at epoch or chapter boundaries")
+    stepping = ", ".join(name for name, v in VARIANTS.items() if not v.pff)
+    if config.eval_every_steps and variant.pff:
+        raise UsageError(f"--eval-every-steps works with the pipeline and the backprop baselines ({stepping}); "
+                         f"{config.variant} evaluates at the end of the run")
     if config.stop_at_target and config.target_accuracy is None:
         raise UsageError("--stop-at-target needs --target-accuracy A")
     if config.stop_at_target and variant.pff:
         raise UsageError(f"--stop-at-target works with the pipeline and the backprop baselines; {config.variant} "
                          "evaluates only at the end of the run")
     if config.stop_at_target and not (config.eval_every or config.eval_every_steps):
-        raise UsageError("--stop-at-target needs evaluations before the end: --eval-every K (epochs) or, for the "
-                         "backprop baselines, --eval-every-steps K")
+        raise UsageError("--stop-at-target needs evaluations before the end: --eval-every K (epochs) or "
+                         "--eval-every-steps K")
+
+
+def _check_objective(config: Config, variant) -> None:
+    """--objective: a rule for the FF variants, with the flags that rule reads."""
+    if config.objective is None:
+        return
+    if variant.baseline:
+        raise UsageError(f"--objective picks the local learning rule of the FF variants; {config.variant} trains "
+                         "by backprop")
+    if config.variant == "perf-opt" and config.objective != "local-softmax":
+        raise UsageError(f"perf-opt is all-layers with --objective local-softmax: for {config.objective}, use "
+                         f"--variant all-layers --objective {config.objective}")
+    if config.objective == "ff":
+        return
+    d = Config()
+    used = [flag for flag, changed in (("--neg", config.neg != d.neg), ("--classifier", config.classifier != d.classifier),
+                                       ("--score-layers", config.score_layers is not None)) if changed]
+    if used:
+        raise UsageError(f"{', '.join(used)}: settings of the ff rule (wrong-label negatives, goodness or softmax "
+                         f"classifier); --objective {config.objective} has its own")
 
 
 def _validate_pff(config: Config, world_size: int | None) -> None:

@@ -141,12 +141,16 @@ def check_health(result: TrainResult, dataset, lr: float, norm: str) -> None:
     """Rank 0, a complete FF run: flag layers that collapsed (``collapsed_layers``, ff/health.py) and say so in
     one warning; the layers are checked against the goodness threshold the schedule gave ``finish``
     (``health_threshold``; None, dead units only, for layers trained by their own softmax heads:
-    Performance-Optimized).  Nothing for results with ``check_health`` False (the backprop baselines).
-    ``lr`` and ``norm`` (--norm) are the run's, named in the warning's advice."""
+    Performance-Optimized, local-softmax), on the inputs its rule's first layer sees (``health_inputs``:
+    None, the test rows with their label embedded; scff's [x, x] otherwise).  Nothing for results with
+    ``check_health`` False (the backprop baselines).  ``lr`` and ``norm`` (--norm) are the run's, named in the
+    warning's advice."""
     if not result.check_health:
         return
-    collapsed = health.dead_layers(result.linears, dataset.x_test, dataset.y_test, dataset.num_classes,
-                                   result.health_threshold)
+    unlabelled = result.health_inputs is not None
+    x = result.health_inputs(dataset.x_test) if unlabelled else dataset.x_test
+    collapsed = health.dead_layers(result.linears, x, dataset.y_test, dataset.num_classes, result.health_threshold,
+                                   labels=not unlabelled)
     if not collapsed:
         return
     result.attrs["collapsed_layers"] = collapsed

@@ -3,6 +3,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from pffbench import results
 from pffbench.core.config import Config
@@ -74,3 +75,65 @@ def test_run_appends_timings_to_hdf5(tmp_path_factory):
     assert attrs["config"]["layers"] == [32, 32, 32, 32]
     for key in ("mpi_library", "torch", "git_sha", "start_utc", "end_utc", "seed"):
         assert key in attrs, key
+
+
+@pytest.mark.parametrize("objective", ["local-softmax", "scff"])
+@pytest.mark.parametrize("transport", ["auto", "p2p"])
+def test_every_rule_in_the_pipeline_gives_the_sequential_weights(objective, transport, synthetic):
+    """--objective local-softmax (labels travel beside the activity, a head per
+    layer) and scff (2d-wide first layer, its own negatives): p ranks, one
+    thread each, give the 1-rank weights and heads bit for bit."""
+    from pffbench.core.world import World
+    comm = MPI.COMM_WORLD
+    data, shape = synthetic
+    config = dataclasses.replace(CONFIG, objective=objective, epochs=2, transport=transport, eval_every=1)
+    parallel = pipeline.train(config, World(comm), shape, data)
+    if comm.rank != 0:
+        assert parallel is None
+        return
+    sequential = pipeline.train(config, World(MPI.COMM_SELF), shape, data)
+    assert len(parallel.blocks) == comm.size and parallel.dims == sequential.dims
+    assert len(parallel.heads) == (4 if objective == "local-softmax" else 0)
+    for p_layer, s_layer in zip(parallel.linears + parallel.heads, sequential.linears + sequential.heads, strict=True):
+        assert torch.equal(p_layer.weight, s_layer.weight) and torch.equal(p_layer.bias, s_layer.bias)
+    np.testing.assert_array_equal(parallel.loss, sequential.loss)
+    np.testing.assert_array_equal(parallel.test_accuracy, sequential.test_accuracy)
+    assert parallel.test_accuracy[-1] > 0.5  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize("objective", ["ff", "local-softmax"])
+def test_step_evaluation_leaves_the_weights_and_stops_at_the_target(objective, tmp_path_factory, synthetic):
+    """--eval-every-steps K: an evaluation after every K-th step on every rank
+    (25 and 50 of 125 per epoch...), recorded with its step and training
+    seconds; the weights are those of the run without it (evaluation is
+    outside training).  --stop-at-target ends the run at the first step
+    evaluation at or over the target: its time to target is that row's."""
+    from pffbench.core.world import World
+    from pffbench.run import run
+    comm = MPI.COMM_WORLD
+    data, shape = synthetic
+    config = dataclasses.replace(CONFIG, objective=objective, epochs=2)
+    stepped = dataclasses.replace(config, eval_every_steps=25, target_accuracy=0.5)
+    plain, evaluated = (pipeline.train(c, World(comm), shape, data) for c in (config, stepped))
+    if comm.rank == 0:
+        for a, b in zip(plain.linears + plain.heads, evaluated.linears + evaluated.heads, strict=True):
+            assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+        table = evaluated.arrays["evaluations"]
+        assert table[:, 0].tolist() == [25.0 * k for k in range(1, 11)]  # 250 steps: the last one is the epoch end's
+        assert table[:, 1].tolist() == [0.0] * 5 + [1.0] * 5
+        assert (np.diff(table[:, 2]) > 0).all() and table[-1, 3] == evaluated.test_accuracy[-1]
+        assert evaluated.test_accuracy[-1] == plain.test_accuracy[-1]
+
+    out = comm.bcast(str(tmp_path_factory.mktemp("h5") / "runs.h5") if comm.rank == 0 else None)
+    stopping = dataclasses.replace(stepped, out=out, stop_at_target=True, quiet=True)
+    run(stopping, World(comm))
+    if comm.rank != 0:
+        return
+    record = results.read_runs(out)[-1]
+    table = record.arrays["evaluations"]
+    first = int(np.argmax(table[:, 3] >= 0.5))
+    assert table[first, 3] >= 0.5 and len(table) == first + 1 and table[first, 0] < 250  # it stopped there
+    assert (table[:first, 3] < 0.5).all()
+    assert record.attrs["status"] == "complete" and "--stop-at-target" in record.attrs["stop_reason"]
+    assert record.attrs["target_reached_step"] == int(table[first, 0])
+    assert record.attrs["time_to_target"] == table[first, 2]

@@ -220,7 +220,7 @@ def test_pff_first_layer_inputs_share_the_product_of_a_positive_and_its_negative
     wrong = ff.random_wrong_labels(y, 10, generator)
     embedded = [ff.normalize(ff.embed_labels(x, labels, 10)) for labels in (y, wrong)]
     kind = kinds.FFKind(Config(layers=(30, 20)), [60, 30, 20], 10, torch.device("cpu"))
-    xs = kind.inputs(x, y, wrong)
+    xs = kind.inputs(x, y, wrong, 0)
     first, second, plain = kind.build(0), kind.build(1), kind.build(0)
     for rows in torch.randperm(400, generator=generator).split(32):
         loss = kind.step(first, xs, y, rows)

@@ -60,7 +60,7 @@ def test_fuzzed_argv_gives_a_config_or_a_usage_error(argv, world_size):
     (["--stop-at-target"], "--stop-at-target needs --target-accuracy"),
     (["--target-accuracy", "1.5"], r"--target-accuracy must be in \(0, 1\]"),
     (["--target-accuracy", "nan"], "--target-accuracy must be in"),
-    (["--eval-every-steps", "5"], "works with the backprop baselines"),
+    (["--eval-every-steps", "5", "--variant", "all-layers"], "works with the pipeline and the backprop baselines"),
     (["--target-accuracy", "0.9", "--stop-at-target"], "needs evaluations before the end"),
     (["--target-accuracy", "0.9", "--stop-at-target", "--variant", "all-layers"], "evaluates only at the end"),
     (["--microbatches", "3", "--variant", "gpipe"], "must divide --batch-size 64"),

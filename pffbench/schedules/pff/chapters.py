@@ -36,7 +36,8 @@ from ...ff.negatives import Negatives, generator
 from ...instrument import progress
 from ...instrument.timer import COLUMNS, GapTimer
 from ...reliability import faults
-from .kinds import FFKind, flat_state
+from . import kinds
+from .kinds import flat_state
 
 # per-chapter accounts, and the per-epoch columns they sum
 CHAPTER_COLUMNS = {"compute": ("compute", "data"), "publish": ("send_wait",), "wait": ("recv_wait",)}
@@ -55,11 +56,12 @@ class Chapters:
     def __init__(self, config: Config, world: World, shape: Shape, dataset, kind=None, rows_per_rank=None):
         self.config, self.world, self.shape = config, world, shape
         self.device = world.device(config.device)
-        self.dims = [shape.num_features, *config.layers]
         self.num_layers = len(config.layers)
         self.num_chapters = config.splits or config.epochs
         self.per_chapter = config.epochs // self.num_chapters
-        self.kind = kind or FFKind(config, self.dims, shape.num_classes, self.device)
+        self.kind = kind or kinds.for_config(config, [shape.num_features, *config.layers], shape.num_classes,
+                                             self.device)
+        self.dims = self.kind.dims  # the first layer's input width is the rule's
         x, y = collectives.share_training_data(world.comm, dataset, rows_per_rank)
         self.timer = GapTimer(config.epochs, trace=config.trace, device=self.device)  # started by start()
         self.x, self.y = x.to(self.device), y.to(self.device)
@@ -97,7 +99,7 @@ class Chapters:
         """The first layer's inputs in ``chapter``, with the chapter's negatives."""
         with self.timer("data", self.first_epoch(chapter)):
             wrong = self.negatives.for_chapter(chapter) if self.kind.uses_negatives else None
-            return self.kind.inputs(self.x, self.y, wrong)
+            return self.kind.inputs(self.x, self.y, wrong, chapter)
 
     def forward(self, layer, xs, chapter: int) -> tuple:
         """The next layer's inputs: the paper recomputes them locally, once per chapter."""
@@ -192,7 +194,8 @@ class Chapters:
         result = outcome.finish(self.config, self.world.comm, self.timer, self.shape.num_train, self.resumed_from,
                                 loss=loss, test_accuracy=accuracy, linears=[layer.linear.cpu() for layer in layers or ()],
                                 dims=self.dims, blocks=blocks, arrays=arrays, attrs=attrs, heads=classifier_heads,
-                                check_health=True, health_threshold=self.kind.health_threshold)
+                                check_health=True, health_threshold=self.kind.health_threshold,
+                                health_inputs=self.kind.health_inputs)
         if result is not None:
             outcome.report_epochs(on_epoch, result.timing, loss, accuracy)
         return result

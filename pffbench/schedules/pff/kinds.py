@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from ... import ff
 from ...core.config import Config
 from ...ff import heads
-
-HEAD_SEED_OFFSET = 1000  # Performance-Optimized head l's initial weights are keyed like a layer 1000 + l
+from ...learn import rules
+from ...learn.rules import local_softmax, scff
 
 
 def load_flat(parameters, flat) -> None:
@@ -36,10 +36,13 @@ class Kind:
     adaptive negatives need the model's label scores; ``has_head``: a
     softmax head trained after each chapter's layers; ``health_threshold``:
     the goodness threshold the layers train to, for the collapse check
-    (schedules/ending.py; None: no goodness, dead units only)."""
+    (schedules/ending.py; None: no goodness, dead units only), and
+    ``health_inputs``: the test rows as the first layer sees them there
+    (None: with their label embedded; the rule's ``health``, learn/rules)."""
     uses_negatives = False
     has_head = False
     health_threshold = None
+    health_inputs = None
 
     def __init__(self, config: Config, dims: list[int], num_classes: int, device: torch.device):
         self.config, self.dims, self.num_classes, self.device = config, dims, num_classes, device
@@ -87,7 +90,7 @@ class FFKind(Kind):
             load_flat(head.parameters(), state)
         return head
 
-    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor) -> ff.FirstLayerPairs:
+    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor, chapter: int) -> ff.FirstLayerPairs:
         # rows normalized once per run (MNIST: 0.54 s), each chapter only brings its labels
         if self._first_layer is None or self._first_layer[0] is not x:
             self._first_layer = (x, ff.FirstLayerInputs(x, self.num_classes))
@@ -127,21 +130,19 @@ class FFKind(Kind):
 
 
 class PerfOptKind(Kind):
-    """Performance-Optimized PFF: a layer trains with its own softmax head, by
+    """The local-softmax rule (learn/rules/local_softmax.py; the paper's
+    Performance-Optimized PFF): a layer trains with its own softmax head, by
     backprop through those two only, on positive data (neutral label)."""
     uses_negatives = False
     has_head = False  # no separate classifier: every layer has its own
 
     def build(self, index: int, state=None) -> heads.PerfOptLayer:
-        seed = self.config.seed
-        linear = ff.make_linear(self.dims[index], self.dims[index + 1], seed, index).to(self.device)
-        head = ff.make_linear(self.dims[index + 1], self.num_classes, seed, HEAD_SEED_OFFSET + index).to(self.device)
-        layer = heads.PerfOptLayer(linear, head, self.config.lr)
+        layer = local_softmax.make_layer(index, self.dims, self.num_classes, self.config, self.device)
         if state is not None:
             load_flat(layer.parameters(), state)
         return layer
 
-    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong) -> tuple:
+    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong, chapter: int) -> tuple:
         return (ff.normalize(ff.embed_labels(x, None, self.num_classes)),)
 
     @staticmethod
@@ -157,3 +158,41 @@ class PerfOptKind(Kind):
         last, every = heads.perf_opt_accuracy(layers, x, y, self.num_classes)
         return every, {"classifier": "per-layer softmax heads", "accuracy_last_head": last,
                        "accuracy_all_heads": every}
+
+
+PARTNER_KEY = 1 << 20  # scff's partners are keyed (seed, chapter, PARTNER_KEY): apart from any order or negatives
+
+
+class SCFFKind(FFKind):
+    """The scff rule (learn/rules/scff.py): FF layers on self-contrastive
+    pairs, no label; a linear read-out classifies.  A chapter's partners are
+    keyed by (seed, chapter), never by rank, like every PFF random draw."""
+    uses_negatives = False  # makes its own: no wrong labels, no adaptive negatives
+
+    def __init__(self, config: Config, dims: list[int], num_classes: int, device: torch.device):
+        super().__init__(config, [scff.input_width(dims[0]), *dims[1:]], num_classes, device)
+        self.has_head = False
+        self.health_threshold, self.health_inputs = scff.health(config)
+        self._train = None  # (x, y) of the chapters, for the read-out
+
+    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong, chapter: int) -> tuple:
+        from ...ff.negatives import generator
+        self._train = (x, y)
+        partners = scff.draw_partners(x.shape[0], generator(self.config.seed, chapter, PARTNER_KEY)).to(x.device)
+        every = torch.arange(x.shape[0], device=x.device)
+        both = scff.pairs(x, every, partners)
+        return both[:x.shape[0]], both[x.shape[0]:]
+
+    def evaluate(self, layers, head, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
+        linears = [layer.linear for layer in layers]
+        c = self.config
+        readout = scff.train_readout(linears, *self._train, self.num_classes, c.softmax_lr, c.batch_size, c.seed)
+        return scff.readout_accuracy(linears, readout, x, y), {"classifier": "linear read-out (scff)"}
+
+
+KINDS = {"ff": FFKind, "local-softmax": PerfOptKind, "scff": SCFFKind}
+
+
+def for_config(config: Config, dims: list[int], num_classes: int, device: torch.device) -> Kind:
+    """The kind of the run's rule (--objective, else the variant's own)."""
+    return KINDS[rules.objective_of(config)](config, dims, num_classes, device)

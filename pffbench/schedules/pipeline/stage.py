@@ -1,5 +1,6 @@
-"""A pipeline rank's pieces: its stage (a block of FF layers and the step
-through them) and, on rank 0, the source of minibatches."""
+"""A pipeline rank's pieces: its stage (a block of layers of the run's
+learning rule, pffbench/learn/rules, and the step through them) and, on
+rank 0, the source of minibatches."""
 from __future__ import annotations
 
 import torch
@@ -10,28 +11,42 @@ from ...core.partition import balanced_partition, layer_costs
 from ...core.types import Shape
 from ...core.world import World
 from ...ff.negatives import random_wrong_labels
+from ...learn import rules
 
 
 class Stage:
     """This rank's block of layers (a compute-balanced contiguous block,
-    core/partition.py), each an FFLayer with its own Adam, on its device."""
+    core/partition.py), each with its own Adam, on its device.
+
+    The ff rule runs its tuned path (the first layer's PairBatch, outputs
+    computed straight into the outgoing message, normalized by the next
+    rank); every other rule (``generic``) its module's ``step``, which
+    hands the next layer normalized activity, and what travels beside it
+    (``side`` [rows, 1], e.g. local-softmax's labels) in the message's
+    column the ff rule fills with row norms."""
 
     def __init__(self, config: Config, world: World, shape: Shape):
         self.world, self.shape, self.rank = world, shape, world.rank
         self.device = world.device(config.device)
-        self.dims = [shape.num_features, *config.layers]
+        self.objective = rules.objective_of(config)
+        self.rule = rules.module(self.objective)
+        self.generic = self.objective != "ff"
+        self.dims = [self.rule.input_width(shape.num_features), *config.layers]
         self.blocks = balanced_partition(layer_costs(self.dims), world.size)
         self.block = self.blocks[world.rank]
-        scales = [ff.input_scale(config.norm, d) for d in self.dims[:-1]]
-        self.layers = {i: ff.FFLayer(ff.make_linear(self.dims[i], self.dims[i + 1], config.seed, i, scales[i])
-                                     .to(self.device), config.lr, config.threshold, config.sharpness, scales[i])
+        self.layers = {i: self.rule.make_layer(i, self.dims, shape.num_classes, config, self.device)
                        for i in self.block}
         self.owner_of = [r for r, b in enumerate(self.blocks) for _ in b]
         self.score_layers = config.score_layers or ff.default_score_layers(len(config.layers))
         self.gathered = None  # every layer, on rank 0, as of the last evaluation
+        self.gathered_heads = None  # and every auxiliary head (local-softmax)
 
     def linears(self) -> dict[int, torch.nn.Linear]:
         return {i: self.layers[i].linear for i in self.block}
+
+    def heads(self) -> dict[int, torch.nn.Linear]:
+        """The block's auxiliary heads (local-softmax), else empty."""
+        return {i: self.layers[i].head for i in self.block if hasattr(self.layers[i], "head")}
 
     def linear_list(self) -> list[torch.nn.Linear]:
         """The block's layers, first owned first (what --inject-nan poisons)."""
@@ -46,17 +61,34 @@ class Stage:
             return x.to(self.device, non_blocking=True), norms.to(self.device, non_blocking=True)
         return x, norms
 
+    def message_rows(self, n: int) -> int:
+        """Rows a minibatch of ``n`` examples makes per layer (ff: n pairs, 2n)."""
+        return self.rule.message_rows(n)
+
     def empty_output(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Where the block's output of a minibatch of ``n`` pairs goes when not straight into a message."""
-        width = self.dims[self.block.stop]
-        return torch.empty((2 * n, width), device=self.device), torch.empty((2 * n, 1), device=self.device)
+        """Where the block's output of a minibatch of ``n`` examples goes when not straight into a message."""
+        rows, width = self.message_rows(n), self.dims[self.block.stop]
+        return torch.empty((rows, width), device=self.device), torch.empty((rows, 1), device=self.device)
 
     def step(self, x, norms, n: int, lr: float, out, norms_out, losses: dict) -> None:
         """One FF step of every layer of the block on a minibatch of ``n``
         pairs: ``x`` the block's input (rank 0: a PairBatch; else the previous
         block's output, divided here by its row ``norms``); the last layer's
         output goes to ``out`` and ``norms_out`` unnormalized (None on the
-        last rank).  Adds each layer's loss to ``losses``."""
+        last rank).  Adds each layer's loss to ``losses``.  A generic rule's
+        ``norms`` is its side column, passed on as it is (``out`` gets the
+        normalized activity)."""
+        if self.generic:
+            side = norms
+            for i in self.block:
+                self.layers[i].set_lr(lr)
+                x, step_loss = self.rule.step(self.layers[i], x, side, n)
+                losses[i] += step_loss
+            if out is not None:
+                out.copy_(x)
+                if side is not None:
+                    norms_out.copy_(side)
+            return
         if norms is not None:
             x = x.div_(norms)
         for i in self.block:

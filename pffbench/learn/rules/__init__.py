@@ -1,0 +1,68 @@
+"""The registry of local learning rules (``--objective``), like the registry
+of variants (core/variants.py): a rule says what one layer learns from, the
+schedule (pipeline, Single-Layer, All-Layers, Federated) where and when.
+
+Every rule is one small pure-torch module offering the same names:
+
+- ``NEEDS_NEGATIVES``: whether its inputs carry negative data made by the
+  caller (FF's wrong labels); a rule that makes its own (SCFF) says False;
+- ``input_width(num_features)``: the first layer's input width;
+- ``message_rows(n)``: rows of activity a minibatch of ``n`` examples makes
+  per layer (what travels to the next layer is [message_rows(n), width]);
+- ``make_layer(index, dims, num_classes, config, device)``: layer ``index``
+  (its Linear keyed by (seed, index) only, so every partition starts alike);
+- ``step(layer, x, side, n) -> (activity, loss)``: one optimizer step on the
+  layer's input ``x`` [rows, dims[index]] (``side`` [rows, 1]: what travels
+  beside it, e.g. the labels); returns the normalized activity of the
+  step's own forward pass (before the update) and the loss (0-d tensor);
+- ``Source(dataset, config, device, sizes)``: the first layer's minibatches
+  (``start_epoch()``, ``batch(b) -> (x, side)``, ``generator``);
+- ``accuracy(layers, heads, dataset, config, device) -> float``: its
+  classifier's test accuracy from the trained Linears (and auxiliary heads);
+- ``health(config) -> (threshold, inputs)``: how the collapse check
+  (schedules/ending.py, ff/health.py) sees its layers: the goodness
+  threshold they train to (None: no goodness, dead units only) and the
+  test rows as the first layer sees them (a function of x [n, d]; None: x
+  with its true label embedded).
+
+The ff rule is today's Forward-Forward (ff/): the pipeline and the PFF
+schedules keep their tuned paths for it; the other rules run through the
+names above (the pipeline) or a Kind (schedules/pff/kinds.py).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    module: str
+    summary: str
+    source: str
+
+
+_HERE = "pffbench.learn.rules."
+RULES = {r.name: r for r in (
+    Rule("ff", _HERE + "ff", "Hinton's goodness, label in the input, wrong-label negatives",
+         "Hinton 2022, The Forward-Forward Algorithm"),
+    Rule("local-softmax", _HERE + "local_softmax",
+         "a softmax auxiliary head per layer, trained with its layer by local backprop, no negatives",
+         "Aktemur et al. 2024 (arXiv 2404.08573), Performance-Optimized PFF"),
+    Rule("scff", _HERE + "scff", "self-contrastive FF: [x, x] positive, [x, x'] negative, no label; linear read-out",
+         "Chen, Liu, Laydevant, Grollier, Nature Communications 2025 (arXiv 2409.11593)"),
+)}
+OBJECTIVES = tuple(RULES)
+
+
+def objective_of(config) -> str | None:
+    """The rule a run trains with: ``--objective``, else its variant's default
+    (ff; local-softmax for perf-opt; None for the backprop baselines)."""
+    from ...core.variants import VARIANTS
+    return config.objective or VARIANTS[config.variant].objective
+
+
+def module(name: str):
+    """The rule's module (see the module docstring for what it offers)."""
+    return importlib.import_module(RULES[name].module)

@@ -1,0 +1,82 @@
+"""python -m pffbench.tune end to end on a tiny setting (synthetic data), and its parts."""
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pffbench import results
+from pffbench.data import load_dataset, validation_split
+from pffbench.tune import learning_rates, pick
+
+from helpers import ROOT
+
+
+def tune(*argv, timeout=900):
+    return subprocess.run([sys.executable, "-m", "pffbench.tune", *argv], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+
+
+def test_tune_picks_on_validation_and_runs_the_pick_on_the_test_set(tmp_path):
+    out, summary = tmp_path / "tune.h5", tmp_path / "tune.json"
+    done = tune("--variant", "pipeline", "--objective", "local-softmax", "--dataset", "synthetic", "--layers", "32,32",
+                "--epochs", "1", "--batch-size", "50", "--threads", "1", "--target-accuracy", "0.6",
+                "--validation", "400", "--eval-every-steps", "8", "--lr-min", "1e-4", "--lr-max", "3e-2",
+                "--grid", "3", "--repeats", "2", "--out", str(out), "--summary", str(summary))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(summary.read_text())
+    runs = {run.name: run for run in results.read_runs(str(out))}
+    assert len(runs) == 3 + 2
+    trials = [runs[t["name"]] for t in report["trials"]]
+    assert [run.config["lr"] for run in trials] == report["learning_rates"] == learning_rates(1e-4, 3e-2, 3)
+    for run in trials:  # picked on 400 rows held out of the training set, stopped at the target
+        assert run.config["validation"] == 400 and run.config["stop_at_target"]
+        assert run.attrs["num_train"] == 1600 and "validation" in run.attrs["evaluated_on"]
+    times = {t["lr"]: t["time_to_target"] for t in report["trials"]}
+    reached = {lr: t for lr, t in times.items() if math.isfinite(t)}
+    assert reached and report["picked_lr"] == min(reached, key=reached.get)
+    repeats = [runs[r["name"]] for r in report["repeats"]]
+    assert [run.config["seed"] for run in repeats] == [0, 1]  # on the test set, the whole training set
+    assert all(run.config["validation"] == 0 and run.config["lr"] == report["picked_lr"] for run in repeats)
+    assert all(run.attrs["num_train"] == 2000 and "evaluated_on" not in run.attrs for run in repeats)
+    assert report["median_time_to_target"] == statistics.median(run.attrs["time_to_target"] for run in repeats)
+    assert f"lr {report['picked_lr']:g}" in done.stdout
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lr", "0.1"], "--lr: set by the tuning protocol"),
+    (["--variant", "all-layers"], "all-layers evaluates"),
+    (["--lr-min", "0.1", "--lr-max", "0.01"], "need 0 < --lr-min < --lr-max"),
+    (["--layers", "0"], "--layers widths must be positive"),
+])
+def test_tune_refuses_in_one_line(argv, needle, tmp_path):
+    done = tune("--target-accuracy", "0.9", "--dataset", "synthetic", "--out", str(tmp_path / "t.h5"), *argv,
+                timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and needle in done.stderr, done.stderr
+    assert not (tmp_path / "t.h5").exists()
+
+
+def test_the_grid_is_log_spaced_and_the_pick_is_the_fastest_to_target():
+    assert learning_rates(1e-4, 1e-2, 5) == [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2]
+    trials = [{"lr": 1, "time_to_target": math.nan, "accuracy": 0.99},
+              {"lr": 2, "time_to_target": 3.0, "accuracy": 0.97}, {"lr": 3, "time_to_target": 2.0, "accuracy": 0.971},
+              {"lr": 4, "time_to_target": 2.0, "accuracy": 0.975}]
+    assert pick(trials) == (trials[3], "shortest time to target")
+    chosen, how = pick([dict(t, time_to_target=math.nan) for t in trials])
+    assert chosen["lr"] == 1 and "no trial reached" in how
+
+
+def test_validation_rows_come_from_the_training_set_only():
+    data = load_dataset("synthetic")
+    split = validation_split(data, 300)
+    assert split.x_test.shape[0] == 300 and split.x_train.shape[0] == data.x_train.shape[0] - 300
+    rows = {tuple(r.tolist()) for r in data.x_train}
+    assert all(tuple(r.tolist()) in rows for r in split.x_test)  # held-out rows are training rows
+    assert not {tuple(r.tolist()) for r in split.x_test} & {tuple(r.tolist()) for r in split.x_train}
+    assert torch.equal(validation_split(data, 300).x_test, split.x_test)  # the same rows every time
+    assert not any(torch.equal(split.x_test[:1], data.x_test[i:i + 1]) for i in range(data.x_test.shape[0]))
