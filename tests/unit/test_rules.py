@@ -179,5 +179,5 @@ def test_the_collapse_check_sees_the_inputs_and_threshold_of_the_rule(capsys):
     result = ending.finish(config, MPI.COMM_SELF, timer, 100, loss=np.zeros((2, 1)), test_accuracy=np.array([0.5]),
                            linears=[first, dead], dims=[60, 8, 8], blocks=[range(2)], check_health=True,
                            health_threshold=threshold, health_inputs=inputs)
-    ending.check_health(result, dataset, 0.03)
+    ending.check_health(result, dataset, 0.03, "rms")
     assert result.attrs["collapsed_layers"] == [1] and "layer 1 is silent" in capsys.readouterr().err
