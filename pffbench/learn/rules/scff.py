@@ -35,27 +35,14 @@ import torch.nn.functional as F
 
 from ... import ff
 from ...ff import heads
+# the ff rule's goodness layer, its step and its [2n, width] messages: SCFF differs only in what it feeds them
+from .ff import make_layer, message_rows, step  # noqa: F401
 
 NEEDS_NEGATIVES = False  # it makes its own
 
 
 def input_width(num_features: int) -> int:
     return 2 * num_features
-
-
-def message_rows(n: int) -> int:
-    return 2 * n
-
-
-def make_layer(index: int, dims: list[int], num_classes: int, config, device) -> ff.FFLayer:
-    scale = ff.input_scale(config.norm, dims[index])  # --norm length: the paper's unit-length inputs
-    return ff.FFLayer(ff.make_linear(dims[index], dims[index + 1], config.seed, index, scale).to(device),
-                      config.lr, config.threshold, config.sharpness, scale)
-
-
-def step(layer: ff.FFLayer, x: torch.Tensor, side, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x: [2n, width] (positive; negative) normalized rows."""
-    return layer.train_step(x, n)
 
 
 def pairs(x: torch.Tensor, rows: torch.Tensor, partners: torch.Tensor) -> torch.Tensor:
