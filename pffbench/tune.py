@@ -42,6 +42,7 @@ import numpy as np
 
 from .launch.cli import parse_config
 from .core.config import UsageError, one_line
+from .launch.command import command
 
 # flags the protocol sets itself: a user's would be overridden, so they are refused
 OWNED = ("--lr", "--validation", "--target-accuracy", "--eval-every-steps", "--stop-at-target", "--out", "--name",
@@ -159,6 +160,7 @@ def pick(trials: list[dict]) -> tuple[dict, str]:
     return max(finite, key=lambda t: t["accuracy"]), "no trial reached the target: the most accurate"
 
 
+@command("pffbench.tune")
 def main(argv: list[str] | None = None) -> int:
     try:
         args, passthrough = build_parser().parse_known_args(argv)

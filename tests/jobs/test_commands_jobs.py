@@ -68,8 +68,9 @@ def test_every_command_refuses_a_file_it_cannot_read_in_one_line(command, bad_fi
     assert str(bad_file) in done.stderr
 
 
-# run.main ends its own way: each rank decides, and a run whose reader left must still train and record
-OWN_ENDING = {"pffbench.run"}
+# run.main ends its own way: each rank decides, and a run whose reader left must still train and record;
+# __main__ (pffbench COMMAND) only dispatches to the commands' own mains, each under the wrapper
+OWN_ENDING = {"pffbench.run", "pffbench.__main__"}
 
 
 def command_modules() -> list[str]:
