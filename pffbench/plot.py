@@ -12,7 +12,13 @@ files, PNG (and PDF with --pdf), headless (matplotlib Agg).
   case (variant, ranks, threads), target accuracies dotted, a star where a
   case first reached one;
 - variants_speedup.png: every variant's speedup on one chart (FF variants
-  against data-parallel backprop when the files hold backprop runs).
+  against data-parallel backprop when the files hold backprop runs);
+- race.png: the runs of python -m pffbench.tune (jobs/race.sbatch), test
+  accuracy against training time for every contender at its pick, one panel
+  per rank count, stars at the median time to each target.
+
+Series are styled by analysis/style.py: colour by variant and rule, marker by
+ranks, dashed for backprop, hollow markers for runs from a busy host.
 
 PNG only unless --pdf.  The folder keeps a record of which results files
 each figure came from (analysis/sidecar.py): plot warns before overwriting
@@ -36,7 +42,8 @@ from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from . import results  # noqa: E402
 from .launch.command import command  # noqa: E402
-from .analysis import analysis, sidecar  # noqa: E402
+from .analysis import analysis, race, sidecar  # noqa: E402
+from .analysis.style import Styles, legend_marks  # noqa: E402
 from .analysis.timeline import COLORS, IDLE_COLOR, LABELS, save, timeline_figure, traced_runs  # noqa: E402,F401
 from .store.atomic import WriteFailed, describe  # noqa: E402
 
@@ -87,6 +94,15 @@ def _telling(cases, *shown: str) -> list[str]:
                                                      *(getattr(c, name) for name in shown)))
 
 
+def _style(styles: Styles, case) -> dict:
+    """The case's series style (analysis/style.py): colour by variant and rule, marker by p, hollow if busy."""
+    return styles.of(case.variant, case.ranks, case.value("objective"), busy=case.busy > 0)
+
+
+def _busy(case) -> str:
+    return f", busy host ({case.busy} of {len(case.runs)})" if case.busy else ""
+
+
 def _machine(runs) -> str:
     hosts = sorted({run.attrs.get("hostname", "?") for run in runs})
     return ", ".join(hosts)
@@ -103,14 +119,19 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
     ax_s.plot(all_p, all_p, "k:", label="ideal S = p")
     notes, top_s, top_e = [], max(all_p) * 1.2, 1.15  # raised below for points above them: none is cut off
     keys = _telling([rows[0].case for rows in series], "threads")
-    for i, rows in enumerate(series):
-        color = f"C{i}"
+    styles, any_busy = Styles(), False
+    for rows in series:
         p, s, err, rows = _speedup_points(rows)
         top_s, top_e = max(top_s, 1.1 * float(np.max(s + err[1]))), max(top_e, 1.1 * float(np.max((s + err[1]) / p)))
         case = rows[0].case
-        label = f"{_label(case, keys)}, {_plural(case.threads, 'thread')}/rank"
-        ax_s.errorbar(p, s, yerr=err, fmt="o-", color=color, capsize=4, label=label)
-        ax_e.errorbar(p, s / p, yerr=err / p, fmt="o-", color=color, capsize=4, label=label)
+        busy = sum(r.case.busy for r in rows)
+        any_busy |= busy > 0
+        look = styles.of(case.variant, 1, case.value("objective"), busy=busy > 0)  # one series over p
+        color = look["color"]
+        label = f"{_label(case, keys)}, {_plural(case.threads, 'thread')}/rank" + (
+            f", busy host ({busy} runs)" if busy else "")
+        ax_s.errorbar(p, s, yerr=err, capsize=4, label=label, **look)
+        ax_e.errorbar(p, s / p, yerr=err / p, capsize=4, label=label, **look)
         if case.variant == "pipeline" and case.minibatches:
             fine = np.array(all_p, dtype=float)
             bound = [analysis.pipeline_bound(q, case.minibatches) for q in fine]
@@ -131,7 +152,7 @@ def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Fig
     ax_s.set_ylabel("speedup S(p) = T1 / Tp")
     ax_s.set_title("Speedup (median, IQR error bars)")
     ax_s.grid(True, which="major", alpha=0.3)
-    ax_s.legend(fontsize=8, loc="upper left")
+    legend_marks(ax_s, busy=any_busy, fontsize=8, loc="upper left")
     ax_e.axhline(1.0, color="k", linestyle=":", label="ideal E = 1")
     _log2_axis(ax_e, all_p, "x")
     ax_e.set_ylim(0, top_e)
@@ -157,13 +178,16 @@ def variants_figure(runs: list[results.Run]) -> plt.Figure | None:
     ax.plot(all_p, all_p, "k:", label="ideal S = p")
     top = max(all_p) * 1.2
     keys = _telling([rows[0].case for rows in series])
-    for i, rows in enumerate(series):
+    styles, any_busy = Styles(), False
+    for rows in series:
         p, s, err, rows = _speedup_points(rows)
         top = max(top, 1.1 * float(np.max(s + err[1])))
         case = rows[0].case
-        style = "s--" if case.variant in analysis.BASELINES else "o-"
-        ax.errorbar(p, s, yerr=err, fmt=style, color=f"C{i}", capsize=4,
-                    label=f"{_label(case, keys)} (T1 = {rows[0].base.stats['median']:.1f} s)")
+        busy = sum(r.case.busy for r in rows)
+        any_busy |= busy > 0
+        ax.errorbar(p, s, yerr=err, capsize=4, **styles.of(case.variant, 1, case.value("objective"), busy=busy > 0),
+                    label=f"{_label(case, keys)} (T1 = {rows[0].base.stats['median']:.1f} s)"
+                          + (f", busy host ({busy} runs)" if busy else ""))
     _log2_axis(ax, all_p, "x")
     _log2_axis(ax, [2.0 ** k for k in range(-3, 8)], "y")
     ax.set_ylim(min(0.9, ax.get_ylim()[0]), top)
@@ -173,7 +197,7 @@ def variants_figure(runs: list[results.Run]) -> plt.Figure | None:
     what = "FF variants vs backprop" if has_backprop else "Speedup of each variant (no backprop runs in the files)"
     ax.set_title(f"{what}\n{_machine(runs)}", fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    legend_marks(ax, busy=any_busy, fontsize=8, loc="upper left")
     return fig
 
 
@@ -191,14 +215,17 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
     marked = sorted(set(targets) | set(analysis.recorded_targets(runs)))
     fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
     keys = _telling([case for case, _, _ in curves], "ranks", "threads")
-    for i, (case, seconds, accuracy) in enumerate(curves):
-        style = "s--" if case.variant in analysis.BASELINES else "o-"
-        ax.plot(seconds, 100 * accuracy, style, color=f"C{i % 10}", markersize=3 if len(seconds) > 20 else 6,
-                label=f"{_label(case, keys)}, p = {case.ranks} × {_plural(case.threads, 'thread')}")
+    styles, starred = Styles(), False
+    for case, seconds, accuracy in curves:
+        look = _style(styles, case)
+        ax.plot(seconds, 100 * accuracy, markersize=3 if len(seconds) > 20 else 6, **look,
+                label=f"{_label(case, keys)}, p = {case.ranks} × {_plural(case.threads, 'thread')}{_busy(case)}")
         for goal in marked:
             hit = np.flatnonzero(accuracy >= goal)
             if hit.size:
-                ax.plot(seconds[hit[0]], 100 * accuracy[hit[0]], "*", color=f"C{i % 10}", markersize=12)
+                starred = True
+                ax.plot(seconds[hit[0]], 100 * accuracy[hit[0]], "*", color=look["color"], markersize=12,
+                        markeredgecolor="black", markeredgewidth=0.5)
     for goal in marked:
         ax.axhline(100 * goal, color="black", linestyle=":", linewidth=1)
         ax.annotate(f"target {100 * goal:g} %", (0, 100 * goal), xycoords=("axes fraction", "data"),
@@ -207,7 +234,52 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Test accuracy against wall-clock training time\n{_machine(runs)}", fontsize=11)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    legend_marks(ax, star=starred, busy=any(case.busy for case, _, _ in curves), fontsize=8, loc="best")
+    return fig
+
+
+def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figure | None:
+    """The race (``python -m pffbench.tune`` runs, jobs/race.sbatch): test accuracy against training time
+    for every contender at its pick for the highest target, one panel per rank count p, the curve of
+    its first repetition, a star at each target's median time over the repetitions (analysis/race.py);
+    the y axis starts 5 points below the lowest target.  None without tune runs with repetitions."""
+    contenders = [c for c in race.contenders(runs) if c.trials and c.repeats]
+    goals = sorted(set(targets) | set(analysis.recorded_targets([r for c in contenders for r in c.trials.values()])))
+    if not contenders or not goals:
+        return None
+    rows = race.race_rows(contenders, goals)
+    ranks = sorted({c.ranks for c in contenders})
+    fig, axes = plt.subplots(1, len(ranks), figsize=(6.2 * len(ranks), 5.2), squeeze=False, sharex=True, sharey=True,
+                             constrained_layout=True)
+    styles = Styles()
+    for ax, p in zip(axes[0], ranks):
+        for contender in (c for c in contenders if c.ranks == p):
+            lr, _ = race.pick_for(contender, goals[-1])
+            repeats = contender.repeats.get(lr)
+            if not repeats:
+                continue
+            busy = any(analysis.busy_host(run) for run in repeats)
+            look = styles.of(contender.variant, p, contender.objective, busy=busy)
+            table = race.evaluations(repeats[0])
+            ax.plot(table[:, 2], 100 * table[:, 3], markersize=3, markevery=max(1, len(table) // 12), **look,
+                    label=f"{contender.label}, lr {lr:g}" + (", busy host" if busy else ""))
+            for row in rows:
+                if row["contender"] == contender.label and row["lr"] == lr and np.isfinite(row["seconds"]):
+                    ax.plot(row["seconds"], 100 * row["target"], "*", color=look["color"], markersize=13,
+                            markeredgecolor="black", markeredgewidth=0.5)
+        for goal in goals:
+            ax.axhline(100 * goal, color="black", linestyle=":", linewidth=1)
+        ax.set_ylim(100 * goals[0] - 5, 100)
+        ax.set_xlabel("training time (s, evaluation excluded)")
+        ax.set_title(f"p = {p} rank{'s' if p > 1 else ''}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        legend_marks(ax, star="median time to a target (repetitions)", busy=any("busy host" in t for t in ax.get_legend_handles_labels()[1]),
+                     fontsize=7.5, loc="lower right")
+    axes[0][0].set_ylabel("test accuracy (%), first repetition")
+    data = contenders[0].trials[next(iter(contenders[0].trials))].config
+    fig.suptitle(f"The race to {', '.join(f'{100 * g:g}' for g in goals)} % ({data['dataset']}, "
+                 f"layers {data['layers']}, batch {data['batch_size']}; star: median of the repetitions)\n"
+                 f"{_machine(runs)}", fontsize=10)
     return fig
 
 
@@ -216,6 +288,13 @@ def figures(runs: list[results.Run], timeline_run: str | None = None,
     """({stem: Figure} of every figure the runs support, [why each other one was not drawn]);
     ``targets``: accuracies marked on accuracy_time.png besides the runs' --target-accuracy."""
     drawn, skipped = {}, []
+    tuned = [run for run in runs if run.name.startswith("tune-")]
+    if tuned:  # the race has a figure of its own; its trials would crowd the others
+        drawn["race"] = race_figure(tuned, targets)
+        if drawn["race"] is None:
+            del drawn["race"]
+            skipped.append("race: no contender with repetitions on the test set")
+        runs = [run for run in runs if not run.name.startswith("tune-")]
     several = "no configuration has runs on more than one rank count with a 1-rank run to compare against"
     for stem, fig, why in (("speedup", speedup_figure(runs), several),
                            ("variants_speedup", variants_figure(runs), several),

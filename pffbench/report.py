@@ -39,7 +39,7 @@ import numpy as np
 
 from . import results
 from .launch.command import command
-from .analysis import analysis
+from .analysis import analysis, race
 from .core.words import plural
 
 HEADER = ("run", "variant", "dataset", "p", "threads/rank", "n", "median s", "min s", "max s", "speedup",
@@ -200,6 +200,10 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, action="append", default=None, metavar="A",
                         help="add the median training time to test accuracy A (e.g. 0.97) and how many repetitions "
                              "reached it; repeatable (default: the --target-accuracy values the runs were made with)")
+    parser.add_argument("--race", action="store_true",
+                        help="the race table of python -m pffbench.tune's runs instead (jobs/race.sbatch): per "
+                             "target and contender the pick, median time and samples to the target, the speedup "
+                             "over the fastest backprop rival, the final accuracy (pffbench/analysis/race.py)")
     parser.add_argument("--versus", default=None, metavar="VARIANT",
                         help="add the speedup over VARIANT on 1 rank with the same threads, data, widths, epochs "
                              "and batch size (e.g. backprop)")
@@ -219,6 +223,8 @@ def main(argv=None) -> int:
         print(f"pffbench.report: error: {error}", file=sys.stderr)
         return 2
     one_table = opts.format in ("csv", "json")  # machine-read: never two tables in one stream
+    if opts.race:
+        return _race(runs, opts)
     if opts.links and not links:
         print(f"pffbench.report: no link measurements (pffbench.links) in {', '.join(opts.files)}", file=sys.stderr)
         return 1
@@ -245,6 +251,31 @@ def main(argv=None) -> int:
     elif links:
         print(f"note: {plural(len(links), 'link measurement')} in the files left out of the {opts.format} "
               f"table (one table per output): add --links for theirs", file=sys.stderr)
+    return 0
+
+
+def _race(runs: list, opts) -> int:
+    contenders = [c for c in race.contenders(runs) if c.trials]
+    if not contenders:
+        print(f"pffbench.report: no runs of python -m pffbench.tune in {', '.join(opts.files)}", file=sys.stderr)
+        return 1
+    targets = opts.target or analysis.recorded_targets(runs)
+    if not targets:
+        print("pffbench.report: --race needs --target A (the runs name none)", file=sys.stderr)
+        return 2
+    rows = race.race_rows(contenders, sorted(targets))
+    if opts.format == "json":
+        nan = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  (JSON has no NaN)
+        print(json.dumps([{k: nan(v) if not isinstance(v, list) else [nan(x) for x in v] for k, v in r.items()}
+                          for r in rows], indent=1, default=_plain))
+    elif opts.format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows)
+        print(out.getvalue().rstrip("\n"))
+    else:
+        print(race.race_table(rows))
     return 0
 
 

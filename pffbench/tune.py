@@ -34,7 +34,6 @@ import json
 import math
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 
@@ -43,6 +42,8 @@ import numpy as np
 from .launch.cli import parse_config
 from .core.config import UsageError, one_line
 from .launch.command import command
+from .analysis import race
+from .analysis.race import pick  # noqa: F401  (the protocol's rule; tests name it here)
 
 # flags the protocol sets itself: a user's would be overridden, so they are refused
 OWNED = ("--lr", "--validation", "--target-accuracy", "--eval-every-steps", "--stop-at-target", "--out", "--name",
@@ -60,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "held out of the training set, then run the pick on the test set. Flags not listed "
                             "here go to every run (python -m pffbench.run: --variant, --objective, --dataset, "
                             "--layers, --epochs, --batch-size, --threads, ...).")
-    p.add_argument("--target-accuracy", type=float, required=True, metavar="A", help="e.g. 0.97")
+    p.add_argument("--target-accuracy", required=True, metavar="A[,A...]",
+                   help="a target test accuracy, or several (e.g. 0.97,0.98): trials stop at the highest, and "
+                        "each target gets its own pick from the same trials")
     p.add_argument("--ranks", type=int, default=1, help="MPI ranks per run (default: %(default)s)")
     p.add_argument("--lr-min", type=float, default=1e-4, help="smallest learning rate (default: %(default)s)")
     p.add_argument("--lr-max", type=float, default=1e-2, help="largest learning rate (default: %(default)s)")
@@ -83,26 +86,35 @@ def learning_rates(low: float, high: float, count: int) -> list[float]:
     return [float(f"{lr:.3g}") for lr in np.geomspace(low, high, count)]
 
 
-def _check(args, passthrough: list[str]) -> None:
+def targets_of(text: str) -> list[float]:
+    """--target-accuracy's accuracies, ascending; UsageError unless each is in (0, 1]."""
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise UsageError(f"--target-accuracy: expected accuracies such as 0.97,0.98, got {text!r}") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise UsageError(f"--target-accuracy must be in (0, 1], got {text}")
+    return values
+
+
+def _check(args, targets: list[float], passthrough: list[str]) -> None:
     owned = [flag for flag in passthrough if flag.split("=")[0] in OWNED]
     if owned:
         raise UsageError(f"{', '.join(owned)}: set by the tuning protocol itself (see --help)")
-    if not 0 < args.target_accuracy <= 1:
-        raise UsageError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
     if args.ranks < 1 or args.repeats < 1 or args.grid < 2 or args.eval_every_steps < 1:
         raise UsageError("--ranks, --repeats and --eval-every-steps must be >= 1, --grid >= 2")
     if not 0 < args.lr_min < args.lr_max or not all(map(math.isfinite, (args.lr_min, args.lr_max))):
         raise UsageError(f"need 0 < --lr-min < --lr-max, got {args.lr_min}, {args.lr_max}")
-    config = parse_config([*passthrough, *_common(args), "--lr", str(args.lr_min), "--validation",
-                           str(args.validation), "--stop-at-target"])  # what a trial will be: refused now, not later
+    config = parse_config([*passthrough, *_common(args), "--target-accuracy", f"{max(targets):g}", "--lr",
+                           str(args.lr_min), "--validation", str(args.validation), "--stop-at-target"])
+    # what a trial will be: refused now, not later
     from .core.variants import VARIANTS
     if VARIANTS[config.variant].pff:
         raise UsageError(f"{config.variant} evaluates only at the end of its run: tune the pipeline or a baseline")
 
 
 def _common(args) -> list[str]:
-    return ["--target-accuracy", str(args.target_accuracy), "--eval-every-steps", str(args.eval_every_steps),
-            "--out", args.out, "--quiet"]
+    return ["--eval-every-steps", str(args.eval_every_steps), "--out", args.out, "--quiet"]
 
 
 def _launcher(ranks: int) -> list[str]:
@@ -113,8 +125,19 @@ def _launcher(ranks: int) -> list[str]:
     return [mpiexec, "-n", str(ranks), *run]
 
 
-def _run(args, passthrough: list[str], name: str, extra: list[str]) -> dict:
-    """One run; its record's figures (time to target NaN if it failed or did not reach it)."""
+def _record(out: str, name: str):
+    """The run ``name`` in ``out`` (the last of that name), or None."""
+    from .results import read_runs
+    from .store.format import ResultsError
+    try:
+        return next((r for r in reversed(read_runs(out)) if r.name == name), None)
+    except ResultsError:
+        return None
+
+
+def _launch(args, passthrough: list[str], name: str, extra: list[str]):
+    """One run, recorded in --out: its Run, or None if it failed (said in one line on stderr; it counts
+    as reaching no target).  UsageError if the run refused its flags (the same for every run)."""
     command = [*_launcher(args.ranks), *passthrough, *_common(args), "--name", name, *extra]
     try:
         done = subprocess.run(command, timeout=args.run_timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -122,81 +145,88 @@ def _run(args, passthrough: list[str], name: str, extra: list[str]) -> dict:
         code, error = done.returncode, done.stderr.strip().splitlines()
     except subprocess.TimeoutExpired:
         code, error = None, [f"still running after {args.run_timeout:g} s: ended"]
-    if code == 2:  # the same argv for every run: a usage error ends the search
+    if code == 2:
         raise UsageError(error[-1].removeprefix("pffbench: error: ") if error else f"{name}: usage error")
     record = _record(args.out, name) if code == 0 else None
     if record is None:
         print(f"pffbench.tune: {name} failed ({error[-1] if error else f'exit {code}'}): counted as not reaching "
               "the target", file=sys.stderr, flush=True)
-        return {"name": name, "time_to_target": math.nan, "accuracy": math.nan, "eval_seconds": math.nan,
-                "reached_step": -1}
     return record
 
 
-def _record(out: str, name: str) -> dict | None:
-    from .results import read_runs
-    from .store.format import ResultsError
-    try:
-        run = next((r for r in reversed(read_runs(out)) if r.name == name), None)
-    except ResultsError:
-        return None
+def _figures(run, targets: list[float]) -> dict:
+    """A trial's figures for the summary: final accuracy, and per target the training seconds and
+    samples to it (NaN if not reached or failed)."""
     if run is None:
-        return None
-    eval_seconds = np.nansum(run.arrays["timing/eval"], axis=1).max()  # the slowest rank's
-    return {"name": name, "time_to_target": float(run.attrs.get("time_to_target", math.nan)),
-            "accuracy": float(run.attrs["final_test_accuracy"]), "eval_seconds": float(eval_seconds),
-            "reached_step": int(run.attrs.get("target_reached_step", -1))}
+        return {"name": None, "accuracy": math.nan,
+                "to_target": {f"{a:g}": {"seconds": math.nan, "samples": math.nan} for a in targets}}
+    return {"name": run.name, "accuracy": race.final_accuracy(run),
+            "to_target": {f"{a:g}": dict(zip(("seconds", "samples"), race.reaching(run, a))) for a in targets}}
 
 
-def pick(trials: list[dict]) -> tuple[dict, str]:
-    """The trial with the shortest time to target (ties: higher accuracy), or, if none
-    reached it, the most accurate; and how it was picked."""
-    reached = [t for t in trials if math.isfinite(t["time_to_target"])]
-    if reached:
-        return min(reached, key=lambda t: (t["time_to_target"], -t["accuracy"])), "shortest time to target"
-    finite = [t for t in trials if math.isfinite(t["accuracy"])]
-    if not finite:
-        raise RuntimeError("every trial failed")
-    return max(finite, key=lambda t: t["accuracy"]), "no trial reached the target: the most accurate"
+def tag_of(config, ranks: int) -> str:
+    """The runs' name stem: tune-VARIANT-OBJECTIVE-pP, with -tT where --threads was given."""
+    threads = f"-t{config.threads}" if config.threads else ""
+    return f"tune-{config.variant}-{config.objective or 'default'}-p{ranks}{threads}"
+
+
+def _search(args, passthrough, targets, tag, contender) -> list[dict]:
+    """The trials, one per learning rate, on validation; each stops at the highest target."""
+    trials = []
+    for lr in learning_rates(args.lr_min, args.lr_max, args.grid):
+        run = _launch(args, passthrough, f"{tag}-lr{lr:g}-validation",
+                      ["--target-accuracy", f"{max(targets):g}", "--lr", repr(lr), "--validation",
+                       str(args.validation), "--stop-at-target", "--seed", str(args.seed)])
+        trials.append({"lr": lr, **_figures(run, targets)})
+        if run is not None:
+            contender.trials[lr] = run
+        print(f"trial lr {lr:g}: validation " + ", ".join(
+            f"to {a:g} {trials[-1]['to_target'][f'{a:g}']['seconds']:.2f} s" for a in targets)
+            + f"; final accuracy {trials[-1]['accuracy']:.4f}", flush=True)
+    return trials
+
+
+def _measure(args, passthrough, targets, tag, contender) -> dict:
+    """Each distinct pick (per target, race.pick_for) runs --repeats times on the test set, to the end of
+    its epochs; the picks, by target."""
+    if not contender.trials:
+        raise UsageError("every trial failed (see the lines above)")
+    picks = {a: race.pick_for(contender, a) for a in targets}
+    for lr in dict.fromkeys(lr for lr, _ in picks.values()):
+        print(f"pick: lr {lr:g} for " + ", ".join(f"{a:g} ({how})" for a, (p, how) in picks.items() if p == lr),
+              flush=True)
+        for i in range(args.repeats):
+            run = _launch(args, passthrough, f"{tag}-lr{lr:g}-test-seed{args.seed + i}",
+                          ["--target-accuracy", f"{max(targets):g}", "--lr", repr(lr), "--seed", str(args.seed + i)])
+            if run is not None:
+                contender.repeats.setdefault(lr, []).append(run)
+    return picks
 
 
 @command("pffbench.tune")
 def main(argv: list[str] | None = None) -> int:
     try:
         args, passthrough = build_parser().parse_known_args(argv)
-        _check(args, passthrough)
+        targets = targets_of(args.target_accuracy)
+        _check(args, targets, passthrough)
         config = parse_config(passthrough)
-        tag = f"tune-{config.variant}-{config.objective or 'default'}-p{args.ranks}"
-        trials = []
-        for lr in learning_rates(args.lr_min, args.lr_max, args.grid):
-            trial = _run(args, passthrough, f"{tag}-lr{lr:g}-validation",
-                         ["--lr", repr(lr), "--validation", str(args.validation), "--stop-at-target",
-                          "--seed", str(args.seed)])
-            trials.append({"lr": lr, **trial})
-            print(f"trial lr {lr:g}: validation time to {args.target_accuracy:g} "
-                  f"{trial['time_to_target']:.2f} s, accuracy {trial['accuracy']:.4f}", flush=True)
-        chosen, how = pick(trials)
-        print(f"pick: lr {chosen['lr']:g} ({how})", flush=True)
-        repeats = [_run(args, passthrough, f"{tag}-lr{chosen['lr']:g}-test-seed{args.seed + i}",
-                        ["--lr", repr(chosen["lr"]), "--seed", str(args.seed + i)]) for i in range(args.repeats)]
+        tag = tag_of(config, args.ranks)
+        contender = race.Contender(config.variant, config.objective, args.ranks, config.threads)
+        trials = _search(args, passthrough, targets, tag, contender)
+        _measure(args, passthrough, targets, tag, contender)
     except UsageError as error:
         print(f"pffbench: error: {error}", file=sys.stderr)
         return 2
-    times = [r["time_to_target"] for r in repeats]
-    reached = [t for t in times if math.isfinite(t)]
-    summary = {"target_accuracy": args.target_accuracy, "ranks": args.ranks, "variant": config.variant,
-               "objective": config.objective, "learning_rates": [t["lr"] for t in trials],
-               "validation_rows": args.validation, "trials": trials, "picked_lr": chosen["lr"], "picked_by": how,
-               "repeats": repeats,
-               # every repeat must reach the target for a median time to it
-               "median_time_to_target": statistics.median(times) if len(reached) == len(times) else math.nan,
-               "repeats_reaching_target": len(reached),
-               "median_eval_seconds": statistics.median(r["eval_seconds"] for r in repeats),
-               "median_accuracy": statistics.median(r["accuracy"] for r in repeats), "out": args.out}
-    print(f"{tag}: lr {chosen['lr']:g}; test time to {args.target_accuracy:g}: median "
-          f"{summary['median_time_to_target']:.2f} s of {args.repeats} ({len(reached)} reached it), "
-          f"evaluation {summary['median_eval_seconds']:.2f} s apart; final accuracy median "
-          f"{summary['median_accuracy']:.4f}", flush=True)
+    rows = race.race_rows([contender], targets)
+    keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "eval_seconds")
+    summary = {"targets": targets, "ranks": args.ranks, "variant": config.variant, "objective": config.objective,
+               "threads": config.threads, "learning_rates": [t["lr"] for t in trials],
+               "validation_rows": args.validation, "trials": trials, "out": args.out,
+               "picks": {f"{r['target']:g}": {k: r[k] for k in keep} for r in rows}}
+    for r in rows:
+        print(f"{tag}: to {r['target']:g}: lr {r['lr']:g} ({r['picked_by']}); test time median {r['seconds']:.2f} s "
+              f"({r['reached']} of {r['repeats']} reached it), {r['samples']:.0f} samples, evaluation "
+              f"{r['eval_seconds']:.2f} s apart; final accuracy median {r['accuracy']:.4f}", flush=True)
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=1, default=float)

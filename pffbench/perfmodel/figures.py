@@ -12,28 +12,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..analysis import timeline  # noqa: E402
+from ..analysis.style import Styles  # noqa: E402
 from ..store import reader as results  # noqa: E402
 from .predict import Prediction  # noqa: E402
-
-STYLE = {"pipeline": ("#1f77b4", "o"), "all-layers": ("#2ca02c", "s"), "single-layer": ("#9467bd", "D"),
-         "federated": ("#8c564b", "^"), "perf-opt": ("#e377c2", "v"), "dp-backprop": ("#d62728", "x"),
-         "backprop": ("#7f7f7f", "+"), "ddp": ("#ff7f0e", "P"), "gpipe": ("#17becf", "*"),
-         "1f1b": ("#bcbd22", "h")}
-
 
 def speedup_figure(panels: list[dict]) -> plt.Figure:
     """``panels``: [{"title", "curves": {variant: [(p, speedup)]},
     "measured": {variant: [(p, median, low, high)]}, "note"}]."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 6.2), squeeze=False, constrained_layout=True)
     for ax, panel in zip(axes[0], panels):
-        top, seen = 1, {}
+        top, styles = 1, Styles()  # analysis/style.py: a variant's colour as in pffbench.plot's figures
         for label, points in panel["curves"].items():
             variant = label.split()[0]  # a label is a variant, optionally followed by its net
-            color, marker = STYLE.get(variant, ("black", "."))
-            style = ("-", "--", "-.", ":")[seen.get(variant, 0) % 4]
-            seen[variant] = seen.get(variant, 0) + 1
+            look = styles.of(variant)  # a second net of the same variant: another line style
+            color, marker = look["color"], look["marker"]
             ps, ss = zip(*points)
-            ax.plot(ps, ss, color=color, marker=marker, markersize=4, linestyle=style, label=f"{label} (model)")
+            ax.plot(ps, ss, markersize=4, **look, label=f"{label} (model)")
             top = max(top, max(ps))
             if label in panel.get("measured", {}):
                 ps, med, low, high = (np.array(v, dtype=float) for v in zip(*panel["measured"][label]))
@@ -60,10 +54,13 @@ def speedup_figure(panels: list[dict]) -> plt.Figure:
     return fig
 
 
-def timeline_figure(pred: Prediction, config: dict, title_run: str = "model") -> plt.Figure:
+def timeline_figure(pred: Prediction, config: dict, title_run: str = "model", dims=None) -> plt.Figure:
     """The predicted per-rank timeline of ``pred`` (simulated with trace=True),
-    in the layout of a traced run, drawn by timeline.timeline_figure."""
+    in the layout of a traced run, drawn by timeline.timeline_figure; ``dims``: the
+    whole net, input width first (the title's, as for a measured run)."""
     events = pred.timeline.events
     attrs = {"world_size": pred.p, "variant": pred.variant, "dataset": config.get("dataset", "mnist"),
              "config": json.dumps(config), "hostname": "model"}
+    if dims is not None:
+        attrs["dims"] = list(dims)
     return timeline.timeline_figure(results.Run(title_run, attrs, {"trace/events": events}))

@@ -137,7 +137,7 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
             p, settings = int(run.attrs["world_size"]), model.Settings.from_run(run)
             cluster = validation.cluster_of(run, cores, links.Cluster(intra=links.link(args.intra)))
             pred = model.predict("pipeline", costs, cluster, p, replace(settings, epochs=1), trace=True)
-            written += timeline.save(figures.timeline_figure(pred, run.config, f"model of {run.name}"), args.out_dir,
+            written += timeline.save(figures.timeline_figure(pred, run.config, f"model of {run.name}", costs.dims), args.out_dir,
                                  "model_timeline")
             written += timeline.save(timeline.timeline_figure(run), args.out_dir, "model_timeline_measured")
             return written
@@ -147,6 +147,7 @@ def _timelines(args, cores: int, costs_of: dict) -> list[str]:
         pred = model.predict("pipeline", pipeline, links.Cluster(p, cores, pipeline.threads), p,
                              model.Settings(60000, 1), trace=True)
         config = {"layers": pipeline.dims[1:], "batch_size": pipeline.batch}
-        written += timeline.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores"), args.out_dir,
+        written += timeline.save(figures.timeline_figure(pred, config, f"predicted, {cores} cores",
+                                                                 pipeline.dims), args.out_dir,
                              "model_timeline")
     return written

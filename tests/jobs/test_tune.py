@@ -11,6 +11,7 @@ import torch
 
 from pffbench import results
 from pffbench.data import load_dataset, validation_split
+from pffbench.analysis import race
 from pffbench.tune import learning_rates, pick
 
 from helpers import ROOT
@@ -21,36 +22,47 @@ def tune(*argv, timeout=900):
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
 
 
-def test_tune_picks_on_validation_and_runs_the_pick_on_the_test_set(tmp_path):
+def test_tune_picks_on_validation_per_target_and_runs_each_pick_on_the_test_set(tmp_path):
     out, summary = tmp_path / "tune.h5", tmp_path / "tune.json"
     done = tune("--variant", "pipeline", "--objective", "local-softmax", "--dataset", "synthetic", "--layers", "32,32",
-                "--epochs", "1", "--batch-size", "50", "--threads", "1", "--target-accuracy", "0.6",
+                "--epochs", "1", "--batch-size", "50", "--threads", "1", "--target-accuracy", "0.5,0.6",
                 "--validation", "400", "--eval-every-steps", "8", "--lr-min", "1e-4", "--lr-max", "3e-2",
                 "--grid", "3", "--repeats", "2", "--out", str(out), "--summary", str(summary))
     assert done.returncode == 0, done.stderr
     report = json.loads(summary.read_text())
     runs = {run.name: run for run in results.read_runs(str(out))}
-    assert len(runs) == 3 + 2
     trials = [runs[t["name"]] for t in report["trials"]]
     assert [run.config["lr"] for run in trials] == report["learning_rates"] == learning_rates(1e-4, 3e-2, 3)
-    for run in trials:  # picked on 400 rows held out of the training set, stopped at the target
+    for run in trials:  # picked on 400 rows held out of the training set, stopped at the highest target
         assert run.config["validation"] == 400 and run.config["stop_at_target"]
+        assert run.config["target_accuracy"] == 0.6 and run.config["threads"] == 1
         assert run.attrs["num_train"] == 1600 and "validation" in run.attrs["evaluated_on"]
-    times = {t["lr"]: t["time_to_target"] for t in report["trials"]}
-    reached = {lr: t for lr, t in times.items() if math.isfinite(t)}
-    assert reached and report["picked_lr"] == min(reached, key=reached.get)
-    repeats = [runs[r["name"]] for r in report["repeats"]]
-    assert [run.config["seed"] for run in repeats] == [0, 1]  # on the test set, the whole training set
-    assert all(run.config["validation"] == 0 and run.config["lr"] == report["picked_lr"] for run in repeats)
-    assert all(run.attrs["num_train"] == 2000 and "evaluated_on" not in run.attrs for run in repeats)
-    assert report["median_time_to_target"] == statistics.median(run.attrs["time_to_target"] for run in repeats)
-    assert f"lr {report['picked_lr']:g}" in done.stdout
+    picks = set()
+    for target in ("0.5", "0.6"):
+        times = {t["lr"]: t["to_target"][target]["seconds"] for t in report["trials"]}
+        reached = {lr: t for lr, t in times.items() if math.isfinite(t)}
+        chosen = report["picks"][target]
+        assert reached and chosen["lr"] == min(reached, key=reached.get)  # each target its own pick
+        repeats = [r for r in runs.values() if "-test-" in r.name and r.config["lr"] == chosen["lr"]]
+        assert [run.config["seed"] for run in repeats] == [0, 1]  # on the test set, the whole training set
+        assert all(run.config["validation"] == 0 for run in repeats)
+        assert all(run.attrs["num_train"] == 2000 and "evaluated_on" not in run.attrs for run in repeats)
+        seconds = [race.reaching(run, float(target))[0] for run in repeats]
+        assert chosen["seconds_each"] == seconds
+        if all(map(math.isfinite, seconds)):
+            assert chosen["seconds"] == statistics.median(seconds)
+        else:  # a median time to target needs every repetition to reach it
+            assert math.isnan(chosen["seconds"])
+        picks.add(chosen["lr"])
+        assert f"to {target}: lr {chosen['lr']:g}" in done.stdout
+    assert len(runs) == 3 + 2 * len(picks)  # a pick shared by both targets runs once
 
 
 @pytest.mark.parametrize("argv, needle", [
     (["--lr", "0.1"], "--lr: set by the tuning protocol"),
     (["--variant", "all-layers"], "all-layers evaluates"),
     (["--lr-min", "0.1", "--lr-max", "0.01"], "need 0 < --lr-min < --lr-max"),
+    (["--target-accuracy", "0.9,1.5"], "--target-accuracy must be in (0, 1]"),
     (["--layers", "0"], "--layers widths must be positive"),
 ])
 def test_tune_refuses_in_one_line(argv, needle, tmp_path):

@@ -1,0 +1,176 @@
+"""The race to a target accuracy, computed from the runs ``python -m pffbench.tune`` appends
+(docs/tuning.md): every contender's trials (validation runs, one per learning rate), its pick
+per target, and the repetitions of each pick on the test set.
+
+A contender is what a user would choose between: a variant with its local rule (objective),
+on p ranks x t threads per rank.  Everything here is recomputed from the stored evaluations
+(instrument/target.py's table [k, 4] of steps, epoch, training seconds, accuracy), so the race
+table follows from the results file alone; tune's summary uses the same functions.
+
+Figures per contender and target (``race_rows``):
+
+- ``lr``: the learning rate picked on validation (shortest time to the target, ties to the
+  higher accuracy; if no trial reached it, the most accurate: ``picked_by`` says which);
+- ``seconds``: median training seconds to the target over the repetitions (NaN unless every
+  repetition reached it), MLPerf's clock (first minibatch to the evaluation that first shows
+  the target, evaluation excluded); ``reached``: how many repetitions did;
+- ``samples``: median training samples seen by then (steps x global minibatch);
+- ``accuracy``: median test accuracy at the end of the repetitions' epochs;
+- ``eval_seconds``: median evaluation seconds of a repetition (kept apart from training);
+- ``speedup``: the fastest backprop rival's median seconds / this contender's (>1: faster than
+  every rival), where a rival is a variant of the backprop family (core/variants.py).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.variants import VARIANTS
+from ..instrument import target
+
+
+@dataclass
+class Contender:
+    variant: str
+    objective: str | None
+    ranks: int
+    threads: int
+    trials: dict = field(default_factory=dict)   # lr -> the validation run
+    repeats: dict = field(default_factory=dict)  # lr -> the test runs, in seed order
+
+    @property
+    def label(self) -> str:
+        rule = f" x {self.objective}" if self.objective else ""
+        return f"{self.variant}{rule}, {self.ranks} x {self.threads}"
+
+    @property
+    def rival(self) -> bool:
+        """A backprop baseline (what a user would run instead of local learning)."""
+        return VARIANTS[self.variant].family == "backprop"
+
+
+def _threads(run) -> int:
+    threads = run.attrs.get("threads_per_rank")
+    if threads is None:
+        return int(run.config.get("threads") or 0)
+    return int(np.max(threads)) if np.ndim(threads) else int(threads)
+
+
+def contenders(runs: list) -> list[Contender]:
+    """The tune runs among ``runs`` (named tune-...), grouped by contender, in the order first seen."""
+    found: dict = {}
+    for run in runs:
+        if not run.name.startswith("tune-"):
+            continue
+        c = run.config
+        key = (c["variant"], c.get("objective"), int(run.attrs.get("world_size", 1)), _threads(run))
+        contender = found.setdefault(key, Contender(*key))
+        lr = float(c["lr"])
+        if int(c.get("validation") or 0) > 0:
+            contender.trials[lr] = run
+        else:
+            contender.repeats.setdefault(lr, []).append(run)
+    for contender in found.values():
+        for lr in contender.repeats:
+            contender.repeats[lr].sort(key=lambda run: run.config.get("seed", 0))
+    return list(found.values())
+
+
+def evaluations(run) -> np.ndarray:
+    return target.evaluations_of(run.arrays, int(run.attrs.get("minibatches_per_epoch", 0)))
+
+
+def reaching(run, accuracy: float) -> tuple[float, float]:
+    """(training seconds, training samples) at the run's first evaluation at >= ``accuracy``; NaNs if none."""
+    row = target.first_reaching(evaluations(run), accuracy)
+    if row is None:
+        return math.nan, math.nan
+    return float(row[2]), float(row[0]) * int(run.config.get("batch_size", 0))
+
+
+def final_accuracy(run) -> float:
+    return float(run.attrs.get("final_test_accuracy", math.nan))
+
+
+def pick(trials: list[dict]) -> tuple[dict, str]:
+    """The trial with the shortest time to target (ties: higher accuracy), or, if none
+    reached it, the most accurate; and how it was picked.  Trials: dicts with
+    ``time_to_target`` (s, NaN if not reached) and ``accuracy``.  RuntimeError if every
+    trial failed (no finite accuracy)."""
+    reached = [t for t in trials if math.isfinite(t["time_to_target"])]
+    if reached:
+        return min(reached, key=lambda t: (t["time_to_target"], -t["accuracy"])), "shortest time to target"
+    finite = [t for t in trials if math.isfinite(t["accuracy"])]
+    if not finite:
+        raise RuntimeError("every trial failed")
+    return max(finite, key=lambda t: t["accuracy"]), "no trial reached the target: the most accurate"
+
+
+def trial_figures(run, accuracy: float) -> dict:
+    seconds, _ = reaching(run, accuracy)
+    return {"time_to_target": seconds, "accuracy": final_accuracy(run)}
+
+
+def pick_for(contender: Contender, accuracy: float) -> tuple[float, str]:
+    """The learning rate picked on validation for ``accuracy``, and how."""
+    trials = [{"lr": lr, **trial_figures(run, accuracy)} for lr, run in sorted(contender.trials.items())]
+    chosen, how = pick(trials)
+    return chosen["lr"], how
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values and all(math.isfinite(v) for v in values) else math.nan
+
+
+def measured(runs: list, accuracy: float) -> dict:
+    """The repetitions' figures for ``accuracy`` (see the module docstring)."""
+    hits = [reaching(run, accuracy) for run in runs]
+    eval_seconds = [float(np.nansum(run.arrays["timing/eval"], axis=1).max()) for run in runs]
+    return {"seconds": _median([s for s, _ in hits]), "reached": sum(math.isfinite(s) for s, _ in hits),
+            "repeats": len(runs), "samples": _median([n for _, n in hits]),
+            "accuracy": _median([final_accuracy(run) for run in runs]),
+            "eval_seconds": _median(eval_seconds), "seconds_each": [s for s, _ in hits]}
+
+
+def race_rows(all_contenders: list[Contender], targets: list[float]) -> list[dict]:
+    """One row per contender and target, ordered by target then contender; see the module docstring."""
+    rows = []
+    for accuracy in targets:
+        block = []
+        for contender in all_contenders:
+            if not contender.trials:
+                continue
+            lr, how = pick_for(contender, accuracy)
+            row = {"contender": contender.label, "variant": contender.variant, "objective": contender.objective,
+                   "ranks": contender.ranks, "threads": contender.threads, "rival": contender.rival,
+                   "target": accuracy, "lr": lr, "picked_by": how,
+                   **measured(contender.repeats.get(lr, []), accuracy)}
+            block.append(row)
+        rivals = [r["seconds"] for r in block if r["rival"] and math.isfinite(r["seconds"])]
+        fastest = min(rivals) if rivals else math.nan
+        for row in block:
+            row["speedup"] = fastest / row["seconds"] if math.isfinite(row["seconds"]) else math.nan
+        rows += block
+    return rows
+
+
+RACE_HEADER = ("target %", "contender", "lr", "to target s", "reached", "samples to target", "speedup vs fastest rival",
+               "accuracy %", "eval s")
+
+
+def race_table(rows: list[dict]) -> str:
+    """The race as a markdown table (the README's), one line per row of ``race_rows``."""
+    def cell(value, digits=2):
+        return "-" if isinstance(value, float) and math.isnan(value) else (
+            f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+    lines = ["| " + " | ".join(RACE_HEADER) + " |", "|---|---|" + "---:|" * (len(RACE_HEADER) - 2)]
+    for r in rows:
+        note = "" if r["picked_by"] == "shortest time to target" else " (most accurate)"
+        lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"], f"{r['lr']:g}{note}",
+                                        cell(r["seconds"]), f"{r['reached']}/{r['repeats']}",
+                                        cell(r["samples"], 0), cell(r["speedup"]), cell(100 * r["accuracy"]),
+                                        cell(r["eval_seconds"], 1)]) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,109 @@
+"""The race table (analysis/race.py) from stored runs, and one figure style for every series count
+(analysis/style.py, issue 23 point 3)."""
+import itertools
+import json
+import math
+
+import matplotlib
+import numpy as np
+
+from pffbench import plot, report
+from pffbench.analysis import race
+from pffbench.analysis.style import KIND_COLORS, Styles
+from pffbench.store.reader import Run
+from pffbench.store.writer import append_run
+
+matplotlib.use("Agg")
+
+
+def _run(name, variant, lr, seed, curve, validation=0, ranks=1, objective=None, busy=False):
+    """A tune run: evaluations every 100 steps of batch 64, one second per 100 steps."""
+    rows = np.array([[100.0 * (i + 1), 0.0, float(i + 1), a] for i, a in enumerate(curve)])
+    config = {"variant": variant, "objective": objective, "lr": lr, "seed": seed, "validation": validation,
+              "batch_size": 64, "dataset": "mnist", "layers": [784, 544], "epochs": 1}
+    attrs = {"config": config, "world_size": ranks, "threads_per_rank": [1] * ranks, "minibatches_per_epoch": 938,
+             "final_test_accuracy": curve[-1], "status": "complete", "variant": variant,
+             "target_accuracy": 0.98, "host_cores": 2, "load_avg_start": [9.0 if busy else 0.1]}
+    return Run(name, attrs, {"evaluations": rows, "timing/eval": np.full((ranks, 1), 0.5)})
+
+
+def _contender(variant, objective, ranks, curves_by_lr, test_curves):
+    """Trials on validation per lr, then 3 repeats of each lr in ``test_curves``."""
+    tag = f"tune-{variant}-{objective or 'default'}-p{ranks}"
+    runs = [_run(f"{tag}-lr{lr:g}-validation", variant, lr, 0, c, 10000, ranks, objective)
+            for lr, c in curves_by_lr.items()]
+    runs += [_run(f"{tag}-lr{lr:g}-test-seed{s}", variant, lr, s, c[s], 0, ranks, objective)
+             for lr, c in test_curves.items() for s in range(3)]
+    return runs
+
+
+BACKPROP = _contender("backprop", None, 1, {1e-3: [0.95, 0.975, 0.985], 1e-2: [0.96, 0.97, 0.972]},
+                      {1e-3: [[0.95, 0.97, 0.981], [0.96, 0.971, 0.982], [0.94, 0.965, 0.975]]})
+LOCAL = _contender("pipeline", "local-softmax", 2, {3e-3: [0.971, 0.981, 0.985], 1e-3: [0.96, 0.975, 0.98]},
+                   {3e-3: [[0.97, 0.98, 0.983], [0.965, 0.981, 0.984], [0.972, 0.982, 0.986]]})
+
+
+def test_the_race_picks_on_validation_and_takes_medians_on_the_test_set():
+    contenders = race.contenders(BACKPROP + LOCAL + [_run("sweep-p1-r0", "pipeline", 1e-3, 0, [0.9])])
+    assert [c.label for c in contenders] == ["backprop, 1 x 1", "pipeline x local-softmax, 2 x 1"]
+    rows = {(r["contender"], r["target"]): r for r in race.race_rows(contenders, [0.97, 0.98])}
+    bp97, bp98 = rows["backprop, 1 x 1", 0.97], rows["backprop, 1 x 1", 0.98]
+    # 2 s for both learning rates: the tie goes to the higher final accuracy
+    assert bp97["lr"] == 1e-3 and bp97["picked_by"] == "shortest time to target"
+    assert bp97["seconds_each"] == [2.0, 2.0, 3.0] and bp97["seconds"] == 2.0 and bp97["reached"] == 3
+    assert bp98["reached"] == 2 and math.isnan(bp98["seconds"])  # one repeat stayed below: no median
+    local97 = rows["pipeline x local-softmax, 2 x 1", 0.97]
+    assert local97["lr"] == 3e-3 and local97["seconds"] == 1.0 and local97["samples"] == 6400
+    assert local97["speedup"] == 2.0 and bp97["speedup"] == 1.0
+    local98 = rows["pipeline x local-softmax, 2 x 1", 0.98]
+    assert local98["seconds"] == 2.0 and local98["reached"] == 3 and local98["accuracy"] == 0.984
+    assert math.isnan(local98["speedup"])  # no rival has a median time: nothing to be faster than
+    table = race.race_table(race.race_rows(contenders, [0.97, 0.98]))
+    assert table.count("\n") == 1 + 4 and "| 97 | pipeline x local-softmax, 2 x 1 | 0.003 | 1.00 | 3/3 |" in table
+
+
+def test_the_speedup_is_over_the_fastest_rival_and_a_no_reach_pick_says_so():
+    fast = _contender("dp-backprop", None, 2, {1e-3: [0.975, 0.98]}, {1e-3: [[0.975, 0.98]] * 3})
+    slow = _contender("gpipe", None, 2, {1e-3: [0.9, 0.96]}, {1e-3: [[0.9, 0.97]] * 3})
+    rows = race.race_rows(race.contenders(fast + slow + LOCAL), [0.97])
+    speed = {r["contender"]: r["speedup"] for r in rows}
+    assert speed == {"dp-backprop, 2 x 1": 1.0, "gpipe, 2 x 1": 0.5, "pipeline x local-softmax, 2 x 1": 1.0}
+    gpipe, = (r for r in rows if r["variant"] == "gpipe")
+    assert gpipe["picked_by"].startswith("no trial reached")
+
+
+def test_report_race_reads_the_race_from_a_results_file(tmp_path, capsys):
+    path = str(tmp_path / "race.h5")
+    for run in BACKPROP + LOCAL:
+        append_run(path, run.arrays, {k: v for k, v in run.attrs.items() if k != "status"}, name=run.name)
+    assert report.main([path, "--race", "--target", "0.97", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["contender"], r["lr"]) for r in rows] == [("backprop, 1 x 1", 1e-3),
+                                                          ("pipeline x local-softmax, 2 x 1", 3e-3)]
+    assert rows[0]["seconds"] == 2.0 and rows[1]["seconds"] == 1.0 and rows[1]["speedup"] == 2.0
+    assert report.main([path, "--race"]) == 0  # without --target: the runs' own target, 0.98
+    assert "| 98 | pipeline x local-softmax, 2 x 1 | 0.003 | 2.00 | 3/3 |" in capsys.readouterr().out
+    drawn, _ = plot.figures(BACKPROP + LOCAL, targets=[0.97])
+    assert list(drawn) == ["race"]  # the trials crowd no other figure
+
+
+def test_every_series_of_a_figure_looks_different_whatever_their_count():
+    kinds = [("pipeline", "ff"), ("pipeline", "local-softmax"), ("pipeline", "scff"), ("backprop", None),
+             ("dp-backprop", None), ("ddp", None), ("gpipe", None), ("1f1b", None), ("all-layers", None),
+             ("federated", None), ("single-layer", None), ("perf-opt", None), ("new-variant", None)]
+    for count in (2, 10, 13, 19, 30, 60):
+        styles = Styles()
+        series = list(itertools.islice(itertools.cycle(itertools.product(kinds, (1, 2, 4))), count))
+        looks = [styles.of(variant, p, objective) for (variant, objective), p in series]
+        keys = {(s["color"], s["marker"], str(s["linestyle"]), s["linewidth"]) for s in looks}
+        assert len(keys) == count
+        # one kind, one colour; different kinds, different colours
+        by_kind = {}
+        for ((variant, objective), _), look in zip(series, looks):
+            by_kind.setdefault((variant, objective), set()).add(look["color"])
+        assert all(len(colors) == 1 for colors in by_kind.values())
+        colors = [next(iter(c)) for c in by_kind.values()]
+        assert len(set(colors)) == len(colors)
+    assert Styles().of("pipeline", 2, "local-softmax")["color"] == KIND_COLORS["pipeline x local-softmax"]
+    assert Styles().of("gpipe", 1)["linestyle"] == "--"  # backprop dashed
+    assert Styles().of("pipeline", 1, busy=True)["markerfacecolor"] == "white"  # a busy host: hollow
