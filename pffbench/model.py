@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="the 1-rank run to calibrate from (default: the first of the variant)")
     p.add_argument("--microbatches", type=int, default=0,
                    help="gpipe/1f1b microbatches per minibatch (default: the calibrating run's, else 4)")
+    p.add_argument("--objective", default=None, metavar="RULE",
+                   help="the local rule of the FF-family variants (ff, local-softmax, scff; default: each "
+                        "variant's own): its step's costs and messages (pffbench/learn/rules)")
+    p.add_argument("--race", metavar="RESULTS.h5", default=None,
+                   help="instead: each contender of a race file (jobs/race.sbatch) at --ranks, its predicted time "
+                        "to --target from its measured samples to it (pffbench/perfmodel/race.py)")
+    p.add_argument("--target", type=float, default=0.98, metavar="A",
+                   help="with --race: the target accuracy (default: %(default)s)")
     p.add_argument("--format", choices=("text", "markdown"), default="text")
     _cluster_args(p)
     v = sub.add_parser("validate", help="measured vs predicted for every run in a results file")
@@ -96,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--deep-layers", type=int, default=16, help="depth of the [784, 2000 x L] net of the cluster panels")
     g.add_argument("--networks", default="10GbE,IB-HDR")
     g.add_argument("--timeline-ranks", type=int, default=4)
+    g.add_argument("--race", action="store_true",
+                   help="RESULTS.h5 is a race file (jobs/race.sbatch): draw model_race.png instead, each contender's "
+                        "predicted time to --target at p = 1..64, one rank per node, a panel per network")
+    g.add_argument("--target", type=float, default=0.98, metavar="A",
+                   help="with --race: the target accuracy (default: %(default)s)")
     s = sub.add_parser("paper", help="the paper's headline setup and deeper nets, predicted")
     s.add_argument("--networks", default="1GbE,10GbE,IB-HDR")
     s.add_argument("--calibrate", metavar="RESULTS.h5", help="a 1-rank pipeline run of [784, 2000 x 4] to scale from")
@@ -123,7 +136,8 @@ def cluster_from(args) -> links.Cluster:
 def _calibration(args, variant: str):
     dims = [args.input, *args.layers]
     if not args.calibrate:
-        return calibrate.measured(variant, dims, args.batch_size, args.threads, args.microbatches or 4)
+        return calibrate.measured(variant, dims, args.batch_size, args.threads, args.microbatches or 4,
+                                  objective=args.objective if not VARIANTS[variant].baseline else None)
     from . import results
     runs = results.read_runs(args.calibrate, [args.run] if args.run else None)
     ones = [r for r in runs
@@ -153,7 +167,28 @@ def format_rows(rows: list[dict], markdown: bool) -> str:
     return "\n".join("  ".join(x.rjust(w) for x, w in zip(r, widths)) for r in [head] + cells)
 
 
+def cmd_race(args) -> int:
+    from . import results
+    from .perfmodel import race
+    cluster = cluster_from(args)
+    rows, notes = race.predict_race(results.read_runs(args.race), args.target, args.ranks, cluster, args.threads)
+    if not rows:
+        raise UsageError(f"{args.race} holds no race runs (python -m pffbench.tune) with {args.threads} "
+                         f"thread(s) per rank")
+    inter = cluster.inter
+    print(f"the race of {args.race} to {args.target:g}, predicted: {cluster.ranks_per_node} rank(s)/node, "
+          f"{cluster.cores_per_node} cores/node, {cluster.threads} thread(s)/rank; network {inter.name} "
+          f"(alpha {inter.alpha * 1e6:.1f} us, beta {inter.beta / 1e9:.2f} GB/s); time to target = the model's "
+          f"epoch seconds x measured samples to target / samples per epoch")
+    print(race.format_rows(rows, args.format == "markdown"))
+    for line in notes:
+        print(f"note: {line}")
+    return 0
+
+
 def cmd_predict(args) -> int:
+    if args.race:
+        return cmd_race(args)
     cluster = cluster_from(args)
     settings = model.Settings(args.num_train, args.epochs, args.splits, True, args.allreduce)
     rows = []

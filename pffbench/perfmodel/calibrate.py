@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from ..store import reader as results
 from ..core.types import batch_rows
 from ..core.variants import VARIANTS
-from ..probes.profile import BackpropProfile, FFProfile, profile_backprop, profile_ff
+from ..probes.profile import RULE_KINDS, BackpropProfile, FFProfile, profile_backprop, profile_ff
 
 
 
@@ -39,6 +39,7 @@ class FFCosts:
     scale: float = 1.0         # the run's compute / the microbenchmarks'
     data_scale: float = 1.0    # the run's data / the microbenchmarks' (rank 0's minibatches, PFF recomputation)
     source: str = "microbenchmark"
+    message_rows: int = 2      # rows of activity per example a layer sends on (profile.MESSAGE_ROWS)
 
 
 @dataclass
@@ -60,24 +61,27 @@ class BackpropCosts:
     tail: float = 0.0          # ddp: per step, DDP's work after the last bucket is handed to the allreduce
 
 
-def _kind(variant: str) -> str:
-    """The FF layer kind the profile times: "perf-opt" (a layer and its own softmax head) or "ff"."""
-    return "perf-opt" if VARIANTS[variant].own_heads else "ff"
+def _kind(variant: str, objective: str | None = None) -> str:
+    """The FF layer kind the profile times for the variant's local rule (``objective``, else the
+    variant's own): "ff", "perf-opt" (local-softmax: a layer and its own softmax head) or "scff"."""
+    return RULE_KINDS[objective or VARIANTS[variant].objective or "ff"]
 
 
-def measured(variant: str, dims, batch: int, threads: int = 1, microbatches: int = 4):
+def measured(variant: str, dims, batch: int, threads: int = 1, microbatches: int = 4, objective: str | None = None):
     """Costs from the microbenchmarks alone (no run needed, e.g. for a net too big to train here).
-    gpipe/1f1b get ``microbatches`` and no library bookkeeping, ddp no tail: those need a run."""
+    gpipe/1f1b get ``microbatches`` and no library bookkeeping, ddp no tail: those need a run.
+    ``objective``: the local rule (learn/rules) of an FF-family variant, else its own."""
     if VARIANTS[variant].baseline:
         return _backprop_costs(profile_backprop(dims, batch, threads),
                                microbatches=microbatches if VARIANTS[variant].microbatched else 1)
-    return _ff_costs(profile_ff(dims, batch, threads, _kind(variant)))
+    return _ff_costs(profile_ff(dims, batch, threads, _kind(variant, objective)))
 
 
 def _ff_costs(p: FFProfile, scale: float = 1.0, data_scale: float = 1.0, **more) -> FFCosts:
     return FFCosts(p.dims, p.batch, p.threads, p.kind, [s * scale for s in p.step],
                    [s * scale for s in p.normalize], [f * data_scale for f in p.forward_row], p.data * data_scale,
-                   p.inputs_row * data_scale, p.once_row * data_scale, scale=scale, data_scale=data_scale, **more)
+                   p.inputs_row * data_scale, p.once_row * data_scale, scale=scale, data_scale=data_scale,
+                   message_rows=p.message_rows, **more)
 
 
 def _backprop_costs(p: BackpropProfile, scale: float = 1.0, **more) -> BackpropCosts:
@@ -120,7 +124,7 @@ def from_run(run: results.Run, profile=None):
     if VARIANTS[variant].baseline:
         return _backprop_from_run(run, variant, batch, threads, evaluation, profile)
     dims = list(run.attrs["dims"])
-    profile = profile or profile_ff(dims, batch, threads, _kind(variant))
+    profile = profile or profile_ff(dims, batch, threads, _kind(variant, config.get("objective")))
     sizes = batch_rows(int(run.attrs["num_train"]), batch)
     full = sum(sizes) / batch  # minibatches an epoch, a partial one counted by its rows
     compute, data = a["timing/compute"][0], a["timing/data"][0]

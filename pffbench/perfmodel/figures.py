@@ -54,6 +54,44 @@ def speedup_figure(panels: list[dict]) -> plt.Figure:
     return fig
 
 
+def race_figure(panels: list[dict], target: float) -> plt.Figure:
+    """Predicted time to ``target`` against p, a line per contender (perfmodel/race.py's rows), the
+    race's measured medians as stars; ``panels``: [{"title", "rows", "notes"}], one per network."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 5.6), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    for ax, panel in zip(axes[0], panels):
+        styles, series = Styles(), {}
+        for row in panel["rows"]:
+            series.setdefault((row["variant"], row["objective"]), []).append(row)
+        for (variant, objective), rows in series.items():
+            rows = [r for r in rows if np.isfinite(r["seconds"])]
+            if not rows:
+                continue
+            look = styles.of(variant, 1, objective)
+            name = variant + (f" x {objective}" if objective else "")
+            ax.plot([r["p"] for r in rows], [r["seconds"] for r in rows], markersize=5, **look,
+                    label=f"{name} (model)")
+            hits = [r for r in rows if np.isfinite(r["measured"])]
+            if hits:
+                ax.plot([r["p"] for r in hits], [r["measured"] for r in hits], "*", color=look["color"],
+                        markersize=13, markeredgecolor="black", markeredgewidth=0.5)
+        ax.plot([], [], "*", color="grey", markersize=11, label="measured (race, median)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ticks = [1, 2, 4, 8, 16, 32, 64]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("ranks p")
+        ax.set_ylabel(f"training seconds to {100 * target:g} % test accuracy")
+        ax.set_title(panel["title"], fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+        if panel["notes"]:
+            ax.text(0.02, 0.02, "\n".join(panel["notes"]), transform=ax.transAxes, fontsize=6.5, color="#444444",
+                    va="bottom")
+    fig.suptitle("The race, predicted: model epoch seconds x measured samples to target", fontsize=10)
+    return fig
+
+
 def timeline_figure(pred: Prediction, config: dict, title_run: str = "model", dims=None) -> plt.Figure:
     """The predicted per-rank timeline of ``pred`` (simulated with trace=True),
     in the layout of a traced run, drawn by timeline.timeline_figure; ``dims``: the

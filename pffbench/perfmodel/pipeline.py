@@ -58,7 +58,8 @@ def programs(sim: Simulator, costs: FFCosts, cluster: Cluster, p: int, num_train
                     yield Wait(release[r + 1][b - depth], "send_wait")
                 yield Work(work * share, "compute")
                 if r < p - 1:
-                    send(r, arrive[r + 1][b], FLOAT * 2 * n * (dims[block.stop] + 1))
+                    # activity [message_rows * n, width] and a column beside it (labels, norms)
+                    send(r, arrive[r + 1][b], FLOAT * costs.message_rows * n * (dims[block.stop] + 1))
                 if r > 0:
                     sim.fire(release[r][b])
             yield Work(costs.sync, "sync")

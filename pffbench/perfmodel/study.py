@@ -111,11 +111,31 @@ def deepen_backprop(costs: calibrate.BackpropCosts, layers: int) -> calibrate.Ba
 
 
 def cmd_plot(args) -> int:
+    if args.race:
+        return _race_plot(args)
     cores = args.cores_per_node or os.cpu_count() or 1
     first, costs_of = measured_panel(args.results_file, cores, links.link(args.intra))
     panels = [first] + [cluster_panel(costs_of, n.strip(), args.deep_layers) for n in args.networks.split(",")]
     written = timeline.save(figures.speedup_figure(panels), args.out_dir, "model_speedup")
     written += _timelines(args, cores, costs_of)
+    print("\n".join(written))
+    return 0
+
+
+def _race_plot(args) -> int:
+    """model_race.png: perfmodel/race.py's predictions, a panel per network of --networks."""
+    from . import race
+    runs = results.read_runs(args.results_file)
+    panels = []
+    for network in (n.strip() for n in args.networks.split(",")):
+        cluster = links.Cluster(1, 1, 1, inter=links.link(network))
+        rows, notes = race.predict_race(runs, args.target, [1, 2, 4, 8, 16, 32, 64], cluster)
+        if not rows:
+            raise ValueError(f"{args.results_file} holds no race runs (python -m pffbench.tune)")
+        lk = links.link(network)
+        panels.append({"title": f"1 rank/node, {network} ({lk.alpha * 1e6:.1f} us, {lk.beta / 1e9:.1f} GB/s)",
+                       "rows": rows, "notes": notes})
+    written = timeline.save(figures.race_figure(panels, args.target), args.out_dir, "model_race")
     print("\n".join(written))
     return 0
 

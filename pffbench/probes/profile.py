@@ -63,6 +63,12 @@ class FFProfile:
     inputs_row: float            # s per training row, a chapter's first-layer inputs and negatives (PFF)
     once_row: float              # s per training row, normalizing the rows once per run (PFF)
     extra: dict = field(default_factory=dict)
+    message_rows: int = 2        # rows of activity per example a layer sends on (ff, scff: 2; perf-opt: 1)
+
+
+# the FF layer kind a local rule (learn/rules) is timed as: its step's shapes and what it sends on
+RULE_KINDS = {"ff": "ff", "local-softmax": "perf-opt", "scff": "scff"}
+MESSAGE_ROWS = {"ff": 2, "perf-opt": 1, "scff": 2}
 
 
 def _interleaved(fns: list, repeats: int, warmup: int = 2) -> list[float]:
@@ -135,9 +141,14 @@ def _layers(shapes: tuple, batch: int, threads: int, kind: str, repeats: int) ->
 
 def profile_ff(dims, batch: int, threads: int = 1, kind: str = "ff", repeats: int = 15) -> FFProfile:
     """Time every layer's step (identical shapes once), the data path and
-    the PFF recomputation on synthetic data of the net's shape."""
+    the PFF recomputation on synthetic data of the net's shape.  ``kind``:
+    "ff" (goodness on positive and negative rows, the first layer's pair
+    step), "perf-opt" (the local-softmax rule: positives only, a softmax head
+    per layer) or "scff" (goodness on [x, x] and [x, x'] rows: the first
+    layer twice as wide, no label columns)."""
     dims = list(dims)
-    shapes = [(dims[i], dims[i + 1], i == 0 and kind == "ff") for i in range(len(dims) - 1)]
+    widths = [2 * dims[0], *dims[1:]] if kind == "scff" else dims
+    shapes = [(widths[i], widths[i + 1], i == 0 and kind == "ff") for i in range(len(dims) - 1)]
     timed = _layers(tuple(dict.fromkeys(shapes)), batch, threads, kind, repeats)
     parts = [timed[shape] for shape in shapes]
     with _threads(threads):
@@ -155,10 +166,28 @@ def profile_ff(dims, batch: int, threads: int = 1, kind: str = "ff", repeats: in
             epoch = inputs.epoch(order, labels[order], wrong, sizes)
             for b in range(len(sizes)):
                 epoch.batch(b)
-        data = _median_seconds(epoch_of_batches, 5, 1) / len(sizes)
+        data = _median_seconds(epoch_of_batches if kind == "ff" else _rule_batches(x, labels, sizes, kind), 5, 1) \
+            / len(sizes)
         inputs_row = _median_seconds(lambda: ff.random_wrong_labels(labels, NUM_CLASSES, generator), 5, 1) / rows
     return FFProfile(dims, batch, threads, kind, [s for s, _, _ in parts], [n for _, n, _ in parts],
-                     [f for _, _, f in parts], data, inputs_row, once)
+                     [f for _, _, f in parts], data, inputs_row, once, message_rows=MESSAGE_ROWS[kind])
+
+
+def _rule_batches(x: torch.Tensor, labels: torch.Tensor, sizes: list[int], kind: str):
+    """An epoch of rank 0's minibatches as the rule's Source makes them (learn/rules: local_softmax, scff)."""
+    from ..learn.rules import scff
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch():
+        order = torch.randperm(x.shape[0], generator=generator)
+        partners = scff.draw_partners(x.shape[0], generator) if kind == "scff" else None
+        for b, start in enumerate(range(0, sum(sizes), sizes[0])):
+            rows = order[start:start + sizes[b]]
+            if kind == "scff":
+                scff.pairs(x, rows, partners[rows])
+            else:
+                x[rows], labels[rows].to(x.dtype).unsqueeze(1)
+    return epoch
 
 
 @dataclass

@@ -107,3 +107,33 @@ def test_every_series_of_a_figure_looks_different_whatever_their_count():
     assert Styles().of("pipeline", 2, "local-softmax")["color"] == KIND_COLORS["pipeline x local-softmax"]
     assert Styles().of("gpipe", 1)["linestyle"] == "--"  # backprop dashed
     assert Styles().of("pipeline", 1, busy=True)["markerfacecolor"] == "white"  # a busy host: hollow
+
+
+def test_the_model_predicts_each_contenders_time_to_target_from_its_measured_samples():
+    from pffbench.perfmodel import links
+    from pffbench.perfmodel.race import predict_race
+    local = _contender("pipeline", "local-softmax", 2, {3e-3: [0.971, 0.981]}, {3e-3: [[0.97, 0.98]] * 3})
+    rival = _contender("dp-backprop", None, 2, {1e-3: [0.975, 0.98]}, {1e-3: [[0.96, 0.98]] * 3})
+    for run in local + rival:  # a small net: [20, 16, 16], and the baseline's head
+        run.attrs.update(dims=[20, 16, 16] + ([10] if run.config["variant"] == "dp-backprop" else []),
+                         num_train=6000 if run.config["validation"] else 16000)
+        run.config.update(validation=run.config["validation"] and 10000, microbatches=4)
+    cluster = links.Cluster(1, 1, 1, inter=links.link("10GbE"))
+    rows, notes = predict_race(local + rival, 0.98, [1, 2, 4, 64], cluster)
+    got = {(r["variant"], r["p"]): r for r in rows}
+    assert sorted(got) == [("dp-backprop", 1), ("dp-backprop", 2), ("dp-backprop", 4), ("dp-backprop", 64),
+                           ("pipeline", 1), ("pipeline", 2)]  # a stage per rank: 2 layers, 2 ranks at most
+    assert any("pipeline x local-softmax: not on p = 4, 64" in n and "2 layers" in n for n in notes)
+    for row in rows:  # samples measured (step 200 x 64 rows), epochs of 16000 rows, the model's epoch seconds
+        assert row["samples"] == 12800 and row["seconds"] == row["epoch_seconds"] * 12800 / 16000
+        assert row["costs"] == "microbenchmarks"  # no 1-rank run in the race to calibrate from
+    assert got["pipeline", 2]["measured"] == 2.0 and np.isnan(got["pipeline", 1]["measured"])
+
+
+def test_the_model_times_each_rules_own_step_and_message():
+    from pffbench.perfmodel import calibrate
+    costs = {o: calibrate.measured("pipeline", [24, 16, 16], 8, 1, objective=o) for o in ("ff", "local-softmax", "scff")}
+    assert {o: (c.kind, c.message_rows) for o, c in costs.items()} == {
+        "ff": ("ff", 2), "local-softmax": ("perf-opt", 1), "scff": ("scff", 2)}  # rows an example sends on
+    assert calibrate.measured("perf-opt", [24, 16], 8, 1).kind == "perf-opt"  # the variant's own rule
+    assert all(len(c.step) == 2 and min(c.step) > 0 for c in costs.values())
