@@ -48,25 +48,29 @@ def _cluster_args(p) -> None:
                    help="torch.distributed's allreduce within a node (ddp; default devvm-gloo-allreduce)")
     p.add_argument("--alpha", type=float, help="override the network's latency, seconds")
     p.add_argument("--beta", type=float, help="override the network's bandwidth, bytes/s")
-    p.add_argument("--ranks-per-node", type=int, default=1)
-    p.add_argument("--cores-per-node", type=int, default=0, help="default: ranks per node x threads")
+    p.add_argument("--ranks-per-node", type=int, default=1, help="ranks sharing a node (and its shared-memory link)")
+    p.add_argument("--cores-per-node", type=int, default=0, help="cores of a node (0: ranks per node x threads)")
     p.add_argument("--threads", type=int, default=1, help="threads per rank")
-    p.add_argument("--allreduce", default="auto", choices=("auto", "ring", "tree"))
+    p.add_argument("--allreduce", default="auto", choices=("auto", "ring", "tree"),
+                   help="allreduce algorithm of the data-parallel baselines (auto: the cheaper for the size)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m pffbench.model", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("predict", help="predict training time and speedup")
+    p = sub.add_parser("predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="predict training time and speedup")
     p.add_argument("--variant", default="pipeline,all-layers,single-layer,federated,dp-backprop",
                    help=f"comma-separated: {', '.join(model.VARIANTS)}")
     p.add_argument("--layers", type=_ints, default=[2000] * 4, help="hidden widths")
     p.add_argument("--input", type=int, default=784, help="input width (MNIST 784)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64, help="rows per minibatch (global, for data parallelism)")
+    p.add_argument("--epochs", type=int, default=1,
+                   help="epochs (the PFF variants: chapters too, unless --splits; their wavefront fills only "
+                        "with chapters >= p, so 1 chapter gives no speedup)")
     p.add_argument("--splits", type=int, default=0, help="PFF chapters (default: one per epoch)")
-    p.add_argument("--num-train", type=int, default=60000)
-    p.add_argument("--ranks", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--num-train", type=int, default=60000, help="training rows per epoch")
+    p.add_argument("--ranks", type=_ints, default=[1, 2, 4, 8, 16, 32, 64],
+                   help="rank counts p, comma-separated (a variant is predicted only where it can run)")
     p.add_argument("--calibrate", metavar="RESULTS.h5", help="calibrate from a 1-rank run in this file "
                    "(else: microbenchmarks of the net on this machine)")
     p.add_argument("--run", help="the 1-rank run to calibrate from (default: the first of the variant)")
@@ -80,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "to --target from its measured samples to it (pffbench/perfmodel/race.py)")
     p.add_argument("--target", type=float, default=0.98, metavar="A",
                    help="with --race: the target accuracy (default: %(default)s)")
-    p.add_argument("--format", choices=("text", "markdown"), default="text")
+    p.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
+    p.add_argument("--remeasure", action="store_true",
+                   help="measure the microbenchmarks again instead of taking this machine's cached ones "
+                        "($PFFBENCH_CACHE, default ~/.cache/pffbench/microbenchmarks.json)")
     _cluster_args(p)
-    v = sub.add_parser("validate", help="measured vs predicted for every run in a results file")
+    v = sub.add_parser("validate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="measured vs predicted for every run in a results file")
     v.add_argument("results_file")
     v.add_argument("--cores-per-node", type=int, default=0, help="cores of the machine the runs ran on "
                    "(not recorded; default: this machine's)")
@@ -93,26 +100,30 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--group", default="devvm-gloo", help="torch.distributed's send/recv within a node (gpipe, 1f1b)")
     v.add_argument("--group-reduce", default="devvm-gloo-allreduce",
                    help="torch.distributed's allreduce within a node (ddp)")
-    v.add_argument("--format", choices=("text", "markdown"), default="text")
-    g = sub.add_parser("plot", help="model_speedup.png and model_timeline.png")
+    v.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
+    g = sub.add_parser("plot", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="model_speedup.png and model_timeline.png")
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
     g.add_argument("-o", "--out-dir", default=sidecar.DEFAULT_FOLDER,
                    help="folder the figures go in (default: %(default)s, which git ignores; the README's figures "
                         "in plots/ come from `make figures`)")
-    g.add_argument("--cores-per-node", type=int, default=0)
+    g.add_argument("--cores-per-node", type=int, default=0,
+                   help="cores of the machine the runs ran on (0: this machine's)")
     g.add_argument("--intra", default="shm", help="MPI link within the node the runs ran on")
     g.add_argument("--deep-layers", type=int, default=16, help="depth of the [784, 2000 x L] net of the cluster panels")
-    g.add_argument("--networks", default="10GbE,IB-HDR")
-    g.add_argument("--timeline-ranks", type=int, default=4)
+    g.add_argument("--networks", default="10GbE,IB-HDR", help="a cluster panel per network (see model links)")
+    g.add_argument("--timeline-ranks", type=int, default=4,
+                   help="ranks of the predicted timeline when the file has no traced pipeline run")
+    g.add_argument("--remeasure", action="store_true", help="measure the microbenchmarks again (see predict)")
     g.add_argument("--race", action="store_true",
                    help="RESULTS.h5 is a race file (jobs/race.sbatch): draw model_race.png instead, each contender's "
                         "predicted time to --target at p = 1..64, one rank per node, a panel per network")
     g.add_argument("--target", type=float, default=0.98, metavar="A",
                    help="with --race: the target accuracy (default: %(default)s)")
-    s = sub.add_parser("paper", help="the paper's headline setup and deeper nets, predicted")
-    s.add_argument("--networks", default="1GbE,10GbE,IB-HDR")
+    s = sub.add_parser("paper", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the paper's headline setup and deeper nets, predicted")
+    s.add_argument("--networks", default="1GbE,10GbE,IB-HDR", help="networks of the tables (see model links)")
     s.add_argument("--calibrate", metavar="RESULTS.h5", help="a 1-rank pipeline run of [784, 2000 x 4] to scale from")
     s.add_argument("--quick", action="store_true", help="fewer batch sizes and depths")
+    s.add_argument("--remeasure", action="store_true", help="measure the microbenchmarks again (see predict)")
     sub.add_parser("links", help="the interconnect table")
     return parser
 
@@ -206,22 +217,36 @@ def cmd_predict(args) -> int:
           f"beta {inter.beta / 1e9:.2f} GB/s)")
     print(costs_source(args))
     print(format_rows(rows, args.format == "markdown"))
+    chapters = args.splits or args.epochs
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        if model.REGISTRY[variant].pff and model.REGISTRY[variant].program != "federated" and chapters < max(
+                r["p"] for r in rows if r["variant"] == variant):
+            print(f"note: {variant} trains {chapters} chapter(s): its wavefront needs chapters >= p to keep p ranks "
+                  f"busy (speedup at most the chapters; the paper: 100); --epochs or --splits")
     return 0
 
 
 def costs_source(args) -> str:
     """The line that says what the predicted compute rests on: a measured run (--calibrate), or the
-    microbenchmarks of the net on this machine, with its CPU and load (a busy host slows them, and
-    predictions vary from run to run with it)."""
+    microbenchmarks of the net on this machine, with its CPU, when they were measured and the load
+    then (a busy host slows them), and whether they came from the per-machine cache (probes/profile.py:
+    the same figures every run until --remeasure)."""
+    from .probes import profile
+    from .store import provenance
     if args.calibrate:
         return (f"compute costs: the 1-rank {args.run or 'run of each variant'} in {args.calibrate} "
                 f"(retargeted by microbenchmarks on this machine where its net or batch differs)")
-    from .store import provenance
-    load, cores = provenance.load_average(), os.cpu_count() or 1
-    busy = load and load[0] > cores
+    cores, used = os.cpu_count() or 1, profile.USED
+    loads = [u["load"][0] for u in used if u.get("load")]
+    worst = max(loads) if loads else float("nan")
+    when = sorted({u["measured"] for u in used})
+    cached = sum(u["cached"] for u in used)
+    origin = (f"measured {when[0] if len(when) == 1 else f'{when[0]} to {when[-1]}'}" if when else "measured now")
+    store = (f"{cached} of {len(used)} from the cache {profile._CACHE} (--remeasure measures again)"
+             if profile._CACHE else "not cached (--remeasure)")
     return (f"compute costs: microbenchmarks of this net on this machine ({provenance.cpu_model()}, {cores} "
-            f"cores, 1-minute load {load[0] if load else float('nan'):.1f}"
-            f"{': busy, the costs and so the predictions vary from run to run' if busy else ''}); "
+            f"cores), {origin}, 1-minute load then up to {worst:.1f}"
+            f"{' (busy: the costs are slower than on a quiet host)' if worst > cores else ''}; {store}; "
             f"--calibrate RESULTS.h5 rests them on a measured run instead")
 
 
@@ -253,6 +278,9 @@ def cmd_validate(args) -> int:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        from .probes import profile
+        profile.use_cache(None if getattr(args, "remeasure", True) else profile.default_cache())
+        profile.USED.clear()  # what this command's costs rest on
         if args.command == "links":
             for lk in links.TABLE.values():
                 print(f"{lk.name:>13}  alpha {lk.alpha * 1e6:6.2f} us  beta {lk.beta / 1e9:7.3f} GB/s  {lk.source}")

@@ -16,6 +16,13 @@ def _denormals_back_on():
         sys.modules["torch"].set_flush_denormal(False)
 
 
+@pytest.fixture(autouse=True)
+def _microbenchmark_cache(tmp_path_factory, monkeypatch):
+    """The model's commands keep microbenchmarks per machine (probes/profile.py): tests keep theirs in a
+    folder of the test session, never in the user's ~/.cache, and a fresh one per test."""
+    monkeypatch.setenv("PFFBENCH_CACHE", str(tmp_path_factory.mktemp("cache") / "microbenchmarks.json"))
+
+
 @pytest.fixture
 def mnist_dir():
     """The real MNIST: $PFFBENCH_DATA if it holds it, else the copy bundled in data/."""

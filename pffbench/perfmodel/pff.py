@@ -25,23 +25,28 @@ FLOAT = 4
 NUM_CLASSES = 10
 
 
-def wavefront_bound(variant: str, costs: list[int], chapters: int, ranks: int) -> float:
+def wavefront_bound(variant: str, costs: list, chapters: int, ranks: int, between: list | None = None) -> float:
     """The speedup a PFF schedule allows on ``ranks`` when every (chapter, layer) costs ``costs[layer]`` (e.g. its
-    weight count) and communication is free: sequential time / the schedule's critical path.  python -m
-    pffbench.paper_bench prints it beside the measured speedup."""
-    sequential = chapters * sum(costs)
+    weight count, or its training seconds) and communication is free: sequential time / the schedule's critical
+    path.  ``between[layer]``: work the training rank does after layer ``layer`` before the next (the PFF
+    recomputation of the next layer's inputs: perfmodel's ``forward``), on that rank's time but not on the
+    layer's chain of chapters.  python -m pffbench.paper_bench prints it beside the measured speedup, model
+    paper beside the prediction (which communication can only slow: a prediction is never above it)."""
+    between = list(between or [0.0] * len(costs))[:len(costs) - 1] + [0.0]
+    sequential = chapters * (sum(costs) + sum(between))
     program = VARIANTS[variant].program
     if program == "federated":
         return float(ranks)
     if program == "single-layer":  # a pipeline of chapters through the layers
-        return sequential / (sum(costs) + (chapters - 1) * max(costs))
+        return sequential / (sum(costs) + sum(between) + (chapters - 1) * max(costs))
     done = {}  # all-layers and perf-opt: (chapter, layer) -> finish time
     free = [0.0] * ranks
     for chapter in range(chapters):
         rank = routing.trainer(chapter, ranks)
         for layer, cost in enumerate(costs):
             start = max(free[rank], done.get((chapter - 1, layer), 0.0))
-            done[(chapter, layer)] = free[rank] = start + cost
+            done[(chapter, layer)] = start + cost
+            free[rank] = done[(chapter, layer)] + between[layer]
     return sequential / max(done.values())
 
 

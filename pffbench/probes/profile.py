@@ -9,7 +9,11 @@ of ``repeats`` timings after warm-up.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +27,69 @@ from ..ff import heads
 from ..schedules.backprop.mlp import MLP
 
 NUM_CLASSES = 10
+
+# A per-machine cache of the microbenchmarks (issue 23: a prediction is the same from run to run).  The
+# model's commands turn it on (use_cache); a library call measures each time.  Keyed by what was timed,
+# torch's version and the CPU model; each entry keeps when it was measured and the host's load then.
+_CACHE: str | None = None
+USED: list[dict] = []  # the entries the process used: {"measured": ISO time, "load": [1, 5, 15 min], "cached": bool}
+
+
+def default_cache() -> str:
+    """$PFFBENCH_CACHE, else ~/.cache/pffbench/microbenchmarks.json."""
+    return os.environ.get("PFFBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pffbench",
+                                                            "microbenchmarks.json")
+
+
+def use_cache(path: str | None) -> None:
+    """Keep (and reuse) the microbenchmarks in ``path``; None: measure every time."""
+    global _CACHE
+    _CACHE = path
+
+
+def _cached(name: str, key: tuple, measure, cls):
+    """``measure()``'s profile, or the one the cache holds for ``key`` on this machine."""
+    from ..store import provenance
+    if _CACHE is None:
+        profile = measure()
+        USED.append({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                     "load": provenance.load_average(), "cached": False})
+        return profile
+    entry = json.dumps([name, *key, torch.__version__, provenance.cpu_model()])
+    table = _read_cache(_CACHE)
+    if entry in table:
+        USED.append({**{k: table[entry][k] for k in ("measured", "load")}, "cached": True})
+        return cls(**table[entry]["profile"])
+    profile = measure()
+    stamp = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": provenance.load_average()}
+    USED.append({**stamp, "cached": False})
+    table = _read_cache(_CACHE)  # another process may have added entries meanwhile
+    table[entry] = {**stamp, "profile": dataclasses.asdict(profile)}
+    _write_cache(_CACHE, table)
+    return profile
+
+
+def _read_cache(path: str) -> dict:
+    try:
+        with open(path) as f:
+            table = json.load(f)
+        return table if isinstance(table, dict) else {}
+    except (OSError, ValueError):  # none yet, or damaged: measured again and rewritten
+        return {}
+
+
+def _write_cache(path: str, table: dict) -> None:
+    from ..store.atomic import WriteFailed, atomic_file
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+        def fill(temp):
+            with open(temp, "w") as f:
+                json.dump(table, f)
+        atomic_file(path, fill)
+    except (OSError, WriteFailed) as error:  # the prediction stands; only the next one measures again
+        print(f"pffbench: warning: cannot keep the microbenchmarks in {path} ({error}); "
+              "the next prediction measures again", file=sys.stderr)
 
 
 @contextmanager
@@ -140,6 +207,12 @@ def _layers(shapes: tuple, batch: int, threads: int, kind: str, repeats: int) ->
 
 
 def profile_ff(dims, batch: int, threads: int = 1, kind: str = "ff", repeats: int = 15) -> FFProfile:
+    """``_profile_ff`` (see there), from the per-machine cache where it is on (use_cache)."""
+    return _cached("ff", (list(dims), batch, threads, kind, repeats),
+                   lambda: _profile_ff(dims, batch, threads, kind, repeats), FFProfile)
+
+
+def _profile_ff(dims, batch: int, threads: int = 1, kind: str = "ff", repeats: int = 15) -> FFProfile:
     """Time every layer's step (identical shapes once), the data path and
     the PFF recomputation on synthetic data of the net's shape.  ``kind``:
     "ff" (goodness on positive and negative rows, the first layer's pair
@@ -205,6 +278,12 @@ class BackpropProfile:
 
 
 def profile_backprop(dims, batch: int, threads: int = 1, repeats: int = 15) -> BackpropProfile:
+    """``_profile_backprop`` (see there), from the per-machine cache where it is on (use_cache)."""
+    return _cached("backprop", (list(dims), batch, threads, repeats),
+                   lambda: _profile_backprop(dims, batch, threads, repeats), BackpropProfile)
+
+
+def _profile_backprop(dims, batch: int, threads: int = 1, repeats: int = 15) -> BackpropProfile:
     dims = list(dims)
     with _threads(threads):
         model = MLP(dims, NUM_CLASSES, 0)

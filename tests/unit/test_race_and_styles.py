@@ -137,3 +137,38 @@ def test_the_model_times_each_rules_own_step_and_message():
         "ff": ("ff", 2), "local-softmax": ("perf-opt", 1), "scff": ("scff", 2)}  # rows an example sends on
     assert calibrate.measured("perf-opt", [24, 16], 8, 1).kind == "perf-opt"  # the variant's own rule
     assert all(len(c.step) == 2 and min(c.step) > 0 for c in costs.values())
+
+
+def test_model_predictions_are_the_same_from_run_to_run_and_say_so(capsys):
+    """Issue 23 point 1: predict gave gpipe p=1 2312, 963, 974 s in three runs.  The microbenchmarks are
+    kept per machine, so the second run predicts exactly what the first did, and says where they came from."""
+    from pffbench import model
+    argv = ["predict", "--variant", "pipeline,dp-backprop", "--layers", "32,32", "--ranks", "1,2", "--num-train",
+            "640"]
+    outs = []
+    for _ in range(2):
+        assert model.main(argv) == 0
+        outs.append(capsys.readouterr().out)
+    first, second = (o.splitlines() for o in outs)
+    assert first[2:] == second[2:]  # the same figures
+    assert "0 of 2 from the cache" in first[1] and "2 of 2 from the cache" in second[1]
+    assert model.main(argv + ["--remeasure"]) == 0 and "not cached" in capsys.readouterr().out
+
+
+def test_every_model_flag_says_what_it_does_and_its_default():
+    from pffbench import model
+    parser = model.build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"model {name} {action.option_strings[0]} has no help"
+        if name != "links":
+            assert "(default: " in sub.format_help(), name
+
+
+def test_one_chapter_all_layers_says_why_it_cannot_speed_up(capsys):
+    from pffbench import model
+    assert model.main(["predict", "--variant", "all-layers", "--layers", "32,32", "--ranks", "1,2",
+                       "--num-train", "640"]) == 0
+    assert "note: all-layers trains 1 chapter(s): its wavefront needs chapters >= p" in capsys.readouterr().out
