@@ -19,6 +19,7 @@ from dataclasses import replace
 from .core.config import UsageError, one_line
 from .launch.command import command
 from .core.variants import VARIANTS
+from .learn.rules import OBJECTIVES
 from .perfmodel import calibrate, links, predict as model, validate as validation
 from .analysis import sidecar
 
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="the 1-rank run to calibrate from (default: the first of the variant)")
     p.add_argument("--microbatches", type=int, default=0,
                    help="gpipe/1f1b microbatches per minibatch (default: the calibrating run's, else 4)")
-    p.add_argument("--objective", default=None, metavar="RULE",
+    p.add_argument("--objective", default=None, choices=OBJECTIVES,
                    help="the local rule of the FF-family variants (ff, local-softmax, scff; default: each "
                         "variant's own): its step's costs and messages (pffbench/learn/rules)")
     p.add_argument("--race", metavar="RESULTS.h5", default=None,
@@ -86,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --race: the target accuracy (default: %(default)s)")
     p.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
     p.add_argument("--remeasure", action="store_true",
-                   help="measure the microbenchmarks again instead of taking this machine's cached ones "
-                        "($PFFBENCH_CACHE, default ~/.cache/pffbench/microbenchmarks.json)")
+                   help="measure the microbenchmarks again, and keep the new figures in place of this machine's "
+                        "cached ones ($PFFBENCH_CACHE, default ~/.cache/pffbench/microbenchmarks.json)")
     _cluster_args(p)
     v = sub.add_parser("validate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="measured vs predicted for every run in a results file")
     v.add_argument("results_file")
@@ -243,7 +244,7 @@ def costs_source(args) -> str:
     cached = sum(u["cached"] for u in used)
     origin = (f"measured {when[0] if len(when) == 1 else f'{when[0]} to {when[-1]}'}" if when else "measured now")
     store = (f"{cached} of {len(used)} from the cache {profile._CACHE} (--remeasure measures again)"
-             if profile._CACHE else "not cached (--remeasure)")
+             if profile._CACHE else "not cached")
     return (f"compute costs: microbenchmarks of this net on this machine ({provenance.cpu_model()}, {cores} "
             f"cores), {origin}, 1-minute load then up to {worst:.1f}"
             f"{' (busy: the costs are slower than on a quiet host)' if worst > cores else ''}; {store}; "
@@ -279,7 +280,9 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         from .probes import profile
-        profile.use_cache(None if getattr(args, "remeasure", True) else profile.default_cache())
+        # validate measures nothing it could cache; predict, plot and paper keep the microbenchmarks per machine
+        profile.use_cache(profile.default_cache() if hasattr(args, "remeasure") else None,
+                          refresh=getattr(args, "remeasure", False))
         profile.USED.clear()  # what this command's costs rest on
         if args.command == "links":
             for lk in links.TABLE.values():

@@ -265,14 +265,14 @@ def _race(runs: list, opts) -> int:
         return 2
     rows = race.race_rows(contenders, sorted(targets))
     if opts.format == "json":
-        nan = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731  (JSON has no NaN)
-        print(json.dumps([{k: nan(v) if not isinstance(v, list) else [nan(x) for x in v] for k, v in r.items()}
-                          for r in rows], indent=1, default=_plain))
+        print(json.dumps(race.without_nan(rows), indent=1, allow_nan=False))
     elif opts.format == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
-        writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows)
+        cell = lambda v: ";".join(map(str, v)) if isinstance(v, list) else (  # noqa: E731
+            "" if isinstance(v, float) and math.isnan(v) else v)
+        writer.writerows({k: cell(v) for k, v in r.items()} for r in rows)
         print(out.getvalue().rstrip("\n"))
     else:
         print(race.race_table(rows))

@@ -11,11 +11,12 @@ The protocol (docs/tuning.md):
    same seeded rows for every trial), trained on the rest, evaluated on
    them every ``--eval-every-steps`` steps, stopped at the target
    (``--stop-at-target``).  The test set is never read.
-3. The pick: the shortest time to ``--target-accuracy`` on validation
-   (training seconds, evaluation excluded); ties to the higher final
-   accuracy; if no trial reaches the target, the highest final accuracy
-   (said so).
-4. The pick runs ``--repeats`` times (default 3; seeds --seed, --seed + 1,
+3. The pick, per target of ``--target-accuracy`` (one or several, e.g.
+   0.97,0.98: the trials stop at the highest and pass the lower ones on
+   the way): the shortest time to it on validation (training seconds,
+   evaluation excluded); ties to the higher final accuracy; if no trial
+   reaches it, the highest final accuracy (said so).
+4. Each distinct pick runs ``--repeats`` times (default 3; seeds --seed, --seed + 1,
    ...) on the whole training set, evaluated on the test set every
    ``--eval-every-steps`` steps to the end of its epochs; its time to target
    is the median of the repeats (MLPerf's clock: from the first minibatch to
@@ -217,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"pffbench: error: {error}", file=sys.stderr)
         return 2
-    rows = race.race_rows([contender], targets)
+    if contender.trials:  # the threads the runs had (0 asks for the default)
+        contender.threads = race._threads(next(iter(contender.trials.values())))
+    rows = race.race_rows([contender], targets, planned=args.repeats)
     keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "eval_seconds")
     summary = {"targets": targets, "ranks": args.ranks, "variant": config.variant, "objective": config.objective,
                "threads": config.threads, "learning_rates": [t["lr"] for t in trials],
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['eval_seconds']:.2f} s apart; final accuracy median {r['accuracy']:.4f}", flush=True)
     if args.summary:
         with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=1, default=float)
+            json.dump(race.without_nan(summary), f, indent=1, allow_nan=False)
     return 0
 
 

@@ -38,8 +38,9 @@ class Contender:
     objective: str | None
     ranks: int
     threads: int
-    trials: dict = field(default_factory=dict)   # lr -> the validation run
-    repeats: dict = field(default_factory=dict)  # lr -> the test runs, in seed order
+    workload: tuple = ()                         # data set, net, epochs, batch: races on different work differ
+    trials: dict = field(default_factory=dict)   # lr -> the validation run (the newest of its name)
+    repeats: dict = field(default_factory=dict)  # lr -> the test runs, one per seed (the newest), in seed order
 
     @property
     def label(self) -> str:
@@ -60,22 +61,24 @@ def _threads(run) -> int:
 
 
 def contenders(runs: list) -> list[Contender]:
-    """The tune runs among ``runs`` (named tune-...), grouped by contender, in the order first seen."""
+    """The tune runs among ``runs`` (named tune-..., in the order appended), grouped by contender and
+    workload (data set, net, epochs, batch size), in the order first seen.  A run repeated under its
+    name (a contender cut off and run again) counts once, the newest; so does a seed repeated at one lr."""
     found: dict = {}
     for run in runs:
         if not run.name.startswith("tune-"):
             continue
         c = run.config
         key = (c["variant"], c.get("objective"), int(run.attrs.get("world_size", 1)), _threads(run))
-        contender = found.setdefault(key, Contender(*key))
+        workload = (c.get("dataset"), tuple(c.get("layers") or ()), c.get("epochs"), c.get("batch_size"))
+        contender = found.setdefault((key, workload), Contender(*key, workload=workload))
         lr = float(c["lr"])
         if int(c.get("validation") or 0) > 0:
             contender.trials[lr] = run
         else:
-            contender.repeats.setdefault(lr, []).append(run)
+            contender.repeats.setdefault(lr, {})[c.get("seed", 0)] = run
     for contender in found.values():
-        for lr in contender.repeats:
-            contender.repeats[lr].sort(key=lambda run: run.config.get("seed", 0))
+        contender.repeats = {lr: [by_seed[s] for s in sorted(by_seed)] for lr, by_seed in contender.repeats.items()}
     return list(found.values())
 
 
@@ -85,13 +88,18 @@ def evaluations(run) -> np.ndarray:
 
 def reaching(run, accuracy: float) -> tuple[float, float]:
     """(training seconds, training samples) at the run's first evaluation at >= ``accuracy``; NaNs if none."""
-    row = target.first_reaching(evaluations(run), accuracy)
+    row = target.first_reaching(evaluations(run), accuracy) if run.attrs.get("status", "complete") == "complete" \
+        else None
     if row is None:
         return math.nan, math.nan
     return float(row[2]), float(row[0]) * int(run.config.get("batch_size", 0))
 
 
 def final_accuracy(run) -> float:
+    """The run's final test accuracy; NaN unless it completed (a failed or stopped repetition counts as
+    reaching nothing: ``reaching`` likewise)."""
+    if run.attrs.get("status", "complete") != "complete":
+        return math.nan
     return float(run.attrs.get("final_test_accuracy", math.nan))
 
 
@@ -115,28 +123,46 @@ def trial_figures(run, accuracy: float) -> dict:
 
 
 def pick_for(contender: Contender, accuracy: float) -> tuple[float, str]:
-    """The learning rate picked on validation for ``accuracy``, and how."""
+    """The learning rate picked on validation for ``accuracy``, and how (NaN, "every trial failed" if none
+    has a finite accuracy)."""
     trials = [{"lr": lr, **trial_figures(run, accuracy)} for lr, run in sorted(contender.trials.items())]
-    chosen, how = pick(trials)
+    try:
+        chosen, how = pick(trials)
+    except RuntimeError as why:
+        return math.nan, str(why)
     return chosen["lr"], how
+
+
+def without_nan(value):
+    """``value`` (dicts, lists, numbers) with NaN as None, for JSON (which has no NaN)."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values and all(math.isfinite(v) for v in values) else math.nan
 
 
-def measured(runs: list, accuracy: float) -> dict:
-    """The repetitions' figures for ``accuracy`` (see the module docstring)."""
+def measured(runs: list, accuracy: float, planned: int | None = None) -> dict:
+    """The repetitions' figures for ``accuracy`` (see the module docstring).  ``planned``: how many
+    repetitions were run (tune knows; one that failed before it was recorded counts as not reaching)."""
     hits = [reaching(run, accuracy) for run in runs]
+    hits += [(math.nan, math.nan)] * max(0, (planned or 0) - len(hits))
     eval_seconds = [float(np.nansum(run.arrays["timing/eval"], axis=1).max()) for run in runs]
     return {"seconds": _median([s for s, _ in hits]), "reached": sum(math.isfinite(s) for s, _ in hits),
-            "repeats": len(runs), "samples": _median([n for _, n in hits]),
+            "repeats": len(hits), "samples": _median([n for _, n in hits]),
             "accuracy": _median([final_accuracy(run) for run in runs]),
             "eval_seconds": _median(eval_seconds), "seconds_each": [s for s, _ in hits]}
 
 
-def race_rows(all_contenders: list[Contender], targets: list[float]) -> list[dict]:
-    """One row per contender and target, ordered by target then contender; see the module docstring."""
+def race_rows(all_contenders: list[Contender], targets: list[float], planned: int | None = None) -> list[dict]:
+    """One row per contender and target, ordered by target then contender; see the module docstring.
+    ``planned``: the repetitions each pick was run (see ``measured``)."""
     rows = []
     for accuracy in targets:
         block = []
@@ -147,7 +173,7 @@ def race_rows(all_contenders: list[Contender], targets: list[float]) -> list[dic
             row = {"contender": contender.label, "variant": contender.variant, "objective": contender.objective,
                    "ranks": contender.ranks, "threads": contender.threads, "rival": contender.rival,
                    "target": accuracy, "lr": lr, "picked_by": how,
-                   **measured(contender.repeats.get(lr, []), accuracy)}
+                   **measured(contender.repeats.get(lr, []), accuracy, planned)}
             block.append(row)
         rivals = [r["seconds"] for r in block if r["rival"] and math.isfinite(r["seconds"])]
         fastest = min(rivals) if rivals else math.nan
@@ -168,7 +194,8 @@ def race_table(rows: list[dict]) -> str:
             f"{value:.{digits}f}" if isinstance(value, float) else str(value))
     lines = ["| " + " | ".join(RACE_HEADER) + " |", "|---|---|" + "---:|" * (len(RACE_HEADER) - 2)]
     for r in rows:
-        note = "" if r["picked_by"] == "shortest time to target" else " (most accurate)"
+        note = "" if r["picked_by"] == "shortest time to target" else (
+            " (most accurate)" if r["picked_by"].startswith("no trial") else f" ({r['picked_by']})")
         lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"], f"{r['lr']:g}{note}",
                                         cell(r["seconds"]), f"{r['reached']}/{r['repeats']}",
                                         cell(r["samples"], 0), cell(r["speedup"]), cell(100 * r["accuracy"]),

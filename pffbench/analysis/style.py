@@ -25,7 +25,7 @@ from ..core.variants import BASELINES
 KIND_COLORS = {
     "pipeline": "#0072B2", "pipeline x ff": "#0072B2", "pipeline x local-softmax": "#009E73",
     "pipeline x scff": "#56B4E9", "all-layers": "#CC79A7", "all-layers x local-softmax": "#882255",
-    "perf-opt": "#882255", "single-layer": "#E69F00", "federated": "#8c564b", "all-layers x scff": "#c5b0d5",
+    "single-layer": "#E69F00", "federated": "#8c564b", "all-layers x scff": "#c5b0d5",
     "backprop": "#000000", "dp-backprop": "#D55E00", "ddp": "#F0E442", "gpipe": "#7f7f7f", "1f1b": "#bcbd22",
 }
 SPARE_COLORS = ("#17becf", "#9467bd", "#ff9896", "#98df8a", "#aec7e8", "#c49c94", "#f7b6d2", "#dbdb8d")
@@ -35,8 +35,11 @@ LINES = ("-", "-.", ":", (0, (1, 3)))
 
 
 def kind_of(variant: str, objective: str | None = None) -> str:
-    """The kind a series is coloured by: the variant, with its rule where one was chosen."""
-    return f"{variant} x {objective}" if objective and variant != "perf-opt" else variant
+    """The kind a series is coloured by: the variant, with its rule where one was chosen (perf-opt is
+    All-Layers x local-softmax, and coloured as such)."""
+    if variant == "perf-opt":
+        return "all-layers x local-softmax"
+    return f"{variant} x {objective}" if objective else variant
 
 
 class Styles:
@@ -56,7 +59,7 @@ class Styles:
 
     def of(self, variant: str, ranks: int = 1, objective: str | None = None, busy: bool = False) -> dict:
         """matplotlib keyword arguments (color, marker, linestyle, linewidth, marker faces) for one series;
-        never the same as an earlier series' of this figure."""
+        different from every earlier series' of this figure, up to 12 series of one kind and p."""
         color = self.color(kind_of(variant, objective))
         marker = RANK_MARKERS.get(ranks) or SPARE_MARKERS[hash(ranks) % len(SPARE_MARKERS)]
         dashed = variant in BASELINES

@@ -34,8 +34,8 @@ def headline(args) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     # the bound of the costs the model simulates (training steps on each layer's chain of chapters, the
     # recomputation between layers on the rank's own time): no prediction exceeds it
-    train, forward, _, _ = _chapter_costs(costs, PAPER.num_train, 1)
-    bound = wavefront_bound("all-layers", train, 100, 4, forward)
+    train, forward, inputs, _ = _chapter_costs(costs, PAPER.num_train, 1)
+    bound = wavefront_bound("all-layers", train, 100, 4, forward, inputs)
     weights = wavefront_bound("all-layers", layer_costs(PAPER_DIMS), 100, 4)
     for network in args.networks.split(","):
         cluster = links.Cluster(1, 1, 1, inter=links.link(network.strip()))

@@ -25,16 +25,20 @@ FLOAT = 4
 NUM_CLASSES = 10
 
 
-def wavefront_bound(variant: str, costs: list, chapters: int, ranks: int, between: list | None = None) -> float:
+def wavefront_bound(variant: str, costs: list, chapters: int, ranks: int, between: list | None = None,
+                    before: float = 0.0) -> float:
     """The speedup a PFF schedule allows on ``ranks`` when every (chapter, layer) costs ``costs[layer]`` (e.g. its
     weight count, or its training seconds) and communication is free: sequential time / the schedule's critical
     path.  ``between[layer]``: work the training rank does after layer ``layer`` before the next (the PFF
     recomputation of the next layer's inputs: perfmodel's ``forward``), on that rank's time but not on the
-    layer's chain of chapters.  python -m pffbench.paper_bench prints it beside the measured speedup, model
+    layer's chain of chapters; ``before``: work the rank does before a chapter's first layer (its inputs
+    and negatives).  Both only for All-Layers and perf-opt (ValueError otherwise).  python -m pffbench.paper_bench prints it beside the measured speedup, model
     paper beside the prediction (which communication can only slow: a prediction is never above it)."""
-    between = list(between or [0.0] * len(costs))[:len(costs) - 1] + [0.0]
-    sequential = chapters * (sum(costs) + sum(between))
     program = VARIANTS[variant].program
+    if (between or before) and program != "wavefront":
+        raise ValueError(f"{variant}: the bound with work off the chain is written for All-Layers only")
+    between = list(between or [0.0] * len(costs))[:len(costs) - 1] + [0.0]
+    sequential = chapters * (sum(costs) + sum(between) + before)
     if program == "federated":
         return float(ranks)
     if program == "single-layer":  # a pipeline of chapters through the layers
@@ -43,6 +47,7 @@ def wavefront_bound(variant: str, costs: list, chapters: int, ranks: int, betwee
     free = [0.0] * ranks
     for chapter in range(chapters):
         rank = routing.trainer(chapter, ranks)
+        free[rank] += before
         for layer, cost in enumerate(costs):
             start = max(free[rank], done.get((chapter - 1, layer), 0.0))
             done[(chapter, layer)] = start + cost

@@ -27,8 +27,8 @@ from . import predict as model
 def _calibrating_run(contenders: list, contender):
     """A 1-rank repetition of the same variant, rule and threads, or None."""
     for other in contenders:
-        if (other.variant, other.objective, other.threads, other.ranks) == (contender.variant, contender.objective,
-                                                                           contender.threads, 1):
+        if (other.variant, other.objective, other.threads, other.ranks, other.workload) == (
+                contender.variant, contender.objective, contender.threads, 1, contender.workload):
             for runs in other.repeats.values():
                 if runs:
                     return runs[0]

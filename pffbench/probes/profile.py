@@ -32,6 +32,8 @@ NUM_CLASSES = 10
 # model's commands turn it on (use_cache); a library call measures each time.  Keyed by what was timed,
 # torch's version and the CPU model; each entry keeps when it was measured and the host's load then.
 _CACHE: str | None = None
+_REFRESH = False  # measure again and replace what the cache holds (model --remeasure)
+CACHE_SCHEMA = 2  # raised when what is timed, or the profiles' fields, change: older entries are not used
 USED: list[dict] = []  # the entries the process used: {"measured": ISO time, "load": [1, 5, 15 min], "cached": bool}
 
 
@@ -41,10 +43,11 @@ def default_cache() -> str:
                                                             "microbenchmarks.json")
 
 
-def use_cache(path: str | None) -> None:
-    """Keep (and reuse) the microbenchmarks in ``path``; None: measure every time."""
-    global _CACHE
-    _CACHE = path
+def use_cache(path: str | None, refresh: bool = False) -> None:
+    """Keep (and reuse) the microbenchmarks in ``path``; None: measure every time.  ``refresh``: measure
+    again and keep the new figures in place of the cached ones."""
+    global _CACHE, _REFRESH
+    _CACHE, _REFRESH = path, refresh
 
 
 def _cached(name: str, key: tuple, measure, cls):
@@ -55,11 +58,15 @@ def _cached(name: str, key: tuple, measure, cls):
         USED.append({"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "load": provenance.load_average(), "cached": False})
         return profile
-    entry = json.dumps([name, *key, torch.__version__, provenance.cpu_model()])
+    entry = json.dumps([CACHE_SCHEMA, name, *key, torch.__version__, provenance.cpu_model()])
     table = _read_cache(_CACHE)
-    if entry in table:
-        USED.append({**{k: table[entry][k] for k in ("measured", "load")}, "cached": True})
-        return cls(**table[entry]["profile"])
+    if entry in table and not _REFRESH:
+        try:
+            profile = cls(**table[entry]["profile"])
+            USED.append({**{k: table[entry][k] for k in ("measured", "load")}, "cached": True})
+            return profile
+        except (TypeError, KeyError):  # an entry of another shape: measured again below
+            pass
     profile = measure()
     stamp = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": provenance.load_average()}
     USED.append({**stamp, "cached": False})

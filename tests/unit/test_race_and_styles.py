@@ -152,7 +152,8 @@ def test_model_predictions_are_the_same_from_run_to_run_and_say_so(capsys):
     first, second = (o.splitlines() for o in outs)
     assert first[2:] == second[2:]  # the same figures
     assert "0 of 2 from the cache" in first[1] and "2 of 2 from the cache" in second[1]
-    assert model.main(argv + ["--remeasure"]) == 0 and "not cached" in capsys.readouterr().out
+    assert model.main(argv + ["--remeasure"]) == 0  # measured again, and kept in place of the cached figures
+    assert "0 of 2 from the cache" in capsys.readouterr().out.splitlines()[1]
 
 
 def test_every_model_flag_says_what_it_does_and_its_default():
@@ -172,3 +173,21 @@ def test_one_chapter_all_layers_says_why_it_cannot_speed_up(capsys):
     assert model.main(["predict", "--variant", "all-layers", "--layers", "32,32", "--ranks", "1,2",
                        "--num-train", "640"]) == 0
     assert "note: all-layers trains 1 chapter(s): its wavefront needs chapters >= p" in capsys.readouterr().out
+
+
+def test_a_contender_run_again_counts_each_seed_once_and_a_failed_repeat_reaches_nothing():
+    again = _contender("pipeline", "local-softmax", 2, {3e-3: [0.971, 0.981]},
+                       {3e-3: [[0.9, 0.9]] * 3})  # the first attempt, cut off and run again below
+    failed = _run("tune-pipeline-local-softmax-p2-lr0.003-test-seed2", "pipeline", 3e-3, 2, [0.97, 0.98], 0, 2,
+                  "local-softmax")
+    failed.attrs["status"] = "failed"
+    contender, = race.contenders(again + LOCAL + [failed])
+    assert [run.config["seed"] for run in contender.repeats[3e-3]] == [0, 1, 2]  # the newest of each seed
+    row, = race.race_rows([contender], [0.97])
+    assert row["reached"] == 2 and row["repeats"] == 3 and math.isnan(row["seconds"])  # seed 2 failed
+    row, = race.race_rows([contender], [0.97], planned=4)  # tune ran 4; one left no record at all
+    assert row["repeats"] == 4 and row["reached"] == 2
+    other_net = _contender("pipeline", "local-softmax", 2, {3e-3: [0.99]}, {3e-3: [[0.99]] * 3})
+    for run in other_net:
+        run.config["layers"] = [784, 100]
+    assert len(race.contenders(LOCAL + other_net)) == 2  # two workloads are two races
