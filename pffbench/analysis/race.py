@@ -9,14 +9,16 @@ table follows from the results file alone; tune's summary uses the same function
 
 Figures per contender and target (``race_rows``):
 
-- ``lr``: the learning rate picked on validation (shortest time to the target, ties to the
-  higher accuracy; if no trial reached it, the most accurate: ``picked_by`` says which);
+- ``lr``: the learning rate picked on validation (shortest time to the target at the
+  contender's own pace, i.e. fewest samples, ties to the higher accuracy; if no trial reached
+  it, the most accurate: ``picked_by`` says which; ``pick_for``);
 - ``seconds``: median training seconds to the target over the repetitions (NaN unless every
   repetition reached it), MLPerf's clock (first minibatch to the evaluation that first shows
   the target, evaluation excluded); ``reached``: how many repetitions did;
 - ``samples``: median training samples seen by then (steps x global minibatch);
 - ``accuracy``: median test accuracy at the end of the repetitions' epochs;
 - ``eval_seconds``: median evaluation seconds of a repetition (kept apart from training);
+- ``busy``: how many repetitions ran on a busy host (analysis.busy_host: load beyond the run's own);
 - ``speedup``: the fastest backprop rival's median seconds / this contender's (>1: faster than
   every rival), where a rival is a variant of the backprop family (core/variants.py).
 """
@@ -30,6 +32,7 @@ import numpy as np
 
 from ..core.variants import VARIANTS
 from ..instrument import target
+from .analysis import busy_host
 
 
 @dataclass
@@ -103,14 +106,13 @@ def final_accuracy(run) -> float:
     return float(run.attrs.get("final_test_accuracy", math.nan))
 
 
-def pick(trials: list[dict]) -> tuple[dict, str]:
-    """The trial with the shortest time to target (ties: higher accuracy), or, if none
-    reached it, the most accurate; and how it was picked.  Trials: dicts with
-    ``time_to_target`` (s, NaN if not reached) and ``accuracy``.  RuntimeError if every
-    trial failed (no finite accuracy)."""
-    reached = [t for t in trials if math.isfinite(t["time_to_target"])]
+def pick(trials: list[dict], key: str = "time_to_target") -> tuple[dict, str]:
+    """The trial with the least ``key`` to the target (time or samples; ties: higher accuracy),
+    or, if none reached it, the most accurate; and how it was picked.  Trials: dicts with ``key``
+    (NaN if not reached) and ``accuracy``.  RuntimeError if every trial failed (no finite accuracy)."""
+    reached = [t for t in trials if math.isfinite(t[key])]
     if reached:
-        return min(reached, key=lambda t: (t["time_to_target"], -t["accuracy"])), "shortest time to target"
+        return min(reached, key=lambda t: (t[key], -t["accuracy"])), "shortest time to target"
     finite = [t for t in trials if math.isfinite(t["accuracy"])]
     if not finite:
         raise RuntimeError("every trial failed")
@@ -118,16 +120,20 @@ def pick(trials: list[dict]) -> tuple[dict, str]:
 
 
 def trial_figures(run, accuracy: float) -> dict:
-    seconds, _ = reaching(run, accuracy)
-    return {"time_to_target": seconds, "accuracy": final_accuracy(run)}
+    seconds, samples = reaching(run, accuracy)
+    return {"time_to_target": seconds, "samples": samples, "accuracy": final_accuracy(run)}
 
 
 def pick_for(contender: Contender, accuracy: float) -> tuple[float, str]:
     """The learning rate picked on validation for ``accuracy``, and how (NaN, "every trial failed" if none
-    has a finite accuracy)."""
+    has a finite accuracy).  Shortest time to target at the contender's own pace: every trial of a
+    contender does the same work per step (only the learning rate differs), so the trial that reaches
+    the target in the fewest samples is the fastest; comparing samples rather than each trial's wall
+    clock keeps other jobs' load on a shared host out of the pick (and p ranks of the pipeline, which
+    compute the 1-rank weights exactly, pick what 1 rank picks)."""
     trials = [{"lr": lr, **trial_figures(run, accuracy)} for lr, run in sorted(contender.trials.items())]
     try:
-        chosen, how = pick(trials)
+        chosen, how = pick(trials, key="samples")
     except RuntimeError as why:
         return math.nan, str(why)
     return chosen["lr"], how
@@ -157,7 +163,8 @@ def measured(runs: list, accuracy: float, planned: int | None = None) -> dict:
     return {"seconds": _median([s for s, _ in hits]), "reached": sum(math.isfinite(s) for s, _ in hits),
             "repeats": len(hits), "samples": _median([n for _, n in hits]),
             "accuracy": _median([final_accuracy(run) for run in runs]),
-            "eval_seconds": _median(eval_seconds), "seconds_each": [s for s, _ in hits]}
+            "eval_seconds": _median(eval_seconds), "seconds_each": [s for s, _ in hits],
+            "busy": sum(busy_host(run) for run in runs)}
 
 
 def race_rows(all_contenders: list[Contender], targets: list[float], planned: int | None = None) -> list[dict]:
@@ -196,7 +203,8 @@ def race_table(rows: list[dict]) -> str:
     for r in rows:
         note = "" if r["picked_by"] == "shortest time to target" else (
             " (most accurate)" if r["picked_by"].startswith("no trial") else f" ({r['picked_by']})")
-        lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"], f"{r['lr']:g}{note}",
+        busy = f" (busy host: {r['busy']} of {r['repeats']})" if r.get("busy") else ""
+        lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"] + busy, f"{r['lr']:g}{note}",
                                         cell(r["seconds"]), f"{r['reached']}/{r['repeats']}",
                                         cell(r["samples"], 0), cell(r["speedup"]), cell(100 * r["accuracy"]),
                                         cell(r["eval_seconds"], 1)]) + " |")
