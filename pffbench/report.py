@@ -255,7 +255,7 @@ def main(argv=None) -> int:
 
 
 def _race(runs: list, opts) -> int:
-    contenders = [c for c in race.contenders(runs) if c.trials]
+    contenders = [c for c in race.contenders(runs) if c.trials and c.repeats]  # one cut off in its trials: none yet
     if not contenders:
         print(f"pffbench.report: no runs of python -m pffbench.tune in {', '.join(opts.files)}", file=sys.stderr)
         return 1

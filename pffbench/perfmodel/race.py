@@ -39,7 +39,7 @@ def predict_race(runs: list, target: float, ranks: list[int], cluster, threads: 
     """(rows, notes): per contender of the race runs with ``threads`` per rank (the variant and rule
     once, its samples from its largest measured p) and each p of ``ranks`` it can run on: predicted
     seconds per epoch and to ``target``, the measured time to target where the race ran that p."""
-    contenders = [c for c in race.contenders(runs) if c.trials and c.threads == threads]
+    contenders = [c for c in race.contenders(runs) if c.trials and c.repeats and c.threads == threads]
     measured_rows = {(r["variant"], r["objective"], r["ranks"]): r
                      for r in race.race_rows(contenders, [target])}
     rows, notes, done = [], [], set()
