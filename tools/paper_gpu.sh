@@ -4,7 +4,7 @@
 #   1. installs what the machine lacks (mpi4py, the mpich wheel, h5py, tqdm, matplotlib, pandas) from the
 #      wheels it is given (--wheels DIR: no index is reached), unless they import already; pffbench itself
 #      runs from this checkout (PYTHONPATH) where it is not installed;
-#   2. runs each variant once on the device (--device cuda has not run before: a small net, 1 epoch),
+#   2. runs each variant once on the device (--device cuda has not run before: a small net, 2 epochs),
 #      into OUT/gpu-variants.h5;
 #   3. runs every preset row of `pffbench run --list-presets` (the paper's rows and paper-net),
 #      --jobs at a time on the one GPU, each with --device cuda and its own checkpoint folder, into
@@ -20,9 +20,10 @@
 # minute from wheels, the variant pass, about 2, and --grace, the script ends within 9 minutes); --grace:
 # seconds a stopped row may take to reach its epoch boundary (default 60); --jobs: rows at once (default 22:
 # all); --epochs: override the presets' 100 (E epochs in E chapters); --skip-variants: no variant pass.
-# --dry-run: the same control flow on the CPU, each row 1 epoch of
-# a small net (hidden 32 x 4), 2 rows at a time, the CIFAR-10 rows on synthetic data where the CIFAR-10
-# folder is absent: what tests/jobs/test_paper_gpu.py runs.  Environment: PYTHON (default python3),
+# --dry-run: the same control flow on the CPU, each row 4 epochs (in 4 chapters) of
+# a small net (hidden 32 x 4), 2 rows at a time, the CIFAR-10 rows on synthetic data: what
+# tests/jobs/test_paper_gpu.py runs.  CIFAR-10 rows read the official data from PFFBENCH_DATA, else its
+# JPEG copy there (cifar10-jpeg/, an image folder).  Environment: PYTHON (default python3),
 # PFFBENCH_DATA (the data sets), MPIEXEC_FLAGS (e.g. --oversubscribe for Open MPI).  Exit status: 0 when every step ran (rows stopped by the deadline
 # included: the table says so), 1 when a row or variant failed, 2 on bad arguments.
 set -uo pipefail
@@ -65,7 +66,8 @@ MPIEXEC="$(dirname "$(command -v "$PYTHON")")/mpiexec"
 [ -x "$MPIEXEC" ] || MPIEXEC="$(command -v mpiexec)" || { echo "paper_gpu: no mpiexec" >&2; exit 1; }
 read -ra FLAGS <<< "${MPIEXEC_FLAGS:-}"
 if [ "$DRY" = 1 ]; then
-  DEVICE=cpu; SMALL=(--layers 32,32,32,32 --epochs 1 --threads 1); [ "$JOBS" = 22 ] && JOBS=2
+  # 4 epochs in 4 chapters: All-Layers needs a chapter per rank
+  DEVICE=cpu; SMALL=(--layers 32,32,32,32 --epochs 4 --threads 1); [ "$JOBS" = 22 ] && JOBS=2
 else
   DEVICE=cuda; SMALL=(--threads 1 ${EPOCHS:+--epochs "$EPOCHS"})
 fi
@@ -76,7 +78,7 @@ failed=0
 [ "$VARIANT_PASS" = 1 ] && for spec in "1 pipeline" "2 pipeline" "2 single-layer" "2 all-layers" "2 federated" "2 perf-opt" "1 backprop" \
             "2 dp-backprop" "2 ddp" "2 gpipe" "2 1f1b"; do
   read -r ranks variant <<< "$spec"
-  timeout 300 "$MPIEXEC" "${FLAGS[@]}" -n "$ranks" "$PYTHON" -m pffbench.run --variant "$variant" --layers 64,64 --epochs 1 \
+  timeout 300 "$MPIEXEC" "${FLAGS[@]}" -n "$ranks" "$PYTHON" -m pffbench.run --variant "$variant" --layers 64,64 --epochs 2 \
     --threads 1 --device "$DEVICE" --out "$OUT/gpu-variants.h5" --name "$variant-p$ranks" --quiet \
     > "$OUT/variant-$variant-p$ranks.log" 2>&1 \
     || { echo "paper_gpu: $variant on $ranks rank(s) failed (see $OUT/variant-$variant-p$ranks.log)" >&2; failed=1; }
@@ -87,10 +89,13 @@ mapfile -t ROWS < <("$PYTHON" -m pffbench.run --list-presets | awk 'NR > 1 && $2
 [ "${#ROWS[@]}" -gt 0 ] || { echo "paper_gpu: no presets listed" >&2; exit 1; }
 echo "paper_gpu: ${#ROWS[@]} rows, $JOBS at a time, on $DEVICE ($((SECONDS - START)) s)"
 row() {  # row NAME RANKS: one preset on the device, its log beside the results
-  local extra=()
-  if [ "$DRY" = 1 ] && [[ "$1" == cifar10-* ]] && [ ! -d "${PFFBENCH_DATA:-$ROOT/data}/cifar10-jpeg" ] \
-     && [ ! -d "${PFFBENCH_DATA:-$ROOT/data}/cifar-10-batches-py" ]; then
-    extra=(--dataset synthetic)
+  local extra=() data="${PFFBENCH_DATA:-$ROOT/data}"
+  if [[ "$1" == cifar10-* ]]; then
+    if [ "$DRY" = 1 ]; then
+      extra=(--dataset synthetic)  # the control flow only: no 50,000 images to decode
+    elif [ ! -e "$data/cifar-10-python.tar.gz" ] && [ ! -d "$data/cifar-10-batches-py" ] && [ -d "$data/cifar10-jpeg" ]; then
+      extra=(--dataset imagefolder --data-dir "$data/cifar10-jpeg")  # "CIFAR-10 (JPEG copy)"
+    fi
   fi
   "$MPIEXEC" "${FLAGS[@]}" -n "$2" "$PYTHON" -m pffbench.run --preset "$1" "${SMALL[@]}" "${extra[@]}" --device "$DEVICE" \
     --out "$OUT/paper-gpu.h5" --name "$1" --checkpoint-dir "$OUT/checkpoints/$1" --quiet > "$OUT/row-$1.log" 2>&1
