@@ -276,10 +276,12 @@ def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figur
         legend_marks(ax, star="median time to a target (repetitions)", busy=any("busy host" in t for t in ax.get_legend_handles_labels()[1]),
                      fontsize=7.5, loc="lower right")
     axes[0][0].set_ylabel("test accuracy (%), first repetition")
-    data = contenders[0].trials[next(iter(contenders[0].trials))].config
-    fig.suptitle(f"The race to {', '.join(f'{100 * g:g}' for g in goals)} % ({data['dataset']}, "
-                 f"layers {data['layers']}, batch {data['batch_size']}; star: median of the repetitions)\n"
-                 f"{_machine(runs)}", fontsize=10)
+    some = contenders[0].trials[next(iter(contenders[0].trials))]
+    dims = list(some.attrs.get("dims") or some.config["layers"])
+    dims = dims[:-1] if contenders[0].rival else dims  # a baseline's dims end with its head
+    fig.suptitle(f"The race to {', '.join(f'{100 * g:g}' for g in goals)} % ({some.config['dataset']}, "
+                 f"[{', '.join(map(str, dims))}], batch {some.config['batch_size']}; star: median of the "
+                 f"repetitions)\n{_machine(runs)}", fontsize=10)
     return fig
 
 

@@ -75,7 +75,7 @@ def race_figure(panels: list[dict], target: float) -> plt.Figure:
             if hits:
                 ax.plot([r["p"] for r in hits], [r["measured"] for r in hits], "*", color=look["color"],
                         markersize=13, markeredgecolor="black", markeredgewidth=0.5)
-        ax.plot([], [], "*", color="grey", markersize=11, label="measured (race, median)")
+        ax.plot([], [], "*", color="grey", markersize=11, label="measured: the race, one 2-core node (median)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ticks = [1, 2, 4, 8, 16, 32, 64]
@@ -86,8 +86,8 @@ def race_figure(panels: list[dict], target: float) -> plt.Figure:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
         if panel["notes"]:
-            ax.text(0.02, 0.02, "\n".join(panel["notes"]), transform=ax.transAxes, fontsize=6.5, color="#444444",
-                    va="bottom")
+            ax.text(0.0, -0.12, "\n".join(panel["notes"]), transform=ax.transAxes, fontsize=6.5, color="#444444",
+                    va="top")  # under the axes: the curves stay clear
     fig.suptitle("The race, predicted: model epoch seconds x measured samples to target", fontsize=10)
     return fig
 

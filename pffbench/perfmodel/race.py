@@ -9,8 +9,10 @@ Resting on two figures, each said in the table:
   pipeline (p ranks give the 1-rank weights exactly) and gpipe/1f1b (the same arithmetic), and up
   to the order of floating-point sums for dp-backprop and ddp at a fixed global minibatch;
 - seconds per epoch: the model (predict.predict, one epoch, evaluation excluded), its compute
-  costs from the contender's own 1-rank run in the race when there is one (calibrate.from_run),
-  else from microbenchmarks of its net and rule on this machine.
+  costs from the contender's own 1-rank run in the race when there is one, the least disturbed of
+  its repetitions (calibrate.from_run; dp-backprop and ddp from single-process backprop's, the same
+  code on 1 rank, so DDP's own per-step work beyond it is not counted), else from microbenchmarks
+  of its net and rule on this machine.
 
 A p the contender cannot run on is left out and said: the pipeline, gpipe and 1f1b need a stage
 (a layer) per rank, so a net of L layers stops them at p = L; data parallelism has no such bound.
@@ -20,19 +22,25 @@ from __future__ import annotations
 import math
 
 from ..analysis import race
+from ..analysis.analysis import training_seconds
 from . import calibrate
 from . import predict as model
 
 
+# data-parallel backprop on 1 rank is single-process backprop: its 1-rank run calibrates them
+SAME_ON_ONE_RANK = {"dp-backprop": "backprop", "ddp": "backprop"}
+
+
 def _calibrating_run(contenders: list, contender):
-    """A 1-rank repetition of the same variant, rule and threads, or None."""
-    for other in contenders:
-        if (other.variant, other.objective, other.threads, other.ranks, other.workload) == (
-                contender.variant, contender.objective, contender.threads, 1, contender.workload):
-            for runs in other.repeats.values():
-                if runs:
-                    return runs[0]
-    return None
+    """A 1-rank repetition of the same variant (or the one it equals on 1 rank), rule, threads and
+    workload: of those, the one with the least training time (a busy host only ever slows a run,
+    so the fastest is the least disturbed); None if there is none."""
+    variants = {contender.variant, SAME_ON_ONE_RANK.get(contender.variant)}
+    runs = [run for other in contenders if other.variant in variants and other.ranks == 1
+            and (other.objective, other.threads, other.workload) == (contender.objective, contender.threads,
+                                                                     contender.workload)
+            for repeats in other.repeats.values() for run in repeats if run.attrs.get("status") == "complete"]
+    return min(runs, key=training_seconds, default=None)
 
 
 def predict_race(runs: list, target: float, ranks: list[int], cluster, threads: int = 1) -> tuple[list[dict], list[str]]:
