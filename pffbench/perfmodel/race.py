@@ -27,15 +27,20 @@ from . import calibrate
 from . import predict as model
 
 
-# data-parallel backprop on 1 rank is single-process backprop: its 1-rank run calibrates them
-SAME_ON_ONE_RANK = {"dp-backprop": "backprop", "ddp": "backprop"}
+def _one_rank_twin(variant: str) -> str | None:
+    """The variant this one computes like on 1 rank (data-parallel backprop: single-process backprop,
+    the registry's one-rank baseline), by the registry's facts; None for the others."""
+    entry = model.REGISTRY[variant]
+    if not entry.baseline or entry.microbatched or entry.ranks == "one":
+        return None
+    return next((name for name, v in model.REGISTRY.items() if v.baseline and v.ranks == "one"), None)
 
 
 def _calibrating_run(contenders: list, contender):
     """A 1-rank repetition of the same variant (or the one it equals on 1 rank), rule, threads and
     workload: of those, the one with the least training time (a busy host only ever slows a run,
     so the fastest is the least disturbed); None if there is none."""
-    variants = {contender.variant, SAME_ON_ONE_RANK.get(contender.variant)}
+    variants = {contender.variant, _one_rank_twin(contender.variant)}
     runs = [run for other in contenders if other.variant in variants and other.ranks == 1
             and (other.objective, other.threads, other.workload) == (contender.objective, contender.threads,
                                                                      contender.workload)
