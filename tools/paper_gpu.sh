@@ -17,7 +17,8 @@
 #                                   [--skip-variants] [--dry-run]
 #
 # --deadline: seconds the rows get from the moment the first starts (default 300: with the install, about a
-# minute from wheels, the variant pass, about 2, and --grace, the script ends within 9 minutes); --grace:
+# minute from wheels, the variant pass, about 2, and --grace, the script ends within 9 minutes; no row
+# starts in its last 30 s, so every row that starts gets past its set-up and is recorded); --grace:
 # seconds a stopped row may take to reach its epoch boundary (default 60); --jobs: rows at once (default 22:
 # all); --epochs: override the presets' 100 (E epochs in E chapters); --skip-variants: no variant pass.
 # --dry-run: the same control flow on the CPU, each row 4 epochs (in 4 chapters) of
@@ -120,10 +121,13 @@ stop_rows() {  # SIGTERM to every rank: each stops at its next epoch boundary an
 declare -A PIDS=()
 ROWS_START=$SECONDS
 late() { [ $((SECONDS - ROWS_START)) -ge "$DEADLINE" ]; }
+# no row starts in the last SETUP seconds: one stopped while it still imports and loads could not record itself
+SETUP=30
+too_late_to_start() { [ $((SECONDS - ROWS_START)) -ge $((DEADLINE - SETUP)) ] && [ "${#PIDS[@]}" -gt 0 ]; }
 for line in "${ROWS[@]}"; do
   read -r name ranks <<< "$line"
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ] && ! late; do sleep 1; done  # polled: a long row cannot hide the deadline
-  late && break
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ] && ! too_late_to_start; do sleep 1; done  # polled, not wait -n
+  too_late_to_start && break
   row "$name" "$ranks" & PIDS[$name]=$!
 done
 while [ -n "$(jobs -rp)" ]; do
