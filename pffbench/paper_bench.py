@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--claims", action="store_true", help="check each of the paper's claims at this scale "
                    "(the paper presets, shortened; --out defaults to results/paper_claims.h5; see paper_claims.py)")
     p.add_argument("--cifar", action="store_true", help="with --claims: also the CIFAR-10 rows (needs its data)")
+    p.add_argument("--seeds", type=int, default=3, help="with --claims: seeds 0..N-1 of every run; verdicts on "
+                   "the medians, with how many seeds agree (default: %(default)s)")
     args = p.parse_args(argv)
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
     if args.claims:
