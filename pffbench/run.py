@@ -26,9 +26,9 @@ from mpi4py import MPI
 from .comm import guard
 from .launch import command, console, preflight
 from .launch.cli import parse_config
-from .core.config import Config, UsageError, one_line
+from .core.config import Config, UsageError, hidden_layers, one_line
 from .core.types import Shape, TrainResult, batch_rows
-from .launch.validate import validate
+from .launch.validate import validate, validate_shape
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
 from .instrument.timer import COLUMNS
@@ -83,7 +83,7 @@ def load_data_on_root(config: Config, world: World):
         except DataError as error:
             message = str(error)
         shape = None if message else Shape(
-            dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
+            dataset.x_train.shape[0], dataset.num_features, dataset.num_classes, tuple(dataset.image_shape))
     else:
         shape = None
     # the others sleep meanwhile (a blocking bcast would spin, taking cores from the loading); no time limit,
@@ -118,7 +118,7 @@ def summary_lines(config: Config, result: TrainResult, wall: float, attrs: dict)
     for r, block in enumerate(result.blocks):
         total = col["wall"][r] or 1.0
         shares = [f"{100 * sum(col[n][r] for n in names) / total:.1f}%" for names in columns.values()]
-        lines.append(f"{r:>4}  {console.block_text(block, len(config.layers)):<9} "
+        lines.append(f"{r:>4}  {console.block_text(block, hidden_layers(config)):<9} "
                      + "  ".join(f"{text:>{w}}" for text, w in zip(shares, widths)))
     lines.append(f"(% of each rank's wall time; {sync}: {meaning})")
     return lines
@@ -143,6 +143,7 @@ def prepare(config: Config, world: World):
     dataset, shape, message = load_data_on_root(config, world)
     if message:
         raise UsageError(message)
+    validate_shape(config, shape)  # every rank knows the shape: the same verdict everywhere
     # torch imports torch._dynamo when it makes its first optimizer (~1 s): here, not on a schedule's clock
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     return dataset, shape
@@ -254,10 +255,13 @@ def record(config: Config, arrays: dict, attrs: dict, status: str) -> str:
 
 def model_contents(config: Config, result: TrainResult, class_names=()) -> dict:
     """What --model-out holds: the config, dims, what each label means
-    (``class_names``: label i is the i-th name), layers and heads."""
+    (``class_names``: label i is the i-th name), layers and heads (each its
+    module's state_dict: an nn.Linear's, a conv block's), and for a conv net
+    ``layer_shapes``, each layer's input shape (learn/nets/conv.py: ConvNet.shapes)."""
+    shapes = {"layer_shapes": result.attrs["layer_shapes"]} if "layer_shapes" in result.attrs else {}
     return {"config": dataclasses.asdict(config), "dims": result.dims, "class_names": list(class_names),
             "layers": [linear.state_dict() for linear in result.linears],
-            "heads": [head.state_dict() for head in result.heads]}
+            "heads": [head.state_dict() for head in result.heads], **shapes}
 
 
 def save_model(model: dict, path: str) -> None:

@@ -55,6 +55,8 @@ for spec in "${RUNS[@]}"; do
     train "$OLD" "$WORK/first" "$name" "$ranks" ${flags/--resume/} || { status=1; continue; }
     mkdir -p "$WORK/old" "$WORK/new"
     cp -r "$WORK/first/ckpt" "$WORK/old/ckpt" && cp -r "$WORK/first/ckpt" "$WORK/new/ckpt"
+    # the complete run marks its checkpoints FINISHED (a --resume of it would do nothing): resume its last epoch
+    rm -f "$WORK/old/ckpt/FINISHED" "$WORK/new/ckpt/FINISHED"
   fi
   # shellcheck disable=SC2086
   train "$OLD" "$WORK/old" "$name" "$ranks" $flags || { status=1; continue; }

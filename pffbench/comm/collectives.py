@@ -14,38 +14,58 @@ LAYER_TAG_BASE = 1000
 DATA_TAG = 1900
 
 
-def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Linear], dims: list[int],
-                  owner_of: list[int], shapes: list[tuple[int, int]] | None = None) -> list[torch.nn.Linear] | None:
+def gather_layers(comm: MPI.Comm, owned: dict[int, torch.nn.Module], dims: list[int],
+                  owner_of: list[int], shapes: list[tuple[int, int]] | None = None,
+                  make=None) -> list[torch.nn.Module] | None:
     """Copy every layer's weights to rank 0 over point-to-point buffers.
     Returns the full list of layers (CPU) on rank 0, None elsewhere.
-    Layer i is dims[i] -> dims[i + 1] wide, or ``shapes[i]`` (in, out) if
-    given (e.g. the auxiliary head beside layer i)."""
+    Layer i is an nn.Linear dims[i] -> dims[i + 1] wide, or ``shapes[i]``
+    (in, out) if given (e.g. the auxiliary head beside layer i), or, with
+    ``make``, the module ``make(i)`` builds (a conv net's block, say: rank 0
+    receives into it).  A layer's tensors travel as its state_dict lists
+    them, float32, one message each (a Linear: weight, bias)."""
     shapes = shapes or list(zip(dims[:-1], dims[1:]))
+    make = make or (lambda index: torch.nn.Linear(*shapes[index]))
     rank = comm.Get_rank()
     if rank != 0:
         requests = []
         keep = []
-        for index, linear in owned.items():
-            for part, tensor in enumerate((linear.weight, linear.bias)):
+        for index, layer in owned.items():
+            for part, tensor in enumerate(_parts(layer)):
                 array = tensor.detach().to("cpu").contiguous().numpy()
                 keep.append(array)
-                requests.append(comm.Isend([array, MPI.FLOAT], dest=0, tag=LAYER_TAG_BASE + 2 * index + part))
+                requests.append(comm.Isend([array, MPI.FLOAT], dest=0, tag=_layer_tag(index, part)))
         wait_all(requests, 0, "sending its layers to rank 0")
         return None
     layers = []
     for index, owner in enumerate(owner_of):
+        layer = make(index)
         if owner == 0:
-            source = owned[index]
-            linear = torch.nn.Linear(*shapes[index])
-            linear.load_state_dict({k: v.detach().cpu() for k, v in source.state_dict().items()})
+            layer.load_state_dict({k: v.detach().cpu() for k, v in owned[index].state_dict().items()})
         else:
-            linear = torch.nn.Linear(*shapes[index])
             with torch.no_grad():
-                for part, tensor in enumerate((linear.weight, linear.bias)):
-                    wait(comm.Irecv([tensor.numpy(), MPI.FLOAT], source=owner, tag=LAYER_TAG_BASE + 2 * index + part),
+                for part, tensor in enumerate(_parts(layer)):
+                    wait(comm.Irecv([tensor.numpy(), MPI.FLOAT], source=owner, tag=_layer_tag(index, part)),
                          owner, f"gathering layer {index}")
-        layers.append(linear)
+        layers.append(layer)
     return layers
+
+
+PARTS = 4  # tensors a layer may have (a Linear: 2; a conv block: its convolution's weights, GroupNorm's scale, shift)
+
+
+def _parts(layer: torch.nn.Module) -> list[torch.Tensor]:
+    """A layer's tensors in state_dict order (views of its parameters): what gather_layers sends."""
+    parts = list(layer.state_dict().values())
+    if len(parts) > PARTS or any(part.dtype != torch.float32 for part in parts):
+        raise ValueError(f"gather_layers sends layers of at most {PARTS} float32 tensors, got "
+                         f"{[(tuple(p.shape), p.dtype) for p in parts]}")
+    return parts
+
+
+def _layer_tag(index: int, part: int) -> int:
+    """The tag of layer ``index``'s tensor ``part``: a tag of its own for every tensor of every layer."""
+    return LAYER_TAG_BASE + PARTS * index + part
 
 
 def gather_rows(comm: MPI.Comm, local: np.ndarray) -> np.ndarray | None:

@@ -54,11 +54,12 @@ PARTITIONS = ("iid", "label-skew")
 SHARD_KEY = 7919  # keeps the shard draw apart from the training draws
 
 
-def stage_layers(num_hidden: int, dims: list[int], ranks: int) -> list[range]:
+def stage_layers(num_hidden: int, dims: list[int], ranks: int, costs: list[int] | None = None) -> list[range]:
     """The linears (hidden layers, then the head at index ``num_hidden``) each rank holds:
     the FF pipeline's partition of the hidden layers, the head with the last block (torch pipelining's
-    stages, schedules/backprop/torch_pipeline.py; the start line, launch/console.py)."""
-    blocks = balanced_partition(layer_costs(dims[:num_hidden + 1]), ranks)
+    stages, schedules/backprop/torch_pipeline.py; the start line, launch/console.py).  ``costs``: the
+    hidden layers' costs where they are not layer_costs(dims) (a conv net's, learn/nets/conv.py)."""
+    blocks = balanced_partition(layer_costs(dims[:num_hidden + 1]) if costs is None else costs[:num_hidden], ranks)
     return [*blocks[:-1], range(blocks[-1].start, num_hidden + 1)]
 
 

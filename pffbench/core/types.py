@@ -11,10 +11,14 @@ import numpy as np
 
 @dataclass
 class Shape:
-    """What every rank must know about the data (only rank 0 holds it)."""
+    """What every rank must know about the data (only rank 0 holds it).
+    ``image_shape``: one row's (C, H, W) for images, (D,) for vectors (the
+    Dataset's; a row is its values flattened in that order); None where the
+    caller does not say (an MLP needs only ``num_features``)."""
     num_train: int
     num_features: int
     num_classes: int
+    image_shape: tuple[int, ...] | None = None
 
 
 @dataclass

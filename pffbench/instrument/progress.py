@@ -173,9 +173,10 @@ class Progress:
                 f"send it again to abort at once (nothing more is recorded then)")
 
 
-def start_line(config, world_size: int, shape, dims: list[int], rule: str | None, blocks_text: str, source: str,
+def start_line(config, world_size: int, shape, dims: list[int] | str, rule: str | None, blocks_text: str, source: str,
                batches: int, chapters: int | None) -> str:
-    """The run's first line: what trains (``dims``: the net's widths, the rule's input width first; ``rule``: the
+    """The run's first line: what trains (``dims``: the net's widths, the rule's input width first, or a conv
+    net's shapes as text, launch/console.net_text; ``rule``: the
     learning rule named after the variant, None to name none), on what data (and where it was read from), on how
     many ranks."""
     work = f"{plural(config.epochs, 'epoch')} of {plural(batches, 'minibatch', 'minibatches')}"
@@ -186,7 +187,7 @@ def start_line(config, world_size: int, shape, dims: list[int], rule: str | None
             f"net {dims}; {plural(world_size, 'rank')}, {blocks_text}; {work}")
 
 
-def for_run(config, world_size: int, shape, dims: list[int], rule: str | None, source: str, batches: int,
+def for_run(config, world_size: int, shape, dims: list[int] | str, rule: str | None, source: str, batches: int,
             eval_share: float, evals: int, blocks_text: str, chapters: int | None) -> Progress | None:
     """Rank 0's Progress (printing the start line, see ``start_line``), installed; None with --quiet.
     ``chapters``: the PFF variants' chapter count (None: epochs only)."""

@@ -81,8 +81,14 @@ def _data_flags(p, d: Config) -> None:
 
 def _model_flags(p, d: Config) -> None:
     model = p.add_argument_group("model and training")
-    model.add_argument("--layers", type=_int_list, default=d.layers, metavar="W1,W2,...",
-                       help="hidden layer widths (default: %s)" % ",".join(map(str, d.layers)))
+    # None until parse_config: without --layers, an MLP gets Config's widths and a --conv net no dense layer
+    model.add_argument("--layers", type=_int_list, default=None, metavar="W1,W2,...",
+                       help="hidden layer widths; with --conv, the dense layers after the last block "
+                            "(default: %s; with --conv: none)" % ",".join(map(str, d.layers)))
+    model.add_argument("--conv", type=_int_list, default=None, metavar="C1,C2,...",
+                       help="a convolutional net: channels of each block (3x3 convolution, padding 1, GroupNorm, "
+                            "ReLU; 2x2 max pooling between blocks) on the data set's images; the backprop "
+                            "baselines and --variant pipeline --objective local-softmax (default: none, an MLP)")
     model.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
     model.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
     model.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate per layer (default: %(default)s)")
@@ -220,6 +226,8 @@ def parse_config(argv=None) -> Config:
         parser.set_defaults(**settings)  # explicit flags still win
         args = parser.parse_args(argv)
         _shorten_preset(args, settings)
+    if args.layers is None:
+        args.layers = () if args.conv else Config().layers
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     config = Config(**values)
     validate(config)

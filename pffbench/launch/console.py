@@ -15,22 +15,30 @@ from ..core.variants import VARIANTS
 from ..core.world import World
 
 
-def planned_blocks(config: Config, world_size: int, dims: list[int]) -> list[range]:
+def planned_blocks(config: Config, world_size: int, dims: list[int], net=None) -> list[range]:
     """The layers each rank will hold, rank r's at [r], by the partition the
     variant's schedule makes (the same functions it calls): indices 0..L-1
     are the hidden layers and, in the backprop family, L is the softmax head.
-    ``dims``: [input width, *hidden widths]."""
+    ``dims``: [input width, *hidden widths]; ``net``: the conv net (learn/nets/conv.py)
+    where --conv gives one, whose layers are balanced by their FLOPs."""
     num_hidden = len(dims) - 1
     variant = VARIANTS[config.variant]
     if variant.family == "pipeline":
-        return balanced_partition(layer_costs(dims), world_size)
+        costs = net.costs(auxiliary=True)[:num_hidden] if net else layer_costs(dims)
+        return balanced_partition(costs, world_size)
     if variant.microbatched:  # torch pipelining: the FF pipeline's partition, the head on the last stage
-        return stage_layers(num_hidden, dims, world_size)
+        return stage_layers(num_hidden, dims, world_size, net.costs() if net else None)
     if variant.baseline:
         return [range(num_hidden + 1)] * world_size
     if variant.ranks == "layer" and world_size > 1:  # single-layer: rank i holds layer i
         return [range(r, r + 1) for r in range(world_size)]
     return [range(num_hidden)] * world_size
+
+
+def net_text(net) -> str:
+    """A conv net for the start line as an MLP's widths are shown, its input then each hidden layer's output,
+    as shapes: "[1x28x28, 16x14x14, 32x14x14]" (--conv 16,32 on MNIST)."""
+    return "[" + ", ".join("x".join(map(str, shape)) for shape in net.shapes()[:-1]) + "]"
 
 
 def block_text(block: range, num_hidden: int) -> str:
@@ -42,10 +50,10 @@ def block_text(block: range, num_hidden: int) -> str:
     return text or "-"
 
 
-def layers_per_rank(config: Config, world_size: int, dims: list[int]) -> str:
+def layers_per_rank(config: Config, world_size: int, dims: list[int], net=None) -> str:
     """How the layers are shared out, for the start line: "layers per rank 0-1 | 2 | 3+head" (rank 0's |
     rank 1's | ...), or "all 4 layers on every rank, chapters round-robin" where every rank holds them all."""
-    blocks, num_hidden = planned_blocks(config, world_size, dims), len(dims) - 1
+    blocks, num_hidden = planned_blocks(config, world_size, dims, net), len(dims) - 1
     variant = VARIANTS[config.variant]
     if all(block == blocks[0] for block in blocks) and blocks[0].start == 0 and blocks[0].stop >= num_hidden:
         held = (f"all {num_hidden} layers" if num_hidden > 1 else "the one layer") + \
@@ -62,9 +70,13 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
         return None
     from ..datasets.load import source_of
     from ..learn import rules
+    from ..learn.nets.conv import ConvNet
     objective = rules.objective_of(config)
     width = rules.module(objective).input_width(shape.num_features) if objective else shape.num_features
     dims = [width, *config.layers]  # the net the rule trains (scff: a 2d-wide first layer), as the stages split it
+    net = ConvNet.of(config, shape) if config.conv else None
+    if net:
+        dims = net.dims[:-1]  # the input, then each hidden layer's output, flattened
     batches = len(batch_rows(shape.num_train, config.batch_size))
     pff = VARIANTS[config.variant].pff
     # an evaluation's cost in epochs: classes x test rows label-conditioned passes against 2 x train rows
@@ -74,9 +86,9 @@ def start_progress(config: Config, world: World, shape: Shape, num_test: int):
     eval_share = per_row * num_test / (6 * shape.num_train)
     evals = 1 if pff or not config.eval_every else 0
     # the rule is named when asked for (--objective): the default lines stay as they were
-    return progress.for_run(config, world.size, shape, dims, config.objective,
+    return progress.for_run(config, world.size, shape, net_text(net) if net else dims, config.objective,
                             source_of(config.dataset, config.data_dir), batches,
-                            eval_share, evals, layers_per_rank(config, world.size, dims),
+                            eval_share, evals, layers_per_rank(config, world.size, dims, net),
                             (config.splits or config.epochs) if pff else None)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..core.config import Config, UsageError
+from ..core.config import Config, UsageError, hidden_layers
 from ..core.variants import VARIANTS
 from ..core.words import plural
 
@@ -27,13 +27,55 @@ def validate(config: Config, world_size: int | None = None) -> None:
         raise UsageError(f"--norm {config.norm} applies to goodness-trained FF layers; {what} trains its "
                          "layers by backprop on RMS-normalized inputs")
     _check_objective(config, variant)
+    _check_conv(config, variant, rule)
     if variant.baseline:
         _validate_baseline(config, world_size)
         return
     _validate_pff(config, world_size)
-    if world_size is not None and variant.family == "pipeline" and world_size > len(config.layers):
-        raise UsageError(f"{world_size} ranks but only {plural(len(config.layers), 'layer')}: "
-                         f"use at most {plural(len(config.layers), 'rank')} or more --layers")
+    depth = hidden_layers(config)
+    if world_size is not None and variant.family == "pipeline" and world_size > depth:
+        raise UsageError(f"{world_size} ranks but only {plural(depth, 'layer')}{_counted(config)}: "
+                         f"use at most {plural(depth, 'rank')} or more {_deeper(config)}")
+
+
+def _counted(config: Config) -> str:
+    """What the layers counted are, where a conv net has blocks among them."""
+    return " (convolutional blocks and dense layers)" if config.conv else ""
+
+
+def _deeper(config: Config) -> str:
+    return "--conv blocks or --layers" if config.conv else "--layers"
+
+
+CONV_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and --variant pipeline " \
+                 "--objective local-softmax"
+
+
+def _check_conv(config: Config, variant, rule: str | None) -> None:
+    """--conv: the schedules and rules that train a conv net so far (issue 24)."""
+    if config.conv is None:
+        if not config.layers:
+            raise UsageError("--layers needs at least one width (an MLP without --conv)")
+        return
+    if not config.conv:
+        raise UsageError("--conv needs at least one block's channels, e.g. --conv 16,32")
+    if any(channels <= 0 for channels in config.conv):
+        raise UsageError(f"--conv channels must be positive, got {','.join(map(str, config.conv))}")
+    if variant.baseline or (variant.family == "pipeline" and rule == "local-softmax"):
+        return
+    what = f"--variant pipeline --objective {rule}" if variant.family == "pipeline" else f"--variant {config.variant}"
+    raise UsageError(f"--conv runs with {CONV_SCHEDULES}; not yet with {what}")
+
+
+def validate_shape(config: Config, shape) -> None:
+    """After the data is loaded, on every rank (each knows ``shape``, core/types.Shape): UsageError if the
+    net cannot run on these rows (--conv on vectors, or on images its pooling shrinks below a pixel)."""
+    if config.conv is None:
+        return
+    from ..learn.nets.conv import ConvNet
+    problem = ConvNet.of(config, shape).problem()
+    if problem:
+        raise UsageError(f"{config.dataset}: {problem}")
 
 
 def _check_limits(config: Config) -> None:
@@ -48,7 +90,8 @@ def _check_limits(config: Config) -> None:
     limits = {"--epochs": (config.epochs, 10 ** 6), "--batch-size": (config.batch_size, 2 ** 31 - 1),
               "--threads": (config.threads, 4096), "--shards": (config.shards, 10 ** 6),
               "--classes-per-shard": (config.classes_per_shard, 10 ** 4), "--splits": (config.splits, 10 ** 6),
-              "--layers widths": (max(config.layers, default=0), 10 ** 6)}
+              "--layers widths": (max(config.layers, default=0), 10 ** 6),
+              "--conv channels": (max(config.conv or (), default=0), 10 ** 5)}
     for flag, (value, limit) in limits.items():
         if value > limit:
             raise UsageError(f"{flag} {value} is beyond what pffbench can run (at most {limit})")
@@ -186,7 +229,7 @@ def _validate_baseline(config: Config, world_size: int | None) -> None:
     used = [flag for flag, changed in pff_flags.items() if changed]
     if used:
         raise UsageError(f"{', '.join(used)}: PFF flags, meaningless for {config.variant} "
-                         "(an MLP with a softmax head trained by backprop)")
+                         f"({'a conv net' if config.conv else 'an MLP'} with a softmax head trained by backprop)")
     if config.microbatches != d.microbatches and not variant_takes_microbatches(config.variant):
         raise UsageError(f"--microbatches is for the {' and '.join(MICROBATCHED)} variants, not {config.variant}")
     if variant_takes_microbatches(config.variant):
@@ -215,9 +258,10 @@ def _validate_torch_pipeline(config: Config, world_size: int | None) -> None:
     if config.batch_size % m:
         raise UsageError(f"--microbatches {m} must divide --batch-size {config.batch_size}: "
                          "the library's microbatches must all have one shape")
-    if world_size is not None and world_size > len(config.layers):
-        raise UsageError(f"{world_size} ranks but only {plural(len(config.layers), 'hidden layer')}: "
-                         f"use at most {plural(len(config.layers), 'rank')} or more --layers")
+    depth = hidden_layers(config)
+    if world_size is not None and world_size > depth:
+        raise UsageError(f"{world_size} ranks but only {plural(depth, 'hidden layer')}{_counted(config)}: "
+                         f"use at most {plural(depth, 'rank')} or more {_deeper(config)}")
     if world_size is not None and m < world_size:
         raise UsageError(f"--microbatches {m} < {world_size} ranks: torch's {config.variant} schedule needs at "
                          "least one microbatch per stage")

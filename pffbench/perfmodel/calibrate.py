@@ -111,7 +111,9 @@ def run_threads(run: results.Run) -> int:
 
 def from_run(run: results.Run, profile=None):
     """Costs from a complete 1-rank run (its recorded dims, batch, threads).
-    Raises ValueError if the run cannot calibrate (more ranks, not complete)."""
+    Raises ValueError if the run cannot calibrate (more ranks, not complete, a conv net)."""
+    if run.config.get("conv"):  # its dims are a conv net's flattened activations, not an MLP's widths
+        raise ValueError(f"run {run.name} trains a conv net (--conv): the model profiles MLPs only, so far")
     if int(run.attrs.get("world_size", 0)) != 1:
         raise ValueError(f"run {run.name} has {run.attrs.get('world_size')} ranks: calibration needs a 1-rank run")
     if run.attrs.get("status", "complete") != "complete":

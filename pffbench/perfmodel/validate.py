@@ -78,6 +78,9 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
         groups.setdefault(_key(run), []).append(run)
     checks, skipped = [], []
     for members in groups.values():
+        if members[0].config.get("conv"):  # one configuration a group: all conv nets or none
+            skipped += [f"{r.name}: a conv net (--conv): the model predicts MLPs only, so far" for r in members]
+            continue
         ones = sorted((r for r in members if int(r.attrs["world_size"]) == 1), key=analysis.training_seconds)
         if not ones:
             skipped += [f"{r.name}: no 1-rank run of its configuration to calibrate from" for r in members]

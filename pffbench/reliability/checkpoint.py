@@ -300,9 +300,13 @@ def finished(config: Config, world_size: int) -> dict | None:
     except (OSError, ValueError, TypeError):
         return None
     ours = fingerprint(config, world_size)
+    # a setting the marker does not name is newer than it and had its default then (as in _refusal: --conv)
+    defaults, theirs = fingerprint(Config(), world_size)["config"], marker.get("config") or {}
+    if not isinstance(theirs, dict):
+        return None
+    computing = (set(theirs) | set(ours["config"])) - set(INCIDENTAL)
     same = marker.get("format") == ours["format"] and marker.get("world_size") == world_size and \
-        {k: v for k, v in (marker.get("config") or {}).items() if k not in INCIDENTAL} == \
-        {k: v for k, v in ours["config"].items() if k not in INCIDENTAL}
+        all(theirs.get(k, defaults.get(k)) == ours["config"].get(k, defaults.get(k)) for k in computing)
     return marker if same else None
 
 

@@ -69,10 +69,11 @@ def at_epoch_start(config, rank: int, epoch: int) -> None:
 
 def mid_epoch(config, rank: int, epoch: int, layers=()) -> None:
     """--inject-hang / --inject-nan, called once halfway through an epoch;
-    ``layers`` are the rank's torch.nn.Linear modules, first owned first."""
+    ``layers`` are the rank's layers (torch.nn.Linear, a conv block), first owned first: its first
+    parameter (a Linear's weight) is poisoned."""
     if _hits(getattr(config, "inject_nan", None), rank, epoch) and layers:
         with torch.no_grad():
-            layers[0].weight.fill_(float("nan"))
+            next(layers[0].parameters()).fill_(float("nan"))
     if _hits(getattr(config, "inject_hang", None), rank, epoch):
         sys.stderr.write(f"[rank {rank}] injected hang at epoch {epoch} (t={time.time():.3f})\n")
         sys.stderr.flush()

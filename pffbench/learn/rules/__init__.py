@@ -25,6 +25,13 @@ Every rule is one small pure-torch module offering the same names:
   test rows as the first layer sees them (a function of x [n, d]; None: x
   with its true label embedded).
 
+A rule that trains conv nets (``--conv``, learn/nets/conv.py; so far
+local-softmax, in the pipeline) also offers ``make_conv_layer(index, net,
+config, device)`` (a layer with ``block`` or ``linear``, ``head``,
+``optimizer``, ``set_lr``, ``forward``), ``ConvSource`` (as ``Source``) and
+``conv_accuracy(modules, heads, net, dataset, config, device)``; launch/
+validate.py refuses --conv with the others.
+
 The ff rule is today's Forward-Forward (ff/): the pipeline and the PFF
 schedules keep their tuned paths for it; the other rules run through the
 names above (the pipeline) or a Kind (schedules/pff/kinds.py).

@@ -16,6 +16,18 @@ auxiliary head; the two train together by backprop through those two only
 
 The Performance-Optimized variant (--variant perf-opt, All-Layers) trains
 the same layers (ff/heads.py: PerfOptLayer, built by ``make_layer``).
+
+On a conv net (--conv, learn/nets/conv.py; the pipeline so far) it is DGL's
+greedy rule (Belilovsky, Eickenberg, Oyallon, "Decoupled Greedy Learning of
+CNNs", ICML 2020): each block trains with its own auxiliary head (adaptive
+average pooling to a small grid, flattened, a linear softmax) by backprop
+through those two only (``make_conv_layer``: a BlockLayer); the block's
+output [n, C, H, W] travels as it is (its GroupNorm has normalized it),
+flattened into the message's rows; dense layers after the blocks are
+PerfOptLayers on the flattened activity (DenseLayer).  The first block sees
+the image's rows as they are: no label slots, no normalization
+(ConvSource).  The classifier is the same: every head's log-probabilities
+summed (``conv_accuracy``).
 """
 from __future__ import annotations
 
@@ -24,6 +36,7 @@ import torch.nn.functional as F
 
 from ... import ff
 from ...ff import heads
+from ..nets import conv
 
 NEEDS_NEGATIVES = False
 HEAD_SEED_OFFSET = 1000  # head l's initial weights are keyed like a layer 1000 + l
@@ -61,11 +74,16 @@ class Source:
     seeded generator; rows normalized with the neutral label, once per run."""
 
     def __init__(self, dataset, config, device, sizes: list[int]):
-        self.x = ff.normalize(ff.embed_labels(dataset.x_train, None, dataset.num_classes)).to(device)
+        self.x = self.first_rows(dataset).to(device)
         self.y = dataset.y_train.to(device)
         self.sizes, self.starts = sizes, [sum(sizes[:b]) for b in range(len(sizes))]
         self.generator = torch.Generator().manual_seed(config.seed)
         self.order = None
+
+    @staticmethod
+    def first_rows(dataset) -> torch.Tensor:
+        """The training rows [n, d] as the first layer sees them."""
+        return ff.normalize(ff.embed_labels(dataset.x_train, None, dataset.num_classes))
 
     def start_epoch(self) -> None:
         self.order = torch.randperm(self.y.shape[0], generator=self.generator).to(self.y.device)
@@ -73,6 +91,72 @@ class Source:
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.order[self.starts[index]:self.starts[index] + self.sizes[index]]
         return self.x[rows], self.y[rows].to(self.x.dtype).unsqueeze(1)
+
+
+# --- conv nets (--conv) ---------------------------------------------------------------------------------------
+
+class BlockLayer:
+    """A conv block (conv.ConvBlock) and its auxiliary head (conv.AuxiliaryHead), trained together by backprop
+    through those two only, with one Adam: PerfOptLayer's form for a block.  ``forward``: the block's output
+    [n, C, H', W'] of its input (images, or their flattened rows)."""
+
+    def __init__(self, block: conv.ConvBlock, head: torch.nn.Module, lr: float):
+        self.block, self.head = block, head
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.block.parameters(), *self.head.parameters()]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DenseLayer(heads.PerfOptLayer):
+    """A dense layer after a conv net's blocks: a PerfOptLayer on its input's rows flattened ([n, C, H, W]
+    -> [n, C*H*W]; a flat input is used as it is)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))
+
+
+def make_conv_layer(index: int, net: conv.ConvNet, config, device) -> BlockLayer | DenseLayer:
+    """Hidden layer ``index`` of the conv net ``net`` with its auxiliary head: its module keyed by
+    (seed, index) (ConvNet.make_layer), its head by (seed, HEAD_SEED_OFFSET + index), as make_layer keys
+    an MLP's, so every partition starts alike."""
+    module = net.make_layer(index, config.seed).to(device)
+    head = net.auxiliary_head(index, config.seed, HEAD_SEED_OFFSET + index).to(device)
+    return BlockLayer(module, head, config.lr) if index < net.num_blocks else DenseLayer(module, head, config.lr)
+
+
+class ConvSource(Source):
+    """The first block's minibatches, drawn as Source draws them: the images' rows [n, C*H*W] as the data set
+    has them (no label slots, no normalization: the block's GroupNorm follows its convolution)."""
+
+    @staticmethod
+    def first_rows(dataset) -> torch.Tensor:
+        return dataset.x_train
+
+
+@torch.no_grad()
+def conv_accuracy(modules, head_modules, net: conv.ConvNet, dataset, config, device, batch_size: int = 500) -> float:
+    """The all-heads test accuracy (every head's log-probabilities summed, as ``accuracy``) of the conv net
+    ``net`` rebuilt from its hidden layers' ``modules`` (blocks, dense Linears) and auxiliary ``head_modules``."""
+    layers = [BlockLayer(m.to(device), h.to(device), config.lr) if i < net.num_blocks else
+              DenseLayer(m.to(device), h.to(device), config.lr)
+              for i, (m, h) in enumerate(zip(modules, head_modules, strict=True))]
+    x, y = dataset.x_test.to(device), dataset.y_test.to(device)
+    correct = 0
+    for start in range(0, x.shape[0], batch_size):
+        h, summed = x[start:start + batch_size], 0
+        for layer in layers:
+            h = layer.forward(h)
+            summed = summed + F.log_softmax(layer.head(h), dim=1)
+        correct += (summed.argmax(1) == y[start:start + batch_size]).sum().item()
+    return correct / x.shape[0]
 
 
 def health(config) -> tuple[None, None]:

@@ -3,7 +3,9 @@ and `--variant dp-backprop` (data-parallel over MPI ranks).
 
 The network is the FF net's MLP: the same widths, Linear + ReLU layers with
 the same initial weights (ff.make_linear, keyed by seed and layer index),
-plus a softmax head trained with cross-entropy end to end.  Input is the
+plus a softmax head trained with cross-entropy end to end; with --conv, the
+conv net of learn/nets/conv.py (its GroupNorm normalizes each example on its
+own, so the shards compute what one process computes).  Input is the
 plain image (no label embedding), minibatches are drawn like the pipeline's
 (one seeded permutation per epoch), and the learning rate follows the same
 Adam + linear cooldown schedule.
@@ -37,7 +39,7 @@ from ...core.world import World
 from ...instrument.timer import EpochTimer
 from . import loop
 from .communications import GradientAllreduce
-from .mlp import MLP
+from .mlp import make_model
 from .trainer import Trainer
 
 
@@ -63,8 +65,9 @@ class LocalTrainer(Trainer):
     """The whole model on every rank (trainer.py's interface); with
     p > 1 the ranks' gradients are summed by one MPI Allreduce per step."""
 
-    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
-        super().__init__(MLP(dims[:-1], dims[-1], config.seed).to(device), config.lr, timer)
+    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer,
+                 net=None):
+        super().__init__(make_model(dims, config.seed, net).to(device), config.lr, timer)
         self.rank, self.size = world.rank, world.size
         self.flat = flat_gradients(self.module, device)
         self.reducer = GradientAllreduce(world.comm, self.flat, timer)

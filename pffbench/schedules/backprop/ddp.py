@@ -2,9 +2,10 @@
 ``torch.nn.parallel.DistributedDataParallel``, beside the MPI-native
 ``dp-backprop`` (data_parallel.py) on the same model and shards.
 
-The model is backprop's MLP (the same widths and initial weights); every
-rank holds a replica, a process group made from the MPI world
-(process_group.py: gloo on the CPU, NCCL on GPUs) carries the
+The model is backprop's MLP (the same widths and initial weights; with
+--conv, its conv net, whose per-example GroupNorm makes a shard compute what
+the whole minibatch computes); every rank holds a replica, a process group
+made from the MPI world (process_group.py: gloo on the CPU, NCCL on GPUs) carries the
 gradients, and each minibatch of n rows is split into the same contiguous
 shards as dp-backprop's.  The loss is summed over the shard and divided by
 n, and a communication hook sums the gradient buckets without DDP's usual
@@ -37,7 +38,7 @@ from ...core.world import World
 from ...instrument.timer import EpochTimer, settler
 from . import loop, process_group
 from .data_parallel import shard
-from .mlp import MLP
+from .mlp import make_model
 from .trainer import Trainer
 
 
@@ -50,9 +51,10 @@ def _sum_buckets(trainer, bucket):  # no annotations: DDP checks them, and this 
 
 
 class DDPTrainer(Trainer):
-    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
+    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer,
+                 net=None):
         process_group.start(world.comm, device, config.peer_timeout)
-        super().__init__(MLP(dims[:-1], dims[-1], config.seed).to(device), config.lr, timer)
+        super().__init__(make_model(dims, config.seed, net).to(device), config.lr, timer)
         self.rank, self.size, self.device = world.rank, world.size, device
         with process_group.peer_failures(self.rank, "setting up DistributedDataParallel"):
             self.ddp = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None)

@@ -20,8 +20,14 @@ common, so they are measured and recorded alike:
 
 It ends epochs and the run through schedules/ending.py, as the FF schedules do.
 
+The net is the MLP of --layers or, with --conv, the conv net of
+learn/nets/conv.py (``net``): its layers are the blocks, the dense layers
+and the head, ``dims`` their flattened widths (what the results file
+records), ``layer_shapes`` (an attribute) their shapes.
+
 Trainers derive from trainer.Trainer (the Adam step, owned layers,
-checkpoint state) and add ``rows(n) -> slice`` and ``step(x, y, n, lr) ->
+checkpoint state), are made as ``make_trainer(config, world, dims, device,
+timer, net)`` and add ``rows(n) -> slice`` and ``step(x, y, n, lr) ->
 loss share`` (a 0-d tensor: the rank's part of the minibatch-mean loss; the
 shares of all ranks add up to it).
 """
@@ -43,7 +49,8 @@ from ...instrument.timer import EpochTimer
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import agreed_signal
 from .. import ending
-from .mlp import stack_accuracy
+from ...learn.nets.conv import ConvNet
+from .mlp import layers_accuracy
 
 
 class Loop:
@@ -52,7 +59,8 @@ class Loop:
     def __init__(self, config: Config, world: World, shape: Shape, dataset, make_trainer):
         self.config, self.world, self.shape, self.dataset = config, world, shape, dataset
         self.device = device = world.device(config.device)
-        self.dims = [shape.num_features, *config.layers, shape.num_classes]
+        self.net = ConvNet.of(config, shape) if config.conv else None
+        self.dims = self.net.dims if self.net else [shape.num_features, *config.layers, shape.num_classes]
         setup_start = time.perf_counter()  # set-up is not timed per epoch
         if world.size > 1:
             x_train, y_train = collectives.share_training_data(world.comm, dataset)
@@ -60,7 +68,7 @@ class Loop:
             x_train, y_train = dataset.x_train, dataset.y_train
         self.x_train, self.y_train = x_train.to(device), y_train.to(device)
         self.timer = EpochTimer(config.epochs, trace=config.trace, device=device)
-        self.trainer = make_trainer(config, world, self.dims, device, self.timer)
+        self.trainer = make_trainer(config, world, self.dims, device, self.timer, self.net)
         mine = world.comm.allgather(sorted(self.trainer.owned()))  # layer indices each rank holds
         self.owner_of = [0 if self.trainer.replicated else next(r for r, held in enumerate(mine) if i in held)
                          for i in range(len(self.dims) - 1)]
@@ -84,7 +92,8 @@ class Loop:
         owned = self.trainer.owned()
         if self.trainer.replicated:
             return [owned[i] for i in range(len(owned))] if self.world.is_first else None
-        return collectives.gather_layers(self.world.comm, owned, self.dims, self.owner_of)
+        make = (lambda index: self.net.make_layer(index, self.config.seed)) if self.net else None
+        return collectives.gather_layers(self.world.comm, owned, self.dims, self.owner_of, make=make)
 
     def evaluate(self, epoch: int) -> bool:
         """Test accuracy now (collective); True if the run should stop at the target."""
@@ -96,8 +105,8 @@ class Loop:
             linears = self._linears_on_root()
             value = 0.0
             if self.world.is_first:
-                value = stack_accuracy([l.to(self.device) for l in linears], self.dataset.x_test.to(self.device),
-                                 self.dataset.y_test.to(self.device))
+                value = layers_accuracy([l.to(self.device) for l in linears], self.dataset.x_test.to(self.device),
+                                        self.dataset.y_test.to(self.device), self.net)
             if self.world.size > 1:
                 value = float(collectives.sum_everywhere(self.world.comm, np.array([value]), "the evaluation")[0])
         self.test_accuracy[epoch] = value
@@ -157,6 +166,8 @@ class Loop:
         linears = self._linears_on_root()
         attrs = {"classifier": "softmax head, cross-entropy, trained end to end by backprop",
                  "setup_seconds": self.setup_seconds, **self.trainer.attrs, **self.target.attrs()}
+        if self.net:  # what each layer's input is, (C, H, W) or (width,), the logits last
+            attrs["layer_shapes"] = [list(shape) for shape in self.net.shapes()]
         if self.target.stopped_at:
             attrs["stop_reason"] = self.target.stopped_at
         num_hidden = len(self.dims) - 2

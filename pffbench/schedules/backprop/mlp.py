@@ -1,12 +1,14 @@
 """The backprop baselines' network: the FF net's MLP (the same widths, Linear +
 ReLU layers with the same initial weights, ff.make_linear keyed by seed and
-layer index) plus a softmax head.  Pure torch."""
+layer index) plus a softmax head; or, with --conv, the conv net of
+learn/nets/conv.py (``make_model``).  Pure torch."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from ... import ff
+from ...learn.nets import conv
 
 
 class MLP(torch.nn.Module):
@@ -21,6 +23,18 @@ class MLP(torch.nn.Module):
         for linear in self.hidden:
             x = F.relu(linear(x))
         return self.head(x)
+
+
+def make_model(dims: list[int], seed: int, net: conv.ConvNet | None = None) -> torch.nn.Module:
+    """Backprop's whole network with its initial weights: the MLP of ``dims`` (input width, hidden widths,
+    classes), or the conv net ``net``.  Either has ``hidden`` (its hidden layers, index order) and ``head``."""
+    return MLP(dims[:-1], dims[-1], seed) if net is None else net.model(seed)
+
+
+def layers_accuracy(layers: list, x: torch.Tensor, y: torch.Tensor, net: conv.ConvNet | None = None) -> float:
+    """Test accuracy of the net made of ``layers`` (hidden layers, then the head): the MLP's
+    (stack_accuracy), or the conv net ``net``'s."""
+    return stack_accuracy(layers, x, y) if net is None else conv.accuracy(net, layers, x, y)
 
 
 def accuracy(model: MLP, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:

@@ -7,7 +7,12 @@ head; the same initial weights: every rank makes the whole MLP from the seed
 and keeps its layers).  The hidden layers are split over the ranks with the
 FF pipeline's own compute-balanced partition (core/partition.py, the same
 call as schedules/pipeline/), so each rank holds the same layers as in the
-FF pipeline; the head goes to the last rank.  Each minibatch of n rows is cut
+FF pipeline; the head goes to the last rank.  With --conv the model is the
+conv net of learn/nets/conv.py, its blocks and dense layers balanced by
+their FLOPs (ConvNet.costs); activations travel between stages as
+[rows, C, H, W] (the library sends any shape), and GroupNorm normalizes each
+example on its own, so a microbatch computes what its rows compute in the
+whole minibatch.  Each minibatch of n rows is cut
 into ``--microbatches M`` microbatches of n/M rows (the library requires
 M >= stages; pffbench requires M to divide every minibatch, so that all
 microbatches have one shape).  The loss of a microbatch is its summed
@@ -44,24 +49,29 @@ from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
 from ...instrument.timer import EpochTimer, settler
 from . import loop, process_group
-from .mlp import MLP
+from .mlp import make_model
 from .trainer import Trainer
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
 
 class StageModule(torch.nn.Module):
-    """Layers ``indices`` of the MLP (ReLU after every one but the head), timing its forward pass."""
+    """Layers ``indices`` of the MLP (ReLU after every one but the head), or of the conv net ``net`` (each
+    layer as ConvNet.apply runs it), timing its forward pass."""
 
-    def __init__(self, linears: dict[int, torch.nn.Linear], head: int, timer: EpochTimer):
+    def __init__(self, linears: dict[int, torch.nn.Module], head: int, timer: EpochTimer, net=None):
         super().__init__()
         self.indices = sorted(linears)
         self.layers = torch.nn.ModuleList(linears[i] for i in self.indices)
         self.relu = [i != head for i in self.indices]
-        self.timer = timer
+        self.timer, self.net = timer, net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.timer("compute"):
+            if self.net is not None:
+                for index, layer in zip(self.indices, self.layers):
+                    x = self.net.apply(index, layer, x)
+                return x
             for linear, relu in zip(self.layers, self.relu):
                 x = F.relu(linear(x)) if relu else linear(x)
             return x
@@ -83,15 +93,16 @@ class PipelineTrainer(Trainer):
     replicated = False
     state_key = "stage"
 
-    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer):
+    def __init__(self, config: Config, world: World, dims: list[int], device: torch.device, timer: EpochTimer,
+                 net=None):
         self.rank, self.size, self.device = world.rank, world.size, device
         self.microbatches, self.kind = config.microbatches, SCHEDULES[config.variant]
         self.group = process_group.start(world.comm, device, config.peer_timeout)
         num_hidden = len(dims) - 2
-        self.blocks = stage_layers(num_hidden, dims, world.size)
-        model = MLP(dims[:-1], dims[-1], config.seed)
+        self.blocks = stage_layers(num_hidden, dims, world.size, None if net is None else net.costs())
+        model = make_model(dims, config.seed, net)
         linears = [*model.hidden, model.head]
-        stage = StageModule({i: linears[i] for i in self.blocks[self.rank]}, num_hidden, timer).to(device)
+        stage = StageModule({i: linears[i] for i in self.blocks[self.rank]}, num_hidden, timer, net).to(device)
         super().__init__(stage, config.lr, timer)
         self.is_first, self.is_last = world.is_first, world.rank == world.size - 1
         self.schedules = {}  # microbatch rows -> schedule

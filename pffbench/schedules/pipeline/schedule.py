@@ -17,6 +17,10 @@ is), then the evaluation, timed apart; time to --target-accuracy is
 recorded as the baselines record it (instrument/target.py), and
 --stop-at-target ends the run at that step.
 
+A conv net (--conv, with --objective local-softmax) runs the same loop:
+each block trains with its auxiliary head, and its output travels as the
+contiguous rows of [n, C, H, W] (Stage).
+
 With p = 1 the same loop is the sequential baseline; because every layer sees
 exactly the inputs it would see sequentially, any p gives the same weights,
 given the same torch threads per rank (t threads sum a product's parts in an
@@ -49,7 +53,8 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     sizes = batch_rows(shape.num_train, config.batch_size)
     source = None
     if world.is_first:
-        source = stage.rule.Source(dataset, config, stage.device, sizes) if stage.generic else \
+        source = stage.rule.ConvSource(dataset, config, stage.device, sizes) if stage.net else \
+            stage.rule.Source(dataset, config, stage.device, sizes) if stage.generic else \
             BatchSource(dataset, config, stage.device, sizes)
     checkpoints = checkpoint.Checkpoints.from_config(config, world.comm)
     resumed = checkpoints.load_latest() if checkpoints and config.resume else None
@@ -60,7 +65,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
     links = Links(world.comm, timer, stage.dims[stage.block.start], stage.dims[stage.block.stop],
                   [stage.message_rows(n) for n in sizes] * (config.epochs - start_epoch), shared=config.transport == "auto")
     shm_short = _report_shm_shortfall(world, links) if config.transport == "auto" and world.size > 1 else 0
-    loss = np.zeros((len(config.layers), config.epochs))
+    loss = np.zeros((len(stage.dims) - 1, config.epochs))  # a row per hidden layer (a conv net's blocks too)
     accuracy = np.full(config.epochs, np.nan)
     step = _restore(resumed[1], stage, source, timer, loss, accuracy) if resumed else 0
     if resumed and world.is_first:
@@ -88,7 +93,7 @@ def train(config: Config, world: World, shape: Shape, dataset=None, on_epoch=Non
         if checkpoints and not failure and not last_epoch:  # a checkpoint that cannot be written fails the run
             failure = outcome.save_checkpoint(checkpoints, epoch + 1, outcome.checkpoint_state(
                 epoch + 1, step, loss, accuracy, timer, source.generator if source else None,
-                layers={i: layer.linear.state_dict() for i, layer in stage.layers.items()},
+                layers={i: module.state_dict() for i, module in stage.modules().items()},
                 heads={i: head.state_dict() for i, head in stage.heads().items()},
                 optimizers={i: layer.optimizer.state_dict() for i, layer in stage.layers.items()},
                 **({"target": evaluation.clock.state()} if evaluation.clock else {})))
@@ -123,11 +128,7 @@ class Evaluation:
             _gather(stage)
             value = 0.0
             if stage.world.is_first:
-                device, dataset = stage.device, self.dataset
-                value = stage.rule.accuracy(stage.gathered, stage.gathered_heads, dataset, self.config, device) \
-                    if stage.generic else ff.accuracy([l.to(device) for l in stage.gathered], dataset.x_test.to(device),
-                                                      dataset.y_test.to(device), stage.shape.num_classes,
-                                                      stage.score_layers)
+                value = _accuracy(stage, self.dataset, self.config)
             # the next step cannot start before rank 0 is back: the others' wait is evaluation too
             if self.config.stop_at_target or self.clock:
                 value = float(collectives.sum_everywhere(comm, np.array([value]), "the evaluation")[0])
@@ -156,6 +157,17 @@ class Evaluation:
         return self.config.stop_at_target and self.clock.reached
 
 
+def _accuracy(stage: Stage, dataset, config) -> float:
+    """Rank 0: the test accuracy of the layers (and heads) gathered from every rank, by the rule's classifier."""
+    device = stage.device
+    if stage.net:
+        return stage.rule.conv_accuracy(stage.gathered, stage.gathered_heads, stage.net, dataset, config, device)
+    if stage.generic:
+        return stage.rule.accuracy(stage.gathered, stage.gathered_heads, dataset, config, device)
+    return ff.accuracy([l.to(device) for l in stage.gathered], dataset.x_test.to(device), dataset.y_test.to(device),
+                       stage.shape.num_classes, stage.score_layers)
+
+
 def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], epoch: int, step: int,
            loss: np.ndarray, evaluation: Evaluation) -> tuple[int, bool, bool]:
     """One epoch's minibatches: receive (or make), step the stage, send,
@@ -174,7 +186,7 @@ def _epoch(config, stage: Stage, source, links: Links, timer, sizes: list[int], 
     done = 0
     for b, n in enumerate(sizes):
         if b == half:
-            faults.mid_epoch(config, stage.rank, epoch, stage.linear_list())
+            faults.mid_epoch(config, stage.rank, epoch, stage.module_list())
         if source:
             with timer("data"):  # ff: a PairBatch; another rule: (x, its side column)
                 x, norms = source.batch(b) if stage.generic else (source.batch(b), None)
@@ -210,7 +222,7 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, step: int, 
     --target-accuracy: --stop-at-target)."""
     comm = stage.world.comm
     with timer("sync"):
-        reduced, failure, signum = agree_at_boundary(comm, epoch, loss[:, epoch], stage.linears(), stage.owner_of)
+        reduced, failure, signum = agree_at_boundary(comm, epoch, loss[:, epoch], stage.modules(), stage.owner_of)
     if stage.world.is_first:
         loss[:, epoch] = reduced
     if epoch == config.epochs - 1 and links.sender:
@@ -224,11 +236,13 @@ def _boundary(config, stage: Stage, links: Links, timer, epoch: int, step: int, 
 
 def _gather(stage: Stage) -> None:
     """Every layer (and auxiliary head) to rank 0, as ``stage.gathered`` (``gathered_heads``)."""
-    comm = stage.world.comm
-    stage.gathered = collectives.gather_layers(comm, stage.linears(), stage.dims, stage.owner_of)
+    comm, conv = stage.world.comm, stage.net is not None
+    stage.gathered = collectives.gather_layers(comm, stage.modules(), stage.dims, stage.owner_of,
+                                               make=stage.conv_layer if conv else None)
     if stage.heads():
         shapes = [(width, stage.shape.num_classes) for width in stage.dims[1:]]
-        stage.gathered_heads = collectives.gather_layers(comm, stage.heads(), stage.dims, stage.owner_of, shapes)
+        stage.gathered_heads = collectives.gather_layers(comm, stage.heads(), stage.dims, stage.owner_of, shapes,
+                                                         make=stage.conv_head if conv else None)
 
 
 def _finish(config, world, shape: Shape, stage: Stage, links: Links, timer, loss, accuracy, resumed_from,
@@ -239,9 +253,12 @@ def _finish(config, world, shape: Shape, stage: Stage, links: Links, timer, loss
     result = outcome.finish(config, world.comm, timer, shape.num_train, resumed_from, loss=loss,
                             test_accuracy=accuracy, linears=[l.cpu() for l in stage.gathered or ()], dims=stage.dims,
                             blocks=stage.blocks, heads=[h.cpu() for h in stage.gathered_heads or ()], arrays=record,
-                            check_health=True, health_threshold=threshold, health_inputs=inputs)
+                            # the collapse check reads Linear layers (ff/health.py): none for a conv net yet
+                            check_health=stage.net is None, health_threshold=threshold, health_inputs=inputs)
     if result is None:
         return None
+    if stage.net:  # what each layer's input is, (C, H, W) or (width,), the logits last
+        result.attrs["layer_shapes"] = [list(shape) for shape in stage.net.shapes()]
     rings, messages = link_counts
     result.attrs["transport"] = "none" if rings + messages == 0 else "messages" if not rings else \
         "shared" if not messages else "mixed"  # mixed: some links within a node, some between nodes
@@ -270,8 +287,9 @@ def _drain(links: Links) -> None:
 def _restore(state, stage: Stage, source, timer, loss, accuracy) -> int:
     """Put back a checkpoint: this rank's layers with their Adam states, then the accounts, the position and (on
     rank 0) the minibatch/negatives generator (ending.restore_state)."""
-    for i, layer in stage.layers.items():
-        layer.linear.load_state_dict(state["layers"][i])
+    for i, module in stage.modules().items():
+        layer = stage.layers[i]
+        module.load_state_dict(state["layers"][i])
         if hasattr(layer, "head"):
             layer.head.load_state_dict(state["heads"][i])
         layer.optimizer.load_state_dict(state["optimizers"][i])

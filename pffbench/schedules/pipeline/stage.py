@@ -12,6 +12,7 @@ from ...core.types import Shape
 from ...core.world import World
 from ...ff.negatives import random_wrong_labels
 from ...learn import rules
+from ...learn.nets.conv import ConvNet
 
 
 class Stage:
@@ -23,7 +24,13 @@ class Stage:
     rank); every other rule (``generic``) its module's ``step``, which
     hands the next layer normalized activity, and what travels beside it
     (``side`` [rows, 1], e.g. local-softmax's labels) in the message's
-    column the ff rule fills with row norms."""
+    column the ff rule fills with row norms.
+
+    A conv net (--conv; ``net``, learn/nets/conv.py) is split by its layers'
+    FLOPs with their auxiliary heads (ConvNet.costs); ``dims`` are then its
+    layers' outputs flattened (C*H*W values a row), which size the messages
+    and rings: a block's output [n, C, H, W] travels as its contiguous rows
+    and the next block views them as images again."""
 
     def __init__(self, config: Config, world: World, shape: Shape):
         self.world, self.shape, self.rank = world, shape, world.rank
@@ -31,26 +38,41 @@ class Stage:
         self.objective = rules.objective_of(config)
         self.rule = rules.module(self.objective)
         self.generic = self.objective != "ff"
-        self.dims = [self.rule.input_width(shape.num_features), *config.layers]
-        self.blocks = balanced_partition(layer_costs(self.dims), world.size)
+        self.net = ConvNet.of(config, shape) if config.conv else None
+        if self.net:
+            self.dims = self.net.dims[:-1]  # the input, then every hidden layer's output; no softmax head
+            self.blocks = balanced_partition(self.net.costs(auxiliary=True)[:self.net.num_layers], world.size)
+        else:
+            self.dims = [self.rule.input_width(shape.num_features), *config.layers]
+            self.blocks = balanced_partition(layer_costs(self.dims), world.size)
         self.block = self.blocks[world.rank]
-        self.layers = {i: self.rule.make_layer(i, self.dims, shape.num_classes, config, self.device)
+        self.layers = {i: self.rule.make_conv_layer(i, self.net, config, self.device) if self.net else
+                       self.rule.make_layer(i, self.dims, shape.num_classes, config, self.device)
                        for i in self.block}
         self.owner_of = [r for r, b in enumerate(self.blocks) for _ in b]
         self.score_layers = config.score_layers or ff.default_score_layers(len(config.layers))
         self.gathered = None  # every layer, on rank 0, as of the last evaluation
         self.gathered_heads = None  # and every auxiliary head (local-softmax)
 
-    def linears(self) -> dict[int, torch.nn.Linear]:
-        return {i: self.layers[i].linear for i in self.block}
+    def modules(self) -> dict[int, torch.nn.Module]:
+        """The block's trained layers by index: nn.Linear, or a conv net's ConvBlock."""
+        return {i: _module(self.layers[i]) for i in self.block}
 
     def heads(self) -> dict[int, torch.nn.Linear]:
         """The block's auxiliary heads (local-softmax), else empty."""
         return {i: self.layers[i].head for i in self.block if hasattr(self.layers[i], "head")}
 
-    def linear_list(self) -> list[torch.nn.Linear]:
-        """The block's layers, first owned first (what --inject-nan poisons)."""
-        return [self.layers[i].linear for i in self.block]
+    def module_list(self) -> list[torch.nn.Module]:
+        """The block's trained layers, first owned first (what --inject-nan poisons)."""
+        return [_module(self.layers[i]) for i in self.block]
+
+    def conv_layer(self, index: int) -> torch.nn.Module:
+        """A conv net's layer ``index`` (its initial weights), for rank 0 to receive a gathered one into."""
+        return self.net.make_layer(index, 0)
+
+    def conv_head(self, index: int) -> torch.nn.Module:
+        """A conv net's auxiliary head of layer ``index``, for rank 0 to receive a gathered one into."""
+        return self.net.auxiliary_head(index, 0, 0)
 
     def zero_losses(self) -> dict[int, torch.Tensor]:
         return {i: torch.zeros((), device=self.device) for i in self.block}
@@ -85,7 +107,7 @@ class Stage:
                 x, step_loss = self.rule.step(self.layers[i], x, side, n)
                 losses[i] += step_loss
             if out is not None:
-                out.copy_(x)
+                out.copy_(x.reshape(out.shape))  # a block's [n, C, H, W] as the message's rows
                 if side is not None:
                     norms_out.copy_(side)
             return
@@ -96,6 +118,11 @@ class Stage:
             to = {} if i < self.block[-1] else {"out": out, "normalize": False, "norm_out": norms_out}
             x, step_loss = self.layers[i].train_step_pairs(x, **to) if i == 0 else self.layers[i].train_step(x, n, **to)
             losses[i] += step_loss
+
+
+def _module(layer) -> torch.nn.Module:
+    """The module a rule's layer trains: a conv block (``block``) or a Linear (``linear``)."""
+    return layer.block if hasattr(layer, "block") else layer.linear
 
 
 class BatchSource:

@@ -1,0 +1,186 @@
+"""Conv nets (--conv, learn/nets/conv.py) under mpiexec -n 2 / -n 4 (pytest --with-mpi): every schedule that
+trains one computes what its 1-process or MPI data-parallel twin computes, resumes to the uninterrupted weights,
+and a run is recorded with its net."""
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from pffbench import results
+from pffbench.core.config import Config
+from pffbench.schedules.backprop import data_parallel as backprop
+from pffbench.schedules.backprop import ddp, torch_pipeline
+from pffbench.schedules.pipeline import schedule as pipeline
+
+MPI = pytest.importorskip("mpi4py.MPI")
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
+
+# 1 x 10 x 10 images (synthetic_images), 1280 rows in batches of 64: 20 steps an epoch.  Two blocks (4 and 8
+# channels: 10x10 -> pooled 5x5 -> 5x5) and two dense layers: four hidden layers, so 4 ranks get one each;
+# 4 microbatches of 16 rows.
+CONV = Config(dataset="synthetic", conv=(4, 8), layers=(16, 12), epochs=2, batch_size=64, lr=3e-3, threads=1,
+              eval_every=1, microbatches=4)
+TOLERANCE = 1e-5  # absolute, on weights of order 0.1-1 after 40 Adam steps: float32 round-off of reordered sums
+MODULES = {"backprop": backprop, "dp-backprop": backprop, "ddp": ddp, "gpipe": torch_pipeline,
+           "1f1b": torch_pipeline, "pipeline": pipeline}
+
+
+def _tensors(result) -> list[tuple[str, torch.Tensor]]:
+    """Every tensor of every layer (and auxiliary head), named by layer and key."""
+    return [(f"{part} {i} {key}", tensor) for part in ("linears", "heads")
+            for i, module in enumerate(getattr(result, part)) for key, tensor in module.state_dict().items()]
+
+
+def _largest_difference(a, b) -> float:
+    ours, theirs = _tensors(a), _tensors(b)
+    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
+    return max((x - y).abs().max().item() for (_, x), (_, y) in zip(ours, theirs))
+
+
+def _train(config, comm, data):
+    from pffbench.core.world import World
+    dataset, shape = data
+    return MODULES[config.variant].train(config, World(comm), shape, dataset)
+
+
+@pytest.mark.parametrize("variant", ["gpipe", "1f1b"])
+def test_conv_torch_pipeline_gives_the_single_process_backprop_weights(variant, synthetic_images):
+    """gpipe and 1f1b on the conv net: blocks split over stages by their FLOPs, activations [rows, C, H, W]
+    between stages, per-example GroupNorm in every microbatch: the weights of 1-process backprop to round-off."""
+    comm = MPI.COMM_WORLD
+    parallel = _train(dataclasses.replace(CONV, variant=variant), comm, synthetic_images)
+    if comm.rank != 0:
+        assert parallel is None
+        return
+    single = _train(dataclasses.replace(CONV, variant="backprop"), MPI.COMM_SELF, synthetic_images)
+    assert parallel.dims == single.dims == [100, 100, 200, 16, 12, 10]
+    assert [type(layer).__name__ for layer in parallel.linears] == ["ConvBlock"] * 2 + ["Linear"] * 3
+    assert _largest_difference(parallel, single) <= TOLERANCE
+    np.testing.assert_allclose(parallel.loss, single.loss, rtol=1e-4)
+    assert single.test_accuracy[-1] > 0.3 and abs(parallel.test_accuracy[-1] - single.test_accuracy[-1]) <= 0.01
+    held = [list(block) for block in parallel.blocks]
+    assert sum(held, []) == [0, 1, 2, 3, 4] and 4 in held[-1] and len(held) == comm.size
+    if comm.size == 2:  # block 0 (10,000 FLOPs a row) against block 1 and the dense layers (22,600)
+        assert held == [[0], [1, 2, 3, 4]]
+    assert parallel.attrs["layer_shapes"] == [[1, 10, 10], [4, 5, 5], [8, 5, 5], [16], [12], [10]]
+
+
+def test_conv_ddp_gives_the_mpi_data_parallel_weights_and_those_of_one_process(synthetic_images):
+    """ddp and dp-backprop on the conv net agree to round-off, and both with 1-process backprop: GroupNorm
+    normalizes each example on its own, so a shard of a minibatch computes what the whole one computes
+    (BatchNorm would fail this)."""
+    comm = MPI.COMM_WORLD
+    torch_ddp = _train(dataclasses.replace(CONV, variant="ddp"), comm, synthetic_images)
+    mpi_dp = _train(dataclasses.replace(CONV, variant="dp-backprop"), comm, synthetic_images)
+    if comm.rank != 0:
+        assert torch_ddp is None and mpi_dp is None
+        return
+    single = _train(dataclasses.replace(CONV, variant="backprop"), MPI.COMM_SELF, synthetic_images)
+    assert _largest_difference(torch_ddp, mpi_dp) <= TOLERANCE
+    assert _largest_difference(mpi_dp, single) <= TOLERANCE
+    np.testing.assert_allclose(torch_ddp.loss, mpi_dp.loss, rtol=1e-4)
+    np.testing.assert_allclose(mpi_dp.loss, single.loss, rtol=1e-4)
+
+
+@pytest.mark.parametrize("transport", ["auto", "p2p"])
+def test_conv_pipeline_gives_the_sequential_weights(transport, synthetic_images):
+    """--variant pipeline --objective local-softmax on the conv net: each block trained through its auxiliary
+    head, its output travelling as the rows of [n, C, H, W] in the shared ring (auto) or MPI messages (p2p):
+    p ranks with one thread each give the 1-rank blocks, dense layers and heads bit for bit."""
+    comm = MPI.COMM_WORLD
+    config = dataclasses.replace(CONV, objective="local-softmax", transport=transport, epochs=3)
+    parallel = _train(config, comm, synthetic_images)
+    if comm.rank != 0:
+        assert parallel is None
+        return
+    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
+    assert parallel.dims == sequential.dims == [100, 100, 200, 16, 12]
+    assert len(parallel.heads) == 4 and len(parallel.blocks) == comm.size
+    if comm.size == 2:  # the first block against the rest (their FLOPs with their heads)
+        assert [list(block) for block in parallel.blocks] == [[0], [1, 2, 3]]
+    ours, theirs = _tensors(parallel), _tensors(sequential)
+    assert [name for name, _ in ours] == [name for name, _ in theirs]
+    for (name, a), (_, b) in zip(ours, theirs):
+        assert torch.equal(a, b), name
+    np.testing.assert_array_equal(parallel.loss, sequential.loss)
+    np.testing.assert_array_equal(parallel.test_accuracy, sequential.test_accuracy)
+    assert parallel.attrs["transport"] == ("shared" if transport == "auto" else "messages")
+    assert parallel.test_accuracy[-1] > 0.3  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize("variant", ["pipeline", "gpipe"])
+def test_conv_resume_gives_the_uninterrupted_weights(variant, synthetic_images, tmp_path_factory):
+    """A run of 3 epochs checkpoints after epochs 1 and 2; resumed from epoch 1 (the later checkpoint
+    removed) it ends with the uninterrupted run's weights, heads, Adam steps and accounts, bit for bit."""
+    comm = MPI.COMM_WORLD
+    folder = comm.bcast(str(tmp_path_factory.mktemp("ck")) if comm.rank == 0 else None)
+    config = dataclasses.replace(CONV, variant=variant, epochs=3, checkpoint_dir=folder,
+                                 objective="local-softmax" if variant == "pipeline" else None)
+    whole = _train(config, comm, synthetic_images)
+    comm.Barrier()
+    if comm.rank == 0:
+        assert sorted(os.listdir(folder)) == ["epoch-000001", "epoch-000002"]
+        shutil.rmtree(os.path.join(folder, "epoch-000002"))
+    comm.Barrier()
+    resumed = _train(dataclasses.replace(config, resume=True), comm, synthetic_images)
+    if comm.rank != 0:
+        return
+    assert resumed.attrs["resumed_from_epoch"] == 1
+    ours, theirs = _tensors(whole), _tensors(resumed)
+    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
+    for (name, a), (_, b) in zip(ours, theirs):
+        assert torch.equal(a, b), name
+    np.testing.assert_array_equal(whole.loss, resumed.loss)
+    np.testing.assert_array_equal(whole.test_accuracy, resumed.test_accuracy)
+
+
+def _write_image_folder(root) -> None:
+    """4 classes of 8x8 RGB images: class k a bright 4x4 patch in quadrant k of channel k mod 3, on noise;
+    24 training and 8 test images per class."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("test", 8)):
+        for k in range(4):
+            (root / split / f"class{k}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 96, (8, 8, 3), dtype=np.uint8)
+                top, left = 4 * (k // 2), 4 * (k % 2)
+                pixels[top:top + 4, left:left + 4, k % 3] = 255
+                Image.fromarray(pixels).save(root / split / f"class{k}" / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("variant", ["dp-backprop", "pipeline"])
+def test_conv_run_is_recorded_with_its_net(variant, tmp_path_factory):
+    """A whole run (pffbench.run.run) on an image folder: the results file records --conv in the config, the
+    flattened widths as dims and every layer's shape; --model-out holds the blocks' tensors and the shapes."""
+    from pffbench.analysis.analysis import settings_of
+    from pffbench.core.world import World
+    from pffbench.run import run
+    comm = MPI.COMM_WORLD
+    base = tmp_path_factory.mktemp("conv-run") if comm.rank == 0 else None
+    if comm.rank == 0:
+        _write_image_folder(base / "images")
+    base = comm.bcast(str(base) if base is not None else None)
+    config = Config(variant=variant, dataset="imagefolder", data_dir=os.path.join(base, "images"), conv=(4, 8),
+                    layers=(16, 12), epochs=3, batch_size=16, lr=3e-3, threads=1, quiet=True,
+                    objective="local-softmax" if variant == "pipeline" else None,
+                    out=os.path.join(base, "runs.h5"), model_out=os.path.join(base, "model.pt"), name="conv")
+    run(config, World(comm))
+    if comm.rank != 0:
+        return
+    record, = results.read_runs(config.out)
+    attrs = record.attrs
+    assert attrs["status"] == "complete" and attrs["config"]["conv"] == [4, 8]
+    assert attrs["config"]["layers"] == [16, 12] and settings_of(record)["conv"] == "4,8"
+    shapes = [[3, 8, 8], [4, 4, 4], [8, 4, 4], [16], [12], [4]]
+    assert attrs["layer_shapes"] == shapes
+    assert list(attrs["dims"]) == ([192, 64, 128, 16, 12, 4] if variant == "dp-backprop" else [192, 64, 128, 16, 12])
+    assert attrs["final_test_accuracy"] > 0.5  # 4 classes: chance is 0.25
+    model = torch.load(config.model_out)
+    assert model["layer_shapes"] == shapes and model["config"]["conv"] == (4, 8)
+    assert list(model["layers"][0]) == ["conv.weight", "norm.weight", "norm.bias"]
+    assert model["layers"][0]["conv.weight"].shape == (4, 3, 3, 3)
+    assert len(model["heads"]) == (4 if variant == "pipeline" else 0)
