@@ -45,6 +45,7 @@ class Config:
     validation: int = 0  # rows held out of the training set and evaluated on instead of the test set (tune)
     layers: tuple[int, ...] = (500, 500, 500, 500)  # with --conv: the dense layers after the last block
     conv: tuple[int, ...] | None = None  # channels of each convolutional block (learn/nets/conv.py); None: an MLP
+    augment: bool = False  # random crop (4 pixels of zero padding) and flip of each training image (learn/augment.py)
     epochs: int = 4
     batch_size: int = 64
     lr: float = 3e-3
@@ -86,7 +87,7 @@ class Config:
 
 
 # settings added after runs were stored: a stored config without one ran at its default (case_settings)
-COMPUTING_SINCE_STORED = ("norm", "conv")
+COMPUTING_SINCE_STORED = ("norm", "conv", "augment")
 COMPUTING = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("computes", True))
 INCIDENTAL = tuple(f.name for f in dataclasses.fields(Config) if not f.metadata.get("computes", True))
 TIMING = tuple(f.name for f in dataclasses.fields(Config) if f.metadata.get("times", False))
@@ -109,7 +110,8 @@ def case_settings(config: dict) -> dict:
     its own, beside the ranks).  Settings a stored config has and this Config
     has not are kept (a run of another version is its own case); settings it
     lacks had their defaults then (a run stored before --norm existed ran
-    with --norm rms, one stored before --conv an MLP)."""
+    with --norm rms, one stored before --conv an MLP, one before --augment
+    without augmentation)."""
     known = {f.name for f in dataclasses.fields(Config)}
     config = {**{f.name: f.default for f in dataclasses.fields(Config) if f.name in COMPUTING_SINCE_STORED
                  and f.name not in config}, **config}

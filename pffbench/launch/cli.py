@@ -89,6 +89,11 @@ def _model_flags(p, d: Config) -> None:
                        help="a convolutional net: channels of each block (3x3 convolution, padding 1, GroupNorm, "
                             "ReLU; 2x2 max pooling between blocks) on the data set's images; the backprop "
                             "baselines and --variant pipeline --objective local-softmax (default: none, an MLP)")
+    model.add_argument("--augment", action="store_true",
+                       help="random crop (4 pixels of zero padding, cropped back at a random offset) and horizontal "
+                            "flip (p = 0.5) of every training image, the standard CIFAR-10 recipe; never of test or "
+                            "validation rows; image data, the backprop baselines and --variant pipeline --objective "
+                            "local-softmax (default: off)")
     model.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
     model.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
     model.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate per layer (default: %(default)s)")

@@ -28,6 +28,7 @@ def validate(config: Config, world_size: int | None = None) -> None:
                          "layers by backprop on RMS-normalized inputs")
     _check_objective(config, variant)
     _check_conv(config, variant, rule)
+    _check_augment(config, variant, rule)
     if variant.baseline:
         _validate_baseline(config, world_size)
         return
@@ -67,9 +68,28 @@ def _check_conv(config: Config, variant, rule: str | None) -> None:
     raise UsageError(f"--conv runs with {CONV_SCHEDULES}; not yet with {what}")
 
 
+AUGMENT_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and --variant pipeline " \
+                    "--objective local-softmax"
+
+
+def _check_augment(config: Config, variant, rule: str | None) -> None:
+    """--augment: the schedules whose training minibatches are augmented so far (learn/augment.py).  The
+    others make their minibatches elsewhere (the ff rule's label-embedded positive and negative pairs, scff's
+    [x, x'] pairs, the PFF schedules' own loops): refused, not silently left unaugmented."""
+    if not config.augment or variant.baseline or (variant.family == "pipeline" and rule == "local-softmax"):
+        return
+    what = f"--variant pipeline --objective {rule}" if variant.family == "pipeline" else f"--variant {config.variant}"
+    raise UsageError(f"--augment runs with {AUGMENT_SCHEDULES}; not yet with {what}")
+
+
 def validate_shape(config: Config, shape) -> None:
     """After the data is loaded, on every rank (each knows ``shape``, core/types.Shape): UsageError if the
-    net cannot run on these rows (--conv on vectors, or on images its pooling shrinks below a pixel)."""
+    net cannot run on these rows (--conv on vectors, or on images its pooling shrinks below a pixel), or
+    --augment has no images to crop and flip."""
+    image = tuple(shape.image_shape or ())
+    if config.augment and len(image) != 3:
+        raise UsageError(f"{config.dataset}: --augment crops and flips images, and its rows are vectors "
+                         f"({shape.num_features} values)")
     if config.conv is None:
         return
     from ..learn.nets.conv import ConvNet

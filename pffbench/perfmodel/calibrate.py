@@ -114,6 +114,8 @@ def from_run(run: results.Run, profile=None):
     Raises ValueError if the run cannot calibrate (more ranks, not complete, a conv net)."""
     if run.config.get("conv"):  # its dims are a conv net's flattened activations, not an MLP's widths
         raise ValueError(f"run {run.name} trains a conv net (--conv): the model profiles MLPs only, so far")
+    if run.config.get("augment"):  # the crops and flips are data time the model's steps do not have
+        raise ValueError(f"run {run.name} augments its minibatches (--augment): the model does not count that")
     if int(run.attrs.get("world_size", 0)) != 1:
         raise ValueError(f"run {run.name} has {run.attrs.get('world_size')} ranks: calibration needs a 1-rank run")
     if run.attrs.get("status", "complete") != "complete":

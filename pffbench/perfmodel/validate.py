@@ -81,6 +81,9 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
         if members[0].config.get("conv"):  # one configuration a group: all conv nets or none
             skipped += [f"{r.name}: a conv net (--conv): the model predicts MLPs only, so far" for r in members]
             continue
+        if members[0].config.get("augment"):  # crops and flips: data time the model does not count
+            skipped += [f"{r.name}: augmented (--augment): the model does not count that" for r in members]
+            continue
         ones = sorted((r for r in members if int(r.attrs["world_size"]) == 1), key=analysis.training_seconds)
         if not ones:
             skipped += [f"{r.name}: no 1-rank run of its configuration to calibrate from" for r in members]

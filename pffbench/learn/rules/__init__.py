@@ -30,7 +30,9 @@ local-softmax, in the pipeline) also offers ``make_conv_layer(index, net,
 config, device)`` (a layer with ``block`` or ``linear``, ``head``,
 ``optimizer``, ``set_lr``, ``forward``), ``ConvSource`` (as ``Source``) and
 ``conv_accuracy(modules, heads, net, dataset, config, device)``; launch/
-validate.py refuses --conv with the others.
+validate.py refuses --conv with the others.  Its ``Source`` and
+``ConvSource`` also augment each training minibatch under ``--augment``
+(learn/augment.py), which launch/validate.py refuses with the other rules.
 
 The ff rule is today's Forward-Forward (ff/): the pipeline and the PFF
 schedules keep their tuned paths for it; the other rules run through the

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ... import ff
 from ...ff import heads
+from .. import augment
 from ..nets import conv
 
 NEEDS_NEGATIVES = False
@@ -71,26 +72,42 @@ def step(layer: heads.PerfOptLayer, x: torch.Tensor, side: torch.Tensor, n: int)
 
 class Source:
     """The first layer's minibatches: a fresh permutation per epoch from one
-    seeded generator; rows normalized with the neutral label, once per run."""
+    seeded generator; rows normalized with the neutral label, once per run.
+
+    With --augment (learn/augment.py) every row of the epoch also gets its
+    crop offset and flip at the epoch's start, drawn after the permutation
+    from the same generator (so a checkpoint at an epoch boundary holds them
+    too); the images are kept as they are and each minibatch is augmented,
+    then made what the first layer sees (``first_rows``: a function of each
+    row alone, so the same rows as once per run where nothing is augmented)."""
 
     def __init__(self, dataset, config, device, sizes: list[int]):
-        self.x = self.first_rows(dataset).to(device)
+        self.num_classes = dataset.num_classes
+        self.image = augment.image_shape_of(dataset) if config.augment else None  # (C, H, W)
+        x = dataset.x_train
+        self.x = (x if self.image else self.first_rows(x, self.num_classes)).to(device)
         self.y = dataset.y_train.to(device)
         self.sizes, self.starts = sizes, [sum(sizes[:b]) for b in range(len(sizes))]
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.order = None
+        self.order = self.draws = None
 
     @staticmethod
-    def first_rows(dataset) -> torch.Tensor:
-        """The training rows [n, d] as the first layer sees them."""
-        return ff.normalize(ff.embed_labels(dataset.x_train, None, dataset.num_classes))
+    def first_rows(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+        """Training rows [n, d] as the first layer sees them: the neutral label embedded, RMS-normalized."""
+        return ff.normalize(ff.embed_labels(x, None, num_classes))
 
     def start_epoch(self) -> None:
         self.order = torch.randperm(self.y.shape[0], generator=self.generator).to(self.y.device)
+        if self.image:  # by position in the epoch's order; nothing drawn without --augment
+            self.draws = augment.draw(self.y.shape[0], self.generator).to(self.y.device)
 
     def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.order[self.starts[index]:self.starts[index] + self.sizes[index]]
-        return self.x[rows], self.y[rows].to(self.x.dtype).unsqueeze(1)
+        batch = slice(self.starts[index], self.starts[index] + self.sizes[index])
+        rows = self.order[batch]
+        x = self.x[rows]
+        if self.image:
+            x = self.first_rows(augment.augment_rows(x, self.image, self.draws[batch]), self.num_classes)
+        return x, self.y[rows].to(x.dtype).unsqueeze(1)
 
 
 # --- conv nets (--conv) ---------------------------------------------------------------------------------------
@@ -133,12 +150,13 @@ def make_conv_layer(index: int, net: conv.ConvNet, config, device) -> BlockLayer
 
 
 class ConvSource(Source):
-    """The first block's minibatches, drawn as Source draws them: the images' rows [n, C*H*W] as the data set
-    has them (no label slots, no normalization: the block's GroupNorm follows its convolution)."""
+    """The first block's minibatches, drawn (and with --augment augmented) as Source draws them: the images'
+    rows [n, C*H*W] as the data set has them (no label slots, no normalization: the block's GroupNorm follows
+    its convolution)."""
 
     @staticmethod
-    def first_rows(dataset) -> torch.Tensor:
-        return dataset.x_train
+    def first_rows(x: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return x
 
 
 @torch.no_grad()

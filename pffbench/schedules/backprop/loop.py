@@ -10,6 +10,11 @@ common, so they are measured and recorded alike:
   the clock starts); minibatches follow one seeded permutation per epoch, the
   same on every rank; ``trainer.rows(n)`` picks the rows of an n-row
   minibatch this rank feeds (its shard, or all of them);
+- ``--augment`` (learn/augment.py): every row of the epoch gets its crop
+  offset and flip at the epoch's start, drawn after the permutation from the
+  same generator, so every rank draws the whole minibatch's and takes its own
+  rows' (p ranks augment as one process does), and an epoch checkpoint holds
+  them; without --augment nothing more is drawn;
 - the learning rate (Adam, linear cooldown, ff.cooldown_lr);
 - evaluation every ``--eval-every`` epochs and/or ``--eval-every-steps``
   steps, and the time to ``--target-accuracy`` (instrument/target.py);
@@ -49,6 +54,7 @@ from ...instrument.timer import EpochTimer
 from ...reliability import checkpoint, faults
 from ...reliability.agreement import agreed_signal
 from .. import ending
+from ...learn import augment
 from ...learn.nets.conv import ConvNet
 from .mlp import layers_accuracy
 
@@ -73,6 +79,7 @@ class Loop:
         self.owner_of = [0 if self.trainer.replicated else next(r for r, held in enumerate(mine) if i in held)
                          for i in range(len(self.dims) - 1)]
         self.generator = torch.Generator().manual_seed(config.seed)  # the same permutation on every rank
+        self.image = augment.image_shape_of(shape) if config.augment else None  # (C, H, W) of what --augment crops
         self.sizes = batch_rows(shape.num_train, config.batch_size)
         self.loss = np.full((1, config.epochs), np.nan)
         self.test_accuracy = np.full(config.epochs, np.nan)
@@ -125,13 +132,18 @@ class Loop:
             timer.start_epoch(epoch)
             with timer("data"):
                 order = torch.randperm(self.shape.num_train, generator=self.generator).to(self.device)
+                # the epoch's crops and flips, by position in the epoch's order: every rank draws all of them
+                draws = augment.draw(self.shape.num_train, self.generator).to(self.device) if self.image else None
             share, steps, stop, evaluated = torch.zeros((), device=self.device), 0, False, False
             for b, n in enumerate(self.sizes):
                 if b == half:
                     faults.mid_epoch(config, world.rank, epoch)  # --inject-hang
                 with timer("data"):
-                    rows = order[b * config.batch_size:b * config.batch_size + n][self.trainer.rows(n)]
+                    batch, mine = slice(b * config.batch_size, b * config.batch_size + n), self.trainer.rows(n)
+                    rows = order[batch][mine]
                     x, y = self.x_train[rows], self.y_train[rows]
+                    if draws is not None:  # this rank's rows of the minibatch, with their draws
+                        x = augment.augment_rows(x, self.image, draws[batch][mine])
                 share += self.trainer.step(x, y, n, ff.cooldown_lr(config.lr, self.step, total_steps, config.cooldown))
                 self.step, steps = self.step + 1, steps + 1
                 progress.tick(epoch, b + 1, len(self.sizes))  # a no-op but on rank 0
