@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--microbatches", type=int, default=0,
                    help="gpipe/1f1b microbatches per minibatch (default: the calibrating run's, else 4)")
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
-                   help="the local rule of the FF-family variants (ff, local-softmax, scff; default: each "
+                   help="the local rule of the FF-family variants (ff, local-softmax, scff; cwcomp trains conv "
+                        "nets, which the model does not predict yet; default: each "
                         "variant's own): its step's costs and messages (pffbench/learn/rules)")
     p.add_argument("--race", metavar="RESULTS.h5", default=None,
                    help="instead: each contender of a race file (jobs/race.sbatch) at --ranks, its predicted time "

@@ -56,7 +56,8 @@ def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParse
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
                    help="local learning rule of the FF variants: ff (goodness with wrong-label negatives), "
                         "local-softmax (a softmax auxiliary head per layer, the paper's Performance-Optimized "
-                        "rule), scff (self-contrastive FF, no label in the input, linear read-out) "
+                        "rule), scff (self-contrastive FF, no label in the input, linear read-out), cwcomp "
+                        "(channel-wise competitive FF for --conv blocks: a channel group per class, no negatives) "
                         "(default: ff; perf-opt: local-softmax)")
     _data_flags(p, d)
     _model_flags(p, d)
@@ -88,12 +89,13 @@ def _model_flags(p, d: Config) -> None:
     model.add_argument("--conv", type=_int_list, default=None, metavar="C1,C2,...",
                        help="a convolutional net: channels of each block (3x3 convolution, padding 1, GroupNorm, "
                             "ReLU; 2x2 max pooling between blocks) on the data set's images; the backprop "
-                            "baselines and --variant pipeline --objective local-softmax (default: none, an MLP)")
+                            "baselines and --variant pipeline --objective local-softmax or cwcomp (default: none, "
+                            "an MLP)")
     model.add_argument("--augment", action="store_true",
                        help="random crop (4 pixels of zero padding, cropped back at a random offset) and horizontal "
                             "flip (p = 0.5) of every training image, the standard CIFAR-10 recipe; never of test or "
                             "validation rows; image data, the backprop baselines and --variant pipeline --objective "
-                            "local-softmax (default: off)")
+                            "local-softmax or cwcomp (default: off)")
     model.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
     model.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
     model.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate per layer (default: %(default)s)")

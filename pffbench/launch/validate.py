@@ -22,6 +22,9 @@ def validate(config: Config, world_size: int | None = None) -> None:
     _check_values(config)
     _check_target(config, variant)
     rule = config.objective or variant.objective  # the variant's own rule where --objective is not given
+    if config.norm != "rms" and rule == "cwcomp":
+        raise UsageError(f"--norm {config.norm} applies to goodness-trained FF layers on normalized inputs; cwcomp's "
+                         "conv blocks see the images as they are and normalize with GroupNorm")
     if config.norm != "rms" and (variant.baseline or rule == "local-softmax"):
         what = config.variant if variant.baseline else f"{config.variant} x local-softmax"
         raise UsageError(f"--norm {config.norm} applies to goodness-trained FF layers; {what} trains its "
@@ -48,13 +51,17 @@ def _deeper(config: Config) -> str:
     return "--conv blocks or --layers" if config.conv else "--layers"
 
 
+CONV_RULES = ("local-softmax", "cwcomp")  # the rules with a conv path (learn/rules: make_conv_layer, ConvSource)
 CONV_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and --variant pipeline " \
-                 "--objective local-softmax"
+                 "--objective local-softmax or cwcomp"
 
 
 def _check_conv(config: Config, variant, rule: str | None) -> None:
-    """--conv: the schedules and rules that train a conv net so far (issue 24)."""
+    """--conv: the schedules and rules that train a conv net so far (issue 24); cwcomp trains conv blocks only."""
     if config.conv is None:
+        if rule == "cwcomp":
+            raise UsageError("--objective cwcomp trains convolutional blocks only (a channel group per class): "
+                             "give --conv C1,C2,...")
         if not config.layers:
             raise UsageError("--layers needs at least one width (an MLP without --conv)")
         return
@@ -62,21 +69,24 @@ def _check_conv(config: Config, variant, rule: str | None) -> None:
         raise UsageError("--conv needs at least one block's channels, e.g. --conv 16,32")
     if any(channels <= 0 for channels in config.conv):
         raise UsageError(f"--conv channels must be positive, got {','.join(map(str, config.conv))}")
-    if variant.baseline or (variant.family == "pipeline" and rule == "local-softmax"):
+    if rule == "cwcomp" and config.layers:
+        raise UsageError(f"--objective cwcomp trains convolutional blocks only, not yet dense layers after them: "
+                         f"drop --layers {','.join(map(str, config.layers))}")
+    if variant.baseline or (variant.family == "pipeline" and rule in CONV_RULES):
         return
     what = f"--variant pipeline --objective {rule}" if variant.family == "pipeline" else f"--variant {config.variant}"
     raise UsageError(f"--conv runs with {CONV_SCHEDULES}; not yet with {what}")
 
 
 AUGMENT_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and --variant pipeline " \
-                    "--objective local-softmax"
+                    "--objective local-softmax or cwcomp"
 
 
 def _check_augment(config: Config, variant, rule: str | None) -> None:
     """--augment: the schedules whose training minibatches are augmented so far (learn/augment.py).  The
     others make their minibatches elsewhere (the ff rule's label-embedded positive and negative pairs, scff's
     [x, x'] pairs, the PFF schedules' own loops): refused, not silently left unaugmented."""
-    if not config.augment or variant.baseline or (variant.family == "pipeline" and rule == "local-softmax"):
+    if not config.augment or variant.baseline or (variant.family == "pipeline" and rule in CONV_RULES):
         return
     what = f"--variant pipeline --objective {rule}" if variant.family == "pipeline" else f"--variant {config.variant}"
     raise UsageError(f"--augment runs with {AUGMENT_SCHEDULES}; not yet with {what}")
@@ -85,7 +95,8 @@ def _check_augment(config: Config, variant, rule: str | None) -> None:
 def validate_shape(config: Config, shape) -> None:
     """After the data is loaded, on every rank (each knows ``shape``, core/types.Shape): UsageError if the
     net cannot run on these rows (--conv on vectors, or on images its pooling shrinks below a pixel), or
-    --augment has no images to crop and flip."""
+    --augment has no images to crop and flip, or cwcomp's blocks cannot split their channels into one group
+    per class."""
     image = tuple(shape.image_shape or ())
     if config.augment and len(image) != 3:
         raise UsageError(f"{config.dataset}: --augment crops and flips images, and its rows are vectors "
@@ -96,6 +107,11 @@ def validate_shape(config: Config, shape) -> None:
     problem = ConvNet.of(config, shape).problem()
     if problem:
         raise UsageError(f"{config.dataset}: {problem}")
+    if (config.objective or VARIANTS[config.variant].objective) == "cwcomp" and \
+            any(channels % shape.num_classes for channels in config.conv):
+        raise UsageError(f"{config.dataset}: --objective cwcomp gives each of the {shape.num_classes} classes a "
+                         f"group of channels in every block: --conv channels must be multiples of "
+                         f"{shape.num_classes}, got {','.join(map(str, config.conv))}")
 
 
 def _check_limits(config: Config) -> None:

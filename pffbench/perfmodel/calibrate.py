@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..store import reader as results
+from ..core.config import UsageError
 from ..core.types import batch_rows
 from ..core.variants import VARIANTS
 from ..probes.profile import RULE_KINDS, BackpropProfile, FFProfile, profile_backprop, profile_ff
@@ -64,7 +65,10 @@ class BackpropCosts:
 def _kind(variant: str, objective: str | None = None) -> str:
     """The FF layer kind the profile times for the variant's local rule (``objective``, else the
     variant's own): "ff", "perf-opt" (local-softmax: a layer and its own softmax head) or "scff"."""
-    return RULE_KINDS[objective or VARIANTS[variant].objective or "ff"]
+    rule = objective or VARIANTS[variant].objective or "ff"
+    if rule not in RULE_KINDS:  # cwcomp: conv blocks only
+        raise UsageError(f"--objective {rule} trains conv nets; the model predicts MLPs only, so far")
+    return RULE_KINDS[rule]
 
 
 def measured(variant: str, dims, batch: int, threads: int = 1, microbatches: int = 4, objective: str | None = None):

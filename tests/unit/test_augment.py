@@ -125,7 +125,8 @@ def test_augment_is_refused_in_one_line_where_it_does_not_run_yet(flags, what):
     with pytest.raises(UsageError) as error:
         parse_config([*flags, "--augment"])
     assert str(error.value) == ("--augment runs with the backprop baselines (backprop, dp-backprop, ddp, gpipe, "
-                                f"1f1b) and --variant pipeline --objective local-softmax; not yet with {what}")
+                                f"1f1b) and --variant pipeline --objective local-softmax or cwcomp; not yet with "
+                                f"{what}")
 
 
 def test_augment_needs_images():

@@ -34,8 +34,9 @@ def test_conv_without_layers_has_no_dense_layer_and_an_mlp_keeps_its_default_wid
 
 @pytest.mark.parametrize("flags", [
     ["--variant", "backprop"], ["--variant", "dp-backprop"], ["--variant", "ddp"], ["--variant", "gpipe"],
-    ["--variant", "1f1b"], ["--variant", "pipeline", "--objective", "local-softmax"]])
-def test_conv_runs_with_the_backprop_baselines_and_the_local_softmax_pipeline(flags):
+    ["--variant", "1f1b"], ["--variant", "pipeline", "--objective", "local-softmax"],
+    ["--variant", "pipeline", "--objective", "cwcomp"]])
+def test_conv_runs_with_the_backprop_baselines_and_the_local_softmax_and_cwcomp_pipelines(flags):
     assert parse_config([*flags, "--conv", "4,8"]).conv == (4, 8)
 
 
@@ -53,7 +54,7 @@ def test_conv_is_refused_in_one_line_where_it_does_not_run_yet(flags, what):
         parse_config([*flags, "--conv", "4,8"])
     message = str(error.value)
     assert message == ("--conv runs with the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and "
-                       f"--variant pipeline --objective local-softmax; not yet with {what}")
+                       f"--variant pipeline --objective local-softmax or cwcomp; not yet with {what}")
 
 
 def test_conv_channels_must_be_positive_and_ranks_at_most_its_layers():

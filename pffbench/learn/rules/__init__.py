@@ -26,13 +26,18 @@ Every rule is one small pure-torch module offering the same names:
   with its true label embedded).
 
 A rule that trains conv nets (``--conv``, learn/nets/conv.py; so far
-local-softmax, in the pipeline) also offers ``make_conv_layer(index, net,
-config, device)`` (a layer with ``block`` or ``linear``, ``head``,
-``optimizer``, ``set_lr``, ``forward``), ``ConvSource`` (as ``Source``) and
-``conv_accuracy(modules, heads, net, dataset, config, device)``; launch/
-validate.py refuses --conv with the others.  Its ``Source`` and
+local-softmax and cwcomp, in the pipeline) also offers
+``make_conv_layer(index, net, config, device)`` (a layer with ``block`` or
+``linear``, ``optimizer``, ``set_lr``, ``forward``, and ``head`` where it
+has an auxiliary head), ``conv_costs(net)`` (each layer's FLOPs a row with
+its loss: what the pipeline's partition balances), ``ConvSource`` (as
+``Source``) and ``conv_accuracy(modules, heads, net, dataset, config,
+device)`` (``heads`` None where its layers have none); launch/validate.py
+refuses --conv with the others.  Their ``Source`` (local-softmax) and
 ``ConvSource`` also augment each training minibatch under ``--augment``
 (learn/augment.py), which launch/validate.py refuses with the other rules.
+cwcomp trains conv blocks only: its ``make_layer`` and ``accuracy`` refuse
+(launch/validate.py refuses it without --conv first).
 
 The ff rule is today's Forward-Forward (ff/): the pipeline and the PFF
 schedules keep their tuned paths for it; the other rules run through the
@@ -61,6 +66,9 @@ RULES = {r.name: r for r in (
          "Aktemur et al. 2024 (arXiv 2404.08573), Performance-Optimized PFF"),
     Rule("scff", _HERE + "scff", "self-contrastive FF: [x, x] positive, [x, x'] negative, no label; linear read-out",
          "Chen, Liu, Laydevant, Grollier, Nature Communications 2025 (arXiv 2409.11593)"),
+    Rule("cwcomp", _HERE + "cwcomp", "channel-wise competitive FF for conv blocks: a channel group per class, "
+         "cross-entropy of the groups' goodness, no negatives, no label in the input",
+         "Papachristodoulou, Kyrkou, Timotheou, Theocharides, AAAI 2024 (arXiv 2312.12668)"),
 )}
 OBJECTIVES = tuple(RULES)
 

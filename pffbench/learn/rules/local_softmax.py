@@ -149,6 +149,12 @@ def make_conv_layer(index: int, net: conv.ConvNet, config, device) -> BlockLayer
     return BlockLayer(module, head, config.lr) if index < net.num_blocks else DenseLayer(module, head, config.lr)
 
 
+def conv_costs(net: conv.ConvNet) -> list[int]:
+    """Forward FLOPs of one row in each hidden layer with its auxiliary head (ConvNet.costs): what the
+    pipeline's partition balances."""
+    return net.costs(auxiliary=True)[:net.num_layers]
+
+
 class ConvSource(Source):
     """The first block's minibatches, drawn (and with --augment augmented) as Source draws them: the images'
     rows [n, C*H*W] as the data set has them (no label slots, no normalization: the block's GroupNorm follows

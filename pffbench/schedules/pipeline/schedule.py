@@ -17,9 +17,10 @@ is), then the evaluation, timed apart; time to --target-accuracy is
 recorded as the baselines record it (instrument/target.py), and
 --stop-at-target ends the run at that step.
 
-A conv net (--conv, with --objective local-softmax) runs the same loop:
-each block trains with its auxiliary head, and its output travels as the
-contiguous rows of [n, C, H, W] (Stage).
+A conv net (--conv, with --objective local-softmax or cwcomp) runs the same
+loop: each block trains with its auxiliary head (local-softmax) or on its
+channel groups' goodness (cwcomp), and its output travels as the contiguous
+rows of [n, C, H, W] (Stage).
 
 With p = 1 the same loop is the sequential baseline; because every layer sees
 exactly the inputs it would see sequentially, any p gives the same weights,

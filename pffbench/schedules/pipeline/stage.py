@@ -27,7 +27,8 @@ class Stage:
     column the ff rule fills with row norms.
 
     A conv net (--conv; ``net``, learn/nets/conv.py) is split by its layers'
-    FLOPs with their auxiliary heads (ConvNet.costs); ``dims`` are then its
+    FLOPs with their rule's loss (the rule's ``conv_costs``: local-softmax's
+    auxiliary heads, cwcomp's goodness); ``dims`` are then its
     layers' outputs flattened (C*H*W values a row), which size the messages
     and rings: a block's output [n, C, H, W] travels as its contiguous rows
     and the next block views them as images again."""
@@ -41,7 +42,7 @@ class Stage:
         self.net = ConvNet.of(config, shape) if config.conv else None
         if self.net:
             self.dims = self.net.dims[:-1]  # the input, then every hidden layer's output; no softmax head
-            self.blocks = balanced_partition(self.net.costs(auxiliary=True)[:self.net.num_layers], world.size)
+            self.blocks = balanced_partition(self.rule.conv_costs(self.net), world.size)
         else:
             self.dims = [self.rule.input_width(shape.num_features), *config.layers]
             self.blocks = balanced_partition(layer_costs(self.dims), world.size)
@@ -59,7 +60,7 @@ class Stage:
         return {i: _module(self.layers[i]) for i in self.block}
 
     def heads(self) -> dict[int, torch.nn.Linear]:
-        """The block's auxiliary heads (local-softmax), else empty."""
+        """The block's auxiliary heads (local-softmax), else empty (cwcomp's blocks have none)."""
         return {i: self.layers[i].head for i in self.block if hasattr(self.layers[i], "head")}
 
     def module_list(self) -> list[torch.nn.Module]:
