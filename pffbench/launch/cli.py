@@ -89,8 +89,8 @@ def _model_flags(p, d: Config) -> None:
     model.add_argument("--conv", type=_int_list, default=None, metavar="C1,C2,...",
                        help="a convolutional net: channels of each block (3x3 convolution, padding 1, GroupNorm, "
                             "ReLU; 2x2 max pooling between blocks) on the data set's images; the backprop "
-                            "baselines and --variant pipeline --objective local-softmax or cwcomp (default: none, "
-                            "an MLP)")
+                            "baselines, and every FF variant with --objective local-softmax or cwcomp (perf-opt: "
+                            "local-softmax) (default: none, an MLP)")
     model.add_argument("--augment", action="store_true",
                        help="random crop (4 pixels of zero padding, cropped back at a random offset) and horizontal "
                             "flip (p = 0.5) of every training image, the standard CIFAR-10 recipe; never of test or "

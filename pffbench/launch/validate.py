@@ -52,8 +52,8 @@ def _deeper(config: Config) -> str:
 
 
 CONV_RULES = ("local-softmax", "cwcomp")  # the rules with a conv path (learn/rules: make_conv_layer, ConvSource)
-CONV_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and --variant pipeline " \
-                 "--objective local-softmax or cwcomp"
+CONV_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and the FF variants (pipeline, " \
+                 "single-layer, all-layers, federated, perf-opt) with --objective local-softmax or cwcomp"
 
 
 def _check_conv(config: Config, variant, rule: str | None) -> None:
@@ -72,10 +72,9 @@ def _check_conv(config: Config, variant, rule: str | None) -> None:
     if rule == "cwcomp" and config.layers:
         raise UsageError(f"--objective cwcomp trains convolutional blocks only, not yet dense layers after them: "
                          f"drop --layers {','.join(map(str, config.layers))}")
-    if variant.baseline or (variant.family == "pipeline" and rule in CONV_RULES):
+    if variant.baseline or rule in CONV_RULES:
         return
-    what = f"--variant pipeline --objective {rule}" if variant.family == "pipeline" else f"--variant {config.variant}"
-    raise UsageError(f"--conv runs with {CONV_SCHEDULES}; not yet with {what}")
+    raise UsageError(f"--conv runs with {CONV_SCHEDULES}; not with --variant {config.variant} --objective {rule}")
 
 
 AUGMENT_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and --variant pipeline " \
@@ -243,10 +242,10 @@ def _validate_pff(config: Config, world_size: int | None) -> None:
         raise UsageError(f"--eval-every works with the pipeline variant only; {config.variant} evaluates at the end")
     if world_size is None:
         return
-    layers, entry = len(config.layers), VARIANTS[config.variant]  # the rank rules: the registry's facts
+    layers, entry = hidden_layers(config), VARIANTS[config.variant]  # the rank rules: the registry's facts
     if entry.ranks == "layer" and world_size not in (1, layers):
-        raise UsageError(f"{config.variant} needs one rank per layer ({layers}) or 1 rank (its sequential twin), "
-                         f"got {world_size} ranks")
+        raise UsageError(f"{config.variant} needs one rank per layer ({layers}{_counted(config)}) or 1 rank (its "
+                         f"sequential twin), got {world_size} ranks")
     if entry.program == "wavefront" and world_size > chapters:
         raise UsageError(f"{world_size} ranks but only {plural(chapters, 'chapter')} (--splits): chapters go "
                          f"round-robin, so use at most {plural(chapters, 'rank')}")

@@ -35,26 +35,38 @@ def test_conv_without_layers_has_no_dense_layer_and_an_mlp_keeps_its_default_wid
 @pytest.mark.parametrize("flags", [
     ["--variant", "backprop"], ["--variant", "dp-backprop"], ["--variant", "ddp"], ["--variant", "gpipe"],
     ["--variant", "1f1b"], ["--variant", "pipeline", "--objective", "local-softmax"],
-    ["--variant", "pipeline", "--objective", "cwcomp"]])
-def test_conv_runs_with_the_backprop_baselines_and_the_local_softmax_and_cwcomp_pipelines(flags):
-    assert parse_config([*flags, "--conv", "4,8"]).conv == (4, 8)
+    ["--variant", "pipeline", "--objective", "cwcomp"], ["--variant", "perf-opt"],
+    ["--variant", "all-layers", "--objective", "local-softmax"], ["--variant", "all-layers", "--objective", "cwcomp"],
+    ["--variant", "single-layer", "--objective", "local-softmax"], ["--variant", "federated", "--objective", "cwcomp"]])
+def test_conv_runs_with_the_backprop_baselines_and_every_ff_variant_under_a_conv_rule(flags):
+    assert parse_config([*flags, "--conv", "10,20"]).conv == (10, 20)
 
 
 @pytest.mark.parametrize("flags,what", [
     (["--variant", "pipeline"], "--variant pipeline --objective ff"),
     (["--variant", "pipeline", "--objective", "ff"], "--variant pipeline --objective ff"),
     (["--variant", "pipeline", "--objective", "scff"], "--variant pipeline --objective scff"),
-    (["--variant", "single-layer"], "--variant single-layer"),
-    (["--variant", "all-layers"], "--variant all-layers"),
-    (["--variant", "all-layers", "--objective", "local-softmax"], "--variant all-layers"),
-    (["--variant", "federated"], "--variant federated"),
-    (["--variant", "perf-opt"], "--variant perf-opt")])
-def test_conv_is_refused_in_one_line_where_it_does_not_run_yet(flags, what):
+    (["--variant", "single-layer"], "--variant single-layer --objective ff"),
+    (["--variant", "all-layers"], "--variant all-layers --objective ff"),
+    (["--variant", "all-layers", "--objective", "scff"], "--variant all-layers --objective scff"),
+    (["--variant", "federated"], "--variant federated --objective ff")])
+def test_conv_is_refused_in_one_line_with_a_rule_that_has_no_conv_path(flags, what):
     with pytest.raises(UsageError) as error:
         parse_config([*flags, "--conv", "4,8"])
     message = str(error.value)
-    assert message == ("--conv runs with the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and "
-                       f"--variant pipeline --objective local-softmax or cwcomp; not yet with {what}")
+    assert message == ("--conv runs with the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and the "
+                       "FF variants (pipeline, single-layer, all-layers, federated, perf-opt) with --objective "
+                       f"local-softmax or cwcomp; not with {what}")
+
+
+def test_single_layer_on_a_conv_net_needs_a_rank_per_block_and_dense_layer():
+    config = parse_config(["--variant", "single-layer", "--objective", "local-softmax", "--conv", "4,8",
+                           "--layers", "16"])
+    validate(config, world_size=3)
+    validate(config, world_size=1)
+    with pytest.raises(UsageError, match=r"single-layer needs one rank per layer \(3 \(convolutional blocks and "
+                                         r"dense layers\)\) or 1 rank"):
+        validate(config, world_size=2)
 
 
 def test_conv_channels_must_be_positive_and_ranks_at_most_its_layers():

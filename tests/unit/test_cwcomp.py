@@ -95,8 +95,9 @@ def test_the_rule_is_registered_with_its_names_and_costs():
     (["--variant", "all-layers", "--objective", "cwcomp"], r"^--objective cwcomp trains convolutional blocks only"),
     ([*PIPELINE, "--conv", "10,20", "--layers", "64"],
      r"^--objective cwcomp trains convolutional blocks only, not yet dense layers after them: drop --layers 64$"),
-    (["--variant", "all-layers", "--objective", "cwcomp", "--conv", "10"],
-     r"^--conv runs with .* --variant pipeline --objective local-softmax or cwcomp; not yet with --variant all-layers$"),
+    (["--variant", "all-layers", "--objective", "cwcomp", "--conv", "10", "--augment"],
+     r"^--augment runs with .* --variant pipeline --objective local-softmax or cwcomp; not yet with --variant "
+     r"all-layers$"),
     ([*PIPELINE, "--conv", "10", "--norm", "length"], r"^--norm length applies to goodness-trained FF layers"),
     ([*PIPELINE, "--conv", "10", "--neg", "fixed"], r"^--neg: settings of the ff rule"),
 ])

@@ -83,3 +83,9 @@ def objective_of(config) -> str | None:
 def module(name: str):
     """The rule's module (see the module docstring for what it offers)."""
     return importlib.import_module(RULES[name].module)
+
+
+def trained_module(layer):
+    """The module a rule's layer trains (what is gathered, saved and poisoned by --inject-nan): a conv block
+    (``block``) or a Linear (``linear``), without its auxiliary head."""
+    return layer.block if hasattr(layer, "block") else layer.linear

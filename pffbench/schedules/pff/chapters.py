@@ -28,7 +28,7 @@ import torch
 from ... import ff
 from ...comm import collectives, guard
 from .. import ending as outcome
-from ...core.config import Config
+from ...core.config import Config, hidden_layers
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
 from ...ff import heads
@@ -56,11 +56,10 @@ class Chapters:
     def __init__(self, config: Config, world: World, shape: Shape, dataset, kind=None, rows_per_rank=None):
         self.config, self.world, self.shape = config, world, shape
         self.device = world.device(config.device)
-        self.num_layers = len(config.layers)
+        self.num_layers = hidden_layers(config)
         self.num_chapters = config.splits or config.epochs
         self.per_chapter = config.epochs // self.num_chapters
-        self.kind = kind or kinds.for_config(config, [shape.num_features, *config.layers], shape.num_classes,
-                                             self.device)
+        self.kind = kind or kinds.for_config(config, shape, self.device)
         self.dims = self.kind.dims  # the first layer's input width is the rule's
         x, y = collectives.share_training_data(world.comm, dataset, rows_per_rank)
         self.timer = GapTimer(config.epochs, trace=config.trace, device=self.device)  # started by start()
@@ -106,9 +105,9 @@ class Chapters:
         with self.timer("data", self.first_epoch(chapter)):
             return self.kind.forward(layer, xs)
 
-    def _epochs_of_minibatches(self, chapter: int, key: int, step, linear=None):
+    def _epochs_of_minibatches(self, chapter: int, key: int, step, module=None):
         """Run ``step(rows, lr)`` over C shuffled epochs with the global cooldown;
-        yields (epoch, mean loss).  ``linear``: what --inject-nan poisons."""
+        yields (epoch, mean loss).  ``module``: what --inject-nan poisons."""
         total_steps = self.config.epochs * len(self.batches)
         half = len(self.batches) // 2
         what = "the softmax head" if key == self.head_slot else f"layer {key}"
@@ -121,7 +120,7 @@ class Chapters:
                 loss, start = torch.zeros((), device=self.device), 0
                 for b, n in enumerate(self.batches):
                     if b == half:
-                        faults.mid_epoch(self.config, self.world.rank, epoch, [] if linear is None else [linear])
+                        faults.mid_epoch(self.config, self.world.rank, epoch, [] if module is None else [module])
                     lr = ff.cooldown_lr(1.0, epoch * len(self.batches) + b, total_steps, self.config.cooldown)
                     loss += step(order[start:start + n], lr)
                     start += n
@@ -133,7 +132,7 @@ class Chapters:
         def step(rows, scale):
             layer.set_lr(self.config.lr * scale)
             return self.kind.step(layer, xs, self.y, rows)
-        for epoch, loss in self._epochs_of_minibatches(chapter, index, step, layer.linear):
+        for epoch, loss in self._epochs_of_minibatches(chapter, index, step, self.kind.module(layer)):
             self.loss[index, epoch] = loss
         self.check(self.kind.parameters(layer), index, chapter)
 
@@ -175,7 +174,7 @@ class Chapters:
         last = self.config.epochs - 1
         accuracy = np.full(self.config.epochs, np.nan)
         attrs = dict(attrs or {}, splits=self.num_chapters, epochs_per_chapter=self.per_chapter,
-                     negatives=self.config.neg if self.kind.uses_negatives else "none")
+                     negatives=self.config.neg if self.kind.uses_negatives else "none", **self.kind.attrs())
         if self.world.is_first:
             with self.timer("eval", last):
                 accuracy[last], more = self.kind.evaluate(layers, head, self.dataset.x_test.to(self.device),
@@ -192,9 +191,10 @@ class Chapters:
         if head is not None:
             classifier_heads.append(head.linear.cpu())
         result = outcome.finish(self.config, self.world.comm, self.timer, self.shape.num_train, self.resumed_from,
-                                loss=loss, test_accuracy=accuracy, linears=[layer.linear.cpu() for layer in layers or ()],
+                                loss=loss, test_accuracy=accuracy,
+                                linears=[self.kind.module(layer).cpu() for layer in layers or ()],
                                 dims=self.dims, blocks=blocks, arrays=arrays, attrs=attrs, heads=classifier_heads,
-                                check_health=True, health_threshold=self.kind.health_threshold,
+                                check_health=self.kind.checks_health, health_threshold=self.kind.health_threshold,
                                 health_inputs=self.kind.health_inputs)
         if result is not None:
             outcome.report_epochs(on_epoch, result.timing, loss, accuracy)

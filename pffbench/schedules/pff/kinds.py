@@ -6,6 +6,8 @@ kind; they never look inside a layer.  Pure torch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +15,7 @@ from ... import ff
 from ...core.config import Config
 from ...ff import heads
 from ...learn import rules
+from ...learn.nets.conv import ConvNet
 from ...learn.rules import local_softmax, scff
 
 
@@ -38,11 +41,14 @@ class Kind:
     the goodness threshold the layers train to, for the collapse check
     (schedules/ending.py; None: no goodness, dead units only), and
     ``health_inputs``: the test rows as the first layer sees them there
-    (None: with their label embedded; the rule's ``health``, learn/rules)."""
+    (None: with their label embedded; the rule's ``health``, learn/rules);
+    ``checks_health``: whether the collapse check reads its layers (it reads
+    Linear layers: not a conv net's blocks)."""
     uses_negatives = False
     has_head = False
     health_threshold = None
     health_inputs = None
+    checks_health = True
 
     def __init__(self, config: Config, dims: list[int], num_classes: int, device: torch.device):
         self.config, self.dims, self.num_classes, self.device = config, dims, num_classes, device
@@ -55,6 +61,15 @@ class Kind:
     def parameters(layer) -> list:
         """What a published state of ``layer`` holds, in order."""
         return list(layer.parameters())
+
+    @staticmethod
+    def module(layer) -> torch.nn.Module:
+        """The module ``layer`` trains, without any head: what the results file keeps and --inject-nan poisons."""
+        return rules.trained_module(layer)
+
+    def attrs(self) -> dict:
+        """What the results file records about the net beside its dims (nothing for an MLP)."""
+        return {}
 
 
 class FFKind(Kind):
@@ -190,9 +205,75 @@ class SCFFKind(FFKind):
         return scff.readout_accuracy(linears, readout, x, y), {"classifier": "linear read-out (scff)"}
 
 
+class ConvKind(Kind):
+    """A conv net (--conv, learn/nets/conv.py) under a rule with a conv path (learn/rules: local-softmax's
+    DGL blocks with an auxiliary head each, cwcomp's channel-wise competitive blocks), in the rule's own
+    terms: layer ``index`` is its ``make_conv_layer`` (keyed by (seed, index), as in the pipeline), its
+    step the rule's ``step``, its classifier the rule's ``conv_accuracy``.  The first layer sees the
+    training images' rows as they are (the rule's ConvSource: no label, no normalization); the next
+    layer's inputs are a layer's outputs [N, C*H*W] (a block's [N, C, H, W] as rows), recomputed once per
+    chapter as every PFF kind's are, FORWARD_ROWS rows at a time (one pass over a block's unpooled output
+    for every training row would hold N x C x H x W floats at once: CIFAR-10 at 32 channels, 6.5 GB)."""
+    uses_negatives = False
+    has_head = False  # no separate classifier: local-softmax's layers have their heads, cwcomp's groups score
+    checks_health = False
+    FORWARD_ROWS = 1000
+
+    def __init__(self, config: Config, net: ConvNet, device: torch.device):
+        super().__init__(config, net.dims[:-1], net.num_classes, device)
+        self.net = net
+        self.rule = rules.module(rules.objective_of(config))
+
+    def build(self, index: int, state=None):
+        layer = self.rule.make_conv_layer(index, self.net, self.config, self.device)
+        if state is not None:
+            load_flat(layer.parameters(), state)
+        return layer
+
+    def inputs(self, x: torch.Tensor, y: torch.Tensor, wrong, chapter: int) -> tuple:
+        return (x,)
+
+    def step(self, layer, xs: tuple, labels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        side = labels[rows].to(xs[0].dtype).unsqueeze(1)  # the labels as the pipeline's side column carries them
+        return self.rule.step(layer, xs[0][rows], side, len(rows))[1]
+
+    @torch.no_grad()
+    def forward(self, layer, xs: tuple) -> tuple:
+        x = xs[0]
+        out = None
+        for start in range(0, x.shape[0], self.FORWARD_ROWS):
+            part = layer.forward(x[start:start + self.FORWARD_ROWS]).flatten(1)
+            if out is None:
+                out = part.new_empty((x.shape[0], part.shape[1]))
+            out[start:start + part.shape[0]] = part
+        return (out,)
+
+    def evaluate(self, layers, head, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
+        modules = [self.module(layer) for layer in layers]
+        heads_ = [layer.head for layer in layers] if all(hasattr(layer, "head") for layer in layers) else None
+        test = _TestRows(x, y)
+        accuracy = self.rule.conv_accuracy(modules, heads_, self.net, test, self.config, self.device)
+        what = "every block's auxiliary head (log-probabilities summed)" if heads_ else "the last block's goodness"
+        return accuracy, {"classifier": what}
+
+    def attrs(self) -> dict:
+        return {"layer_shapes": [list(shape) for shape in self.net.shapes()]}
+
+
+@dataclass(frozen=True)
+class _TestRows:
+    """The test rows as a rule's ``conv_accuracy`` reads a data set: [n, C*H*W] and [n]."""
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
 KINDS = {"ff": FFKind, "local-softmax": PerfOptKind, "scff": SCFFKind}
 
 
-def for_config(config: Config, dims: list[int], num_classes: int, device: torch.device) -> Kind:
-    """The kind of the run's rule (--objective, else the variant's own)."""
-    return KINDS[rules.objective_of(config)](config, dims, num_classes, device)
+def for_config(config: Config, shape, device: torch.device) -> Kind:
+    """The kind of the run's rule (--objective, else the variant's own) on data of Shape ``shape``: a conv
+    net's (``ConvKind``) under --conv, else the rule's MLP kind."""
+    if config.conv:
+        return ConvKind(config, ConvNet.of(config, shape), device)
+    dims = [shape.num_features, *config.layers]
+    return KINDS[rules.objective_of(config)](config, dims, shape.num_classes, device)

@@ -57,7 +57,7 @@ class Stage:
 
     def modules(self) -> dict[int, torch.nn.Module]:
         """The block's trained layers by index: nn.Linear, or a conv net's ConvBlock."""
-        return {i: _module(self.layers[i]) for i in self.block}
+        return {i: rules.trained_module(self.layers[i]) for i in self.block}
 
     def heads(self) -> dict[int, torch.nn.Linear]:
         """The block's auxiliary heads (local-softmax), else empty (cwcomp's blocks have none)."""
@@ -65,7 +65,7 @@ class Stage:
 
     def module_list(self) -> list[torch.nn.Module]:
         """The block's trained layers, first owned first (what --inject-nan poisons)."""
-        return [_module(self.layers[i]) for i in self.block]
+        return [rules.trained_module(self.layers[i]) for i in self.block]
 
     def conv_layer(self, index: int) -> torch.nn.Module:
         """A conv net's layer ``index`` (its initial weights), for rank 0 to receive a gathered one into."""
@@ -119,11 +119,6 @@ class Stage:
             to = {} if i < self.block[-1] else {"out": out, "normalize": False, "norm_out": norms_out}
             x, step_loss = self.layers[i].train_step_pairs(x, **to) if i == 0 else self.layers[i].train_step(x, n, **to)
             losses[i] += step_loss
-
-
-def _module(layer) -> torch.nn.Module:
-    """The module a rule's layer trains: a conv block (``block``) or a Linear (``linear``)."""
-    return layer.block if hasattr(layer, "block") else layer.linear
 
 
 class BatchSource:
