@@ -7,12 +7,11 @@ import importlib
 import os
 import shutil
 
-import numpy as np
 import pytest
-import torch
 
 from pffbench.core.config import Config
 from pffbench.core.variants import VARIANTS
+from test_cwcomp_mpi import _assert_equal  # every tensor, loss and accuracy bit for bit
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
@@ -41,20 +40,6 @@ def _train(config, comm, data):
     return importlib.import_module(VARIANTS[config.variant].module).train(config, World(comm), shape, dataset)
 
 
-def _tensors(result) -> list[tuple[str, torch.Tensor]]:
-    return [(f"{part} {i} {key}", tensor) for part in ("linears", "heads")
-            for i, module in enumerate(getattr(result, part)) for key, tensor in module.state_dict().items()]
-
-
-def _assert_identical(a, b) -> None:
-    ours, theirs = _tensors(a), _tensors(b)
-    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
-    for (name, x), (_, y) in zip(ours, theirs):
-        assert torch.equal(x, y), name
-    np.testing.assert_array_equal(a.loss, b.loss)
-    np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
-
-
 @pytest.mark.parametrize("variant,objective", [("perf-opt", "local-softmax"), ("all-layers", "cwcomp"),
                                                ("single-layer", "local-softmax"), ("single-layer", "cwcomp")])
 def test_conv_pff_gives_the_one_rank_weights(variant, objective, synthetic_images):
@@ -68,7 +53,7 @@ def test_conv_pff_gives_the_one_rank_weights(variant, objective, synthetic_image
         assert parallel is None
         return
     sequential = _train(config, MPI.COMM_SELF, synthetic_images)
-    _assert_identical(parallel, sequential)
+    _assert_equal(parallel, sequential)
     blocks = len(config.conv)
     assert [type(m).__name__ for m in parallel.linears] == ["ConvBlock"] * blocks + ["Linear"] * (layers - blocks)
     assert len(parallel.heads) == (layers if objective == "local-softmax" else 0)
@@ -89,7 +74,7 @@ def test_conv_federated_learns_on_private_shards(synthetic_images):
     assert federated.test_accuracy[-1] > 0.3 and federated.attrs["shards"] == comm.size
     alone = _train(dataclasses.replace(config, shards=1), MPI.COMM_SELF, synthetic_images)
     all_layers = _train(dataclasses.replace(config, variant="all-layers"), MPI.COMM_SELF, synthetic_images)
-    _assert_identical(alone, all_layers)
+    _assert_equal(alone, all_layers)
 
 
 def test_conv_pff_resumes_to_the_uninterrupted_weights(synthetic_images, tmp_path_factory):
@@ -111,4 +96,4 @@ def test_conv_pff_resumes_to_the_uninterrupted_weights(synthetic_images, tmp_pat
     if comm.rank != 0:
         return
     assert resumed.attrs["resumed_from_epoch"] == comm.size
-    _assert_identical(whole, resumed)
+    _assert_equal(whole, resumed)
