@@ -22,8 +22,8 @@
 # seconds a stopped row may take to reach its epoch boundary (default 60); --jobs: rows at once (default 22:
 # all); --epochs: override the presets' 100 (E epochs in E chapters); --skip-variants: no variant pass.
 # --dry-run: the same control flow on the CPU, each row 4 epochs (in 4 chapters) of
-# a small net (hidden 32 x 4), 2 rows at a time, the CIFAR-10 rows on synthetic data: what
-# tests/jobs/test_paper_gpu.py runs.  CIFAR-10 rows read the official data from PFFBENCH_DATA, else its
+# a small net (hidden 32 x 4), 2 rows at a time, every row and variant on the synthetic data set (2,000
+# rows: the control flow, not the learning, in a few minutes): what tests/jobs/test_paper_gpu.py runs.  CIFAR-10 rows read the official data from PFFBENCH_DATA, else its
 # JPEG copy there (cifar10-jpeg/, an image folder).  Environment: PYTHON (default python3),
 # PFFBENCH_DATA (the data sets), MPIEXEC_FLAGS (e.g. --oversubscribe for Open MPI).  Exit status: 0 when every step ran (rows stopped by the deadline
 # included: the table says so), 1 when a row or variant failed, 2 on bad arguments.
@@ -68,9 +68,10 @@ MPIEXEC="$(dirname "$(command -v "$PYTHON")")/mpiexec"
 read -ra FLAGS <<< "${MPIEXEC_FLAGS:-}"
 if [ "$DRY" = 1 ]; then
   # 4 epochs in 4 chapters: All-Layers needs a chapter per rank
-  DEVICE=cpu; SMALL=(--layers 32,32,32,32 --epochs 4 --threads 1); [ "$JOBS" = 22 ] && JOBS=2
+  DEVICE=cpu; SMALL=(--layers 32,32,32,32 --epochs 4 --threads 1); DATA=(--dataset synthetic)
+  [ "$JOBS" = 22 ] && JOBS=2
 else
-  DEVICE=cuda; SMALL=(--threads 1 ${EPOCHS:+--epochs "$EPOCHS"})
+  DEVICE=cuda; SMALL=(--threads 1 ${EPOCHS:+--epochs "$EPOCHS"}); DATA=()
 fi
 failed=0
 
@@ -80,7 +81,7 @@ failed=0
             "2 dp-backprop" "2 ddp" "2 gpipe" "2 1f1b"; do
   read -r ranks variant <<< "$spec"
   timeout 300 "$MPIEXEC" "${FLAGS[@]}" -n "$ranks" "$PYTHON" -m pffbench.run --variant "$variant" --layers 64,64 --epochs 2 \
-    --threads 1 --device "$DEVICE" --out "$OUT/gpu-variants.h5" --name "$variant-p$ranks" --quiet \
+    --threads 1 "${DATA[@]}" --device "$DEVICE" --out "$OUT/gpu-variants.h5" --name "$variant-p$ranks" --quiet \
     > "$OUT/variant-$variant-p$ranks.log" 2>&1 \
     || { echo "paper_gpu: $variant on $ranks rank(s) failed (see $OUT/variant-$variant-p$ranks.log)" >&2; failed=1; }
 done
@@ -90,11 +91,9 @@ mapfile -t ROWS < <("$PYTHON" -m pffbench.run --list-presets | awk 'NR > 1 && $2
 [ "${#ROWS[@]}" -gt 0 ] || { echo "paper_gpu: no presets listed" >&2; exit 1; }
 echo "paper_gpu: ${#ROWS[@]} rows, $JOBS at a time, on $DEVICE ($((SECONDS - START)) s)"
 row() {  # row NAME RANKS: one preset on the device, its log beside the results
-  local extra=() data="${PFFBENCH_DATA:-$ROOT/data}"
-  if [[ "$1" == cifar10-* ]]; then
-    if [ "$DRY" = 1 ]; then
-      extra=(--dataset synthetic)  # the control flow only: no 50,000 images to decode
-    elif [ ! -e "$data/cifar-10-python.tar.gz" ] && [ ! -d "$data/cifar-10-batches-py" ] && [ -d "$data/cifar10-jpeg" ]; then
+  local extra=("${DATA[@]}") data="${PFFBENCH_DATA:-$ROOT/data}"
+  if [[ "$1" == cifar10-* ]] && [ "$DRY" = 0 ]; then
+    if [ ! -e "$data/cifar-10-python.tar.gz" ] && [ ! -d "$data/cifar-10-batches-py" ] && [ -d "$data/cifar10-jpeg" ]; then
       extra=(--dataset imagefolder --data-dir "$data/cifar10-jpeg")  # "CIFAR-10 (JPEG copy)"
     fi
   fi

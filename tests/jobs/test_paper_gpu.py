@@ -1,6 +1,6 @@
 """tools/paper_gpu.sh, the paper's rows on one GPU machine (issue 25), in its CPU dry-run mode: the same
 control flow (each variant once on the device, every preset row, the deadline, the report) with 4 epochs
-of a small net per row on the CPU."""
+of a small net per row on the CPU, on the synthetic data set."""
 import os
 import subprocess
 import sys
@@ -28,6 +28,7 @@ def paper_gpu(out: Path, *argv: str, timeout: float):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the subprocess's own timeout, not setup.cfg's 300 s, bounds it
 def test_the_dry_run_runs_every_variant_once_and_every_row_of_the_paper(tmp_path):
     done = paper_gpu(tmp_path, "--dry-run", "--deadline", "1500", timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -42,6 +43,7 @@ def test_the_dry_run_runs_every_variant_once_and_every_row_of_the_paper(tmp_path
     assert "| run |" in done.stdout  # the report's table
 
 
+@pytest.mark.timeout(900)
 def test_at_the_deadline_rows_stop_and_are_recorded_never_lost(tmp_path):
     # the first two rows start at once, later ones only up to 30 s before the deadline; whatever this CPU's
     # speed, each row that started is recorded, complete or stopped at its epoch boundary, and the rows the
