@@ -38,6 +38,7 @@ from .schedules.ending import final_accuracy
 from .store import checks, provenance, rescue, writer
 from .store.format import ResultsError
 from .store.atomic import atomic_write, describe
+from .core import optim
 
 EXIT_USAGE = 2
 EXIT_NOT_RECORDED = 4  # the run trained but is not in --out (a rescue file holds it); 3 is a failed run
@@ -145,7 +146,7 @@ def prepare(config: Config, world: World):
         raise UsageError(message)
     validate_shape(config, shape)  # every rank knows the shape: the same verdict everywhere
     # torch imports torch._dynamo when it makes its first optimizer (~1 s): here, not on a schedule's clock
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    optim.adam([torch.zeros(1, requires_grad=True)], 1e-3)
     return dataset, shape
 
 

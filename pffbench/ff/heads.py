@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from . import layer as ff
+from ..core import optim
 
 
 @torch.no_grad()
@@ -40,14 +41,13 @@ class SoftmaxHead:
 
     def __init__(self, linear: torch.nn.Linear, lr: float):
         self.linear = linear
-        self.optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
+        self.optimizer = optim.adam(linear.parameters(), lr)
 
     def parameters(self):
         return [self.linear.weight, self.linear.bias]
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)
 
     def train_step(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(self.linear(x), labels)
@@ -68,14 +68,13 @@ class PerfOptLayer:
 
     def __init__(self, linear: torch.nn.Linear, head: torch.nn.Linear, lr: float):
         self.linear, self.head = linear, head
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizer = optim.adam(self.parameters(), lr)
 
     def parameters(self):
         return [self.linear.weight, self.linear.bias, self.head.weight, self.head.bias]
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ff.normalize(F.relu(self.linear(x)))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from ..core import optim
 
 if TYPE_CHECKING:
     from .inputs import PairBatch
@@ -103,21 +104,19 @@ class FFLayer:
         self.linear = linear
         self.threshold = threshold
         self.sharpness = sharpness
-        # fused: one kernel for the whole update; the unfused Adam costs as much as the matmuls at batch 64
         if input_scale == 1.0:
-            self.optimizer = torch.optim.Adam(linear.parameters(), lr=lr, fused=True)
+            self.optimizer = optim.adam(linear.parameters(), lr)
         else:
             eps = self._ADAM_EPS
-            self.optimizer = torch.optim.Adam(
+            self.optimizer = optim.adam(
                 [{"params": [linear.weight], "lr": lr * input_scale, "eps": eps / input_scale,
                   "lr_scale": input_scale},
-                 {"params": [linear.bias], "lr": lr, "eps": eps, "lr_scale": 1.0}], lr=lr, fused=True)
+                 {"params": [linear.bias], "lr": lr, "eps": eps, "lr_scale": 1.0}], lr)
 
     _ADAM_EPS = 1e-8  # torch.optim.Adam's default
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:  # a checkpoint's groups from before input_scale have no lr_scale
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+        optim.set_lr(self.optimizer, lr)
 
     @torch.no_grad()
     def train_step(self, x: torch.Tensor, num_positive: int, out: torch.Tensor | None = None,

@@ -32,6 +32,7 @@ from ..launch.cli import _int_list
 from ..launch.command import command
 from ..schedules.backprop.mlp import MLP
 from ..schedules.backprop.torch_pipeline import SCHEDULES, stage_layers
+from ..core import optim
 
 WARMUP = 5
 
@@ -80,13 +81,13 @@ def measure(dims: list[int], batch: int, m: int, ranks: int, steps: int) -> dict
     model = MLP(dims[:-1], dims[-1], seed=0)
     linears = [*model.hidden, model.head]
     head = len(linears) - 1
-    adam = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    adam = optim.adam(model.parameters(), 1e-3)
     relu = [i != head for i in range(len(linears))]
     steps_by_name = {"plain": _by_hand(linears, relu, x, y, batch, 1, adam),
                      "microbatched": _by_hand(linears, relu, x, y, batch, m, adam)}
     for r, block in enumerate(stage_layers(len(dims) - 2, dims, ranks)):
         layers = [linears[i] for i in block]
-        optimizer = torch.optim.Adam([p for layer in layers for p in layer.parameters()], lr=1e-3, fused=True)
+        optimizer = optim.adam([p for layer in layers for p in layer.parameters()], 1e-3)
         inputs = torch.randn(batch, dims[block.start], requires_grad=r > 0)  # later stages send input gradients
         steps_by_name[f"stage {r}"] = _by_hand(layers, [i != head for i in block], inputs,
                                                y if r == ranks - 1 else None, batch, m, optimizer)

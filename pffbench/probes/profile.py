@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .. import ff
 from ..ff import heads
 from ..schedules.backprop.mlp import MLP
+from ..core import optim
 
 NUM_CLASSES = 10
 
@@ -294,7 +295,7 @@ def _profile_backprop(dims, batch: int, threads: int = 1, repeats: int = 15) -> 
     dims = list(dims)
     with _threads(threads):
         model = MLP(dims, NUM_CLASSES, 0)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        optimizer = optim.adam(model.parameters(), 1e-3)
         floats = sum(p.numel() for p in model.parameters())
 
         def fb(rows):

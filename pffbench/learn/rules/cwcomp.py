@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from ..nets import conv
 from .local_softmax import ConvSource  # noqa: F401  (the images as they are, labels beside them)
+from ...core import optim
 
 NEEDS_NEGATIVES = False
 GOODNESS_FLOPS = 2  # per output element: its square and its share of the group's sum (the partition's cost)
@@ -78,14 +79,13 @@ class CwCompLayer:
         if channels % num_classes:  # launch/validate.py says so first, in one line
             raise ValueError(f"cwcomp: {channels} channels do not split into {num_classes} class groups")
         self.block, self.num_classes = block, num_classes
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizer = optim.adam(self.parameters(), lr)
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.block.parameters())
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)

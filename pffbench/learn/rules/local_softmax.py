@@ -38,6 +38,7 @@ from ... import ff
 from ...ff import heads
 from .. import augment
 from ..nets import conv
+from ...core import optim
 
 NEEDS_NEGATIVES = False
 HEAD_SEED_OFFSET = 1000  # head l's initial weights are keyed like a layer 1000 + l
@@ -119,14 +120,13 @@ class BlockLayer:
 
     def __init__(self, block: conv.ConvBlock, head: torch.nn.Module, lr: float):
         self.block, self.head = block, head
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        self.optimizer = optim.adam(self.parameters(), lr)
 
     def parameters(self) -> list[torch.Tensor]:
         return [*self.block.parameters(), *self.head.parameters()]
 
     def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        optim.set_lr(self.optimizer, lr)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)

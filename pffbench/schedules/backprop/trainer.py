@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ...instrument.timer import EpochTimer
+from ...core import optim
 
 
 class Trainer:
@@ -20,13 +21,12 @@ class Trainer:
 
     def __init__(self, module: torch.nn.Module, lr: float, timer: EpochTimer):
         self.module, self.timer = module, timer
-        self.optimizer = torch.optim.Adam(module.parameters(), lr=lr, fused=True)
+        self.optimizer = optim.adam(module.parameters(), lr)
 
     def adam_step(self, lr: float) -> None:
         """One optimizer step at ``lr`` (the cooldown schedule's value for this step), charged to compute."""
         with self.timer("compute"):
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            optim.set_lr(self.optimizer, lr)
             self.optimizer.step()
 
     def owned(self) -> dict[int, torch.nn.Linear]:
