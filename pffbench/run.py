@@ -31,6 +31,7 @@ from .core.types import Shape, TrainResult, batch_rows
 from .launch.validate import validate, validate_shape
 from .core.variants import VARIANTS
 from .core.world import World, launch_mismatch
+from .instrument import progress
 from .instrument.timer import COLUMNS
 from .reliability import checkpoint, faults
 from .schedules import ending
@@ -101,9 +102,10 @@ def summary_lines(config: Config, result: TrainResult, wall: float, attrs: dict)
     timing = np.nansum(result.timing, axis=1)  # [ranks, columns]; a resumed run's earlier epochs are NaN
     col = {name: timing[:, i] for i, name in enumerate(COLUMNS)}
     sync, meaning = VARIANTS[config.variant].sync
-    lines = [f"test accuracy {100 * final_accuracy(result):.2f}%   wall time {wall:.1f}s"]
+    rows = progress.evaluated_on(config)  # "validation" under --validation
+    lines = [f"{rows} accuracy {100 * final_accuracy(result):.2f}%   wall time {wall:.1f}s"]
     if attrs.get("target_accuracy") is not None:
-        goal = f"target test accuracy {100 * attrs['target_accuracy']:.2f}%"
+        goal = f"target {rows} accuracy {100 * attrs['target_accuracy']:.2f}%"
         seconds = attrs.get("time_to_target", float("nan"))
         if np.isfinite(seconds):
             step = attrs.get("target_reached_step", -1)

@@ -63,8 +63,9 @@ class Progress:
     how many evaluations the run makes."""
 
     def __init__(self, epochs: int, num_train: int, eval_share: float, evals: int, chapters: int | None = None,
-                 stream=None):
+                 stream=None, evaluated_on: str = "test"):
         self.epochs, self.num_train, self.eval_share, self.evals_left = epochs, num_train, eval_share, evals
+        self.evaluated_on = evaluated_on  # the rows its accuracies are of: "test", or "validation" (--validation)
         self.chapters = chapters
         self.stream = stream or sys.stdout
         self.tty = sys.stderr.isatty()
@@ -144,7 +145,7 @@ class Progress:
         self.fraction, self.epoch = (epoch + 1) / self.epochs, epoch + 1
         if epoch + 1 == self.epochs:
             self.evals_left = 0
-        acc = f"  test acc {100 * accuracy:6.2f}%" if np.isfinite(accuracy) else ""
+        acc = f"  {self.evaluated_on} acc {100 * accuracy:6.2f}%" if np.isfinite(accuracy) else ""
         self._print(f"epoch {epoch + 1:>3}/{self.epochs}  loss {np.sum(loss):8.4f}  "
                     f"{self.num_train / max(seconds, 1e-9):9.0f} samples/s  {self._times()}{acc}")
 
@@ -159,7 +160,7 @@ class Progress:
         """PFF: the epochs' losses, known only once every rank reported ([layers, epochs])."""
         self._close_bar()
         for epoch in range(loss.shape[1]):
-            acc = f"  test acc {100 * accuracy[epoch]:6.2f}%" if np.isfinite(accuracy[epoch]) else ""
+            acc = f"  {self.evaluated_on} acc {100 * accuracy[epoch]:6.2f}%" if np.isfinite(accuracy[epoch]) else ""
             print(f"epoch {epoch + 1:>3}/{self.epochs}  loss {np.nansum(loss[:, epoch]):8.4f}{acc}",
                   file=self.stream, flush=True)
 
@@ -194,4 +195,11 @@ def for_run(config, world_size: int, shape, dims: list[int] | str, rule: str | N
     if config.quiet:
         return None
     print(start_line(config, world_size, shape, dims, rule, blocks_text, source, batches, chapters), flush=True)
-    return Progress(config.epochs, shape.num_train, eval_share, evals, chapters).install()
+    return Progress(config.epochs, shape.num_train, eval_share, evals, chapters,
+                    evaluated_on=evaluated_on(config)).install()
+
+
+def evaluated_on(config) -> str:
+    """The rows a run's accuracies are measured on: "validation" (the --validation rows held out of the training
+    set) or "test"."""
+    return "validation" if config.validation else "test"

@@ -268,3 +268,16 @@ def test_an_image_folder_says_it_is_reading_before_it_decodes(tmp_path, monkeypa
     monkeypatch.setattr(images, "_decode_images", decoding)
     data.load_dataset("imagefolder", tmp_path, say=said.append)
     assert len(said) == 2 and said[1].startswith("read 4 images of 4x4 RGB in ")
+
+
+def test_under_validation_the_console_names_the_held_out_rows_not_the_test_set():
+    # the accuracies of a --validation run are of the rows held out of the training set: never "test"
+    config = _config("--variant", "backprop", "--validation", "1000", "--target-accuracy", "0.9")
+    attrs = {"target_accuracy": 0.9, "time_to_target": float("nan"), "target_reached_epoch": -1}
+    lines = run.summary_lines(config, _result([range(0, 3)], ranks=1), 20.0, attrs)
+    assert lines[0].startswith("validation accuracy ") and lines[1] == "target validation accuracy 90.00% not reached"
+    stream = io.StringIO()
+    reporter = progress.Progress(2, 100, 0.0, 0, stream=stream, evaluated_on=progress.evaluated_on(config))
+    reporter(1, np.zeros(2), 0.5, 1.0)
+    reporter.final_epochs(np.zeros((1, 2)), np.array([0.25, 0.5]))
+    assert "validation acc  50.00%" in stream.getvalue() and "test acc" not in stream.getvalue()
