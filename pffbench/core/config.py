@@ -45,6 +45,9 @@ class Config:
     validation: int = 0  # rows held out of the training set and evaluated on instead of the test set (tune)
     layers: tuple[int, ...] = (500, 500, 500, 500)  # with --conv: the dense layers after the last block
     conv: tuple[int, ...] | None = None  # channels of each convolutional block (learn/nets/conv.py); None: an MLP
+    # each hidden layer's cost for the pipeline's partition (probes/layer_costs.py measures them); (): modelled.
+    # It changes no weight, but which rank holds which layer: a checkpoint's layout, so resume compares it
+    layer_costs: tuple[int, ...] = ()
     augment: bool = False  # random crop (4 pixels of zero padding) and flip of each training image (learn/augment.py)
     epochs: int = 4
     batch_size: int = 64

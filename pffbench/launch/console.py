@@ -24,14 +24,16 @@ def planned_blocks(config: Config, world_size: int, dims: list[int], net=None) -
     num_hidden = len(dims) - 1
     variant = VARIANTS[config.variant]
     if variant.family == "pipeline":
-        if net:  # the FLOPs of each layer with its rule's loss (local-softmax's heads, cwcomp's goodness)
+        if config.layer_costs:  # measured (probes/layer_costs.py)
+            costs = config.layer_costs
+        elif net:  # the FLOPs of each layer with its rule's loss (local-softmax's heads, cwcomp's goodness)
             from ..learn import rules
             costs = rules.module(rules.objective_of(config)).conv_costs(net)
         else:
             costs = layer_costs(dims)
         return balanced_partition(costs, world_size)
     if variant.microbatched:  # torch pipelining: the FF pipeline's partition, the head on the last stage
-        return stage_layers(num_hidden, dims, world_size, net.costs() if net else None)
+        return stage_layers(num_hidden, dims, world_size, config.layer_costs or (net.costs() if net else None))
     if variant.baseline:
         return [range(num_hidden + 1)] * world_size
     if variant.ranks == "layer" and world_size > 1:  # single-layer: rank i holds layer i

@@ -32,6 +32,7 @@ def validate(config: Config, world_size: int | None = None) -> None:
     _check_objective(config, variant)
     _check_conv(config, variant, rule)
     _check_augment(config, variant, rule)
+    _check_layer_costs(config, variant)
     if variant.baseline:
         _validate_baseline(config, world_size)
         return
@@ -54,6 +55,19 @@ def _deeper(config: Config) -> str:
 CONV_RULES = ("local-softmax", "cwcomp")  # the rules with a conv path (learn/rules: make_conv_layer, ConvSource)
 CONV_SCHEDULES = "the backprop baselines (backprop, dp-backprop, ddp, gpipe, 1f1b) and the FF variants (pipeline, " \
                  "single-layer, all-layers, federated, perf-opt) with --objective local-softmax or cwcomp"
+
+
+def _check_layer_costs(config: Config, variant) -> None:
+    """--layer-costs: one positive cost per hidden layer, for a schedule that splits its layers into blocks."""
+    if not config.layer_costs:
+        return
+    if not (variant.family == "pipeline" or variant.microbatched):
+        raise UsageError(f"--layer-costs partitions the layers of the pipeline, gpipe and 1f1b over ranks; "
+                         f"--variant {config.variant} does not split its layers into blocks")
+    depth = hidden_layers(config)
+    if len(config.layer_costs) != depth or any(cost <= 0 for cost in config.layer_costs):
+        raise UsageError(f"--layer-costs needs {plural(depth, 'positive cost')}, one per hidden layer"
+                         f"{_counted(config)}, got {','.join(map(str, config.layer_costs))}")
 
 
 def _check_conv(config: Config, variant, rule: str | None) -> None:

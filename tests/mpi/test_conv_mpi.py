@@ -14,6 +14,7 @@ from pffbench.core.config import Config
 from pffbench.schedules.backprop import data_parallel as backprop
 from pffbench.schedules.backprop import ddp, torch_pipeline
 from pffbench.schedules.pipeline import schedule as pipeline
+from pffbench.core.partition import balanced_partition
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
@@ -184,3 +185,21 @@ def test_conv_run_is_recorded_with_its_net(variant, tmp_path_factory):
     assert list(model["layers"][0]) == ["conv.weight", "norm.weight", "norm.bias"]
     assert model["layers"][0]["conv.weight"].shape == (4, 3, 3, 3)
     assert len(model["heads"]) == (4 if variant == "pipeline" else 0)
+
+
+def test_layer_costs_set_the_conv_pipelines_partition_and_change_no_weight(synthetic_images):
+    """--layer-costs (probes/layer_costs.py's measured costs) split the layers, not the FLOPs: here the last
+    dense layer alone against the rest at 2 ranks (the FLOPs give the first block alone), and p ranks still
+    give the 1-rank weights bit for bit."""
+    comm = MPI.COMM_WORLD
+    config = dataclasses.replace(CONV, objective="local-softmax", layer_costs=(1, 1, 1, 5))
+    parallel = _train(config, comm, synthetic_images)
+    if comm.rank != 0:
+        assert parallel is None
+        return
+    held = [list(block) for block in parallel.blocks]
+    assert held == [list(block) for block in balanced_partition(config.layer_costs, comm.size)]
+    if comm.size == 2:
+        assert held == [[0, 1, 2], [3]]
+    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
+    assert _largest_difference(parallel, sequential) == 0.0

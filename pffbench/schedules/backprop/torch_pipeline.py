@@ -99,7 +99,8 @@ class PipelineTrainer(Trainer):
         self.microbatches, self.kind = config.microbatches, SCHEDULES[config.variant]
         self.group = process_group.start(world.comm, device, config.peer_timeout)
         num_hidden = len(dims) - 2
-        self.blocks = stage_layers(num_hidden, dims, world.size, None if net is None else net.costs())
+        self.blocks = stage_layers(num_hidden, dims, world.size,
+                                   config.layer_costs or (None if net is None else net.costs()))
         model = make_model(dims, config.seed, net)
         linears = [*model.hidden, model.head]
         stage = StageModule({i: linears[i] for i in self.blocks[self.rank]}, num_hidden, timer, net).to(device)

@@ -26,9 +26,12 @@ class Stage:
     (``side`` [rows, 1], e.g. local-softmax's labels) in the message's
     column the ff rule fills with row norms.
 
-    A conv net (--conv; ``net``, learn/nets/conv.py) is split by its layers'
-    FLOPs with their rule's loss (the rule's ``conv_costs``: local-softmax's
-    auxiliary heads, cwcomp's goodness); ``dims`` are then its
+    Layers are split by --layer-costs where given (measured:
+    probes/layer_costs.py), else modelled: an MLP's by weight counts, a conv
+    net's (--conv; ``net``, learn/nets/conv.py) by its layers' FLOPs with
+    their rule's loss (the rule's ``conv_costs``: local-softmax's auxiliary
+    heads, cwcomp's goodness), which misjudge a full-resolution block's
+    elementwise work (probes/layer_costs.py).  A conv net's ``dims`` are its
     layers' outputs flattened (C*H*W values a row), which size the messages
     and rings: a block's output [n, C, H, W] travels as its contiguous rows
     and the next block views them as images again."""
@@ -42,10 +45,11 @@ class Stage:
         self.net = ConvNet.of(config, shape) if config.conv else None
         if self.net:
             self.dims = self.net.dims[:-1]  # the input, then every hidden layer's output; no softmax head
-            self.blocks = balanced_partition(self.rule.conv_costs(self.net), world.size)
+            costs = self.rule.conv_costs(self.net)
         else:
             self.dims = [self.rule.input_width(shape.num_features), *config.layers]
-            self.blocks = balanced_partition(layer_costs(self.dims), world.size)
+            costs = layer_costs(self.dims)
+        self.blocks = balanced_partition(config.layer_costs or costs, world.size)  # measured costs where given
         self.block = self.blocks[world.rank]
         self.layers = {i: self.rule.make_conv_layer(i, self.net, config, self.device) if self.net else
                        self.rule.make_layer(i, self.dims, shape.num_classes, config, self.device)

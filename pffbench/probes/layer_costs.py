@@ -1,0 +1,110 @@
+"""Each layer's measured training-step time, for the pipeline's partition (``--layer-costs``).
+
+The pipeline splits its layers into contiguous blocks that minimise the slowest block
+(core/partition.py).  By default a layer's cost is modelled: its weight count (an MLP) or its FLOPs with
+its rule's loss (a conv net, the rule's ``conv_costs``).  The FLOPs of a conv block misjudge its time:
+GroupNorm, ReLU and pooling at full resolution cost far more than their FLOPs say (CIFAR-10,
+``--conv 40,80,160``, local-softmax: the FLOPs split left rank 1 waiting 50-58 % of its time;
+docs/measurements.md).  This probe times what the pipeline runs, each layer's step through its rule
+(``rule.step``: forward, the local loss, backward, the Adam step) on a minibatch of the run's size, on
+this process's torch threads, warm-up first, then the median of the timed repetitions::
+
+    python -m pffbench.probes.layer_costs --conv 40,80,160 --objective local-softmax --dataset imagefolder \\
+        --data-dir DIR --threads 1
+
+prints the milliseconds per layer and the ``--layer-costs`` flag that partitions by them; the run records
+the costs in its config, so a resumed run splits its layers as it did.  Inputs are random tensors of each
+layer's input shape (the time of these ops does not depend on the values: no sparsity is exploited).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+from ..core.config import Config, UsageError
+from ..core.partition import balanced_partition
+from ..core.types import Shape
+
+WARMUP, REPEATS = 3, 10
+
+
+def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", warmup: int = WARMUP,
+            repeats: int = REPEATS) -> list[float]:
+    """Seconds of one training step of each hidden layer (index order) of the run ``config`` on data of
+    ``shape``: the median of ``repeats`` steps after ``warmup``, each on fresh throwaway layers (the run's
+    own are untouched).  Raises UsageError for the ff rule and the backprop baselines (no per-layer step:
+    their partition stays the modelled one) and for a non-positive ``repeats``."""
+    from ..learn import rules
+    from ..learn.nets.conv import ConvNet
+    objective = rules.objective_of(config)
+    if objective in (None, "ff"):
+        raise UsageError(f"layer costs are measured for the generic local rules (local-softmax, scff, cwcomp), "
+                         f"not for {objective or config.variant}: its partition is the modelled one")
+    if repeats < 1 or warmup < 0:
+        raise UsageError("layer costs: repeats must be >= 1 and warmup >= 0")
+    rule, device = rules.module(objective), torch.device(device)
+    n = config.batch_size
+    generator = torch.Generator().manual_seed(config.seed)
+    side = torch.randint(0, shape.num_classes, (rule.message_rows(n), 1), generator=generator).float()
+    if config.conv:
+        net = ConvNet.of(config, shape)
+        widths = net.dims[:-1]  # each hidden layer's input, flattened
+        make = lambda index: rule.make_conv_layer(index, net, config, device)  # noqa: E731
+    else:
+        widths = [rule.input_width(shape.num_features), *config.layers]
+        make = lambda index: rule.make_layer(index, widths, shape.num_classes, config, device)  # noqa: E731
+    seconds = []
+    for index in range(len(widths) - 1):
+        layer = make(index)
+        x = torch.rand(rule.message_rows(n), widths[index], generator=generator).to(device)
+        times = []
+        for repeat in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            rule.step(layer, x, side.to(device), n)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if repeat >= warmup:
+                times.append(time.perf_counter() - start)
+        seconds.append(statistics.median(times))
+    return seconds
+
+
+def costs_flag(seconds: list[float]) -> str:
+    """``--layer-costs`` of measured seconds per layer, in microseconds (integers: the partition needs only
+    their ratios)."""
+    return "--layer-costs " + ",".join(str(max(1, round(s * 1e6))) for s in seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the layers of the net the run flags describe (python -m pffbench.run's flags) and print the
+    milliseconds per layer, the partitions they give at 2 to 4 ranks, and the flag."""
+    from ..data import DataError, load_dataset
+    from ..launch.cli import parse_config
+    try:
+        config = parse_config(argv if argv is not None else sys.argv[1:])
+        torch.set_num_threads(config.threads or torch.get_num_threads())
+        dataset = load_dataset(config.dataset, config.data_dir)
+        shape = Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes,
+                      tuple(dataset.image_shape))
+        seconds = measure(config, shape, config.device)
+    except (UsageError, DataError) as error:
+        print(f"pffbench.probes.layer_costs: error: {error}", file=sys.stderr)
+        return 2
+    print(f"layer step ms (median of {REPEATS}, batch {config.batch_size}, {torch.get_num_threads()} thread(s)): "
+          + "  ".join(f"{i}: {1e3 * s:.2f}" for i, s in enumerate(seconds)))
+    for ranks in range(2, min(4, len(seconds)) + 1):
+        blocks = balanced_partition([max(1, round(s * 1e6)) for s in seconds], ranks)
+        stage_ms = [1e3 * sum(seconds[i] for i in block) for block in blocks]
+        print(f"{ranks} ranks: blocks {[f'{b.start}-{b.stop - 1}' for b in blocks]}, stage ms "
+              f"{' / '.join(f'{ms:.2f}' for ms in stage_ms)} (balance {min(stage_ms) / max(stage_ms):.0%})")
+    print(costs_flag(seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
