@@ -14,13 +14,14 @@ MPIEXEC ?= $(if $(MPI_EXTRA),$(VENV)/bin/mpiexec,mpiexec)
 # Open MPI as root also needs: MPIEXEC_FLAGS=--oversubscribe plus OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIEXEC_FLAGS ?=
 RUN_ARGS ?=
+BENCH_CONV ?= 40,80,160
 TEST_TIMEOUT ?= 900
 
 PY := $(VENV)/bin/python
 comma := ,
 EXTRAS := $(if $(MPI_EXTRA),$(MPI_EXTRA)$(comma)test,test)
 
-.PHONY: run test test-quick test-mpi test-netns test-openmpi bench sweep figures install clean
+.PHONY: run test test-quick test-mpi test-netns test-openmpi bench bench-conv sweep figures install clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -64,6 +65,12 @@ test-openmpi:
 
 bench: install
 	$(PY) -m pffbench.bench $(BENCH_ARGS)
+
+# a conv net in the pipeline, 1 rank against 2: CIFAR-10 (the official tarball in PFFBENCH_DATA, else its JPEG copy)
+CIFAR10_FLAGS = $(shell d=$${PFFBENCH_DATA:-data}; if [ -e $$d/cifar-10-python.tar.gz ] || [ -d $$d/cifar-10-batches-py ]; \
+	then echo --dataset cifar10 --data-dir $$d; else echo --dataset imagefolder --data-dir $$d/cifar10-jpeg; fi)
+bench-conv: install
+	$(PY) -m pffbench.bench --conv $(BENCH_CONV) $(CIFAR10_FLAGS) $(BENCH_ARGS)
 
 # e.g. make sweep SWEEP_ARGS="--ranks 1,2 --repeats 3 --out results/sweep.h5 -- --layers 784,784 --epochs 1"
 sweep: install

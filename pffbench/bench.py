@@ -1,5 +1,7 @@
 """`make bench`: pipeline speedup on MNIST, 1 vs 2 ranks, and how close the
-FF step runs to the machine's matmul rate.
+FF step runs to the machine's matmul rate; with --conv (`make bench-conv`), a
+conv net's (local-softmax, CIFAR-10 by default), its layers split by their
+measured costs.
 
 Each measurement is a plain function returning numbers; main() prints them.
 Runs go through `mpiexec python -m pffbench.run`, exactly as users run them,
@@ -23,7 +25,7 @@ from .launch.command import command
 from .core.config import UsageError
 from .core.cpu_quota import usable_cores
 from .instrument.progress import plural
-from .store import writer
+from .store import provenance, writer
 from .analysis.analysis import busy_imbalance, comm_wait_share, pipeline_bound, training_seconds
 
 
@@ -121,10 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--second-width", type=int, default=0,
                         help="the second hidden layer (default: the width whose step takes as long as rank 0's "
                              "data and first-layer step, measured on this machine: a balanced pipeline)")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--conv", type=lambda text: tuple(int(c) for c in text.split(",")), default=None,
+                        metavar="C1,C2,...",
+                        help="bench a conv net instead (pipeline, --objective local-softmax): its blocks' channels; "
+                             "its layers are split by their measured step times (probes/layer_costs.py), and the "
+                             "bound is that split's: the pipeline bound times the total over twice the slower stage")
+    parser.add_argument("--dataset", default="cifar10", choices=("cifar10", "imagefolder", "mnist"),
+                        help="--conv's data (default cifar10; its JPEG copy: imagefolder with --data-dir)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs a run (default 2; --conv: 1)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--augment", action="store_true", help="--conv: augment every training image")
     parser.add_argument("--out", default=None, help="keep the raw runs in this HDF5 file (default: a temp file)")
     parser.add_argument("--mpiexec", default=shutil.which("mpiexec", path=os.path.dirname(sys.executable))
                         or "mpiexec")
@@ -135,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
+    opts.epochs = opts.epochs or (1 if opts.conv else 2)
     for flag in ("width", "epochs", "batch_size", "repeats"):
         if getattr(opts, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
@@ -147,6 +158,8 @@ def main(argv=None) -> int:
     threads = max(1, cores // 2)
     torch.set_flush_denormal(True)  # the step measurements below run as one pipeline rank does
     torch.set_num_threads(threads)
+    if opts.conv:
+        return conv_bench(opts, cores, threads)
     try:
         candidates = [max(1, opts.width // 2), max(2, opts.width)]  # two widths to fit a line through
         second = opts.second_width or balanced_width(*stage_seconds(opts.width, candidates, opts.batch_size))
@@ -174,7 +187,7 @@ def report(opts, runs: dict, cases: list, cores: int, threads: int, second: int,
     seconds = {case: np.median([training_seconds(r) for r in rs]) for case, rs in runs.items()}
     minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
     bound = pipeline_bound(2, minibatches)
-    print(f"machine: {os.uname().nodename}, {cores} cores; MNIST [784,{opts.width},{second}], "
+    print(f"machine: {os.uname().nodename} ({provenance.cpu_model() or 'CPU unknown'}), {cores} cores; MNIST [784,{opts.width},{second}], "
           f"batch {opts.batch_size}, {plural(opts.epochs, 'epoch')}, median of {opts.repeats}")
     print(f"stages per minibatch: rank 0 {first_stage * 1e3:.2f} ms (data, 784->{opts.width} pair step), "
           f"rank 1 {second_stage[second] * 1e3:.2f} ms ({opts.width}->{second} step)"
@@ -199,6 +212,65 @@ def report(opts, runs: dict, cases: list, cores: int, threads: int, second: int,
     rate = ff_step_rate(opts.width, second, opts.batch_size)
     print(f"FF step ({opts.width}->{second}) {rate['step_gflops']:.1f} GFLOP/s vs matmul "
           f"{rate['matmul_gflops']:.1f} GFLOP/s on {plural(threads, 'thread')}: {rate['step_gflops'] / rate['matmul_gflops']:.0%}")
+
+
+def conv_bench(opts, cores: int, threads: int) -> int:
+    """--conv: the conv net in the activation pipeline (local-softmax), 1 rank against 2, ``threads`` each, its
+    layers split by their step times measured here first (probes/layer_costs.py); prints the table."""
+    from .data import DataError, load_dataset
+    from .launch.cli import parse_config
+    from .probes import layer_costs
+    from .core.partition import balanced_partition
+    from .core.types import Shape
+    flags = ["--variant", "pipeline", "--objective", "local-softmax", "--conv", ",".join(map(str, opts.conv)),
+             "--dataset", opts.dataset, "--batch-size", str(opts.batch_size)] + \
+        (["--data-dir", opts.data_dir] if opts.data_dir else []) + (["--augment"] if opts.augment else [])
+    try:
+        config = parse_config(flags)
+        data = load_dataset(opts.dataset, opts.data_dir)
+        shape = Shape(data.x_train.shape[0], data.num_features, data.num_classes, tuple(data.image_shape))
+        seconds = layer_costs.measure(config, shape)
+    except DataError as error:  # one line, exit 2 (launch/command.py)
+        raise UsageError(str(error)) from None
+    costs = layer_costs.costs_flag(seconds)
+    blocks = balanced_partition([int(c) for c in costs.split()[1].split(",")], 2)
+    stages = [sum(seconds[i] for i in block) for block in blocks]
+    cases = [(1, threads), (2, threads)]
+    with tempfile.TemporaryDirectory() as scratch:
+        out = opts.out or os.path.join(scratch, "bench.h5")
+        try:
+            runs = scaling(flags + costs.split() + ["--epochs", str(opts.epochs)], cases, opts.repeats, out,
+                           opts.mpiexec)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            print(f"pffbench.bench: error: {error}", file=sys.stderr)
+            return 1
+    train = {case: float(np.median([training_seconds(r) for r in rs])) for case, rs in runs.items()}
+    minibatches = runs[cases[-1]][0].attrs["minibatches_per_epoch"]
+    # a pipeline of unequal stages: at best the slower stage's pace, after the fill and drain of m + p - 1 steps
+    split_bound = pipeline_bound(2, minibatches) * sum(stages) / (2 * max(stages))
+    net = "x".join(map(str, shape.image_shape or ()))
+    print(f"machine: {os.uname().nodename} ({provenance.cpu_model() or 'CPU unknown'}), {cores} cores; "
+          f"{opts.dataset} {net}, --conv "
+          f"{','.join(map(str, opts.conv))}, local-softmax, batch {opts.batch_size}, "
+          f"{plural(opts.epochs, 'epoch')}, median of {opts.repeats}")
+    print("layer step ms (measured here): " + "  ".join(f"{i}: {1e3 * s:.2f}" for i, s in enumerate(seconds))
+          + f"; 2 ranks: layers {blocks[0].start}-{blocks[0].stop - 1} | {blocks[1].start}-{blocks[1].stop - 1}, "
+          f"stages {1e3 * stages[0]:.2f} / {1e3 * stages[1]:.2f} ms (balance {min(stages) / max(stages):.0%})")
+    print(f"{'ranks':>5} {'threads':>7} {'train s':>8} {'speedup':>8} {'of bound':>8} {'of split':>8} "
+          f"{'comm wait':>9} {'imbalance':>9} {'accuracy':>8}")
+    for case in cases:
+        ranks, per_rank = case
+        speedup = train[cases[0]] / train[case]
+        bound = pipeline_bound(ranks, minibatches)
+        split = split_bound if ranks == 2 else 1.0
+        wait = np.median([comm_wait_share(r) for r in runs[case]])
+        imbalance = np.median([busy_imbalance(r) for r in runs[case]])
+        accuracy = np.median([r.arrays["test_accuracy"][-1] for r in runs[case]])
+        print(f"{ranks:>5} {per_rank:>7} {train[case]:8.2f} {speedup:8.2f} {speedup / bound:8.1%} "
+              f"{speedup / split:8.1%} {wait:9.2%} {imbalance:9.2%} {accuracy:8.2%}")
+    print(f"of bound: the speedup over p*m/(m+p-1) = {pipeline_bound(2, minibatches):.3f} (m = {minibatches}); "
+          f"of split: over that bound for the measured stages, {split_bound:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torch
 from ..core.config import Config, UsageError
 from ..core.partition import balanced_partition
 from ..core.types import Shape
+from ..launch.command import command
 
 WARMUP, REPEATS = 3, 10
 
@@ -80,21 +81,21 @@ def costs_flag(seconds: list[float]) -> str:
     return "--layer-costs " + ",".join(str(max(1, round(s * 1e6))) for s in seconds)
 
 
+@command("pffbench.probes.layer_costs")
 def main(argv: list[str] | None = None) -> int:
     """Measure the layers of the net the run flags describe (python -m pffbench.run's flags) and print the
     milliseconds per layer, the partitions they give at 2 to 4 ranks, and the flag."""
-    from ..data import DataError, load_dataset
+    from ..datasets.files import DataError
+    from ..datasets.load import load_dataset
     from ..launch.cli import parse_config
+    config = parse_config(argv if argv is not None else sys.argv[1:])
+    torch.set_num_threads(config.threads or torch.get_num_threads())
     try:
-        config = parse_config(argv if argv is not None else sys.argv[1:])
-        torch.set_num_threads(config.threads or torch.get_num_threads())
         dataset = load_dataset(config.dataset, config.data_dir)
-        shape = Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes,
-                      tuple(dataset.image_shape))
-        seconds = measure(config, shape, config.device)
-    except (UsageError, DataError) as error:
-        print(f"pffbench.probes.layer_costs: error: {error}", file=sys.stderr)
-        return 2
+    except DataError as error:  # one line, exit 2 (launch/command.py)
+        raise UsageError(str(error)) from None
+    shape = Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes, tuple(dataset.image_shape))
+    seconds = measure(config, shape, config.device)
     print(f"layer step ms (median of {REPEATS}, batch {config.batch_size}, {torch.get_num_threads()} thread(s)): "
           + "  ".join(f"{i}: {1e3 * s:.2f}" for i, s in enumerate(seconds)))
     for ranks in range(2, min(4, len(seconds)) + 1):

@@ -1,0 +1,46 @@
+"""`python -m pffbench.bench --conv` (make bench-conv): a conv net's layers timed, split by those times, and the
+pipeline at 1 and 2 ranks measured against the bound of that split; on a tiny image folder made here."""
+import numpy as np
+import pytest
+
+from helpers import MPIEXEC
+from test_harness import run_module
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("test", 4)):
+        for label in range(10):
+            (root / split / f"c{label}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{label}" / f"{i}.png")
+    return root
+
+
+def test_the_conv_bench_splits_by_measured_costs_and_prints_both_bounds(image_folder):
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec found")
+    done = run_module("pffbench.bench", "--conv", "10,20", "--dataset", "imagefolder", "--data-dir",
+                      str(image_folder), "--epochs", "1", "--repeats", "1", "--batch-size", "16",
+                      "--mpiexec", MPIEXEC)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "imagefolder 3x8x8, --conv 10,20, local-softmax" in lines[0]
+    assert lines[1].startswith("layer step ms (measured here): 0: ") and "2 ranks: layers 0-0 | 1-1" in lines[1]
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["ranks"])
+    assert lines[header].split() == ["ranks", "threads", "train", "s", "speedup", "of", "bound", "of", "split",
+                                     "comm", "wait", "imbalance", "accuracy"]
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["1", "2"]
+    assert lines[header + 1].split()[3:6] == ["1.00", "100.0%", "100.0%"]  # 1 rank: its own bound
+    assert lines[-1].startswith("of bound: the speedup over p*m/(m+p-1)")
+
+
+def test_the_conv_bench_refuses_a_missing_folder_in_one_line(tmp_path):
+    done = run_module("pffbench.bench", "--conv", "10,20", "--dataset", "imagefolder", "--data-dir",
+                      str(tmp_path / "nowhere"), "--epochs", "1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert [line for line in done.stderr.splitlines() if ": error: " in line]
