@@ -10,22 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from test_conv_mpi import CONV, TOLERANCE, _largest_difference, _tensors, _train
+from compare import against_one_rank, assert_equal, largest_difference, tensors
+from test_conv_mpi import CONV, TOLERANCE, _train
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
 
 # 1 x 10 x 10 images padded to 18 x 18 and cropped back: what is tested is that every split computes alike
 AUGMENTED = dataclasses.replace(CONV, augment=True)
-
-
-def _assert_equal(a, b) -> None:
-    ours, theirs = _tensors(a), _tensors(b)
-    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
-    for (name, x), (_, y) in zip(ours, theirs):
-        assert torch.equal(x, y), name
-    np.testing.assert_array_equal(a.loss, b.loss)
-    np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
 
 
 def test_augmented_dp_backprop_gives_the_single_process_weights(synthetic_images):
@@ -39,12 +31,12 @@ def test_augmented_dp_backprop_gives_the_single_process_weights(synthetic_images
     single = _train(dataclasses.replace(AUGMENTED, variant="backprop"), MPI.COMM_SELF, synthetic_images)
     alone = _train(dataclasses.replace(AUGMENTED, variant="dp-backprop"), MPI.COMM_SELF, synthetic_images)
     plain = _train(dataclasses.replace(CONV, variant="backprop"), MPI.COMM_SELF, synthetic_images)
-    assert _largest_difference(parallel, single) <= TOLERANCE
-    assert _largest_difference(parallel, alone) <= TOLERANCE
+    assert largest_difference(parallel, single) <= TOLERANCE
+    assert largest_difference(parallel, alone) <= TOLERANCE
     np.testing.assert_allclose(parallel.loss, single.loss, rtol=1e-4)
     # the augmentation changed what was learned (no accuracy asked: shifting the synthetic set's 100 features,
     # which have no spatial order, as images destroys what they say)
-    assert _largest_difference(single, plain) > 100 * TOLERANCE
+    assert largest_difference(single, plain) > 100 * TOLERANCE
 
 
 @pytest.mark.parametrize("conv", [True, False])
@@ -54,14 +46,13 @@ def test_augmented_pipeline_gives_the_sequential_weights(conv, synthetic_images)
     comm = MPI.COMM_WORLD
     config = dataclasses.replace(AUGMENTED, objective="local-softmax", epochs=3,
                                  **({} if conv else {"conv": None, "layers": (16, 12, 12, 12)[:max(2, comm.size)]}))
-    parallel = _train(config, comm, synthetic_images)
-    if comm.rank != 0:
-        assert parallel is None
+    pair = against_one_rank(_train, config, synthetic_images)
+    if pair is None:
         return
-    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
-    _assert_equal(parallel, sequential)
+    parallel, sequential = pair
+    assert_equal(parallel, sequential)
     plain = _train(dataclasses.replace(config, augment=False), MPI.COMM_SELF, synthetic_images)
-    assert not torch.equal(_tensors(plain)[0][1], _tensors(sequential)[0][1])  # it did augment
+    assert not torch.equal(tensors(plain)[0][1], tensors(sequential)[0][1])  # it did augment
 
 
 @pytest.mark.parametrize("variant", ["pipeline", "dp-backprop"])
@@ -82,4 +73,4 @@ def test_augmented_resume_gives_the_uninterrupted_weights(variant, synthetic_ima
     if comm.rank != 0:
         return
     assert resumed.attrs["resumed_from_epoch"] == 1
-    _assert_equal(whole, resumed)
+    assert_equal(whole, resumed)

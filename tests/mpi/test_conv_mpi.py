@@ -16,6 +16,8 @@ from pffbench.schedules.backprop import ddp, torch_pipeline
 from pffbench.schedules.pipeline import schedule as pipeline
 from pffbench.core.partition import balanced_partition
 
+from compare import against_one_rank, largest_difference, tensors
+
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
 
@@ -27,18 +29,6 @@ CONV = Config(dataset="synthetic", conv=(4, 8), layers=(16, 12), epochs=2, batch
 TOLERANCE = 1e-5  # absolute, on weights of order 0.1-1 after 40 Adam steps: float32 round-off of reordered sums
 MODULES = {"backprop": backprop, "dp-backprop": backprop, "ddp": ddp, "gpipe": torch_pipeline,
            "1f1b": torch_pipeline, "pipeline": pipeline}
-
-
-def _tensors(result) -> list[tuple[str, torch.Tensor]]:
-    """Every tensor of every layer (and auxiliary head), named by layer and key."""
-    return [(f"{part} {i} {key}", tensor) for part in ("linears", "heads")
-            for i, module in enumerate(getattr(result, part)) for key, tensor in module.state_dict().items()]
-
-
-def _largest_difference(a, b) -> float:
-    ours, theirs = _tensors(a), _tensors(b)
-    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
-    return max((x - y).abs().max().item() for (_, x), (_, y) in zip(ours, theirs))
 
 
 def _train(config, comm, data):
@@ -59,7 +49,7 @@ def test_conv_torch_pipeline_gives_the_single_process_backprop_weights(variant, 
     single = _train(dataclasses.replace(CONV, variant="backprop"), MPI.COMM_SELF, synthetic_images)
     assert parallel.dims == single.dims == [100, 100, 200, 16, 12, 10]
     assert [type(layer).__name__ for layer in parallel.linears] == ["ConvBlock"] * 2 + ["Linear"] * 3
-    assert _largest_difference(parallel, single) <= TOLERANCE
+    assert largest_difference(parallel, single) <= TOLERANCE
     np.testing.assert_allclose(parallel.loss, single.loss, rtol=1e-4)
     assert single.test_accuracy[-1] > 0.3 and abs(parallel.test_accuracy[-1] - single.test_accuracy[-1]) <= 0.01
     held = [list(block) for block in parallel.blocks]
@@ -80,8 +70,8 @@ def test_conv_ddp_gives_the_mpi_data_parallel_weights_and_those_of_one_process(s
         assert torch_ddp is None and mpi_dp is None
         return
     single = _train(dataclasses.replace(CONV, variant="backprop"), MPI.COMM_SELF, synthetic_images)
-    assert _largest_difference(torch_ddp, mpi_dp) <= TOLERANCE
-    assert _largest_difference(mpi_dp, single) <= TOLERANCE
+    assert largest_difference(torch_ddp, mpi_dp) <= TOLERANCE
+    assert largest_difference(mpi_dp, single) <= TOLERANCE
     np.testing.assert_allclose(torch_ddp.loss, mpi_dp.loss, rtol=1e-4)
     np.testing.assert_allclose(mpi_dp.loss, single.loss, rtol=1e-4)
 
@@ -93,16 +83,15 @@ def test_conv_pipeline_gives_the_sequential_weights(transport, synthetic_images)
     p ranks with one thread each give the 1-rank blocks, dense layers and heads bit for bit."""
     comm = MPI.COMM_WORLD
     config = dataclasses.replace(CONV, objective="local-softmax", transport=transport, epochs=3)
-    parallel = _train(config, comm, synthetic_images)
-    if comm.rank != 0:
-        assert parallel is None
+    pair = against_one_rank(_train, config, synthetic_images)
+    if pair is None:
         return
-    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
+    parallel, sequential = pair
     assert parallel.dims == sequential.dims == [100, 100, 200, 16, 12]
     assert len(parallel.heads) == 4 and len(parallel.blocks) == comm.size
     if comm.size == 2:  # the first block against the rest (their FLOPs with their heads)
         assert [list(block) for block in parallel.blocks] == [[0], [1, 2, 3]]
-    ours, theirs = _tensors(parallel), _tensors(sequential)
+    ours, theirs = tensors(parallel), tensors(sequential)
     assert [name for name, _ in ours] == [name for name, _ in theirs]
     for (name, a), (_, b) in zip(ours, theirs):
         assert torch.equal(a, b), name
@@ -130,7 +119,7 @@ def test_conv_resume_gives_the_uninterrupted_weights(variant, synthetic_images, 
     if comm.rank != 0:
         return
     assert resumed.attrs["resumed_from_epoch"] == 1
-    ours, theirs = _tensors(whole), _tensors(resumed)
+    ours, theirs = tensors(whole), tensors(resumed)
     assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
     for (name, a), (_, b) in zip(ours, theirs):
         assert torch.equal(a, b), name
@@ -202,4 +191,4 @@ def test_layer_costs_set_the_conv_pipelines_partition_and_change_no_weight(synth
     if comm.size == 2:
         assert held == [[0, 1, 2], [3]]
     sequential = _train(config, MPI.COMM_SELF, synthetic_images)
-    assert _largest_difference(parallel, sequential) == 0.0
+    assert largest_difference(parallel, sequential) == 0.0

@@ -11,7 +11,7 @@ import pytest
 
 from pffbench.core.config import Config
 from pffbench.core.variants import VARIANTS
-from test_cwcomp_mpi import _assert_equal  # every tensor, loss and accuracy bit for bit
+from compare import against_one_rank, assert_equal# every tensor, loss and accuracy bit for bit
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
@@ -48,12 +48,11 @@ def test_conv_pff_gives_the_one_rank_weights(variant, objective, synthetic_image
     comm = MPI.COMM_WORLD
     layers = comm.size if variant == "single-layer" else 4
     config = _config(variant, objective, layers)
-    parallel = _train(config, comm, synthetic_images)
-    if comm.rank != 0:
-        assert parallel is None
+    pair = against_one_rank(_train, config, synthetic_images)
+    if pair is None:
         return
-    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
-    _assert_equal(parallel, sequential)
+    parallel, sequential = pair
+    assert_equal(parallel, sequential)
     blocks = len(config.conv)
     assert [type(m).__name__ for m in parallel.linears] == ["ConvBlock"] * blocks + ["Linear"] * (layers - blocks)
     assert len(parallel.heads) == (layers if objective == "local-softmax" else 0)
@@ -74,7 +73,7 @@ def test_conv_federated_learns_on_private_shards(synthetic_images):
     assert federated.test_accuracy[-1] > 0.3 and federated.attrs["shards"] == comm.size
     alone = _train(dataclasses.replace(config, shards=1), MPI.COMM_SELF, synthetic_images)
     all_layers = _train(dataclasses.replace(config, variant="all-layers"), MPI.COMM_SELF, synthetic_images)
-    _assert_equal(alone, all_layers)
+    assert_equal(alone, all_layers)
 
 
 def test_conv_pff_resumes_to_the_uninterrupted_weights(synthetic_images, tmp_path_factory):
@@ -96,4 +95,4 @@ def test_conv_pff_resumes_to_the_uninterrupted_weights(synthetic_images, tmp_pat
     if comm.rank != 0:
         return
     assert resumed.attrs["resumed_from_epoch"] == comm.size
-    _assert_equal(whole, resumed)
+    assert_equal(whole, resumed)

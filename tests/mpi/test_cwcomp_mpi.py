@@ -5,11 +5,10 @@ import dataclasses
 import os
 import shutil
 
-import numpy as np
 import pytest
-import torch
 
-from test_conv_mpi import CONV, _tensors, _train
+from compare import against_one_rank, assert_equal
+from test_conv_mpi import CONV, _train
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
@@ -20,15 +19,6 @@ CWCOMP = dataclasses.replace(CONV, variant="pipeline", objective="cwcomp", conv=
                              epochs=3)
 
 
-def _assert_equal(a, b) -> None:
-    ours, theirs = _tensors(a), _tensors(b)
-    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
-    for (name, x), (_, y) in zip(ours, theirs):
-        assert torch.equal(x, y), name
-    np.testing.assert_array_equal(a.loss, b.loss)
-    np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
-
-
 @pytest.mark.parametrize("transport,augment", [("auto", False), ("p2p", False), ("auto", True)])
 def test_cwcomp_pipeline_gives_the_sequential_weights(transport, augment, synthetic_images):
     """Each block trained on its own CwC loss, its output travelling as the rows of [n, C, H, W] with the
@@ -36,15 +26,14 @@ def test_cwcomp_pipeline_gives_the_sequential_weights(transport, augment, synthe
     1-rank blocks bit for bit, and so do they when rank 0 augments the minibatches."""
     comm = MPI.COMM_WORLD
     config = dataclasses.replace(CWCOMP, transport=transport, augment=augment)
-    parallel = _train(config, comm, synthetic_images)
-    if comm.rank != 0:
-        assert parallel is None
+    pair = against_one_rank(_train, config, synthetic_images)
+    if pair is None:
         return
-    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
+    parallel, sequential = pair
     assert parallel.dims == sequential.dims == [100, 250, 80, 20, 20]
     assert parallel.heads == [] and len(parallel.blocks) == comm.size
     assert [type(layer).__name__ for layer in parallel.linears] == ["ConvBlock"] * 4
-    _assert_equal(parallel, sequential)
+    assert_equal(parallel, sequential)
     assert parallel.attrs["transport"] == ("shared" if transport == "auto" else "messages")
     assert parallel.attrs["layer_shapes"] == [[1, 10, 10], [10, 5, 5], [20, 2, 2], [20, 1, 1], [20, 1, 1], [10]]
     assert parallel.loss[0, -1] < parallel.loss[0, 0]  # the first block learns (its loss falls)
@@ -66,4 +55,4 @@ def test_cwcomp_resume_gives_the_uninterrupted_weights(synthetic_images, tmp_pat
     if comm.rank != 0:
         return
     assert resumed.attrs["resumed_from_epoch"] == 1
-    _assert_equal(whole, resumed)
+    assert_equal(whole, resumed)
