@@ -16,6 +16,7 @@ defaults.  "sequential" rows are the variant run on 1 rank.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PAPER = dict(layers=(2000, 2000, 2000, 2000), batch_size=64, epochs=100, splits=100, lr=0.01, softmax_lr=1e-4,
              cooldown=0.5, score_layers=(1, 2, 3))
@@ -90,16 +91,46 @@ def net_text(p: Preset) -> str:
     return f"[{INPUT_WIDTHS[p.settings.get('dataset', 'mnist')]}, {hidden}]"
 
 
+# the full-length rows pffbench ran (docs/paper.md): each a results file of the repository's
+FULL_ROWS = Path(__file__).resolve().parents[2] / "results"
+FULL_ROWS_GLOB = "paper-full-*.h5"
+
+
+def full_rows(folder: Path = FULL_ROWS) -> dict[str, str]:
+    """Each preset's newest complete full-length run (its preset's epochs) in ``folder``'s paper-full-*.h5:
+    "98.43 %, 9,976 s, 2 ranks, Intel Xeon" (test accuracy, wall time, ranks, the CPU); none where the folder
+    is not there (an installed copy) or a file cannot be read."""
+    from ..store.reader import read_runs
+    found = {}
+    for path in sorted(folder.glob(FULL_ROWS_GLOB)):
+        try:
+            runs = read_runs(str(path))
+        except Exception:  # noqa: BLE001 -- a listing never fails on a results file; the row shows '-'
+            continue
+        for run in runs:
+            name = run.config.get("preset")
+            if name in PRESETS and run.attrs.get("status") == "complete" and \
+                    run.config.get("epochs") == PRESETS[name].settings["epochs"]:
+                cpu = str(run.attrs.get("cpu_model", "")).replace("(R)", "").replace(" Processor", "").strip()
+                found[name] = (f"{100 * run.attrs['final_test_accuracy']:.2f} %, {run.attrs['wall_time']:,.0f} s, "
+                               f"{run.attrs['world_size']} ranks{', ' + cpu if cpu else ''}")
+    return found
+
+
 def listing() -> str:
     """--list-presets: each preset's ranks, net, epochs, the paper's time and accuracy, and pffbench's own
-    duration where one was measured."""
+    figures where one was measured: a full-length row in results/ (full_rows), else a shorter run's duration
+    (``Preset.measured``, docs/measurements.md)."""
+    measured = {name: p.measured for name, p in PRESETS.items() if p.measured} | full_rows()
+    width = max(31, *(len(text) for text in measured.values()))
     lines = [f"{'preset':<37} {'ranks':>5}  {'net':<16} {'epochs':>6}  {'paper time (s)':>14}  {'paper acc %':>13}  "
-             f"{'measured here':<31}  table"]
+             f"{'measured here':<{width}}  table"]
     for name, p in PRESETS.items():
         seconds = f"{p.paper_seconds:,.2f}" if p.paper_seconds else "-"
         lines.append(f"{name:<37} {p.ranks:>5}  {net_text(p):<16} {p.settings['epochs']:>6}  {seconds:>14}  "
-                     f"{p.paper_accuracy or '-':>13}  {p.measured or '-':<31}  {p.table}")
-    lines += ["paper time: the paper's own hardware, on the ranks shown; measured here: pffbench on the 2-vCPU AMD "
-              "EPYC development VM, shared with other jobs (docs/measurements.md); '-': not measured",
+                     f"{p.paper_accuracy or '-':>13}  {measured.get(name, '-'):<{width}}  {p.table}")
+    lines += ["paper time: the paper's own hardware, on the ranks shown; measured here: pffbench on a 2-vCPU VM "
+              "shared with other jobs: full-length rows (test accuracy, wall time, ranks, CPU) from results/"
+              f"{FULL_ROWS_GLOB}, shorter runs' durations from docs/measurements.md; '-': not measured",
               "run one as: mpiexec -n RANKS pffbench run --preset NAME [flags to override]"]
     return "\n".join(lines)

@@ -281,3 +281,12 @@ def test_under_validation_the_console_names_the_held_out_rows_not_the_test_set()
     reporter(1, np.zeros(2), 0.5, 1.0)
     reporter.final_epochs(np.zeros((1, 2)), np.array([0.25, 0.5]))
     assert "validation acc  50.00%" in stream.getvalue() and "test acc" not in stream.getvalue()
+
+
+def test_list_presets_reads_the_full_length_rows_from_results(tmp_path):
+    from pffbench.launch import presets
+    rows = presets.full_rows()  # results/paper-full-mnist-perf-opt.h5, committed
+    assert rows["mnist-perf-opt"].startswith("98.43 %, 9,976 s, 2 ranks")
+    assert "mnist-perf-opt" in presets.listing().split("98.43 %")[0].splitlines()[-1]
+    (tmp_path / "paper-full-broken.h5").write_text("not HDF5")  # a listing never fails on a file
+    assert presets.full_rows(tmp_path) == {}
