@@ -23,6 +23,14 @@ The protocol (docs/tuning.md):
    the evaluation that first reaches the target, evaluation excluded;
    instrument/target.py), the evaluation time reported beside it.
 
+Contenders that compute the same weights (to round-off) from the same
+learning rate share one search (``--trials-of TAG``: the trials another
+contender ran into --out, TAG its runs' name stem): the backprop family
+at any p (backprop, dp-backprop, ddp, gpipe, 1f1b: tests/mpi), and a
+local rule's pipeline at p = 1 and p = 2 (bit for bit).  Their trials
+would differ only by the contender's speed and the host's noise, so each
+gets the pick its twin's search made, and only its test repeats run.
+
 Every trial and repeat is appended to ``--out`` (named tune-...), the
 summary printed, and written as JSON to ``--summary`` if given.  Usage
 errors: one line, exit 2; a trial that fails is recorded as not reaching
@@ -77,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the trials and of the first repeat")
     p.add_argument("--out", default="results/tune.h5", metavar="FILE.h5", help="results file (default: %(default)s)")
     p.add_argument("--summary", default=None, metavar="FILE.json", help="also write the summary here")
+    p.add_argument("--trials-of", default=None, metavar="TAG",
+                   help="no search: take the validation trials of the contender whose runs in --out are named "
+                        "TAG-lr...-validation (one computing the same weights: see above) and pick from them")
     p.add_argument("--run-timeout", type=float, default=6 * 3600.0, metavar="SECONDS",
                    help="a run still going after this long is ended and counted as failed (default: %(default)s)")
     return p
@@ -171,8 +182,25 @@ def tag_of(config, ranks: int) -> str:
     return f"tune-{config.variant}-{config.objective or 'default'}-p{ranks}{threads}"
 
 
+def _shared(args, targets, contender) -> list[dict]:
+    """--trials-of: the twin's trials, one per learning rate of the grid, read from --out; UsageError if one is
+    missing (run the twin first)."""
+    trials = []
+    for lr in learning_rates(args.lr_min, args.lr_max, args.grid):
+        name = f"{args.trials_of}-lr{lr:g}-validation"
+        run = _record(args.out, name)
+        if run is None:
+            raise UsageError(f"--trials-of {args.trials_of}: no run {name} in {args.out}; tune that contender first")
+        contender.trials[lr] = run
+        trials.append({"lr": lr, **_figures(run, targets)})
+    print(f"trials: those of {args.trials_of} (the same weights), {len(trials)} learning rates", flush=True)
+    return trials
+
+
 def _search(args, passthrough, targets, tag, contender) -> list[dict]:
     """The trials, one per learning rate, on validation; each stops at the highest target."""
+    if args.trials_of:
+        return _shared(args, targets, contender)
     trials = []
     for lr in learning_rates(args.lr_min, args.lr_max, args.grid):
         run = _launch(args, passthrough, f"{tag}-lr{lr:g}-validation",
@@ -224,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "eval_seconds")
     summary = {"targets": targets, "ranks": args.ranks, "variant": config.variant, "objective": config.objective,
                "threads": config.threads, "learning_rates": [t["lr"] for t in trials],
-               "validation_rows": args.validation, "trials": trials, "out": args.out,
+               "validation_rows": args.validation, "trials": trials, "trials_of": args.trials_of, "out": args.out,
                "picks": {f"{r['target']:g}": {k: r[k] for k in keep} for r in rows}}
     for r in rows:
         print(f"{tag}: to {r['target']:g}: lr {r['lr']:g} ({r['picked_by']}); test time median {r['seconds']:.2f} s "

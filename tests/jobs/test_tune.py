@@ -94,3 +94,24 @@ def test_validation_rows_come_from_the_training_set_only():
     assert not {tuple(r.tolist()) for r in split.x_test} & {tuple(r.tolist()) for r in split.x_train}
     assert torch.equal(validation_split(data, 300).x_test, split.x_test)  # the same rows every time
     assert not any(torch.equal(split.x_test[:1], data.x_test[i:i + 1]) for i in range(data.x_test.shape[0]))
+
+
+def test_a_contender_computing_the_same_weights_takes_its_twins_trials_and_runs_only_its_repeats(tmp_path):
+    # the pipeline at p = 2 computes the p = 1 weights bit for bit: one search serves both (--trials-of)
+    out, first, second = tmp_path / "tune.h5", tmp_path / "p1.json", tmp_path / "p2.json"
+    flags = ["--variant", "pipeline", "--objective", "local-softmax", "--dataset", "synthetic", "--layers", "32,32",
+             "--epochs", "1", "--batch-size", "50", "--threads", "1", "--target-accuracy", "0.5",
+             "--validation", "400", "--eval-every-steps", "8", "--grid", "2", "--repeats", "1", "--out", str(out)]
+    done = tune(*flags, "--summary", str(first))
+    assert done.returncode == 0, done.stderr
+    before = {run.name for run in results.read_runs(str(out))}
+    done = tune(*flags, "--ranks", "2", "--trials-of", "tune-pipeline-local-softmax-p1-t1", "--summary", str(second))
+    assert done.returncode == 0, done.stderr
+    after = {run.name: run for run in results.read_runs(str(out))}
+    new = set(after) - before
+    assert new and all("-test-" in name and after[name].attrs["world_size"] == 2 for name in new)  # no search
+    p1, p2 = json.loads(first.read_text()), json.loads(second.read_text())
+    assert p2["trials_of"] == "tune-pipeline-local-softmax-p1-t1" and p2["trials"] == p1["trials"]
+    assert p2["picks"]["0.5"]["lr"] == p1["picks"]["0.5"]["lr"]
+    missing = tune(*flags, "--trials-of", "tune-nobody", timeout=120)
+    assert missing.returncode == 2 and "--trials-of tune-nobody: no run tune-nobody-lr" in missing.stderr
