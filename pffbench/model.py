@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpipe/1f1b microbatches per minibatch (default: the calibrating run's, else 4)")
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
                    help="the local rule of the FF-family variants (ff, local-softmax, scff; cwcomp trains conv "
-                        "nets, which the model does not predict yet; default: each "
+                        "nets, which the model predicts from a run: --calibrate; default: each "
                         "variant's own): its step's costs and messages (pffbench/learn/rules)")
     p.add_argument("--race", metavar="RESULTS.h5", default=None,
                    help="instead: each contender of a race file (jobs/race.sbatch) at --ranks, its predicted time "
@@ -158,8 +158,15 @@ def _calibration(args, variant: str):
     if not ones:
         raise UsageError(f"{args.calibrate} has no 1-rank {args.run or variant} run to calibrate from")
     same_threads = [r for r in ones if calibrate.run_threads(r) == args.threads]
-    costs = calibrate.from_run((same_threads or ones)[0])
-    if costs.dims != dims or costs.batch != args.batch_size:
+    try:
+        costs = calibrate.from_run((same_threads or ones)[0])
+    except ValueError as error:  # e.g. a conv net beyond the pipeline
+        raise UsageError(str(error)) from None
+    if getattr(costs, "split", None) is not None:  # a conv net: its measured layers, predicted as it ran
+        if costs.batch != args.batch_size:
+            raise UsageError(f"{args.calibrate}: a conv net's calibration keeps its run's net and batch "
+                             f"(--batch-size {costs.batch}); --input and --layers do not apply to it")
+    elif costs.dims != dims or costs.batch != args.batch_size:
         costs = calibrate.retarget(costs, dims, args.batch_size)
     if args.microbatches and VARIANTS[variant].microbatched:
         costs = replace(costs, microbatches=args.microbatches)
@@ -210,10 +217,14 @@ def cmd_predict(args) -> int:
             raise UsageError(f"unknown variant {variant!r}; modelled: {', '.join(model.VARIANTS)}")
         costs = _calibration(args, variant)
         microbatches = getattr(costs, "microbatches", None)
-        ranks = [p for p in args.ranks if model.runs_on(variant, p, len(args.layers), microbatches)]
+        conv = getattr(costs, "split", None) is not None  # a conv net's layers, as its run had them
+        layers = len(costs.dims) - 1 if conv else len(args.layers)
+        ranks = [p for p in args.ranks if model.runs_on(variant, p, layers, microbatches)]
         rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
     inter = cluster.inter
-    print(f"net [{args.input}, {', '.join(map(str, args.layers))}], batch {args.batch_size}, {args.epochs} epoch(s); "
+    net = (f"the conv net of {costs.source} ({layers} layers)" if conv
+           else f"net [{args.input}, {', '.join(map(str, args.layers))}]")
+    print(f"{net}, batch {args.batch_size}, {args.epochs} epoch(s); "
           f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
           f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "
           f"beta {inter.beta / 1e9:.2f} GB/s)")

@@ -41,6 +41,8 @@ class FFCosts:
     data_scale: float = 1.0    # the run's data / the microbenchmarks' (rank 0's minibatches, PFF recomputation)
     source: str = "microbenchmark"
     message_rows: int = 2      # rows of activity per example a layer sends on (profile.MESSAGE_ROWS)
+    split: list | None = None  # the costs the partition balances (a conv net's); None: layer_costs(dims)
+    weight_bytes: list | None = None  # each layer's parameters (with its head), gathered to evaluate; None: dims'
 
 
 @dataclass
@@ -67,7 +69,8 @@ def _kind(variant: str, objective: str | None = None) -> str:
     variant's own): "ff", "perf-opt" (local-softmax: a layer and its own softmax head) or "scff"."""
     rule = objective or VARIANTS[variant].objective or "ff"
     if rule not in RULE_KINDS:  # cwcomp: conv blocks only
-        raise UsageError(f"--objective {rule} trains conv nets; the model predicts MLPs only, so far")
+        raise UsageError(f"--objective {rule} trains conv nets, which the model predicts from a 1-rank run of the "
+                         "net (model predict --calibrate RUN, model validate), not from the MLP microbenchmarks")
     return RULE_KINDS[rule]
 
 
@@ -96,7 +99,11 @@ def _backprop_costs(p: BackpropProfile, scale: float = 1.0, **more) -> BackpropC
 def retarget(costs, dims=None, batch: int | None = None):
     """The same calibration for another net or batch size: the
     microbenchmarks re-run for them, scaled by the calibration's factors
-    (taken to carry over: an assumption the README states)."""
+    (taken to carry over: an assumption the README states).  ValueError for
+    a conv net's costs (its layers are measured as they are, not profiled
+    by widths)."""
+    if getattr(costs, "split", None) is not None:
+        raise ValueError("a conv net's calibration predicts its own net and batch only (its layers were measured)")
     dims, batch = list(dims or costs.dims), batch or costs.batch
     note = f", retargeted to {dims} batch {batch}"
     if isinstance(costs, BackpropCosts):
@@ -115,9 +122,10 @@ def run_threads(run: results.Run) -> int:
 
 def from_run(run: results.Run, profile=None):
     """Costs from a complete 1-rank run (its recorded dims, batch, threads).
-    Raises ValueError if the run cannot calibrate (more ranks, not complete, a conv net)."""
-    if run.config.get("conv"):  # its dims are a conv net's flattened activations, not an MLP's widths
-        raise ValueError(f"run {run.name} trains a conv net (--conv): the model profiles MLPs only, so far")
+    Raises ValueError if the run cannot calibrate (more ranks, not complete, a conv net beyond the
+    activation pipeline)."""
+    if run.config.get("conv"):
+        return _conv_from_run(run)
     if run.config.get("augment"):  # the crops and flips are data time the model's steps do not have
         raise ValueError(f"run {run.name} augments its minibatches (--augment): the model does not count that")
     if int(run.attrs.get("world_size", 0)) != 1:
@@ -142,6 +150,54 @@ def from_run(run: results.Run, profile=None):
         return _ff_costs(profile, scale, data_scale, sync=float(a["timing/sync"][0].mean()), eval=evaluation,
                          source=f"run {run.name}")
     return _pff_costs(run, profile, sizes, evaluation)
+
+
+def _conv_from_run(run: results.Run) -> FFCosts:
+    """A 1-rank activation-pipeline run of a conv net (--conv): each layer's step measured as the run takes it
+    (probes/layer_costs.py, on this host, at the run's batch and threads), scaled so that an epoch's steps add
+    up to the run's compute; rank 0's data per minibatch (the crops and flips of --augment included) as the run
+    measured it.  The messages are the layers' flattened outputs (``dims``); the partition balances the run's
+    --layer-costs, else its rule's FLOPs, as the schedule does."""
+    import torch
+
+    from ..core.config import Config
+    from ..core.types import Shape
+    from ..learn import rules
+    from ..learn.nets.conv import ConvNet
+    from ..probes import layer_costs
+    variant = run.attrs.get("variant", "pipeline")
+    if VARIANTS[variant].family != "pipeline" or VARIANTS[variant].pff:
+        raise ValueError(f"run {run.name} trains a conv net with {variant}: the model predicts conv nets in the "
+                         "activation pipeline only, so far")
+    for check in (lambda: int(run.attrs.get("world_size", 0)) == 1, lambda: run.attrs.get("status") == "complete"):
+        if not check():
+            raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
+    known = {f for f in Config.__dataclass_fields__}
+    config = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in run.config.items() if k in known})
+    shapes = [tuple(s) for s in run.attrs["layer_shapes"]]
+    shape = Shape(int(run.attrs["num_train"]), int(torch.tensor(shapes[0]).prod()), len(run.attrs["class_names"]),
+                  shapes[0])
+    threads, batch = run_threads(run), config.batch_size
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        step = layer_costs.measure(config, shape)
+    finally:
+        torch.set_num_threads(previous)
+    rule, net = rules.module(rules.objective_of(config)), ConvNet.of(config, shape)
+    a = run.arrays
+    sizes = batch_rows(shape.num_train, batch)
+    full = sum(sizes) / batch
+    scale = float(a["timing/compute"][0].mean()) / (full * sum(step))
+    evals = a["timing/eval"][0]
+    layers = [rule.make_conv_layer(i, net, config, "cpu") for i in range(len(step))]
+    weight_bytes = [4 * sum(t.numel() for t in layer.parameters()) for layer in layers]
+    zeros = [0.0] * len(step)
+    return FFCosts(list(run.attrs["dims"]), batch, threads, "conv", [s * scale for s in step], zeros, zeros,
+                   float(a["timing/data"][0].mean()) / full, 0.0, 0.0, sync=float(a["timing/sync"][0].mean()),
+                   eval=float(evals[evals > 0].max()) if (evals > 0).any() else 0.0, scale=scale,
+                   source=f"run {run.name}", message_rows=rule.message_rows(1),
+                   split=list(config.layer_costs or rule.conv_costs(net)), weight_bytes=weight_bytes)
 
 
 def _backprop_from_run(run, variant: str, batch: int, threads: int, evaluation: float, profile=None):

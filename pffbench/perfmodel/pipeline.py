@@ -28,12 +28,12 @@ def programs(sim: Simulator, costs: FFCosts, cluster: Cluster, p: int, num_train
     """One generator per rank for ``epochs`` epochs; ``evaluate``: the epochs
     (0-based) after which rank 0 evaluates."""
     dims, batch = costs.dims, costs.batch
-    blocks = balanced_partition(layer_costs(dims), p)
+    blocks = balanced_partition(costs.split or layer_costs(dims), p)  # a conv net's: its own split
     sizes = batch_rows(num_train, batch)
     links = [cluster.between(r, r + 1, shared_ring) for r in range(p - 1)]
     free_at = [0.0] * p  # when each outgoing link is free again
     reduce_cost = allreduce_time(FLOAT * (len(dims) + 4), p, cluster.collective_link(p), "tree")
-    weights = [FLOAT * (dims[i] * dims[i + 1] + dims[i + 1]) for i in range(len(dims) - 1)]
+    weights = costs.weight_bytes or [FLOAT * (dims[i] * dims[i + 1] + dims[i + 1]) for i in range(len(dims) - 1)]
 
     def send(r: int, arrival: Signal, nbytes: float) -> None:
         link = links[r]

@@ -44,3 +44,26 @@ def test_the_conv_bench_refuses_a_missing_folder_in_one_line(tmp_path):
                       str(tmp_path / "nowhere"), "--epochs", "1")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if ": error: " in line]
+
+
+def test_the_model_calibrates_on_a_conv_pipeline_run_and_predicts_its_p2_run(image_folder, tmp_path):
+    from helpers import mpirun
+    from pffbench.perfmodel import calibrate, validate
+    from pffbench import results
+    out = tmp_path / "conv.h5"
+    flags = ["-m", "pffbench.run", "--conv", "10,20", "--objective", "local-softmax", "--dataset", "imagefolder",
+             "--data-dir", str(image_folder), "--epochs", "2", "--batch-size", "16", "--threads", "1", "--quiet",
+             "--layer-costs", "1,3", "--out", str(out)]
+    for ranks in (1, 2):
+        done = mpirun(ranks, *flags, "--name", f"conv-p{ranks}", timeout=120)
+        assert done.returncode == 0, done.stderr
+    one = next(run for run in results.read_runs(str(out)) if run.name == "conv-p1")
+    costs = calibrate.from_run(one)
+    assert costs.kind == "conv" and len(costs.step) == 2 and all(s > 0 for s in costs.step)
+    assert costs.split == [1, 3] and costs.dims == list(one.attrs["dims"])  # the run's split, its messages
+    assert costs.weight_bytes[0] == 4 * (3 * 9 * 10 + 2 * 10 + 10 * 4 * 10 + 10)  # conv, GroupNorm, the head
+    with pytest.raises(ValueError, match="its own net and batch only"):
+        calibrate.retarget(costs, batch=32)
+    checks, skipped = validate.check(str(out))
+    assert not skipped and sorted(c.p for c in checks) == [1, 2]
+    assert all(c.predicted > 0 and c.calibration == "conv-p1" for c in checks)

@@ -163,7 +163,8 @@ def test_a_one_rank_pipeline_run_learns_textures():
     assert result.test_accuracy[-1] == last > 0.9 and summed > 0.9  # 4 classes: chance is 0.25
 
 
-def test_the_performance_model_refuses_cwcomp_in_one_line():
+def test_the_performance_model_refuses_cwcomp_without_a_run_in_one_line():
     from pffbench.perfmodel import calibrate
-    with pytest.raises(UsageError, match=r"^--objective cwcomp trains conv nets; the model predicts MLPs only, so far$"):
+    with pytest.raises(UsageError, match=r"^--objective cwcomp trains conv nets, which the model predicts from a "
+                                         r"1-rank run of the net \(.*\), not from the MLP microbenchmarks$"):
         calibrate.measured("pipeline", [784, 100], 64, objective="cwcomp")
