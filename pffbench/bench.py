@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
+from .launch.cli import _int_list
 from .launch.command import command
 from .core.config import UsageError
 from .core.cpu_quota import usable_cores
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--second-width", type=int, default=0,
                         help="the second hidden layer (default: the width whose step takes as long as rank 0's "
                              "data and first-layer step, measured on this machine: a balanced pipeline)")
-    parser.add_argument("--conv", type=lambda text: tuple(int(c) for c in text.split(",")), default=None,
+    parser.add_argument("--conv", type=_int_list, default=None,
                         metavar="C1,C2,...",
                         help="bench a conv net instead (pipeline, --objective local-softmax): its blocks' channels; "
                              "its layers are split by their measured step times (probes/layer_costs.py), and the "
@@ -145,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     opts = parser.parse_args(argv)
-    opts.epochs = opts.epochs or (1 if opts.conv else 2)
+    if opts.epochs is None:
+        opts.epochs = 1 if opts.conv else 2
+    if opts.conv is not None and len(opts.conv) < 2:
+        parser.error("--conv needs at least 2 blocks: the bench splits the net over 2 ranks")
     for flag in ("width", "epochs", "batch_size", "repeats"):
         if getattr(opts, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")

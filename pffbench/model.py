@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs (the PFF variants: chapters too, unless --splits; their wavefront fills only "
                         "with chapters >= p, so 1 chapter gives no speedup)")
     p.add_argument("--splits", type=int, default=0, help="PFF chapters (default: one per epoch)")
-    p.add_argument("--num-train", type=int, default=60000, help="training rows per epoch")
+    p.add_argument("--num-train", type=int, default=None,
+                   help="training rows per epoch (default: 60000; a conv net's calibration: its run's)")
     p.add_argument("--ranks", type=_ints, default=[1, 2, 4, 8, 16, 32, 64],
                    help="rank counts p, comma-separated (a variant is predicted only where it can run)")
     p.add_argument("--calibrate", metavar="RESULTS.h5", help="calibrate from a 1-rank run in this file "
@@ -210,7 +211,8 @@ def cmd_predict(args) -> int:
     if args.race:
         return cmd_race(args)
     cluster = cluster_from(args)
-    settings = model.Settings(args.num_train, args.epochs, args.splits, True, args.allreduce)
+    if args.num_train is not None and args.num_train < 1:
+        raise UsageError(f"--num-train must be >= 1, got {args.num_train}")
     rows = []
     for variant in [v.strip() for v in args.variant.split(",") if v.strip()]:
         if variant not in model.VARIANTS:
@@ -219,6 +221,8 @@ def cmd_predict(args) -> int:
         microbatches = getattr(costs, "microbatches", None)
         conv = getattr(costs, "split", None) is not None  # a conv net's layers, as its run had them
         layers = len(costs.dims) - 1 if conv else len(args.layers)
+        num_train = args.num_train or (costs.num_train if conv else 60000)
+        settings = model.Settings(num_train, args.epochs, args.splits, True, args.allreduce)
         ranks = [p for p in args.ranks if model.runs_on(variant, p, layers, microbatches)]
         rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
     inter = cluster.inter

@@ -39,6 +39,7 @@ the target and the search goes on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -182,25 +183,44 @@ def tag_of(config, ranks: int) -> str:
     return f"tune-{config.variant}-{config.objective or 'default'}-p{ranks}{threads}"
 
 
-def _shared(args, targets, contender) -> list[dict]:
-    """--trials-of: the twin's trials, one per learning rate of the grid, read from --out; UsageError if one is
-    missing (run the twin first)."""
+# what a shared search must have in common with this contender's runs (besides the learning rate)
+SHARED = ("dataset", "conv", "layers", "epochs", "batch_size", "seed", "validation", "target_accuracy", "augment",
+          "cooldown", "eval_every_steps")
+
+
+def _shared(args, passthrough, targets, contender) -> list[dict]:
+    """--trials-of: the twin's trials, one per learning rate of the grid, read from --out (a trial the twin
+    recorded as failed, or never recorded, counts as reaching nothing, as in its own search); UsageError if
+    it has none, or if its runs trained other work than this contender's would (SHARED)."""
+    ours = dataclasses.asdict(parse_config([*passthrough, "--validation", str(args.validation), "--seed",
+                                            str(args.seed), "--target-accuracy", f"{max(targets):g}",
+                                            *_common(args)]))
     trials = []
     for lr in learning_rates(args.lr_min, args.lr_max, args.grid):
-        name = f"{args.trials_of}-lr{lr:g}-validation"
-        run = _record(args.out, name)
-        if run is None:
-            raise UsageError(f"--trials-of {args.trials_of}: no run {name} in {args.out}; tune that contender first")
-        contender.trials[lr] = run
+        run = _record(args.out, f"{args.trials_of}-lr{lr:g}-validation")
+        if run is not None:
+            differ = [key for key in SHARED if _plain(run.config.get(key)) != _plain(ours.get(key))]
+            if differ:
+                raise UsageError(f"--trials-of {args.trials_of}: its trials trained other work ({', '.join(differ)} "
+                                 f"differ); share a search only between contenders of one workload")
+            contender.trials[lr] = run
         trials.append({"lr": lr, **_figures(run, targets)})
+    if not contender.trials:
+        raise UsageError(f"--trials-of {args.trials_of}: no trial of it in {args.out}; tune that contender first")
+    contender.trials_of = args.trials_of
     print(f"trials: those of {args.trials_of} (the same weights), {len(trials)} learning rates", flush=True)
     return trials
+
+
+def _plain(value):
+    """A setting as a results file gives it back (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _search(args, passthrough, targets, tag, contender) -> list[dict]:
     """The trials, one per learning rate, on validation; each stops at the highest target."""
     if args.trials_of:
-        return _shared(args, targets, contender)
+        return _shared(args, passthrough, targets, contender)
     trials = []
     for lr in learning_rates(args.lr_min, args.lr_max, args.grid):
         run = _launch(args, passthrough, f"{tag}-lr{lr:g}-validation",
@@ -246,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"pffbench: error: {error}", file=sys.stderr)
         return 2
-    if contender.trials:  # the threads the runs had (0 asks for the default)
-        contender.threads = race._threads(next(iter(contender.trials.values())))
+    own = [run for runs in contender.repeats.values() for run in runs] or list(contender.trials.values())
+    if own:  # the threads this contender's runs had (0 asks for the default; shared trials are the twin's)
+        contender.threads = race._threads(own[0])
     rows = race.race_rows([contender], targets, planned=args.repeats)
     keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "eval_seconds")
     summary = {"targets": targets, "ranks": args.ranks, "variant": config.variant, "objective": config.objective,

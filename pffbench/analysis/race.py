@@ -44,6 +44,7 @@ class Contender:
     workload: tuple = ()                         # data set, net, epochs, batch: races on different work differ
     trials: dict = field(default_factory=dict)   # lr -> the validation run (the newest of its name)
     repeats: dict = field(default_factory=dict)  # lr -> the test runs, one per seed (the newest), in seed order
+    trials_of: str | None = None                 # the twin whose trials these are (tune --trials-of), if shared
 
     @property
     def label(self) -> str:
@@ -63,10 +64,20 @@ def _threads(run) -> int:
     return int(np.max(threads)) if np.ndim(threads) else int(threads)
 
 
+def same_weights(contender: Contender) -> tuple:
+    """What a contender computes from a learning rate, up to round-off (tests/mpi): the backprop family's
+    variants at any ranks and threads alike, a local rule's pipeline at any ranks alike.  Contenders with
+    one key share one search (tune --trials-of)."""
+    family = "backprop" if VARIANTS[contender.variant].baseline else (contender.variant, contender.objective)
+    return family, contender.workload
+
+
 def contenders(runs: list) -> list[Contender]:
     """The tune runs among ``runs`` (named tune-..., in the order appended), grouped by contender and
     workload (data set, net, epochs, batch size), in the order first seen.  A run repeated under its
-    name (a contender cut off and run again) counts once, the newest; so does a seed repeated at one lr."""
+    name (a contender cut off and run again) counts once, the newest; so does a seed repeated at one lr.
+    A contender with test repeats but no trials of its own (tune --trials-of) takes those of the first
+    contender computing the same weights (``same_weights``) that has them, named in ``trials_of``."""
     found: dict = {}
     for run in runs:
         if not run.name.startswith("tune-"):
@@ -74,6 +85,8 @@ def contenders(runs: list) -> list[Contender]:
         c = run.config
         key = (c["variant"], c.get("objective"), int(run.attrs.get("world_size", 1)), _threads(run))
         workload = (c.get("dataset"), tuple(c.get("layers") or ()), c.get("epochs"), c.get("batch_size"))
+        if c.get("conv"):  # a conv net's blocks (an MLP's workload stays as it was keyed)
+            workload += (tuple(c["conv"]),)
         contender = found.setdefault((key, workload), Contender(*key, workload=workload))
         lr = float(c["lr"])
         if int(c.get("validation") or 0) > 0:
@@ -82,6 +95,11 @@ def contenders(runs: list) -> list[Contender]:
             contender.repeats.setdefault(lr, {})[c.get("seed", 0)] = run
     for contender in found.values():
         contender.repeats = {lr: [by_seed[s] for s in sorted(by_seed)] for lr, by_seed in contender.repeats.items()}
+    for contender in found.values():
+        if contender.repeats and not contender.trials:
+            twin = next((d for d in found.values() if d.trials and same_weights(d) == same_weights(contender)), None)
+            if twin is not None:
+                contender.trials, contender.trials_of = twin.trials, twin.label
     return list(found.values())
 
 
@@ -179,7 +197,8 @@ def race_rows(all_contenders: list[Contender], targets: list[float], planned: in
             lr, how = pick_for(contender, accuracy)
             row = {"contender": contender.label, "variant": contender.variant, "objective": contender.objective,
                    "ranks": contender.ranks, "threads": contender.threads, "rival": contender.rival,
-                   "target": accuracy, "lr": lr, "picked_by": how,
+                   "target": accuracy, "lr": lr,
+                   "picked_by": how + (f"; the trials of {contender.trials_of}" if contender.trials_of else ""),
                    **measured(contender.repeats.get(lr, []), accuracy, planned)}
             block.append(row)
         rivals = [r["seconds"] for r in block if r["rival"] and math.isfinite(r["seconds"])]

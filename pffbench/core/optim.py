@@ -25,3 +25,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     groups from before lr_scale have none and take ``lr``)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def load_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)``, the optimizer staying fused: torch restores each saved group's
+    settings, so a checkpoint written by an unfused Adam (before every trainer made its optimizer here)
+    would otherwise resume on the slow kernel."""
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, None

@@ -93,9 +93,10 @@ def _model_flags(p, d: Config) -> None:
                             "local-softmax) (default: none, an MLP)")
     model.add_argument("--layer-costs", type=_int_list, default=d.layer_costs, metavar="C1,C2,...",
                        help="each hidden layer's cost (any unit: only their ratios count), for the partition of "
-                            "the pipeline's layers over ranks (pipeline, gpipe, 1f1b): what `python -m "
-                            "pffbench.probes.layer_costs` measures and prints (default: modelled, by weight "
-                            "counts, a conv net's by FLOPs)")
+                            "the pipeline's layers over ranks (pipeline, gpipe, 1f1b); `python -m "
+                            "pffbench.probes.layer_costs` measures and prints them for the local rules other than "
+                            "ff (gpipe, 1f1b and ff: give them by hand) (default: modelled, by weight counts, a conv "
+                            "net's by FLOPs)")
     model.add_argument("--augment", action="store_true",
                        help="random crop (4 pixels of zero padding, cropped back at a random offset) and horizontal "
                             "flip (p = 0.5) of every training image, the standard CIFAR-10 recipe; never of test or "

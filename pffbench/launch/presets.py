@@ -97,7 +97,8 @@ FULL_ROWS_GLOB = "paper-full-*.h5"
 
 
 def full_rows(folder: Path = FULL_ROWS) -> dict[str, str]:
-    """Each preset's newest complete full-length run (its preset's epochs) in ``folder``'s paper-full-*.h5:
+    """Each preset's complete full-length run (its preset's epochs; the last one in the files' name order) in
+    ``folder``'s paper-full-*.h5:
     "98.43 %, 9,976 s, 2 ranks, Intel Xeon" (test accuracy, wall time, ranks, the CPU); none where the folder
     is not there (an installed copy) or a file cannot be read."""
     from ..store.reader import read_runs
@@ -107,13 +108,16 @@ def full_rows(folder: Path = FULL_ROWS) -> dict[str, str]:
             runs = read_runs(str(path))
         except Exception:  # noqa: BLE001 -- a listing never fails on a results file; the row shows '-'
             continue
-        for run in runs:
+        for run in runs:  # in the order written: a later run of a preset replaces an earlier one
             name = run.config.get("preset")
             if name in PRESETS and run.attrs.get("status") == "complete" and \
                     run.config.get("epochs") == PRESETS[name].settings["epochs"]:
                 cpu = str(run.attrs.get("cpu_model", "")).replace("(R)", "").replace(" Processor", "").strip()
-                found[name] = (f"{100 * run.attrs['final_test_accuracy']:.2f} %, {run.attrs['wall_time']:,.0f} s, "
-                               f"{run.attrs['world_size']} ranks{', ' + cpu if cpu else ''}")
+                try:
+                    found[name] = (f"{100 * run.attrs['final_test_accuracy']:.2f} %, {run.attrs['wall_time']:,.0f} "
+                                   f"s, {run.attrs['world_size']} ranks{', ' + cpu if cpu else ''}")
+                except (KeyError, TypeError, ValueError):  # a run without its figures: the row shows '-'
+                    continue
     return found
 
 
@@ -122,7 +126,7 @@ def listing() -> str:
     figures where one was measured: a full-length row in results/ (full_rows), else a shorter run's duration
     (``Preset.measured``, docs/measurements.md)."""
     measured = {name: p.measured for name, p in PRESETS.items() if p.measured} | full_rows()
-    width = max(31, *(len(text) for text in measured.values()))
+    width = max([31, *(len(text) for text in measured.values())])
     lines = [f"{'preset':<37} {'ranks':>5}  {'net':<16} {'epochs':>6}  {'paper time (s)':>14}  {'paper acc %':>13}  "
              f"{'measured here':<{width}}  table"]
     for name, p in PRESETS.items():

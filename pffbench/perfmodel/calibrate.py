@@ -43,6 +43,7 @@ class FFCosts:
     message_rows: int = 2      # rows of activity per example a layer sends on (profile.MESSAGE_ROWS)
     split: list | None = None  # the costs the partition balances (a conv net's); None: layer_costs(dims)
     weight_bytes: list | None = None  # each layer's parameters (with its head), gathered to evaluate; None: dims'
+    num_train: int = 0         # a conv net's run: its training rows an epoch (0: not from such a run)
 
 
 @dataclass
@@ -169,9 +170,10 @@ def _conv_from_run(run: results.Run) -> FFCosts:
     if VARIANTS[variant].family != "pipeline" or VARIANTS[variant].pff:
         raise ValueError(f"run {run.name} trains a conv net with {variant}: the model predicts conv nets in the "
                          "activation pipeline only, so far")
-    for check in (lambda: int(run.attrs.get("world_size", 0)) == 1, lambda: run.attrs.get("status") == "complete"):
-        if not check():
-            raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
+    if int(run.attrs.get("world_size", 0)) != 1 or run.attrs.get("status", "complete") != "complete":
+        raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
+    if "layer_shapes" not in run.attrs or "class_names" not in run.attrs:
+        raise ValueError(f"run {run.name} does not record its conv net's shapes (written before they were kept)")
     known = {f for f in Config.__dataclass_fields__}
     config = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in run.config.items() if k in known})
     shapes = [tuple(s) for s in run.attrs["layer_shapes"]]
@@ -197,7 +199,8 @@ def _conv_from_run(run: results.Run) -> FFCosts:
                    float(a["timing/data"][0].mean()) / full, 0.0, 0.0, sync=float(a["timing/sync"][0].mean()),
                    eval=float(evals[evals > 0].max()) if (evals > 0).any() else 0.0, scale=scale,
                    source=f"run {run.name}", message_rows=rule.message_rows(1),
-                   split=list(config.layer_costs or rule.conv_costs(net)), weight_bytes=weight_bytes)
+                   split=list(config.layer_costs or rule.conv_costs(net)), weight_bytes=weight_bytes,
+                   num_train=shape.num_train)
 
 
 def _backprop_from_run(run, variant: str, batch: int, threads: int, evaluation: float, profile=None):

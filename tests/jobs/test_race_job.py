@@ -31,7 +31,7 @@ def test_the_cifar10_race_measures_costs_once_and_shares_searches(image_folder, 
     done = subprocess.run(["bash", "jobs/race.sbatch", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=840)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    costs = (summaries / "layer-costs-local-softmax.txt").read_text().split()
+    costs = (summaries / "layer-costs-local-softmax-conv40-80-160.txt").read_text().split()
     assert costs[0] == "--layer-costs" and len(costs[1].split(",")) == 3  # three blocks
     for name in CONTENDERS.split():
         assert (summaries / f"{name}.json").is_file(), name
@@ -43,6 +43,11 @@ def test_the_cifar10_race_measures_costs_once_and_shares_searches(image_folder, 
     pipeline = [run for run in results.read_runs(str(out)) if run.config["objective"] == "local-softmax"]
     assert pipeline and all(list(run.config["layer_costs"]) == [int(c) for c in costs[1].split(",")]
                             for run in pipeline)
+    table = done.stdout[done.stdout.index("race: pipeline-local-softmax-p1"):]
+    for label in ("backprop, 1 x 2", "dp-backprop, 2 x 1", "pipeline x local-softmax, 2 x 1",
+                  "pipeline x local-softmax, 1 x 1"):  # every contender in the race's table, shared searches too
+        assert label in table, table
+    assert "the trials of tune-pipeline-local-softmax-p2-t1" in json.dumps(shared["picks"])
     again = subprocess.run(["bash", "jobs/race.sbatch", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)  # resumed: every contender done before, nothing runs again
     assert again.returncode == 0 and again.stdout.count("done before") == 4, again.stdout + again.stderr

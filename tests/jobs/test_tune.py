@@ -114,4 +114,8 @@ def test_a_contender_computing_the_same_weights_takes_its_twins_trials_and_runs_
     assert p2["trials_of"] == "tune-pipeline-local-softmax-p1-t1" and p2["trials"] == p1["trials"]
     assert p2["picks"]["0.5"]["lr"] == p1["picks"]["0.5"]["lr"]
     missing = tune(*flags, "--trials-of", "tune-nobody", timeout=120)
-    assert missing.returncode == 2 and "--trials-of tune-nobody: no run tune-nobody-lr" in missing.stderr
+    assert missing.returncode == 2 and "--trials-of tune-nobody: no trial of it in" in missing.stderr
+    other = [flag if flag != "1" or i == 0 or flags[i - 1] != "--epochs" else "2" for i, flag in enumerate(flags)]
+    assert other != flags
+    differ = tune(*other, "--trials-of", "tune-pipeline-local-softmax-p1-t1", timeout=120)  # other work: refused
+    assert differ.returncode == 2 and "its trials trained other work (epochs differ)" in differ.stderr

@@ -180,15 +180,13 @@ def test_layer_costs_set_the_conv_pipelines_partition_and_change_no_weight(synth
     """--layer-costs (probes/layer_costs.py's measured costs) split the layers, not the FLOPs: here the last
     dense layer alone against the rest at 2 ranks (the FLOPs give the first block alone), and p ranks still
     give the 1-rank weights bit for bit."""
-    comm = MPI.COMM_WORLD
     config = dataclasses.replace(CONV, objective="local-softmax", layer_costs=(1, 1, 1, 5))
-    parallel = _train(config, comm, synthetic_images)
-    if comm.rank != 0:
-        assert parallel is None
+    pair = against_one_rank(_train, config, synthetic_images)
+    if pair is None:
         return
+    parallel, sequential = pair
     held = [list(block) for block in parallel.blocks]
-    assert held == [list(block) for block in balanced_partition(config.layer_costs, comm.size)]
-    if comm.size == 2:
+    assert held == [list(block) for block in balanced_partition(config.layer_costs, MPI.COMM_WORLD.size)]
+    if MPI.COMM_WORLD.size == 2:
         assert held == [[0, 1, 2], [3]]
-    sequential = _train(config, MPI.COMM_SELF, synthetic_images)
     assert largest_difference(parallel, sequential) == 0.0

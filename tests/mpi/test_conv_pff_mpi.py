@@ -11,7 +11,7 @@ import pytest
 
 from pffbench.core.config import Config
 from pffbench.core.variants import VARIANTS
-from compare import against_one_rank, assert_equal# every tensor, loss and accuracy bit for bit
+from compare import against_one_rank, assert_equal  # every tensor, loss and accuracy bit for bit
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]

@@ -45,3 +45,16 @@ def test_heads_backprop_trainers_and_scaled_layers_step_with_the_fused_adam():
     optim.set_lr(layer.optimizer, 0.5)
     assert [group["lr"] for group in layer.optimizer.param_groups] == [0.5 * layer.optimizer.param_groups[0]
                                                                        ["lr_scale"], 0.5]
+
+
+def test_a_checkpoint_of_an_unfused_adam_resumes_fused():
+    # torch restores a saved group's settings: a checkpoint from before every trainer was fused would resume slow
+    linear = torch.nn.Linear(8, 8)
+    old = torch.optim.Adam(linear.parameters(), lr=1e-3)
+    linear(torch.ones(2, 8)).sum().backward()
+    old.step()
+    resumed = optim.adam(linear.parameters(), 1e-3)
+    optim.load_state(resumed, old.state_dict())
+    assert all(group["fused"] is True for group in resumed.param_groups)
+    assert torch.equal(resumed.state[linear.weight]["exp_avg"], old.state[linear.weight]["exp_avg"])
+    resumed.step()  # and it steps

@@ -38,7 +38,7 @@ class Trainer:
 
     def restore(self, state: dict) -> None:
         self.module.load_state_dict(state[self.state_key])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optim.load_state(self.optimizer, state["optimizer"])
 
     def close(self) -> None:
         pass

@@ -36,6 +36,7 @@ import numpy as np
 from ... import ff
 from ...comm import collectives, guard, shm_space
 from .. import ending as outcome
+from ...core import optim
 from ...core.config import Config
 from ...core.types import Shape, TrainResult, batch_rows
 from ...core.world import World
@@ -293,6 +294,6 @@ def _restore(state, stage: Stage, source, timer, loss, accuracy) -> int:
         module.load_state_dict(state["layers"][i])
         if hasattr(layer, "head"):
             layer.head.load_state_dict(state["heads"][i])
-        layer.optimizer.load_state_dict(state["optimizers"][i])
+        optim.load_state(layer.optimizer, state["optimizers"][i])
     return outcome.restore_state(state, loss, accuracy, timer, source.generator if source else None)
 
