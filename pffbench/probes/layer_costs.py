@@ -7,7 +7,8 @@ GroupNorm, ReLU and pooling at full resolution cost far more than their FLOPs sa
 ``--conv 40,80,160``, local-softmax: the FLOPs split left rank 1 waiting 50-58 % of its time;
 docs/measurements.md).  This probe times what the pipeline runs, each layer's step through its rule
 (``rule.step``: forward, the local loss, backward, the Adam step) on a minibatch of the run's size, on
-this process's torch threads, warm-up first, then the median of the timed repetitions::
+this process's torch threads, warm-up first, then the median of the timed repetitions, the layers taken in
+turn (a round of one step each)::
 
     python -m pffbench.probes.layer_costs --conv 40,80,160 --objective local-softmax --dataset imagefolder \\
         --data-dir DIR --threads 1
@@ -29,7 +30,7 @@ from ..core.partition import balanced_partition
 from ..core.types import Shape
 from ..launch.command import command
 
-WARMUP, REPEATS = 3, 10
+WARMUP, REPEATS = 5, 20
 
 
 def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", warmup: int = WARMUP,
@@ -57,22 +58,24 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
     else:
         widths = [rule.input_width(shape.num_features), *config.layers]
         make = lambda index: rule.make_layer(index, widths, shape.num_classes, config, device)  # noqa: E731
-    seconds = []
-    for index in range(len(widths) - 1):
-        layer = make(index)
-        x = torch.rand(rule.message_rows(n), widths[index], generator=generator).to(device)
-        times = []
-        for repeat in range(warmup + repeats):
+    layers = [make(index) for index in range(len(widths) - 1)]
+    inputs = [torch.rand(rule.message_rows(n), widths[index], generator=generator).to(device)
+              for index in range(len(layers))]
+    side = side.to(device)
+    times = [[] for _ in layers]
+    # round-robin: one step of every layer a round, so a change in the host's speed (other jobs, the clock)
+    # falls on every layer alike instead of on whichever was being timed
+    for repeat in range(warmup + repeats):
+        for layer, x, kept in zip(layers, inputs, times):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            rule.step(layer, x, side.to(device), n)
+            rule.step(layer, x, side, n)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if repeat >= warmup:
-                times.append(time.perf_counter() - start)
-        seconds.append(statistics.median(times))
-    return seconds
+                kept.append(time.perf_counter() - start)
+    return [statistics.median(kept) for kept in times]
 
 
 def costs_flag(seconds: list[float]) -> str:
