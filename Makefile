@@ -14,7 +14,7 @@ MPIEXEC ?= $(if $(MPI_EXTRA),$(VENV)/bin/mpiexec,mpiexec)
 # Open MPI as root also needs: MPIEXEC_FLAGS=--oversubscribe plus OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIEXEC_FLAGS ?=
 RUN_ARGS ?=
-BENCH_CONV ?= 40,80,160
+BENCH_CONV ?= 20,80,160,320
 TEST_TIMEOUT ?= 900
 
 PY := $(VENV)/bin/python
