@@ -38,3 +38,20 @@ def assert_same_model(path_a, path_b, parts=("layers", "heads")) -> dict:
                 compared += 1
     assert compared, f"no tensors in {parts} to compare"
     return a
+
+
+def write_image_folder(root: Path, classes: int = 4, train: int = 24, test: int = 8) -> Path:
+    """An image folder (--dataset imagefolder) of 8x8 RGB PNGs: class k a bright 4x4 patch in quadrant k mod 4
+    of channel k mod 3, on noise; ``train`` and ``test`` images per class.  Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("test", test)):
+        for k in range(classes):
+            (root / split / f"class{k}").mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 96, (8, 8, 3), dtype=np.uint8)
+                top, left = 4 * (k % 4 // 2), 4 * (k % 2)
+                pixels[top:top + 4, left:left + 4, k % 3] = 255
+                Image.fromarray(pixels).save(root / split / f"class{k}" / f"{i:03d}.png")
+    return root

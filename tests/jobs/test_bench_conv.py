@@ -1,24 +1,14 @@
 """`python -m pffbench.bench --conv` (make bench-conv): a conv net's layers timed, split by those times, and the
 pipeline at 1 and 2 ranks measured against the bound of that split; on a tiny image folder made here."""
-import numpy as np
 import pytest
 
-from helpers import MPIEXEC
+from helpers import MPIEXEC, write_image_folder
 from test_harness import run_module
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from PIL import Image
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 16), ("test", 4)):
-        for label in range(10):
-            (root / split / f"c{label}").mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f"c{label}" / f"{i}.png")
-    return root
+    return write_image_folder(tmp_path_factory.mktemp("images"), classes=10, train=16, test=4)
 
 
 def test_the_conv_bench_splits_by_measured_costs_and_prints_both_bounds(image_folder):

@@ -16,7 +16,8 @@ from pffbench.schedules.backprop import ddp, torch_pipeline
 from pffbench.schedules.pipeline import schedule as pipeline
 from pffbench.core.partition import balanced_partition
 
-from compare import against_one_rank, largest_difference, tensors
+from compare import against_one_rank, assert_equal, largest_difference
+from helpers import write_image_folder
 
 MPI = pytest.importorskip("mpi4py.MPI")
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.timeout(300)]
@@ -91,12 +92,7 @@ def test_conv_pipeline_gives_the_sequential_weights(transport, synthetic_images)
     assert len(parallel.heads) == 4 and len(parallel.blocks) == comm.size
     if comm.size == 2:  # the first block against the rest (their FLOPs with their heads)
         assert [list(block) for block in parallel.blocks] == [[0], [1, 2, 3]]
-    ours, theirs = tensors(parallel), tensors(sequential)
-    assert [name for name, _ in ours] == [name for name, _ in theirs]
-    for (name, a), (_, b) in zip(ours, theirs):
-        assert torch.equal(a, b), name
-    np.testing.assert_array_equal(parallel.loss, sequential.loss)
-    np.testing.assert_array_equal(parallel.test_accuracy, sequential.test_accuracy)
+    assert_equal(parallel, sequential)
     assert parallel.attrs["transport"] == ("shared" if transport == "auto" else "messages")
     assert parallel.test_accuracy[-1] > 0.3  # 10 classes: chance is 0.1
 
@@ -119,27 +115,7 @@ def test_conv_resume_gives_the_uninterrupted_weights(variant, synthetic_images, 
     if comm.rank != 0:
         return
     assert resumed.attrs["resumed_from_epoch"] == 1
-    ours, theirs = tensors(whole), tensors(resumed)
-    assert [name for name, _ in ours] == [name for name, _ in theirs] and ours
-    for (name, a), (_, b) in zip(ours, theirs):
-        assert torch.equal(a, b), name
-    np.testing.assert_array_equal(whole.loss, resumed.loss)
-    np.testing.assert_array_equal(whole.test_accuracy, resumed.test_accuracy)
-
-
-def _write_image_folder(root) -> None:
-    """4 classes of 8x8 RGB images: class k a bright 4x4 patch in quadrant k of channel k mod 3, on noise;
-    24 training and 8 test images per class."""
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 24), ("test", 8)):
-        for k in range(4):
-            (root / split / f"class{k}").mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 96, (8, 8, 3), dtype=np.uint8)
-                top, left = 4 * (k // 2), 4 * (k % 2)
-                pixels[top:top + 4, left:left + 4, k % 3] = 255
-                Image.fromarray(pixels).save(root / split / f"class{k}" / f"{i:03d}.png")
+    assert_equal(whole, resumed)
 
 
 @pytest.mark.parametrize("variant", ["dp-backprop", "pipeline"])
@@ -152,7 +128,7 @@ def test_conv_run_is_recorded_with_its_net(variant, tmp_path_factory):
     comm = MPI.COMM_WORLD
     base = tmp_path_factory.mktemp("conv-run") if comm.rank == 0 else None
     if comm.rank == 0:
-        _write_image_folder(base / "images")
+        write_image_folder(base / "images")
     base = comm.bcast(str(base) if base is not None else None)
     config = Config(variant=variant, dataset="imagefolder", data_dir=os.path.join(base, "images"), conv=(4, 8),
                     layers=(16, 12), epochs=3, batch_size=16, lr=3e-3, threads=1, quiet=True,
