@@ -232,12 +232,12 @@ def conv_bench(opts, cores: int, threads: int) -> int:
     try:
         config = parse_config(flags)
         data = load_dataset(opts.dataset, opts.data_dir)
-        shape = Shape(data.x_train.shape[0], data.num_features, data.num_classes, tuple(data.image_shape))
+        shape = Shape.of(data)
         seconds = layer_costs.measure(config, shape)
     except DataError as error:  # one line, exit 2 (launch/command.py)
         raise UsageError(str(error)) from None
     costs = layer_costs.costs_flag(seconds)
-    blocks = balanced_partition([int(c) for c in costs.split()[1].split(",")], 2)
+    blocks = balanced_partition(layer_costs.costs_of(seconds), 2)
     stages = [sum(seconds[i] for i in block) for block in blocks]
     cases = [(1, threads), (2, threads)]
     with tempfile.TemporaryDirectory() as scratch:

@@ -84,8 +84,7 @@ def load_data_on_root(config: Config, world: World):
                 message = f"{config.dataset}: {dataset.num_features} features leave no room for the label embedding"
         except DataError as error:
             message = str(error)
-        shape = None if message else Shape(
-            dataset.x_train.shape[0], dataset.num_features, dataset.num_classes, tuple(dataset.image_shape))
+        shape = None if message else Shape.of(dataset)
     else:
         shape = None
     # the others sleep meanwhile (a blocking bcast would spin, taking cores from the loading); no time limit,

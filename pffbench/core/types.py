@@ -20,6 +20,11 @@ class Shape:
     num_classes: int
     image_shape: tuple[int, ...] | None = None
 
+    @classmethod
+    def of(cls, dataset) -> "Shape":
+        """The Shape of a loaded Dataset (datasets/files.py): its training rows, features, classes, image."""
+        return cls(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes, tuple(dataset.image_shape))
+
 
 @dataclass
 class TrainResult:

@@ -78,10 +78,15 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
     return [statistics.median(kept) for kept in times]
 
 
+def costs_of(seconds: list[float]) -> list[int]:
+    """Measured seconds per layer as --layer-costs takes them: microseconds, at least 1 (integers: the
+    partition needs only their ratios)."""
+    return [max(1, round(s * 1e6)) for s in seconds]
+
+
 def costs_flag(seconds: list[float]) -> str:
-    """``--layer-costs`` of measured seconds per layer, in microseconds (integers: the partition needs only
-    their ratios)."""
-    return "--layer-costs " + ",".join(str(max(1, round(s * 1e6))) for s in seconds)
+    """The ``--layer-costs`` flag of measured seconds per layer (``costs_of``)."""
+    return "--layer-costs " + ",".join(map(str, costs_of(seconds)))
 
 
 @command("pffbench.probes.layer_costs")
@@ -97,12 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset = load_dataset(config.dataset, config.data_dir)
     except DataError as error:  # one line, exit 2 (launch/command.py)
         raise UsageError(str(error)) from None
-    shape = Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes, tuple(dataset.image_shape))
-    seconds = measure(config, shape, config.device)
+    seconds = measure(config, Shape.of(dataset), config.device)
     print(f"layer step ms (median of {REPEATS}, batch {config.batch_size}, {torch.get_num_threads()} thread(s)): "
           + "  ".join(f"{i}: {1e3 * s:.2f}" for i, s in enumerate(seconds)))
     for ranks in range(2, min(4, len(seconds)) + 1):
-        blocks = balanced_partition([max(1, round(s * 1e6)) for s in seconds], ranks)
+        blocks = balanced_partition(costs_of(seconds), ranks)
         stage_ms = [1e3 * sum(seconds[i] for i in block) for block in blocks]
         print(f"{ranks} ranks: blocks {[f'{b.start}-{b.stop - 1}' for b in blocks]}, stage ms "
               f"{' / '.join(f'{ms:.2f}' for ms in stage_ms)} (balance {min(stage_ms) / max(stage_ms):.0%})")
