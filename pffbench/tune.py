@@ -34,7 +34,10 @@ gets the pick its twin's search made, and only its test repeats run.
 Every trial and repeat is appended to ``--out`` (named tune-...), the
 summary printed, and written as JSON to ``--summary`` if given.  Usage
 errors: one line, exit 2; a trial that fails is recorded as not reaching
-the target and the search goes on.
+the target and the search goes on.  A tune cut short (a session's end, a
+requeued job) resumes run by run: run again, it keeps each trial and repeat
+it finished in ``--out`` with the same settings on the same kind of CPU, and
+runs the rest (``--fresh`` runs everything again).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials-of", default=None, metavar="TAG",
                    help="no search: take the validation trials of the contender whose runs in --out are named "
                         "TAG-lr...-validation (one computing the same weights: see above) and pick from them")
+    p.add_argument("--fresh", action="store_true",
+                   help="run every trial and repeat, even those an earlier, interrupted tune of this contender "
+                        "finished in --out (by default those are kept: a tune resumes run by run)")
     p.add_argument("--run-timeout", type=float, default=6 * 3600.0, metavar="SECONDS",
                    help="a run still going after this long is ended and counted as failed (default: %(default)s)")
     return p
@@ -139,19 +146,49 @@ def _launcher(ranks: int) -> list[str]:
 
 
 def _record(out: str, name: str):
-    """The run ``name`` in ``out`` (the last of that name), or None."""
+    """The newest run named ``name`` in ``out``, or None: a run appended under a name the file already
+    holds is stored as NAME-2, NAME-3, ... (store.writer.append_run), so those count as ``name`` too."""
     from .results import read_runs
     from .store.format import ResultsError
+    again = re.compile(re.escape(name) + r"(-\d+)?")
     try:
-        return next((r for r in reversed(read_runs(out)) if r.name == name), None)
+        return next((r for r in reversed(read_runs(out)) if again.fullmatch(r.name)), None)
     except ResultsError:
         return None
 
 
+# settings that leave a run's work and clock unchanged: a kept run may differ in them
+UNTIMED = ("out", "name", "quiet", "data_dir", "download", "trace", "peer_timeout", "checkpoint_dir", "resume",
+           "model_out")
+
+
+def _kept(args, flags: list[str], name: str):
+    """The run ``name`` an earlier, interrupted tune of this contender finished in --out, if it is this
+    run: complete, on as many ranks, on this kind of CPU (its seconds are this machine's), every setting
+    but UNTIMED the same.  None otherwise (then it runs again)."""
+    run = None if args.fresh else _record(args.out, name)
+    if run is None or run.attrs.get("status") != "complete" or run.attrs.get("world_size") != args.ranks:
+        return None
+    from .store.provenance import cpu_model
+    if run.attrs.get("cpu_model") != cpu_model():
+        return None
+    ours = dataclasses.asdict(parse_config(flags))
+    if any(_plain(run.config.get(key)) != _plain(value) for key, value in ours.items() if key not in UNTIMED):
+        return None
+    return run
+
+
 def _launch(args, passthrough: list[str], name: str, extra: list[str]):
     """One run, recorded in --out: its Run, or None if it failed (said in one line on stderr; it counts
-    as reaching no target).  UsageError if the run refused its flags (the same for every run)."""
-    command = [*_launcher(args.ranks), *passthrough, *_common(args), "--name", name, *extra]
+    as reaching no target).  A run an interrupted tune already finished is kept, not run again (_kept).
+    UsageError if the run refused its flags (the same for every run)."""
+    flags = [*passthrough, *_common(args), "--name", name, *extra]
+    kept = _kept(args, flags, name)
+    if kept is not None:
+        print(f"{name}: kept from an earlier tune ({kept.attrs.get('end_utc', 'time unknown')}; --fresh runs it "
+              "again)", flush=True)
+        return kept
+    command = [*_launcher(args.ranks), *flags]
     try:
         done = subprocess.run(command, timeout=args.run_timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True)
