@@ -16,6 +16,11 @@ turn (a round of one step each)::
 prints the milliseconds per layer and the ``--layer-costs`` flag that partitions by them; the run records
 the costs in its config, so a resumed run splits its layers as it did.  Inputs are random tensors of each
 layer's input shape (the time of these ops does not depend on the values: no sparsity is exploited).
+
+For the backprop pipelines (``--variant gpipe`` or ``1f1b``) a layer's step is what its stage computes of
+it in one minibatch: ``--microbatches`` forward and backward passes of n/M rows each (the input gradient
+too, but for the first layer, which has none to pass back), against a random gradient of its output,
+then one Adam step.  The head goes with the last block (core/partition.stage_layers) and is not timed.
 """
 from __future__ import annotations
 
@@ -37,17 +42,22 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
             repeats: int = REPEATS) -> list[float]:
     """Seconds of one training step of each hidden layer (index order) of the run ``config`` on data of
     ``shape``: the median of ``repeats`` steps after ``warmup``, each on fresh throwaway layers (the run's
-    own are untouched).  Raises UsageError for the ff rule and the backprop baselines (no per-layer step:
-    their partition stays the modelled one) and for a non-positive ``repeats``."""
+    own are untouched); a local rule's step, or a gpipe/1f1b stage's share of a minibatch (module
+    docstring).  Raises UsageError for the ff rule and the other variants (no per-layer step: their
+    partition stays the modelled one) and for a non-positive ``repeats``."""
     from ..learn import rules
     from ..learn.nets.conv import ConvNet
-    objective = rules.objective_of(config)
-    if objective in (None, "ff"):
-        raise UsageError(f"layer costs are measured for the generic local rules (local-softmax, scff, cwcomp), "
-                         f"not for {objective or config.variant}: its partition is the modelled one")
     if repeats < 1 or warmup < 0:
         raise UsageError("layer costs: repeats must be >= 1 and warmup >= 0")
-    rule, device = rules.module(objective), torch.device(device)
+    device = torch.device(device)
+    if config.variant in MICROBATCHED:
+        return _rounds(_backprop_steps(config, shape, device), device, warmup, repeats)
+    objective = rules.objective_of(config)
+    if objective in (None, "ff"):
+        raise UsageError(f"layer costs are measured for the generic local rules (local-softmax, scff, cwcomp) "
+                         f"and the backprop pipelines ({', '.join(MICROBATCHED)}), not for "
+                         f"{objective or config.variant}: its partition is the modelled one")
+    rule = rules.module(objective)
     n = config.batch_size
     generator = torch.Generator().manual_seed(config.seed)
     side = torch.randint(0, shape.num_classes, (rule.message_rows(n), 1), generator=generator).float()
@@ -62,15 +72,53 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
     inputs = [torch.rand(rule.message_rows(n), widths[index], generator=generator).to(device)
               for index in range(len(layers))]
     side = side.to(device)
-    times = [[] for _ in layers]
-    # round-robin: one step of every layer a round, so a change in the host's speed (other jobs, the clock)
-    # falls on every layer alike instead of on whichever was being timed
+    return _rounds([lambda layer=layer, x=x: rule.step(layer, x, side, n) for layer, x in zip(layers, inputs)],
+                   device, warmup, repeats)
+
+
+MICROBATCHED = ("gpipe", "1f1b")  # the backprop schedules that split their layers into stages
+
+
+def _backprop_steps(config: Config, shape: Shape, device: torch.device) -> list:
+    """One callable per hidden layer: its share of a gpipe/1f1b minibatch (see the module's docstring)."""
+    import torch.nn.functional as F
+    from ..core.optim import adam
+    from ..learn.nets.conv import ConvNet
+    from ..schedules.backprop.mlp import make_model
+    net = ConvNet.of(config, shape) if config.conv else None
+    dims = net.dims if net is not None else [shape.num_features, *config.layers, shape.num_classes]
+    model = make_model(dims, config.seed, net).to(device)
+    apply = net.apply if net is not None else (lambda index, layer, x: F.relu(layer(x)))
+    rows = config.batch_size // config.microbatches  # validate.py: the microbatches divide the minibatch
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = []
+    for index, layer in enumerate(model.hidden):
+        x = torch.rand(rows, dims[index], generator=generator).to(device).requires_grad_(index > 0)
+        with torch.no_grad():
+            grad = torch.randn_like(apply(index, layer, x))
+        optimizer = adam(layer.parameters(), config.lr)
+
+        def step(index=index, layer=layer, x=x, grad=grad, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            for _ in range(config.microbatches):
+                apply(index, layer, x).backward(grad)
+                x.grad = None
+            optimizer.step()
+        steps.append(step)
+    return steps
+
+
+def _rounds(steps: list, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """The median seconds of each of ``steps`` (callables), after ``warmup`` rounds.  Round-robin: one call
+    of every step a round, so a change in the host's speed (other jobs, the clock) falls on every layer
+    alike instead of on whichever was being timed."""
+    times = [[] for _ in steps]
     for repeat in range(warmup + repeats):
-        for layer, x, kept in zip(layers, inputs, times):
+        for step, kept in zip(steps, times):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            rule.step(layer, x, side, n)
+            step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if repeat >= warmup:

@@ -23,12 +23,29 @@ def test_a_conv_nets_layers_each_get_a_positive_time_and_the_flag_gives_their_ra
         (12300, 1, 500000)
 
 
-def test_an_mlp_of_a_generic_rule_is_measured_and_ff_and_the_baselines_are_refused():
+def test_an_mlp_of_a_generic_rule_is_measured_and_ff_and_the_unsplit_baselines_are_refused():
     config = parse_config(["--objective", "local-softmax", "--layers", "16,16", "--batch-size", "8"])
     assert len(layer_costs.measure(config, Shape(100, 100, 10), warmup=0, repeats=1)) == 2
-    for argv in (["--layers", "16,16"], ["--variant", "backprop", "--layers", "16,16"]):
+    for argv in (["--layers", "16,16"], ["--variant", "backprop", "--layers", "16,16"],
+                 ["--variant", "ddp", "--layers", "16,16"]):
         with pytest.raises(UsageError, match="modelled"):
             layer_costs.measure(parse_config(argv), Shape(100, 100, 10))
+
+
+@pytest.mark.parametrize("variant", ["gpipe", "1f1b"])
+def test_the_backprop_pipelines_layers_are_timed_as_their_stages_run_them(variant):
+    # gpipe/1f1b split a conv net by its FLOPs otherwise: on CIFAR-10's --conv 20,80,160,320 that gives
+    # rank 0 blocks 0-2, several times rank 1's time (docs/measurements.md)
+    torch.set_num_threads(1)
+    config = parse_config(["--variant", variant, "--conv", "8,16", "--layers", "32", "--batch-size", "16",
+                           "--microbatches", "4"])
+    seconds = layer_costs.measure(config, IMAGES, warmup=1, repeats=2)
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)  # the hidden layers; the head goes with the last
+    steps = layer_costs._backprop_steps(config, IMAGES, torch.device("cpu"))
+    layer = steps[1].__defaults__[1]  # a stage's share of a minibatch: its passes, then one Adam step
+    before = [p.detach().clone() for p in layer.parameters()]
+    steps[1]()
+    assert all(not torch.equal(a, b) for a, b in zip(before, layer.parameters()))
 
 
 def test_the_start_line_shows_the_partition_of_the_given_costs_not_the_modelled_one():

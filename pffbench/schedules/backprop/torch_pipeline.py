@@ -9,7 +9,9 @@ FF pipeline's own compute-balanced partition (core/partition.py, the same
 call as schedules/pipeline/), so each rank holds the same layers as in the
 FF pipeline; the head goes to the last rank.  With --conv the model is the
 conv net of learn/nets/conv.py, its blocks and dense layers balanced by
-their FLOPs (ConvNet.costs); activations travel between stages as
+their FLOPs (ConvNet.costs), or by ``--layer-costs`` (each layer's share of
+a minibatch measured: python -m pffbench.probes.layer_costs --variant gpipe;
+the FLOPs misjudge a block at full resolution); activations travel between stages as
 [rows, C, H, W] (the library sends any shape), and GroupNorm normalizes each
 example on its own, so a microbatch computes what its rows compute in the
 whole minibatch.  Each minibatch of n rows is cut
