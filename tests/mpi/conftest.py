@@ -16,8 +16,7 @@ def synthetic():
     torch.set_num_threads(1)
     assert comm.allgather(torch.get_num_threads()) == [1] * comm.size
     dataset = load_dataset("synthetic") if comm.rank == 0 else None
-    shape = comm.bcast(Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes)
-                       if dataset else None)
+    shape = comm.bcast(Shape.of(dataset) if dataset else None)
     return dataset, shape
 
 

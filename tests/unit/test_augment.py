@@ -172,7 +172,7 @@ def _image_set(train: int = 96, test: int = 40) -> Dataset:
 
 
 def _shape(dataset: Dataset) -> Shape:
-    return Shape(dataset.x_train.shape[0], dataset.num_features, dataset.num_classes, dataset.image_shape)
+    return Shape.of(dataset)
 
 
 def _backprop(config: Config, dataset: Dataset):

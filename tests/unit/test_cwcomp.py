@@ -159,7 +159,8 @@ def test_a_one_rank_pipeline_run_learns_textures():
     assert result.dims == [64, 64, 128] and result.heads == []
     assert [type(m).__name__ for m in result.linears] == ["ConvBlock"] * 2
     assert (result.loss[:, -1] < result.loss[:, 0]).all()
-    last, summed = cwcomp.conv_accuracies(result.linears, ConvNet.of(config, shape), data, torch.device("cpu"))
+    last, summed = cwcomp.conv_accuracies(result.linears, ConvNet.of(config, shape), data.x_test, data.y_test,
+                                           torch.device("cpu"))
     assert result.test_accuracy[-1] == last > 0.9 and summed > 0.9  # 4 classes: chance is 0.25
 
 

@@ -26,7 +26,7 @@ REFERENCE = Path(__file__).parent / "data" / "perf_opt_609dd2f.pt"
 def synthetic():
     torch.set_num_threads(1)
     data = load_dataset("synthetic")
-    return data, Shape(data.x_train.shape[0], data.num_features, data.num_classes)
+    return data, Shape.of(data)
 
 
 def train(config, synthetic):

@@ -31,8 +31,8 @@ local-softmax and cwcomp, in the pipeline) also offers
 ``linear``, ``optimizer``, ``set_lr``, ``forward``, and ``head`` where it
 has an auxiliary head), ``conv_costs(net)`` (each layer's FLOPs a row with
 its loss: what the pipeline's partition balances), ``ConvSource`` (as
-``Source``) and ``conv_accuracy(modules, heads, net, dataset, config,
-device)`` (``heads`` None where its layers have none); launch/validate.py
+``Source``) and ``conv_accuracy(modules, heads, net, x, y, config,
+device)`` (test rows and labels; ``heads`` None where its layers have none); launch/validate.py
 refuses --conv with the others.  Their ``Source`` (local-softmax) and
 ``ConvSource`` also augment each training minibatch under ``--augment``
 (learn/augment.py), which launch/validate.py refuses with the other rules.

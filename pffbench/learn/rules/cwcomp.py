@@ -124,10 +124,11 @@ def step(layer: CwCompLayer, x: torch.Tensor, side: torch.Tensor, n: int) -> tup
 
 
 @torch.no_grad()
-def conv_accuracies(modules, net: conv.ConvNet, dataset, device, batch_size: int = 500) -> tuple[float, float]:
-    """Test accuracies of the blocks ``modules`` (ConvBlocks, first to last): (the last block's goodness
-    argmax, every block's log-softmax of its goodness summed)."""
-    x, y = dataset.x_test.to(device), dataset.y_test.to(device)
+def conv_accuracies(modules, net: conv.ConvNet, x: torch.Tensor, y: torch.Tensor, device,
+                    batch_size: int = 500) -> tuple[float, float]:
+    """Accuracies of the blocks ``modules`` (ConvBlocks, first to last) on test rows ``x`` [n, C*H*W] with
+    labels ``y`` [n]: (the last block's goodness argmax, every block's log-softmax of its goodness summed)."""
+    x, y = x.to(device), y.to(device)
     last = summed_right = 0
     for start in range(0, x.shape[0], batch_size):
         h, summed, labels = x[start:start + batch_size], 0, y[start:start + batch_size]
@@ -140,9 +141,11 @@ def conv_accuracies(modules, net: conv.ConvNet, dataset, device, batch_size: int
     return last / x.shape[0], summed_right / x.shape[0]
 
 
-def conv_accuracy(modules, head_modules, net: conv.ConvNet, dataset, config, device) -> float:
-    """The run's test accuracy: the last block's goodness argmax (no heads: ``head_modules`` is None)."""
-    return conv_accuracies(modules, net, dataset, device)[0]
+def conv_accuracy(modules, head_modules, net: conv.ConvNet, x: torch.Tensor, y: torch.Tensor, config,
+                  device) -> float:
+    """The run's test accuracy on rows ``x`` [n, C*H*W], labels ``y`` [n]: the last block's goodness argmax
+    (no heads: ``head_modules`` is None)."""
+    return conv_accuracies(modules, net, x, y, device)[0]
 
 
 def health(config) -> tuple[None, None]:

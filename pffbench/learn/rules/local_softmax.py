@@ -166,13 +166,15 @@ class ConvSource(Source):
 
 
 @torch.no_grad()
-def conv_accuracy(modules, head_modules, net: conv.ConvNet, dataset, config, device, batch_size: int = 500) -> float:
-    """The all-heads test accuracy (every head's log-probabilities summed, as ``accuracy``) of the conv net
-    ``net`` rebuilt from its hidden layers' ``modules`` (blocks, dense Linears) and auxiliary ``head_modules``."""
+def conv_accuracy(modules, head_modules, net: conv.ConvNet, x: torch.Tensor, y: torch.Tensor, config, device,
+                  batch_size: int = 500) -> float:
+    """The all-heads accuracy (every head's log-probabilities summed, as ``accuracy``) on test rows ``x``
+    [n, C*H*W] with labels ``y`` [n] of the conv net ``net`` rebuilt from its hidden layers' ``modules``
+    (blocks, dense Linears) and auxiliary ``head_modules``."""
     layers = [BlockLayer(m.to(device), h.to(device), config.lr) if i < net.num_blocks else
               DenseLayer(m.to(device), h.to(device), config.lr)
               for i, (m, h) in enumerate(zip(modules, head_modules, strict=True))]
-    x, y = dataset.x_test.to(device), dataset.y_test.to(device)
+    x, y = x.to(device), y.to(device)
     correct = 0
     for start in range(0, x.shape[0], batch_size):
         h, summed = x[start:start + batch_size], 0

@@ -6,8 +6,6 @@ kind; they never look inside a layer.  Pure torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -251,20 +249,12 @@ class ConvKind(Kind):
     def evaluate(self, layers, head, x: torch.Tensor, y: torch.Tensor) -> tuple[float, dict]:
         modules = [self.module(layer) for layer in layers]
         heads_ = [layer.head for layer in layers] if all(hasattr(layer, "head") for layer in layers) else None
-        test = _TestRows(x, y)
-        accuracy = self.rule.conv_accuracy(modules, heads_, self.net, test, self.config, self.device)
+        accuracy = self.rule.conv_accuracy(modules, heads_, self.net, x, y, self.config, self.device)
         what = "every block's auxiliary head (log-probabilities summed)" if heads_ else "the last block's goodness"
         return accuracy, {"classifier": what}
 
     def attrs(self) -> dict:
         return {"layer_shapes": [list(shape) for shape in self.net.shapes()]}
-
-
-@dataclass(frozen=True)
-class _TestRows:
-    """The test rows as a rule's ``conv_accuracy`` reads a data set: [n, C*H*W] and [n]."""
-    x_test: torch.Tensor
-    y_test: torch.Tensor
 
 
 KINDS = {"ff": FFKind, "local-softmax": PerfOptKind, "scff": SCFFKind}

@@ -163,7 +163,8 @@ def _accuracy(stage: Stage, dataset, config) -> float:
     """Rank 0: the test accuracy of the layers (and heads) gathered from every rank, by the rule's classifier."""
     device = stage.device
     if stage.net:
-        return stage.rule.conv_accuracy(stage.gathered, stage.gathered_heads, stage.net, dataset, config, device)
+        return stage.rule.conv_accuracy(stage.gathered, stage.gathered_heads, stage.net, dataset.x_test,
+                                        dataset.y_test, config, device)
     if stage.generic:
         return stage.rule.accuracy(stage.gathered, stage.gathered_heads, dataset, config, device)
     return ff.accuracy([l.to(device) for l in stage.gathered], dataset.x_test.to(device), dataset.y_test.to(device),
