@@ -161,7 +161,7 @@ def _calibration(args, variant: str):
     same_threads = [r for r in ones if calibrate.run_threads(r) == args.threads]
     try:
         costs = calibrate.from_run((same_threads or ones)[0])
-    except ValueError as error:  # e.g. a conv net beyond the pipeline
+    except ValueError as error:  # e.g. a conv net in a PFF chapter schedule
         raise UsageError(str(error)) from None
     if getattr(costs, "split", None) is not None:  # a conv net: its measured layers, predicted as it ran
         if costs.batch != args.batch_size:

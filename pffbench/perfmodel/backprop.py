@@ -52,8 +52,15 @@ BUCKET_BYTES = 25 * 1024 ** 2     # DDP's bucket_cap_mb default, 25 MiB
 
 
 def linear_dims(costs: BackpropCosts) -> list[int]:
-    """The MLP's widths, input to head: the hidden net plus the classes."""
-    return list(costs.dims) + [NUM_CLASSES]
+    """The widths, input to head: the hidden net plus the classes (a conv net's: each layer's input
+    flattened, C*H*W)."""
+    return list(costs.dims) + [costs.classes or NUM_CLASSES]
+
+
+def linear_parameters(costs: BackpropCosts) -> list[int]:
+    """Parameters of each linear, hidden layers then the head: the conv net's as measured, the MLP's from
+    its widths."""
+    return list(costs.params) if costs.params is not None else parameters(linear_dims(costs))
 
 
 def parameters(dims: list[int]) -> list[int]:
@@ -62,27 +69,31 @@ def parameters(dims: list[int]) -> list[int]:
 
 
 def layer_work(costs: BackpropCosts, rows: float) -> tuple[list[float], list[float], list[float]]:
-    """(forward, backward, Adam step) seconds of each linear for ``rows`` rows (see the module's docstring)."""
-    dims = linear_dims(costs)
-    params = parameters(dims)
-    products = [dims[i] * dims[i + 1] for i in range(len(dims) - 1)]
-    total, count = sum(products), len(products)
-    fb = [costs.fb0 / count + costs.fb1 * rows * w / total for w in products]
-    return ([FORWARD * x for x in fb], [(1 - FORWARD) * x for x in fb],
-            [costs.adam * w / sum(params) for w in params])
+    """(forward, backward, Adam step) seconds of each linear for ``rows`` rows (see the module's docstring;
+    a conv net's linears each as measured, a + b rows, split 1/3 forward as the MLP's)."""
+    if costs.layer_fb is not None:
+        fb, adam = [a + b * rows for a, b in costs.layer_fb], list(costs.layer_adam)
+    else:
+        dims = linear_dims(costs)
+        params = parameters(dims)
+        products = [dims[i] * dims[i + 1] for i in range(len(dims) - 1)]
+        total, count = sum(products), len(products)
+        fb = [costs.fb0 / count + costs.fb1 * rows * w / total for w in products]
+        adam = [costs.adam * w / sum(params) for w in params]
+    return [FORWARD * x for x in fb], [(1 - FORWARD) * x for x in fb], adam
 
 
-def ddp_buckets(dims: list[int]) -> list[list[int]]:
+def ddp_buckets(params: list[int]) -> list[list[int]]:
     """The linears in each of DDP's gradient buckets, in the order the backward fills them.
     DDP (torch/csrc/distributed/c10d/reducer.cpp, compute_bucket_assignment_by_size) takes the
     parameters in reverse order and closes a bucket once it holds at least its limit: 1 MiB for the
     first, 25 MiB for the others.  A linear's bias and weight come one after the other, so a bucket
-    closes after a whole linear.  (DDP's very first step uses one bucket for everything and re-buckets
+    closes after a whole linear (a conv block's parameters likewise).  ``params``: each linear's.  (DDP's very first step uses one bucket for everything and re-buckets
     after it: one step in an epoch, left out.)"""
     buckets, current, size = [], [], 0
-    for i in reversed(range(len(dims) - 1)):
+    for i in reversed(range(len(params))):
         current.append(i)
-        size += FLOAT * parameters(dims)[i]
+        size += FLOAT * params[i]
         if size >= (FIRST_BUCKET_BYTES if not buckets else BUCKET_BYTES):
             buckets.append(current)
             current, size = [], 0
@@ -112,11 +123,10 @@ def ddp(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num_trai
         algorithm: str = "ring") -> list:
     """DistributedDataParallel: bucketed allreduces overlapping the backward (gloo's allreduce is a ring)."""
     sizes = batch_rows(num_train, costs.batch)
-    dims = linear_dims(costs)
-    buckets = ddp_buckets(dims)
+    params = linear_parameters(costs)
+    buckets = ddp_buckets(params)
     link = cluster.group_link(p)
-    costs_of = [allreduce_time(FLOAT * sum(parameters(dims)[i] for i in bucket), p, link, algorithm)
-                for bucket in buckets]
+    costs_of = [allreduce_time(FLOAT * sum(params[i] for i in bucket), p, link, algorithm) for bucket in buckets]
 
     def step_collectives():
         chain = []
@@ -154,7 +164,7 @@ def pipeline(sim: Simulator, costs: BackpropCosts, cluster: Cluster, p: int, num
         raise ValueError(f"{schedule} needs microbatches >= stages: "
                          f"{plural(m_count, 'microbatch', 'microbatches')}, {p} stages")
     dims = linear_dims(costs)
-    blocks = stage_layers(len(dims) - 2, dims, p)
+    blocks = stage_layers(len(dims) - 2, dims, p, costs.split)  # a conv net's: its run's split
     links = [cluster.group_between(r, r + 1) for r in range(p - 1)]
     free_at = {}  # (sender, receiver) -> when that link is free again
 

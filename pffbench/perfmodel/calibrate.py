@@ -12,6 +12,7 @@ microbenchmark (warm caches, no loop) is from the training loop.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from ..store import reader as results
@@ -63,6 +64,13 @@ class BackpropCosts:
     microbatches: int = 1      # gpipe, 1f1b: microbatches per minibatch
     library: float = 0.0       # gpipe, 1f1b: the library's bookkeeping per microbatch forward or backward
     tail: float = 0.0          # ddp: per step, DDP's work after the last bucket is handed to the allreduce
+    # a conv net's (from its run, each linear measured: _conv_backprop_from_run); None: the MLP's, from dims
+    layer_fb: list | None = None    # per linear (hidden layers, then the head): forward+backward of r rows a + b r
+    layer_adam: list | None = None  # per linear: its share of the Adam step
+    params: list | None = None      # per linear: parameters (DDP's buckets)
+    split: list | None = None       # the costs gpipe/1f1b's partition balances (--layer-costs, else the FLOPs)
+    classes: int = 0                # the head's width (0: profile.NUM_CLASSES)
+    num_train: int = 0              # the run's training rows an epoch
 
 
 def _kind(variant: str, objective: str | None = None) -> str:
@@ -123,10 +131,11 @@ def run_threads(run: results.Run) -> int:
 
 def from_run(run: results.Run, profile=None):
     """Costs from a complete 1-rank run (its recorded dims, batch, threads).
-    Raises ValueError if the run cannot calibrate (more ranks, not complete, a conv net beyond the
-    activation pipeline)."""
+    Raises ValueError if the run cannot calibrate (more ranks, not complete, a conv net in a PFF chapter
+    schedule)."""
     if run.config.get("conv"):
-        return _conv_from_run(run)
+        baseline = VARIANTS[run.attrs.get("variant", "pipeline")].baseline
+        return _conv_backprop_from_run(run) if baseline else _conv_from_run(run)
     if run.config.get("augment"):  # the crops and flips are data time the model's steps do not have
         raise ValueError(f"run {run.name} augments its minibatches (--augment): the model does not count that")
     if int(run.attrs.get("world_size", 0)) != 1:
@@ -169,7 +178,7 @@ def _conv_from_run(run: results.Run) -> FFCosts:
     variant = run.attrs.get("variant", "pipeline")
     if VARIANTS[variant].family != "pipeline" or VARIANTS[variant].pff:
         raise ValueError(f"run {run.name} trains a conv net with {variant}: the model predicts conv nets in the "
-                         "activation pipeline only, so far")
+                         "activation pipeline and the backprop baselines, not the PFF chapter schedules")
     if int(run.attrs.get("world_size", 0)) != 1 or run.attrs.get("status", "complete") != "complete":
         raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
     if "layer_shapes" not in run.attrs or "class_names" not in run.attrs:
@@ -201,6 +210,57 @@ def _conv_from_run(run: results.Run) -> FFCosts:
                    source=f"run {run.name}", message_rows=rule.message_rows(1),
                    split=list(config.layer_costs or rule.conv_costs(net)), weight_bytes=weight_bytes,
                    num_train=shape.num_train)
+
+
+def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
+    """A 1-rank backprop-family run of a conv net: each linear's forward and backward (at a quarter of the
+    minibatch and the whole, fitted a + b r as profile_backprop fits the MLP's) and Adam step measured on this
+    host at the run's threads (probes/layer_costs.backprop_parts), scaled so that a step's compute is the
+    run's; the library's or DDP's per-step rest and the data per row as _backprop_from_run takes them."""
+    import torch
+
+    from ..core.config import Config
+    from ..core.types import Shape
+    from ..learn.nets.conv import ConvNet
+    from ..probes import layer_costs
+    variant, config = run.attrs.get("variant", "backprop"), run.config
+    if int(run.attrs.get("world_size", 0)) != 1 or run.attrs.get("status", "complete") != "complete":
+        raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
+    if "layer_shapes" not in run.attrs or "class_names" not in run.attrs:
+        raise ValueError(f"run {run.name} does not record its conv net's shapes (written before they were kept)")
+    known = {f for f in Config.__dataclass_fields__}
+    config = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in known})
+    shapes = [tuple(s) for s in run.attrs["layer_shapes"]]
+    shape = Shape(int(run.attrs["num_train"]), math.prod(shapes[0]), len(run.attrs["class_names"]), shapes[0])
+    threads, batch = run_threads(run), config.batch_size
+    small = max(1, batch // 4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        (at_small, at_large), adam, params = layer_costs.backprop_parts(config, shape, [small, batch])
+    finally:
+        torch.set_num_threads(previous)
+    slope = [max(0.0, (b - a) / (batch - small)) if batch > small else 0.0 for a, b in zip(at_small, at_large)]
+    fb = [(max(0.0, b - k * batch), k) for b, k in zip(at_large, slope)]
+    a = run.arrays
+    steps = len(batch_rows(shape.num_train, batch)) * a["timing/compute"].shape[1]
+    m = config.microbatches if VARIANTS[variant].microbatched else 1
+    compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps
+    scale = compute / (sum(m * (f0 + f1 * batch / m) for f0, f1 in fb) + sum(adam))
+    fb = [(f0 * scale, f1 * scale) for f0, f1 in fb]
+    evals = a["timing/eval"][0]
+    net = ConvNet.of(config, shape)
+    dims = list(run.attrs["dims"])
+    costs = BackpropCosts(dims[:-1], batch, threads, sum(f0 for f0, _ in fb), sum(f1 for _, f1 in fb),
+                          sum(adam) * scale, float(a["timing/data"][0].sum()) / steps / batch, sum(params),
+                          eval=float(evals[evals > 0].max()) if (evals > 0).any() else 0.0, scale=scale,
+                          source=f"run {run.name}", microbatches=m,
+                          library=sync / (2 * m) if VARIANTS[variant].microbatched else 0.0,
+                          tail=sync if VARIANTS[variant].program == "ddp" else 0.0,
+                          layer_fb=fb, layer_adam=[x * scale for x in adam], params=params,
+                          split=list(config.layer_costs or net.costs()[:net.num_layers]), classes=dims[-1],
+                          num_train=shape.num_train)
+    return costs
 
 
 def _backprop_from_run(run, variant: str, batch: int, threads: int, evaluation: float, profile=None):
@@ -242,8 +302,10 @@ def _pff_costs(run, profile: FFProfile, sizes, evaluation) -> FFCosts:
 def scaled(costs, k: float):
     """``costs`` with every work item k times as long (a host k times slower)."""
     if isinstance(costs, BackpropCosts):
+        layers = {} if costs.layer_fb is None else {"layer_fb": [(a * k, b * k) for a, b in costs.layer_fb],
+                                                    "layer_adam": [x * k for x in costs.layer_adam]}
         return replace(costs, fb0=costs.fb0 * k, fb1=costs.fb1 * k, adam=costs.adam * k, data_row=costs.data_row * k,
-                       library=costs.library * k, tail=costs.tail * k)
+                       library=costs.library * k, tail=costs.tail * k, **layers)
     return replace(costs, step=[s * k for s in costs.step], normalize=[s * k for s in costs.normalize],
                    forward_row=[f * k for f in costs.forward_row], data=costs.data * k,
                    inputs_row=costs.inputs_row * k, once_row=costs.once_row * k, sync=costs.sync * k)

@@ -12,7 +12,8 @@ Resting on two figures, each said in the table:
   costs from the contender's own 1-rank run in the race when there is one, the least disturbed of
   its repetitions (calibrate.from_run; dp-backprop and ddp from single-process backprop's, the same
   code on 1 rank, so DDP's own per-step work beyond it is not counted), else from microbenchmarks
-  of its net and rule on this machine.
+  of its net and rule on this machine (an MLP's only: a conv net without a 1-rank run is said and
+  left out).
 
 A p the contender cannot run on is left out and said: the pipeline, gpipe and 1f1b need a stage
 (a layer) per rank, so a net of L layers stops them at p = L; data parallelism has no such bound.
@@ -68,6 +69,10 @@ def predict_race(runs: list, target: float, ranks: list[int], cluster, threads: 
         dims, batch = list(some.attrs["dims"]), int(some.config["batch_size"])
         if calibrating is not None:
             costs, source = calibrate.from_run(calibrating), f"run {calibrating.name}"
+        elif some.config.get("conv"):  # the microbenchmarks time MLPs: a conv net needs its own 1-rank run
+            notes.append(f"{race.Contender(*key, contender.ranks, threads).label}: no 1-rank run of its conv net "
+                         f"in the race to calibrate from, so not predicted")
+            continue
         else:
             hidden = dims[:-1] if contender.rival else dims  # a baseline's dims end with its head
             costs = calibrate.measured(contender.variant, hidden, batch, threads, int(some.config.get("microbatches")

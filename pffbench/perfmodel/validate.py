@@ -88,7 +88,7 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
         calibration = ones[(len(ones) - 1) // 2]
         try:
             costs = from_run(calibration)
-        except ValueError as error:  # a conv net beyond the pipeline: said per run
+        except ValueError as error:  # a conv net in a PFF chapter schedule: said per run
             skipped += [f"{r.name}: {error}" for r in members]
             continue
         for run in members:

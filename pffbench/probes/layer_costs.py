@@ -79,33 +79,71 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
 MICROBATCHED = ("gpipe", "1f1b")  # the backprop schedules that split their layers into stages
 
 
-def _backprop_steps(config: Config, shape: Shape, device: torch.device) -> list:
-    """One callable per hidden layer: its share of a gpipe/1f1b minibatch (see the module's docstring)."""
+def _backprop_layers(config: Config, shape: Shape, device: torch.device):
+    """Backprop's net of the run (learn/nets/conv.py's, or the MLP) with its initial weights: (its linears,
+    hidden layers then the head; each one's input width; apply(index, layer, x), its forward pass)."""
     import torch.nn.functional as F
-    from ..core.optim import adam
     from ..learn.nets.conv import ConvNet
     from ..schedules.backprop.mlp import make_model
     net = ConvNet.of(config, shape) if config.conv else None
     dims = net.dims if net is not None else [shape.num_features, *config.layers, shape.num_classes]
     model = make_model(dims, config.seed, net).to(device)
-    apply = net.apply if net is not None else (lambda index, layer, x: F.relu(layer(x)))
-    rows = config.batch_size // config.microbatches  # validate.py: the microbatches divide the minibatch
-    generator = torch.Generator().manual_seed(config.seed)
-    steps = []
-    for index, layer in enumerate(model.hidden):
-        x = torch.rand(rows, dims[index], generator=generator).to(device).requires_grad_(index > 0)
-        with torch.no_grad():
-            grad = torch.randn_like(apply(index, layer, x))
-        optimizer = adam(layer.parameters(), config.lr)
+    head = len(dims) - 2
+    apply = net.apply if net is not None else (lambda index, layer, x: layer(x) if index == head else F.relu(layer(x)))
+    return [*model.hidden, model.head], dims[:-1], apply
 
-        def step(index=index, layer=layer, x=x, grad=grad, optimizer=optimizer):
+
+def _passes(index: int, layer, width: int, rows: int, apply, device: torch.device, count: int = 1):
+    """A callable: ``count`` forward and backward passes of ``rows`` rows through linear ``index`` against a
+    random gradient of its output (the input's gradient too, but for the first, which has none to pass)."""
+    generator = torch.Generator().manual_seed(index)
+    x = torch.rand(rows, width, generator=generator).to(device).requires_grad_(index > 0)
+    with torch.no_grad():
+        grad = torch.randn_like(apply(index, layer, x))
+
+    def passes():
+        for _ in range(count):
+            apply(index, layer, x).backward(grad)
+            x.grad = None
+    return passes
+
+
+def _backprop_steps(config: Config, shape: Shape, device: torch.device) -> list:
+    """One callable per hidden layer: its share of a gpipe/1f1b minibatch (see the module's docstring)."""
+    from ..core.optim import adam
+    linears, widths, apply = _backprop_layers(config, shape, device)
+    rows = config.batch_size // config.microbatches  # validate.py: the microbatches divide the minibatch
+    steps = []
+    for index, layer in enumerate(linears[:-1]):
+        passes, optimizer = _passes(index, layer, widths[index], rows, apply, device, config.microbatches), \
+            adam(layer.parameters(), config.lr)
+
+        def step(layer=layer, passes=passes, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
-            for _ in range(config.microbatches):
-                apply(index, layer, x).backward(grad)
-                x.grad = None
+            passes()
             optimizer.step()
         steps.append(step)
     return steps
+
+
+def backprop_parts(config: Config, shape: Shape, rows: list[int], device: torch.device | str = "cpu",
+                   warmup: int = WARMUP, repeats: int = REPEATS) -> tuple[list[list[float]], list[float], list[int]]:
+    """The backprop net of the run ``config`` (any backprop-family variant), layer by layer, for the
+    performance model (perfmodel/calibrate.py): (seconds of one forward and backward pass of each linear,
+    hidden layers then the head, at each of ``rows`` rows: [len(rows)][linears]; seconds of each linear's
+    Adam step; each linear's parameters).  Medians of ``repeats`` after ``warmup``, round-robin."""
+    from ..core.optim import adam
+    device = torch.device(device)
+    linears, widths, apply = _backprop_layers(config, shape, device)
+    calls = [_passes(i, layer, widths[i], r, apply, device) for r in rows for i, layer in enumerate(linears)]
+    optimizers = [adam(layer.parameters(), config.lr) for layer in linears]
+    for layer in linears:  # every parameter with a gradient, so the steps time the whole update
+        for parameter in layer.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+    seconds = _rounds([*calls, *(o.step for o in optimizers)], device, warmup, repeats)
+    k = len(linears)
+    return ([seconds[j * k:(j + 1) * k] for j in range(len(rows))], seconds[len(rows) * k:],
+            [sum(p.numel() for p in layer.parameters()) for layer in linears])
 
 
 def _rounds(steps: list, device: torch.device, warmup: int, repeats: int) -> list[float]:

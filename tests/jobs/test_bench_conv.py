@@ -57,3 +57,31 @@ def test_the_model_calibrates_on_a_conv_pipeline_run_and_predicts_its_p2_run(ima
     checks, skipped = validate.check(str(out))
     assert not skipped and sorted(c.p for c in checks) == [1, 2]
     assert all(c.predicted > 0 and c.calibration == "conv-p1" for c in checks)
+
+
+def test_the_model_calibrates_on_conv_backprop_runs_and_predicts_their_p2_runs(image_folder, tmp_path):
+    # the backprop baselines on a conv net: each linear (block, head) measured, scaled to the 1-rank run
+    from helpers import mpirun
+    from pffbench.perfmodel import calibrate, validate
+    from pffbench import results
+    out = tmp_path / "conv-backprop.h5"
+    flags = ["-m", "pffbench.run", "--conv", "10,20", "--dataset", "imagefolder", "--data-dir", str(image_folder),
+             "--epochs", "2", "--batch-size", "16", "--threads", "1", "--quiet", "--out", str(out)]
+    for variant, more in (("gpipe", ["--layer-costs", "1,3"]), ("ddp", [])):
+        for ranks in (1, 2):
+            done = mpirun(ranks, *flags, "--variant", variant, *more, "--name", f"{variant}-p{ranks}", timeout=180)
+            assert done.returncode == 0, done.stderr
+    runs = {run.name: run for run in results.read_runs(str(out))}
+    costs = calibrate.from_run(runs["gpipe-p1"])
+    assert len(costs.layer_fb) == len(costs.layer_adam) == len(costs.params) == 3  # 2 blocks and the head
+    # each block its convolution (no bias) and GroupNorm; the head on block 1's 20 x 4 x 4 (pooling only between blocks)
+    assert costs.params == [3 * 9 * 10 + 2 * 10, 10 * 9 * 20 + 2 * 20, 20 * 4 * 4 * 10 + 10]
+    assert costs.split == [1, 3] and costs.microbatches == 4 and costs.dims == list(runs["gpipe-p1"].attrs["dims"])[:-1]
+    assert costs.gradient_floats == sum(costs.params)
+    checks, skipped = validate.check(str(out))
+    assert not skipped and sorted((c.variant, c.p) for c in checks) == [("ddp", 1), ("ddp", 2), ("gpipe", 1),
+                                                                        ("gpipe", 2)]
+    for c in checks:
+        assert c.predicted > 0 and c.calibration == f"{c.variant}-p1"
+        if c.p == 1:  # its own calibration: the level of its compute, data and sync kept
+            assert abs(c.error) < 0.25, validate.table(checks)

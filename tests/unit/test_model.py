@@ -169,9 +169,9 @@ def backprop_costs(fb0=0.0, fb1=0.0, adam=0.0, microbatches=4, library=0.0, tail
 def test_ddp_buckets_follow_ddps_size_rule():
     """[784, 784, 544] + a 10-class head, in reverse: head 5,450 and layer 1 427,040 floats (1.73 MB) pass
     DDP's 1 MiB first-bucket limit together; layer 0 (615,440 floats) is the second bucket (25 MiB limit)."""
-    from pffbench.perfmodel.backprop import ddp_buckets
-    assert ddp_buckets([784, 784, 544, 10]) == [[2, 1], [0]]
-    assert ddp_buckets([784, 100, 100, 10]) == [[2, 1, 0]]  # 0.36 MB in all: one bucket
+    from pffbench.perfmodel.backprop import ddp_buckets, parameters
+    assert ddp_buckets(parameters([784, 784, 544, 10])) == [[2, 1], [0]]
+    assert ddp_buckets(parameters([784, 100, 100, 10])) == [[2, 1, 0]]  # 0.36 MB in all: one bucket
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
