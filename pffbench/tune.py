@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import math
 import os
@@ -57,6 +58,7 @@ from .launch.cli import parse_config
 from .core.config import UsageError, one_line
 from .launch.command import command
 from .analysis import race
+from .store.provenance import cpu_model
 from .analysis.race import pick  # noqa: F401  (the protocol's rule; tests name it here)
 
 # flags the protocol sets itself: a user's would be overridden, so they are refused
@@ -157,20 +159,23 @@ def _record(out: str, name: str):
         return None
 
 
-# settings that leave a run's work and clock unchanged: a kept run may differ in them
-UNTIMED = ("out", "name", "quiet", "data_dir", "download", "trace", "peer_timeout", "checkpoint_dir", "resume",
-           "model_out")
+# settings that leave a run's work and clock unchanged: a kept run may differ in them (the data's folder is
+# compared: an image folder is the data set)
+UNTIMED = ("out", "name", "quiet", "download", "trace", "peer_timeout", "checkpoint_dir", "resume", "model_out")
 
 
 def _kept(args, flags: list[str], name: str):
     """The run ``name`` an earlier, interrupted tune of this contender finished in --out, if it is this
-    run: complete, on as many ranks, on this kind of CPU (its seconds are this machine's), every setting
-    but UNTIMED the same.  None otherwise (then it runs again)."""
+    run: complete, on as many ranks, on this kind of CPU with as many cores (its seconds are this
+    machine's; a CPU that cannot be named keeps nothing), with the same torch, every
+    setting but UNTIMED the same.  None otherwise (then it runs again).  Its commit may differ (each run
+    records its own git_sha): a resumed race goes on across commits, as one run in two sittings would."""
     run = None if args.fresh else _record(args.out, name)
     if run is None or run.attrs.get("status") != "complete" or run.attrs.get("world_size") != args.ranks:
         return None
-    from .store.provenance import cpu_model
-    if run.attrs.get("cpu_model") != cpu_model():
+    # not the MPI library's name: asking mpi4py would start MPI in this process, which launches mpiexec
+    here = {"cpu_model": cpu_model(), "host_cores": os.cpu_count() or 0, "torch": importlib.metadata.version("torch")}
+    if not here["cpu_model"] or any(run.attrs.get(key) != value for key, value in here.items()):
         return None
     ours = dataclasses.asdict(parse_config(flags))
     if any(_plain(run.config.get(key)) != _plain(value) for key, value in ours.items() if key not in UNTIMED):
@@ -185,8 +190,8 @@ def _launch(args, passthrough: list[str], name: str, extra: list[str]):
     flags = [*passthrough, *_common(args), "--name", name, *extra]
     kept = _kept(args, flags, name)
     if kept is not None:
-        print(f"{name}: kept from an earlier tune ({kept.attrs.get('end_utc', 'time unknown')}; --fresh runs it "
-              "again)", flush=True)
+        print(f"{name}: kept from an earlier tune ({kept.attrs.get('end_utc', 'time unknown')}, git "
+              f"{str(kept.attrs.get('git_sha', 'unknown'))[:7]}; --fresh runs it again)", flush=True)
         return kept
     command = [*_launcher(args.ranks), *flags]
     try:

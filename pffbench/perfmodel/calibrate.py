@@ -49,7 +49,8 @@ class FFCosts:
 
 @dataclass
 class BackpropCosts:
-    """Seconds, for the MLP ``dims`` + a head of profile.NUM_CLASSES, ``threads`` per rank."""
+    """Seconds, for the MLP ``dims`` + a head of profile.NUM_CLASSES, or a conv net (``layer_fb`` and the
+    fields after it: ``dims`` its layers' inputs flattened, the head ``classes`` wide), ``threads`` per rank."""
     dims: list[int]
     batch: int
     threads: int
@@ -214,7 +215,7 @@ def _conv_from_run(run: results.Run) -> FFCosts:
 
 def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
     """A 1-rank backprop-family run of a conv net: each linear's forward and backward (at a quarter of the
-    minibatch and the whole, fitted a + b r as profile_backprop fits the MLP's) and Adam step measured on this
+    minibatch, or a microbatch if smaller, and the whole, fitted a + b r as profile_backprop fits the MLP's) and Adam step measured on this
     host at the run's threads (probes/layer_costs.backprop_parts), scaled so that a step's compute is the
     run's; the library's or DDP's per-step rest and the data per row as _backprop_from_run takes them."""
     import torch
@@ -233,7 +234,8 @@ def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
     shapes = [tuple(s) for s in run.attrs["layer_shapes"]]
     shape = Shape(int(run.attrs["num_train"]), math.prod(shapes[0]), len(run.attrs["class_names"]), shapes[0])
     threads, batch = run_threads(run), config.batch_size
-    small = max(1, batch // 4)
+    m = config.microbatches if VARIANTS[variant].microbatched else 1
+    small = max(1, batch // max(4, m))  # the fit spans the microbatch (or a shard of a few ranks) to the minibatch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -244,7 +246,6 @@ def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
     fb = [(max(0.0, b - k * batch), k) for b, k in zip(at_large, slope)]
     a = run.arrays
     steps = len(batch_rows(shape.num_train, batch)) * a["timing/compute"].shape[1]
-    m = config.microbatches if VARIANTS[variant].microbatched else 1
     compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps
     scale = compute / (sum(m * (f0 + f1 * batch / m) for f0, f1 in fb) + sum(adam))
     fb = [(f0 * scale, f1 * scale) for f0, f1 in fb]

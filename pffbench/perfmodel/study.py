@@ -59,7 +59,8 @@ def measured_panel(path: str, cores: int, intra: links.Link) -> tuple[dict, dict
         variant = calibration.attrs.get("variant", "pipeline")
         dims = list(calibration.attrs["dims"])
         costs = calibrate.from_run(calibration)
-        if len(costs.dims) > len(getattr(costs_of.get(variant), "dims", ())):  # the deepest net of each variant
+        # the deepest MLP of each variant (a conv net's calibration keeps its own net: not retargeted)
+        if getattr(costs, "split", None) is None and len(costs.dims) > len(getattr(costs_of.get(variant), "dims", ())):
             costs_of[variant] = costs
         label = f"{variant} {'x'.join(map(str, dims[1:]))}" if not VARIANTS[variant].baseline \
             else variant

@@ -20,7 +20,8 @@ layer's input shape (the time of these ops does not depend on the values: no spa
 For the backprop pipelines (``--variant gpipe`` or ``1f1b``) a layer's step is what its stage computes of
 it in one minibatch: ``--microbatches`` forward and backward passes of n/M rows each (the input gradient
 too, but for the first layer, which has none to pass back), against a random gradient of its output,
-then one Adam step.  The head goes with the last block (core/partition.stage_layers) and is not timed.
+then one Adam step.  The head goes with the last block (core/partition.stage_layers): its passes and
+step are timed with the last hidden layer's.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from ..core.config import Config, UsageError
 from ..core.partition import balanced_partition
 from ..core.types import Shape
+from ..core.variants import VARIANTS
 from ..launch.command import command
 
 WARMUP, REPEATS = 5, 20
@@ -50,12 +52,12 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
     if repeats < 1 or warmup < 0:
         raise UsageError("layer costs: repeats must be >= 1 and warmup >= 0")
     device = torch.device(device)
-    if config.variant in MICROBATCHED:
+    if VARIANTS[config.variant].microbatched:
         return _rounds(_backprop_steps(config, shape, device), device, warmup, repeats)
     objective = rules.objective_of(config)
     if objective in (None, "ff"):
         raise UsageError(f"layer costs are measured for the generic local rules (local-softmax, scff, cwcomp) "
-                         f"and the backprop pipelines ({', '.join(MICROBATCHED)}), not for "
+                         f"and the backprop pipelines (gpipe, 1f1b), not for "
                          f"{objective or config.variant}: its partition is the modelled one")
     rule = rules.module(objective)
     n = config.batch_size
@@ -74,9 +76,6 @@ def measure(config: Config, shape: Shape, device: torch.device | str = "cpu", wa
     side = side.to(device)
     return _rounds([lambda layer=layer, x=x: rule.step(layer, x, side, n) for layer, x in zip(layers, inputs)],
                    device, warmup, repeats)
-
-
-MICROBATCHED = ("gpipe", "1f1b")  # the backprop schedules that split their layers into stages
 
 
 def _backprop_layers(config: Config, shape: Shape, device: torch.device):
@@ -109,19 +108,24 @@ def _passes(index: int, layer, width: int, rows: int, apply, device: torch.devic
 
 
 def _backprop_steps(config: Config, shape: Shape, device: torch.device) -> list:
-    """One callable per hidden layer: its share of a gpipe/1f1b minibatch (see the module's docstring)."""
+    """One callable per hidden layer: its share of a gpipe/1f1b minibatch, the head's with the last one's
+    (see the module's docstring); each callable's ``layers``, the linears it steps."""
     from ..core.optim import adam
     linears, widths, apply = _backprop_layers(config, shape, device)
     rows = config.batch_size // config.microbatches  # validate.py: the microbatches divide the minibatch
+    groups = [[i] for i in range(len(linears) - 1)]
+    groups[-1].append(len(linears) - 1)
     steps = []
-    for index, layer in enumerate(linears[:-1]):
-        passes, optimizer = _passes(index, layer, widths[index], rows, apply, device, config.microbatches), \
-            adam(layer.parameters(), config.lr)
+    for group in groups:
+        passes = [_passes(i, linears[i], widths[i], rows, apply, device, config.microbatches) for i in group]
+        optimizer = adam([p for i in group for p in linears[i].parameters()], config.lr)
 
-        def step(layer=layer, passes=passes, optimizer=optimizer):
+        def step(passes=passes, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
-            passes()
+            for each in passes:
+                each()
             optimizer.step()
+        step.layers = [linears[i] for i in group]
         steps.append(step)
     return steps
 

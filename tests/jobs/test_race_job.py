@@ -31,7 +31,8 @@ def test_the_cifar10_race_measures_costs_once_and_shares_searches(image_folder, 
     done = subprocess.run(["bash", "jobs/race.sbatch", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=840)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    costs = (summaries / "layer-costs-local-softmax-conv20-80-160-320.txt").read_text().split()
+    # measured at the race's batch: the flags that change a layer's work name the file
+    costs = (summaries / "layer-costs-local-softmax-conv20-80-160-320-batch-size16.txt").read_text().split()
     assert costs[0] == "--layer-costs" and len(costs[1].split(",")) == 4  # four blocks
     for name in CONTENDERS.split():
         assert (summaries / f"{name}.json").is_file(), name

@@ -127,7 +127,7 @@ def test_a_tune_cut_short_resumes_run_by_run(tmp_path):
     out = tmp_path / "tune.h5"
     flags = ["--variant", "pipeline", "--objective", "local-softmax", "--dataset", "synthetic", "--layers", "32,32",
              "--epochs", "1", "--batch-size", "50", "--threads", "1", "--target-accuracy", "0.5",
-             "--validation", "400", "--eval-every-steps", "8", "--grid", "2", "--out", str(out)]
+             "--validation", "400", "--eval-every-steps", "8", "--grid", "3", "--out", str(out)]
 
     def stored():  # name -> its runs' creation times, a name appended again (NAME-2) under NAME
         runs = {}
@@ -135,22 +135,24 @@ def test_a_tune_cut_short_resumes_run_by_run(tmp_path):
             runs.setdefault(run.name.removesuffix("-2").removesuffix("-3"), []).append(run.attrs["created"])
         return runs
 
-    done = tune(*flags, "--repeats", "1")
+    done = tune(*flags, "--repeats", "1", "--summary", str(tmp_path / "first.json"))
     assert done.returncode == 0, done.stderr
     first = stored()
-    trials = sorted(name for name in first if name.endswith("-validation"))
-    assert len(trials) == 2 and len(first) == 3
-    with h5py.File(out, "r+") as f:  # one trial timed on another kind of CPU: its seconds are not this machine's
+    trials = [t["name"] for t in json.loads((tmp_path / "first.json").read_text())["trials"]]
+    assert len(trials) == 3 and len(first) == 4
+    with h5py.File(out, "r+") as f:  # one trial timed on another kind of CPU: its seconds are not this machine's;
         f["runs"][trials[1]].attrs["cpu_model"] = "Another CPU"
+        f["runs"][trials[2]].attrs["status"] = "interrupted"  # one cut short
     done = tune(*flags, "--repeats", "2", "--summary", str(tmp_path / "resumed.json"))  # only what is missing runs
     assert done.returncode == 0, done.stderr
     second = stored()
-    assert second[trials[0]] == first[trials[0]] and len(second[trials[1]]) == 2
-    assert f"{trials[0]}: kept from an earlier tune" in done.stdout and f"{trials[1]}: kept" not in done.stdout
+    assert second[trials[0]] == first[trials[0]] and len(second[trials[1]]) == len(second[trials[2]]) == 2
+    assert f"{trials[0]}: kept from an earlier tune" in done.stdout
+    assert f"{trials[1]}: kept" not in done.stdout and f"{trials[2]}: kept" not in done.stdout
     repeats = sorted(name for name in second if "-test-seed" in name)
     assert len(repeats) == 2 and second[repeats[0]] == first[repeats[0]]  # seed 0 kept, seed 1 new
-    summary = json.loads((tmp_path / "resumed.json").read_text())  # the rerun trial, not the foreign one
-    assert [t["name"] for t in summary["trials"]] == [trials[0], trials[1] + "-2"]
+    summary = json.loads((tmp_path / "resumed.json").read_text())  # the rerun trials, not the stale ones
+    assert [t["name"] for t in summary["trials"]] == [trials[0], trials[1] + "-2", trials[2] + "-2"]
     other = [flag if flag != "0.5" else "0.55" for flag in flags]  # other settings: nothing kept
     done = tune(*other, "--repeats", "1")
     assert done.returncode == 0 and "kept" not in done.stdout, done.stderr

@@ -42,10 +42,11 @@ def test_the_backprop_pipelines_layers_are_timed_as_their_stages_run_them(varian
     seconds = layer_costs.measure(config, IMAGES, warmup=1, repeats=2)
     assert len(seconds) == 3 and all(s > 0 for s in seconds)  # the hidden layers; the head goes with the last
     steps = layer_costs._backprop_steps(config, IMAGES, torch.device("cpu"))
-    layer = steps[1].__defaults__[0]  # a stage's share of a minibatch: its passes, then one Adam step
-    before = [p.detach().clone() for p in layer.parameters()]
-    steps[1]()
-    assert all(not torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+    assert [len(step.layers) for step in steps] == [1, 1, 2]  # the head goes with the last stage
+    for step in steps:  # a stage's share of a minibatch: its passes, then one Adam step of its linears
+        before = [p.detach().clone() for layer in step.layers for p in layer.parameters()]
+        step()
+        assert all(not torch.equal(a, b) for a, b in zip(before, (p for l in step.layers for p in l.parameters())))
 
 
 def test_the_start_line_shows_the_partition_of_the_given_costs_not_the_modelled_one():
