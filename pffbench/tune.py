@@ -55,7 +55,7 @@ import sys
 import numpy as np
 
 from .launch.cli import parse_config
-from .core.config import UsageError, one_line
+from .core.config import Config, UsageError, one_line
 from .launch.command import command
 from .analysis import race
 from .store.provenance import cpu_model
@@ -177,8 +177,10 @@ def _kept(args, flags: list[str], name: str):
     here = {"cpu_model": cpu_model(), "host_cores": os.cpu_count() or 0, "torch": importlib.metadata.version("torch")}
     if not here["cpu_model"] or any(run.attrs.get(key) != value for key, value in here.items()):
         return None
-    ours = dataclasses.asdict(parse_config(flags))
-    if any(_plain(run.config.get(key)) != _plain(value) for key, value in ours.items() if key not in UNTIMED):
+    ours, theirs = dataclasses.asdict(parse_config(flags)), run.config
+    default = {f.name: f.default for f in dataclasses.fields(Config)}  # a setting added since: its default then
+    if any(_plain(theirs.get(key, default.get(key))) != _plain(value) for key, value in ours.items()
+           if key not in UNTIMED):
         return None
     return run
 

@@ -143,6 +143,9 @@ def test_a_tune_cut_short_resumes_run_by_run(tmp_path):
     with h5py.File(out, "r+") as f:  # one trial timed on another kind of CPU: its seconds are not this machine's;
         f["runs"][trials[1]].attrs["cpu_model"] = "Another CPU"
         f["runs"][trials[2]].attrs["status"] = "interrupted"  # one cut short
+        config = json.loads(f["runs"][trials[0]].attrs["config"])  # written before a setting was added: its default
+        del config["inject_hang"]
+        f["runs"][trials[0]].attrs["config"] = json.dumps(config)
     done = tune(*flags, "--repeats", "2", "--summary", str(tmp_path / "resumed.json"))  # only what is missing runs
     assert done.returncode == 0, done.stderr
     second = stored()
