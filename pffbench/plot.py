@@ -298,6 +298,9 @@ def figures(runs: list[results.Run], timeline_run: str | None = None,
             skipped.append("race: no contender with repetitions on the test set")
         runs = [run for run in runs if not run.name.startswith("tune-")]
     several = "no configuration has runs on more than one rank count with a 1-rank run to compare against"
+    unpaired = analysis.unpaired(runs)
+    if unpaired:  # a 1-rank run there is, of other code or on another machine: say so
+        several += f" ({unpaired[0]}{'; ...' if len(unpaired) > 1 else ''})"
     for stem, fig, why in (("speedup", speedup_figure(runs), several),
                            ("variants_speedup", variants_figure(runs), several),
                            ("accuracy_time", accuracy_figure(runs, targets), "no complete run has a test accuracy")):

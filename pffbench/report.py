@@ -240,7 +240,7 @@ def main(argv=None) -> int:
             return 1
         targets = opts.target or analysis.recorded_targets(runs)
         print(format_table(rows, opts.format, targets, opts.versus))
-        for line in notes(runs):
+        for line in notes(runs) + ([] if opts.pool else [f"note: {line}" for line in analysis.unpaired(runs)]):
             print(line, file=sys.stderr)
     if opts.links and one_table:
         print(format_links(link_rows(links), opts.format))

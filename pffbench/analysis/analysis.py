@@ -73,8 +73,11 @@ SOFTWARE = ("git_sha", "torch", "mpi4py", "numpy", "h5py", "python")
 
 
 def signature(run: results.Run, pool: bool = False) -> str:
-    """What a run's case is made of: its configuration, and unless ``pool`` its machine and software."""
-    config = case_settings(run.config)
+    """What a run's case is made of: its configuration, and unless ``pool`` its machine and software.
+    Not --layer-costs: it changes no weight, only which rank holds which layer, so a p = 2 run split by
+    measured costs has its 1-rank run (where one block holds every layer) in its series; the split a run
+    used is a case's key of its own (``cases``: the recorded layer_blocks)."""
+    config = {k: v for k, v in case_settings(run.config).items() if k != "layer_costs"}
     origin = {} if pool else {key: run.attrs.get(key, "") for key in MACHINE + SOFTWARE}
     return json.dumps({"config": config, **origin}, sort_keys=True)
 
@@ -266,7 +269,8 @@ def cases(runs: list[results.Run], pool: bool = False) -> list[Case]:
     for run in runs:
         if run.attrs.get("status", "complete") != "complete" or "timing/wall" not in run.arrays:
             continue
-        key = (signature(run, pool), int(run.attrs["world_size"]), threads_per_rank(run))
+        key = (signature(run, pool), int(run.attrs["world_size"]), threads_per_rank(run),
+               json.dumps(np.asarray(run.attrs.get("layer_blocks", [])).tolist()))
         if key not in found:
             found[key] = Case(key[0], run.attrs.get("variant", "pipeline"), run.attrs.get("dataset", ""),
                               key[1], key[2])
@@ -311,6 +315,23 @@ def reference_case(all_cases: list[Case], case: Case, variant: str) -> Case | No
                 and all(mine.get(k) == theirs.get(k) for k in SAME_WORK):
             return other
     return None
+
+
+def unpaired(runs: list[results.Run]) -> list[str]:
+    """Why a multi-rank case has no speedup: lines for each one whose 1-rank run exists but differs only in
+    machine or software (another commit, torch, host), so only ``--pool`` pairs them; [] if none."""
+    pooled = {row.case.runs[0].name: row for row in table(runs, pool=True)}
+    lines = []
+    for row in table(runs):
+        other = pooled.get(row.case.runs[0].name)
+        if row.case.ranks == 1 or row.base is not None or other is None or other.base is None:
+            continue
+        differ = [key for key in MACHINE + SOFTWARE
+                  if {str(r.attrs.get(key, "")) for r in row.case.runs}
+                  != {str(r.attrs.get(key, "")) for r in other.base.runs}]
+        lines.append(f"{row.case.runs[0].name} ({row.case.ranks} ranks): its 1-rank run differs in "
+                     f"{', '.join(differ) or 'machine or software'} (report --pool compares them)")
+    return lines
 
 
 def table(runs: list[results.Run], pool: bool = False) -> list[Row]:

@@ -95,8 +95,11 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
             p = int(run.attrs["world_size"])
             cluster = cluster_of(run, cores, base)
             variant, settings = run.attrs.get("variant", "pipeline"), Settings.from_run(run)
+            run_costs = costs
+            if run.config.get("layer_costs"):  # its own split (a group's runs may split differently)
+                run_costs = replace(costs, split=list(run.config["layer_costs"]))
             try:
-                pred = predict(variant, costs, cluster, p, settings)
+                pred = predict(variant, run_costs, cluster, p, settings)
             except ValueError as error:
                 skipped.append(f"{run.name}: {error}")
                 continue
@@ -106,7 +109,7 @@ def check(path: str, cores_per_node: int | None = None, base: Cluster | None = N
                 # (a pipeline's ranks mostly take turns), not as the model's fair share stretches it
                 busy = float((run.arrays["timing/compute"] + run.arrays["timing/data"]).sum())
                 k = busy / (pred.breakdown["mean work"] * p) if pred.breakdown["mean work"] > 0 else 1.0
-                rescaled = predict(variant, scaled(costs, k), cluster, p, settings).seconds
+                rescaled = predict(variant, scaled(run_costs, k), cluster, p, settings).seconds
             checks.append(Check(run.name, variant, p, cluster.threads, cluster.nodes(p),
                                 analysis.training_seconds(run), pred.seconds, calibration.name, pred.breakdown,
                                 rescaled))

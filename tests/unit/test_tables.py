@@ -15,15 +15,15 @@ from pffbench.store import writer
 pd = pytest.importorskip("pandas")
 
 
-def _append(out, name, ranks, seconds, **settings):
-    config = dataclasses.asdict(Config(variant="federated", layers=(16, 16), epochs=1, **settings))
+def _append(out, name, ranks, seconds, attrs=None, **settings):
+    config = dataclasses.asdict(Config(**{"variant": "federated", "layers": (16, 16), "epochs": 1, **settings}))
     arrays = {f"timing/{c}": np.full((ranks, 1), 0.0) for c in COLUMNS}
     arrays["timing/compute"][:] = seconds
     arrays["timing/wall"][:] = seconds
     arrays.update({"loss": np.ones((2, 1)), "test_accuracy": np.array([0.9])})
     attrs = {"variant": "federated", "dataset": "mnist", "config": config, "world_size": ranks,
              "threads_per_rank": [1] * ranks, "final_test_accuracy": 0.9, "minibatches_per_epoch": 10,
-             "dims": [784, 16, 16], "hostname": "h", "git_sha": "abc"}
+             "dims": [784, 16, 16], "hostname": "h", "git_sha": "abc", **(attrs or {})}
     writer.append_run(str(out), arrays, attrs, name=name)
 
 
@@ -129,3 +129,33 @@ def test_model_predict_says_what_its_compute_costs_rest_on():
     assert line.startswith("compute costs: microbenchmarks of this net on this machine (") and "load" in line
     args = model.build_parser().parse_args(["predict", "--calibrate", "c.h5"])
     assert "c.h5" in model.costs_source(args)
+
+
+def test_a_speedup_left_out_for_another_commit_says_so(tmp_path, capsys):
+    out = tmp_path / "runs.h5"
+    _append(out, "p1", 1, 4.0)
+    _append(out, "p2", 2, 2.5, attrs={"git_sha": "def"})  # the code moved between the two runs
+    code, text, err = _report(capsys, out)
+    assert code == 0 and "note: p2 (2 ranks): its 1-rank run differs in git_sha (report --pool" in err
+    code, text, err = _report(capsys, out, "--pool")
+    assert code == 0 and "differs in" not in err
+
+
+def test_a_run_split_by_measured_costs_is_compared_with_its_1_rank_run(tmp_path, capsys):
+    # --layer-costs changes only which rank holds which layer: at p = 1 there is one block whatever the costs
+    out = tmp_path / "runs.h5"
+    net = {"variant": "pipeline", "layers": (16, 16, 16)}
+
+    def append(name, ranks, seconds, blocks, **settings):
+        _append(out, name, ranks, seconds, attrs={"variant": "pipeline", "layer_blocks": blocks}, **net, **settings)
+
+    append("p1", 1, 4.0, [[0, 3]])
+    append("p2-measured", 2, 2.5, [[0, 2], [2, 3]], layer_costs=(1, 1, 2))
+    append("p2-measured-again", 2, 2.5, [[0, 2], [2, 3]], layer_costs=(1, 2, 2))  # other costs, the same split
+    append("p2-modelled", 2, 3.2, [[0, 1], [1, 3]])
+    from pffbench.analysis import analysis
+    rows = {row.case.runs[0].name: row for row in analysis.table(read_runs(str(out)))}
+    assert set(rows) == {"p1", "p2-measured", "p2-modelled"}  # a case per split
+    assert [run.name for run in rows["p2-measured"].case.runs] == ["p2-measured", "p2-measured-again"]
+    assert rows["p2-measured"].base is rows["p1"].case and rows["p2-measured"].speedup == pytest.approx(1.6)
+    assert rows["p2-modelled"].base is rows["p1"].case and rows["p2-modelled"].speedup == pytest.approx(1.25)
