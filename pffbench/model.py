@@ -24,6 +24,9 @@ from .perfmodel import calibrate, links, predict as model, validate as validatio
 from .analysis import sidecar
 
 
+DEFAULT_LAYERS = [2000] * 4  # the paper's hidden widths
+
+
 def _ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -32,6 +35,15 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless the help says it already or there is none to say."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default in (None, False, 0, "", [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,10 +71,11 @@ def _cluster_args(p) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m pffbench.model", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p = sub.add_parser("predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="predict training time and speedup")
+    p = sub.add_parser("predict", formatter_class=_Defaults, help="predict training time and speedup")
     p.add_argument("--variant", default="pipeline,all-layers,single-layer,federated,dp-backprop",
                    help=f"comma-separated: {', '.join(model.VARIANTS)}")
-    p.add_argument("--layers", type=_ints, default=[2000] * 4, help="hidden widths")
+    p.add_argument("--layers", type=_ints, default=None,
+                   help="hidden widths (default: 2000,2000,2000,2000; with a conv net's --calibrate, its run's net)")
     p.add_argument("--input", type=int, default=784, help="input width (MNIST 784)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per minibatch (global, for data parallelism)")
     p.add_argument("--epochs", type=int, default=1,
@@ -92,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the microbenchmarks again, and keep the new figures in place of this machine's "
                         "cached ones ($PFFBENCH_CACHE, default ~/.cache/pffbench/microbenchmarks.json)")
     _cluster_args(p)
-    v = sub.add_parser("validate", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="measured vs predicted for every run in a results file")
+    v = sub.add_parser("validate", formatter_class=_Defaults, help="measured vs predicted for every run in a results file")
     v.add_argument("results_file")
     v.add_argument("--cores-per-node", type=int, default=0, help="cores of the machine the runs ran on "
                    "(not recorded; default: this machine's)")
@@ -104,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--group-reduce", default="devvm-gloo-allreduce",
                    help="torch.distributed's allreduce within a node (ddp)")
     v.add_argument("--format", choices=("text", "markdown"), default="text", help="table format")
-    g = sub.add_parser("plot", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="model_speedup.png and model_timeline.png")
+    g = sub.add_parser("plot", formatter_class=_Defaults, help="model_speedup.png and model_timeline.png")
     g.add_argument("results_file", help="validation runs (measured points, calibration)")
     g.add_argument("-o", "--out-dir", default=sidecar.DEFAULT_FOLDER,
                    help="folder the figures go in (default: %(default)s, which git ignores; the README's figures "
@@ -122,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "predicted time to --target at p = 1..64, one rank per node, a panel per network")
     g.add_argument("--target", type=float, default=0.98, metavar="A",
                    help="with --race: the target accuracy (default: %(default)s)")
-    s = sub.add_parser("paper", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the paper's headline setup and deeper nets, predicted")
+    s = sub.add_parser("paper", formatter_class=_Defaults, help="the paper's headline setup and deeper nets, predicted")
     s.add_argument("--networks", default="1GbE,10GbE,IB-HDR", help="networks of the tables (see model links)")
     s.add_argument("--calibrate", metavar="RESULTS.h5", help="a 1-rank pipeline run of [784, 2000 x 4] to scale from")
     s.add_argument("--quick", action="store_true", help="fewer batch sizes and depths")
@@ -148,23 +161,37 @@ def cluster_from(args) -> links.Cluster:
 
 
 def _calibration(args, variant: str):
-    dims = [args.input, *args.layers]
+    dims = [args.input, *(args.layers or DEFAULT_LAYERS)]
     if not args.calibrate:
         return calibrate.measured(variant, dims, args.batch_size, args.threads, args.microbatches or 4,
                                   objective=args.objective if not VARIANTS[variant].baseline else None)
     from . import results
+    from .analysis.analysis import busy_host
     runs = results.read_runs(args.calibrate, [args.run] if args.run else None)
+    # data-parallel backprop on 1 rank is single-process backprop (perfmodel/race.py): each one's 1-rank runs
+    # calibrate the others (its own first, then backprop's)
+    data_parallel = {name for name, v in VARIANTS.items() if v.baseline and not v.microbatched}
+    alike = data_parallel if variant in data_parallel else {variant}
     ones = [r for r in runs
-            if int(r.attrs.get("world_size", 0)) == 1 and (args.run or r.attrs.get("variant") == variant)]
+            if int(r.attrs.get("world_size", 0)) == 1 and (args.run or r.attrs.get("variant") in alike)]
     if not ones:
-        raise UsageError(f"{args.calibrate} has no 1-rank {args.run or variant} run to calibrate from")
+        raise UsageError(f"{args.calibrate} has no 1-rank {args.run or ' or '.join(sorted(alike))} run to calibrate "
+                         f"from (--run NAME picks one)")
+    ones.sort(key=lambda r: (r.attrs.get("variant") != variant, r.attrs.get("variant") != "backprop", busy_host(r)))
     same_threads = [r for r in ones if calibrate.run_threads(r) == args.threads]
+    chosen = (same_threads or ones)[0]
+    if calibrate.run_threads(chosen) != args.threads:
+        print(f"pffbench.model: warning: {chosen.name} ran {calibrate.run_threads(chosen)} thread(s) per rank, not "
+              f"--threads {args.threads}: its costs are those threads'", file=sys.stderr)
+    if busy_host(chosen):
+        print(f"pffbench.model: warning: {chosen.name} was measured on a busy host (report's notes): the "
+              f"predictions are as slow as that host was", file=sys.stderr)
     try:
-        costs = calibrate.from_run((same_threads or ones)[0])
+        costs = calibrate.from_run(chosen)
     except ValueError as error:  # e.g. a conv net in a PFF chapter schedule
         raise UsageError(str(error)) from None
     if getattr(costs, "split", None) is not None:  # a conv net: its measured layers, predicted as it ran
-        if costs.batch != args.batch_size:
+        if costs.batch != args.batch_size or args.layers is not None:
             raise UsageError(f"{args.calibrate}: a conv net's calibration keeps its run's net and batch "
                              f"(--batch-size {costs.batch}); --input and --layers do not apply to it")
     elif costs.dims != dims or costs.batch != args.batch_size:
@@ -220,14 +247,14 @@ def cmd_predict(args) -> int:
         costs = _calibration(args, variant)
         microbatches = getattr(costs, "microbatches", None)
         conv = getattr(costs, "split", None) is not None  # a conv net's layers, as its run had them
-        layers = len(costs.dims) - 1 if conv else len(args.layers)
+        layers = len(costs.dims) - 1 if conv else len(args.layers or DEFAULT_LAYERS)
         num_train = args.num_train or (costs.num_train if conv else 60000)
         settings = model.Settings(num_train, args.epochs, args.splits, True, args.allreduce)
         ranks = [p for p in args.ranks if model.runs_on(variant, p, layers, microbatches)]
         rows += model.scaling(variant, costs, cluster, [1] + [p for p in ranks if p != 1], settings)
     inter = cluster.inter
     net = (f"the conv net of {costs.source} ({layers} layers)" if conv
-           else f"net [{args.input}, {', '.join(map(str, args.layers))}]")
+           else f"net [{args.input}, {', '.join(map(str, args.layers or DEFAULT_LAYERS))}]")
     print(f"{net}, batch {args.batch_size}, {args.epochs} epoch(s); "
           f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
           f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "

@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", default=None, metavar="FILE.json", help="also write the summary here")
     p.add_argument("--trials-of", default=None, metavar="TAG",
                    help="no search: take the validation trials of the contender whose runs in --out are named "
-                        "TAG-lr...-validation (one computing the same weights: see above) and pick from them")
+                        "TAG-lr...-validation and pick from them; for a contender that computes the same weights "
+                        "from a learning rate (the backprop family at any p; a rule's pipeline at p = 1 and 2), "
+                        "so its trials would differ only in speed")
     p.add_argument("--fresh", action="store_true",
                    help="run every trial and repeat, even those an earlier, interrupted tune of this contender "
                         "finished in --out (by default those are kept: a tune resumes run by run)")
@@ -274,9 +276,13 @@ def _search(args, passthrough, targets, tag, contender) -> list[dict]:
         if run is not None:
             contender.trials[lr] = run
         print(f"trial lr {lr:g}: validation " + ", ".join(
-            f"to {a:g} {trials[-1]['to_target'][f'{a:g}']['seconds']:.2f} s" for a in targets)
+            f"to {a:g} " + _seconds(trials[-1]['to_target'][f'{a:g}']['seconds']) for a in targets)
             + f"; final accuracy {trials[-1]['accuracy']:.4f}", flush=True)
     return trials
+
+
+def _seconds(seconds: float) -> str:
+    return "not reached" if math.isnan(seconds) else f"{seconds:.2f} s"
 
 
 def _measure(args, passthrough, targets, tag, contender) -> dict:
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                "validation_rows": args.validation, "trials": trials, "trials_of": args.trials_of, "out": args.out,
                "picks": {f"{r['target']:g}": {k: r[k] for k in keep} for r in rows}}
     for r in rows:
-        print(f"{tag}: to {r['target']:g}: lr {r['lr']:g} ({r['picked_by']}); test time median {r['seconds']:.2f} s "
+        print(f"{tag}: to {r['target']:g}: lr {r['lr']:g} ({r['picked_by']}); test time median {_seconds(r['seconds'])} "
               f"({r['reached']} of {r['repeats']} reached it), {r['samples']:.0f} samples, evaluation "
               f"{r['eval_seconds']:.2f} s apart; final accuracy median {r['accuracy']:.4f}", flush=True)
     if args.summary:

@@ -45,12 +45,16 @@ def _launch_hint(message: str) -> str:
     return f"; the number of ranks is mpiexec's: mpiexec -n {n} python -m pffbench.run ..."
 
 
-def build_parser(prog: str = "python -m pffbench.run") -> argparse.ArgumentParser:
-    """The parser of every flag, in groups; defaults are Config's."""
+RUN_DESCRIPTION = ("Train a Forward-Forward network with its layers pipelined over MPI ranks and append the run's "
+                   "timings to an HDF5 file. Launch with e.g. `mpirun -n 4 python -m pffbench.run`; one rank is the "
+                   "sequential baseline.")
+
+
+def build_parser(prog: str = "python -m pffbench.run", description: str = RUN_DESCRIPTION) -> argparse.ArgumentParser:
+    """The parser of every flag, in groups; defaults are Config's.  ``prog`` and ``description``: a command
+    that takes run's flags to describe a run (e.g. probes/layer_costs.py) says what it is itself."""
     d = Config()
-    p = _Parser(prog=prog, description="Train a Forward-Forward network with its layers pipelined over MPI ranks "
-                "and append the run's timings to an HDF5 file. Launch with e.g. "
-                "`mpirun -n 4 python -m pffbench.run`; one rank is the sequential baseline.")
+    p = _Parser(prog=prog, description=description)
     p.add_argument("--variant", default=d.variant, choices=tuple(VARIANTS),
                    help="training schedule (default: %(default)s: layers pipelined over ranks)")
     p.add_argument("--objective", default=None, choices=OBJECTIVES,
@@ -94,9 +98,9 @@ def _model_flags(p, d: Config) -> None:
     model.add_argument("--layer-costs", type=_int_list, default=d.layer_costs, metavar="C1,C2,...",
                        help="each hidden layer's cost (any unit: only their ratios count), for the partition of "
                             "the pipeline's layers over ranks (pipeline, gpipe, 1f1b); `python -m "
-                            "pffbench.probes.layer_costs` measures and prints them for the local rules other than "
-                            "ff (gpipe, 1f1b and ff: give them by hand) (default: modelled, by weight counts, a conv "
-                            "net's by FLOPs)")
+                            "pffbench.probes.layer_costs` with the run's flags measures and prints them (every "
+                            "local rule but ff, and gpipe, 1f1b; ff: give them by hand) (default: modelled, by "
+                            "weight counts, a conv net's by FLOPs)")
     model.add_argument("--augment", action="store_true",
                        help="random crop (4 pixels of zero padding, cropped back at a random offset) and horizontal "
                             "flip (p = 0.5) of every training image, the standard CIFAR-10 recipe; never of test or "
@@ -226,8 +230,8 @@ def _shorten_preset(args, settings: dict) -> None:
     args.splits = args.epochs // per_chapter
 
 
-def parse_config(argv=None) -> Config:
-    parser = build_parser()
+def parse_config(argv=None, prog: str = "python -m pffbench.run", description: str = RUN_DESCRIPTION) -> Config:
+    parser = build_parser(prog, description)
     args = parser.parse_args(argv)
     if args.preset is not None:
         from .presets import PRESETS

@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..datasets.files import DataError
     from ..datasets.load import load_dataset
     from ..launch.cli import parse_config
-    config = parse_config(argv if argv is not None else sys.argv[1:])
+    config = parse_config(argv if argv is not None else sys.argv[1:], prog="python -m pffbench.probes.layer_costs",
+                          description="Time each hidden layer's training step of the run these flags describe (the "
+                          "run's own flags: python -m pffbench.run's, listed below), layers in turn, median of "
+                          f"{REPEATS} after {WARMUP} warm-up rounds; print the milliseconds per layer, the splits "
+                          "they give over 2 to 4 ranks, and the --layer-costs flag to pass to the run.")
     torch.set_num_threads(config.threads or torch.get_num_threads())
     try:
         dataset = load_dataset(config.dataset, config.data_dir)

@@ -59,7 +59,7 @@ def test_the_model_calibrates_on_a_conv_pipeline_run_and_predicts_its_p2_run(ima
     assert all(c.predicted > 0 and c.calibration == "conv-p1" for c in checks)
 
 
-def test_the_model_calibrates_on_conv_backprop_runs_and_predicts_their_p2_runs(image_folder, tmp_path):
+def test_the_model_calibrates_on_conv_backprop_runs_and_predicts_their_p2_runs(image_folder, tmp_path, capsys):
     # the backprop baselines on a conv net: each linear (block, head) measured, scaled to the 1-rank run
     from helpers import mpirun
     from pffbench.perfmodel import calibrate, validate
@@ -85,3 +85,16 @@ def test_the_model_calibrates_on_conv_backprop_runs_and_predicts_their_p2_runs(i
         assert c.predicted > 0 and c.calibration == f"{c.variant}-p1"
         if c.p == 1:  # its own calibration: the level of its compute, data and sync kept
             assert abs(c.error) < 0.25, validate.table(checks)
+    from pffbench import model
+    assert model.main(["predict", "--calibrate", str(out), "--variant", "dp-backprop", "--ranks", "1,2",
+                       "--batch-size", "16"]) == 0  # data parallelism from another data-parallel 1-rank run (ddp's)
+    assert model.main(["predict", "--calibrate", str(out), "--variant", "gpipe", "--layers", "500",
+                       "--batch-size", "16"]) == 2  # a conv net's calibration keeps its net: --layers refused
+    import h5py
+    with h5py.File(out, "r+") as f:  # the calibrating run measured while the host was busy
+        f["runs"]["ddp-p1"].attrs["load_avg_start"] = [99.0, 99.0, 99.0]
+    capsys.readouterr()
+    assert model.main(["predict", "--calibrate", str(out), "--variant", "ddp", "--ranks", "1,2", "--batch-size", "16",
+                       "--threads", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "ddp-p1 was measured on a busy host" in err and "ran 1 thread(s) per rank, not --threads 2" in err

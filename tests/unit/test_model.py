@@ -295,3 +295,10 @@ def test_planning_refuses_a_pipeline_with_fewer_rows_than_stages():
     from pffbench.perfmodel.study import best_microbatches_seconds
     with pytest.raises(ValueError, match="at least 8 rows"):
         best_microbatches_seconds("gpipe", backprop_costs(fb0=0.001), free_cluster(), 8, Settings(num_train=64), 4)
+
+
+def test_the_model_help_says_each_default_once():
+    from pffbench import model as cli
+    text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["predict"].format_help().split())
+    assert "(default: 64)" in text and "(default: None)" not in text  # the formatter's, where help has none
+    assert "default shm) (default" not in text and text.count("(default: 0.98)") == 1
