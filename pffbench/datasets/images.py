@@ -68,7 +68,11 @@ def _image_classes(root: Path) -> tuple[list[str], dict[str, list[list[Path]]]]:
     for split in ("train", "test"):
         folder = root / split
         if not folder.is_dir():
-            raise DataError(f"image folder {folder} not found: put images in {root}/train/<class>/ and "
+            # a data root holding image folders (e.g. $PFFBENCH_DATA with cifar10-jpeg/): name them
+            inner = sorted(str(d) for d in _visible(root) if d.is_dir() and (d / "train").is_dir()) \
+                if root.is_dir() else []
+            hint = f" (did you mean --data-dir {' or '.join(inner)}?)" if inner else ""
+            raise DataError(f"image folder {folder} not found{hint}: put images in {root}/train/<class>/ and "
                             f"{root}/test/<class>/ (*.png, *.jpg) and pass that folder as --data-dir")
         splits[split] = [entry.name for entry in _visible(folder) if entry.is_dir()]
     classes = splits["train"]

@@ -666,3 +666,12 @@ def test_real_imagefolder_cifar10_jpeg():
     assert_well_formed(ds)
     assert (ds.x_train.shape, ds.x_test.shape, ds.image_shape) == ((50000, 3072), (10000, 3072), (3, 32, 32))
     assert ds.y_train.bincount().tolist() == [5000] * 10 and ds.y_test.bincount().tolist() == [1000] * 10
+
+
+def test_imagefolder_given_the_data_root_names_the_image_folders_inside(tmp_path):
+    # PFFBENCH_DATA holds cifar10-jpeg/ (and mnist/): --data-dir of the root gets a pointer to the folder
+    ok = np.zeros((2, 2, 3), np.uint8)
+    write_images(tmp_path / "cifar10-jpeg", {"train": {"a": [ok], "b": [ok]}, "test": {"a": [ok], "b": [ok]}})
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(DataError, match=rf"not found \(did you mean --data-dir {tmp_path}/cifar10-jpeg\?\)"):
+        load_dataset("imagefolder", tmp_path)
