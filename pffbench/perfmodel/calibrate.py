@@ -146,8 +146,7 @@ def from_run(run: results.Run, profile=None):
     variant, config = run.attrs.get("variant", "pipeline"), run.config
     threads, batch = run_threads(run), int(config["batch_size"])
     a = run.arrays
-    evals = a["timing/eval"][0]
-    evaluation = float(evals[evals > 0].max()) if (evals > 0).any() else 0.0
+    evaluation = _evaluation(run)
     if VARIANTS[variant].baseline:
         return _backprop_from_run(run, variant, batch, threads, evaluation, profile)
     dims = list(run.attrs["dims"])
@@ -163,23 +162,11 @@ def from_run(run: results.Run, profile=None):
     return _pff_costs(run, profile, sizes, evaluation)
 
 
-def _conv_from_run(run: results.Run) -> FFCosts:
-    """A 1-rank activation-pipeline run of a conv net (--conv): each layer's step measured as the run takes it
-    (probes/layer_costs.py, on this host, at the run's batch and threads), scaled so that an epoch's steps add
-    up to the run's compute; rank 0's data per minibatch (the crops and flips of --augment included) as the run
-    measured it.  The messages are the layers' flattened outputs (``dims``); the partition balances the run's
-    --layer-costs, else its rule's FLOPs, as the schedule does."""
-    import torch
-
+def _conv_run(run: results.Run):
+    """(Config, Shape, threads per rank) of a conv net's 1-rank run, as its layers are measured again on this
+    host; ValueError unless it is complete, on 1 rank, and records its net's shapes."""
     from ..core.config import Config
     from ..core.types import Shape
-    from ..learn import rules
-    from ..learn.nets.conv import ConvNet
-    from ..probes import layer_costs
-    variant = run.attrs.get("variant", "pipeline")
-    if VARIANTS[variant].family != "pipeline" or VARIANTS[variant].pff:
-        raise ValueError(f"run {run.name} trains a conv net with {variant}: the model predicts conv nets in the "
-                         "activation pipeline and the backprop baselines, not the PFF chapter schedules")
     if int(run.attrs.get("world_size", 0)) != 1 or run.attrs.get("status", "complete") != "complete":
         raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
     if "layer_shapes" not in run.attrs or "class_names" not in run.attrs:
@@ -187,27 +174,54 @@ def _conv_from_run(run: results.Run) -> FFCosts:
     known = {f for f in Config.__dataclass_fields__}
     config = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in run.config.items() if k in known})
     shapes = [tuple(s) for s in run.attrs["layer_shapes"]]
-    shape = Shape(int(run.attrs["num_train"]), int(torch.tensor(shapes[0]).prod()), len(run.attrs["class_names"]),
-                  shapes[0])
-    threads, batch = run_threads(run), config.batch_size
+    shape = Shape(int(run.attrs["num_train"]), math.prod(shapes[0]), len(run.attrs["class_names"]), shapes[0])
+    return config, shape, run_threads(run)
+
+
+def _at_threads(threads: int, measure):
+    """``measure()`` on ``threads`` torch threads (the run's), the process's own restored after."""
+    import torch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        step = layer_costs.measure(config, shape)
+        return measure()
     finally:
         torch.set_num_threads(previous)
+
+
+def _evaluation(run: results.Run) -> float:
+    """Rank 0's seconds an evaluation (the longest of the run's; 0 if it evaluated none)."""
+    evals = run.arrays["timing/eval"][0]
+    return float(evals[evals > 0].max()) if (evals > 0).any() else 0.0
+
+
+def _conv_from_run(run: results.Run) -> FFCosts:
+    """A 1-rank activation-pipeline run of a conv net (--conv): each layer's step measured as the run takes it
+    (probes/layer_costs.py, on this host, at the run's batch and threads), scaled so that an epoch's steps add
+    up to the run's compute; rank 0's data per minibatch (the crops and flips of --augment included) as the run
+    measured it.  The messages are the layers' flattened outputs (``dims``); the partition balances the run's
+    --layer-costs, else its rule's FLOPs, as the schedule does."""
+    from ..learn import rules
+    from ..learn.nets.conv import ConvNet
+    from ..probes import layer_costs
+    variant = run.attrs.get("variant", "pipeline")
+    if VARIANTS[variant].family != "pipeline" or VARIANTS[variant].pff:
+        raise ValueError(f"run {run.name} trains a conv net with {variant}: the model predicts conv nets in the "
+                         "activation pipeline and the backprop baselines, not the PFF chapter schedules")
+    config, shape, threads = _conv_run(run)
+    batch = config.batch_size
+    step = _at_threads(threads, lambda: layer_costs.measure(config, shape))
     rule, net = rules.module(rules.objective_of(config)), ConvNet.of(config, shape)
     a = run.arrays
     sizes = batch_rows(shape.num_train, batch)
     full = sum(sizes) / batch
     scale = float(a["timing/compute"][0].mean()) / (full * sum(step))
-    evals = a["timing/eval"][0]
     layers = [rule.make_conv_layer(i, net, config, "cpu") for i in range(len(step))]
     weight_bytes = [4 * sum(t.numel() for t in layer.parameters()) for layer in layers]
     zeros = [0.0] * len(step)
     return FFCosts(list(run.attrs["dims"]), batch, threads, "conv", [s * scale for s in step], zeros, zeros,
                    float(a["timing/data"][0].mean()) / full, 0.0, 0.0, sync=float(a["timing/sync"][0].mean()),
-                   eval=float(evals[evals > 0].max()) if (evals > 0).any() else 0.0, scale=scale,
+                   eval=_evaluation(run), scale=scale,
                    source=f"run {run.name}", message_rows=rule.message_rows(1),
                    split=list(config.layer_costs or rule.conv_costs(net)), weight_bytes=weight_bytes,
                    num_train=shape.num_train)
@@ -218,30 +232,15 @@ def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
     minibatch, or a microbatch if smaller, and the whole, fitted a + b r as profile_backprop fits the MLP's) and Adam step measured on this
     host at the run's threads (probes/layer_costs.backprop_parts), scaled so that a step's compute is the
     run's; the library's or DDP's per-step rest and the data per row as _backprop_from_run takes them."""
-    import torch
-
-    from ..core.config import Config
-    from ..core.types import Shape
     from ..learn.nets.conv import ConvNet
     from ..probes import layer_costs
-    variant, config = run.attrs.get("variant", "backprop"), run.config
-    if int(run.attrs.get("world_size", 0)) != 1 or run.attrs.get("status", "complete") != "complete":
-        raise ValueError(f"run {run.name}: calibration needs a complete 1-rank run")
-    if "layer_shapes" not in run.attrs or "class_names" not in run.attrs:
-        raise ValueError(f"run {run.name} does not record its conv net's shapes (written before they were kept)")
-    known = {f for f in Config.__dataclass_fields__}
-    config = Config(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items() if k in known})
-    shapes = [tuple(s) for s in run.attrs["layer_shapes"]]
-    shape = Shape(int(run.attrs["num_train"]), math.prod(shapes[0]), len(run.attrs["class_names"]), shapes[0])
-    threads, batch = run_threads(run), config.batch_size
+    variant = run.attrs.get("variant", "backprop")
+    config, shape, threads = _conv_run(run)
+    batch = config.batch_size
     m = config.microbatches if VARIANTS[variant].microbatched else 1
     small = max(1, batch // max(4, m))  # the fit spans the microbatch (or a shard of a few ranks) to the minibatch
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        (at_small, at_large), adam, params = layer_costs.backprop_parts(config, shape, [small, batch])
-    finally:
-        torch.set_num_threads(previous)
+    (at_small, at_large), adam, params = _at_threads(
+        threads, lambda: layer_costs.backprop_parts(config, shape, [small, batch]))
     slope = [max(0.0, (b - a) / (batch - small)) if batch > small else 0.0 for a, b in zip(at_small, at_large)]
     fb = [(max(0.0, b - k * batch), k) for b, k in zip(at_large, slope)]
     a = run.arrays
@@ -249,13 +248,11 @@ def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
     compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps
     scale = compute / (sum(m * (f0 + f1 * batch / m) for f0, f1 in fb) + sum(adam))
     fb = [(f0 * scale, f1 * scale) for f0, f1 in fb]
-    evals = a["timing/eval"][0]
     net = ConvNet.of(config, shape)
     dims = list(run.attrs["dims"])
     costs = BackpropCosts(dims[:-1], batch, threads, sum(f0 for f0, _ in fb), sum(f1 for _, f1 in fb),
                           sum(adam) * scale, float(a["timing/data"][0].sum()) / steps / batch, sum(params),
-                          eval=float(evals[evals > 0].max()) if (evals > 0).any() else 0.0, scale=scale,
-                          source=f"run {run.name}", microbatches=m,
+                          eval=_evaluation(run), scale=scale, source=f"run {run.name}", microbatches=m,
                           library=sync / (2 * m) if VARIANTS[variant].microbatched else 0.0,
                           tail=sync if VARIANTS[variant].program == "ddp" else 0.0,
                           layer_fb=fb, layer_adam=[x * scale for x in adam], params=params,
