@@ -39,6 +39,11 @@ AUXILIARY_GRID = 2   # an auxiliary head pools a block's output to this many cel
 # FLOPs per output element beside the convolution's: GroupNorm (mean, variance, normalize, scale and shift: ~5),
 # ReLU (1), the 2x2 max pool (3 comparisons per pooled element, < 1 per element); an approximation
 ELEMENTWISE_FLOPS = 7
+# rows a forward pass takes when evaluating: a chunk's activations should stay in the cache.  The race's net
+# (--conv 20,80,160,320 on 32x32 images, 1 thread, the 2-vCPU Intel Xeon VM, 2026-12-06, best of 5 over
+# 2,000 rows): 0.64-0.66 ms a row at 32 to 250 rows, 0.83 ms at 500, 0.88 ms at 1,000 (block 0's output
+# is 80 KB a row)
+EVAL_ROWS = 100
 
 
 def groups(channels: int) -> int:
@@ -212,10 +217,10 @@ class ConvModel(torch.nn.Module):
 
 
 @torch.no_grad()
-def accuracy(net: ConvNet, layers: list, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+def accuracy(net: ConvNet, layers: list, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_ROWS) -> float:
     """Test accuracy of the net made of ``layers`` (every hidden layer, then the head; e.g. gathered from a
-    pipeline's stages) on rows ``x`` [n, C*H*W] with labels ``y`` [n].  Smaller batches than the MLP's: a
-    block's activity is channels times the image."""
+    pipeline's stages) on rows ``x`` [n, C*H*W] with labels ``y`` [n], ``batch_size`` rows at a time
+    (EVAL_ROWS: a block's activity is channels times the image)."""
     correct = 0
     for start in range(0, x.shape[0], batch_size):
         h = x[start:start + batch_size]

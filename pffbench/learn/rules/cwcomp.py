@@ -125,7 +125,7 @@ def step(layer: CwCompLayer, x: torch.Tensor, side: torch.Tensor, n: int) -> tup
 
 @torch.no_grad()
 def conv_accuracies(modules, net: conv.ConvNet, x: torch.Tensor, y: torch.Tensor, device,
-                    batch_size: int = 500) -> tuple[float, float]:
+                    batch_size: int = conv.EVAL_ROWS) -> tuple[float, float]:
     """Accuracies of the blocks ``modules`` (ConvBlocks, first to last) on test rows ``x`` [n, C*H*W] with
     labels ``y`` [n]: (the last block's goodness argmax, every block's log-softmax of its goodness summed)."""
     x, y = x.to(device), y.to(device)

@@ -167,7 +167,7 @@ class ConvSource(Source):
 
 @torch.no_grad()
 def conv_accuracy(modules, head_modules, net: conv.ConvNet, x: torch.Tensor, y: torch.Tensor, config, device,
-                  batch_size: int = 500) -> float:
+                  batch_size: int = conv.EVAL_ROWS) -> float:
     """The all-heads accuracy (every head's log-probabilities summed, as ``accuracy``) on test rows ``x``
     [n, C*H*W] with labels ``y`` [n] of the conv net ``net`` rebuilt from its hidden layers' ``modules``
     (blocks, dense Linears) and auxiliary ``head_modules``."""
