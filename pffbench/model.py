@@ -225,7 +225,7 @@ def cmd_race(args) -> int:
                          f"thread(s) per rank")
     inter = cluster.inter
     print(f"the race of {args.race} to {args.target:g}, predicted: {cluster.ranks_per_node} rank(s)/node, "
-          f"{cluster.cores_per_node} cores/node, {cluster.threads} thread(s)/rank; network {inter.name} "
+          f"{cluster.cores_per_node} core(s)/node, {cluster.threads} thread(s)/rank; network {inter.name} "
           f"(alpha {inter.alpha * 1e6:.1f} us, beta {inter.beta / 1e9:.2f} GB/s); time to target = the model's "
           f"epoch seconds x measured samples to target / samples per epoch")
     print(race.format_rows(rows, args.format == "markdown"))
@@ -256,7 +256,7 @@ def cmd_predict(args) -> int:
     net = (f"the conv net of {costs.source} ({layers} layers)" if conv
            else f"net [{args.input}, {', '.join(map(str, args.layers or DEFAULT_LAYERS))}]")
     print(f"{net}, batch {args.batch_size}, {args.epochs} epoch(s); "
-          f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} cores/node, "
+          f"{cluster.ranks_per_node} rank(s)/node, {cluster.cores_per_node} core(s)/node, "
           f"{cluster.threads} thread(s)/rank; network {inter.name} (alpha {inter.alpha * 1e6:.1f} us, "
           f"beta {inter.beta / 1e9:.2f} GB/s)")
     print(costs_source(args))

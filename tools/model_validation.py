@@ -1,6 +1,6 @@
 """Re-measure the performance model's validation set (docs/model.md, *Validation*).
 
-    python tools/model_validation.py [--repeats 3] [--only one-node|nodes]
+    python tools/model_validation.py [--repeats 3] [--only one-node|nodes|conv]
 
 One node (``results/model-validation.h5``): every schedule the model covers, on
 MNIST with 1 thread per rank, p = 1 and the p it is validated at (the pipeline
@@ -19,6 +19,14 @@ pffbench.probes.linkprobe``) and the alpha and beta printed, to pass to
 ``validate --alpha --beta``.  The one-node part relies on the table's
 devvm-* links; on another machine probe them first (``mpiexec -n 2 python -m
 pffbench.probes.linkprobe [--gloo]``) and pass ``--intra``/``--group``.
+
+Conv nets (``results/model-validation-conv.h5``, ``--only conv``, not in the default set: about 10 min a
+repeat on 2 cores): the CIFAR-10 race's CNN (``--conv 20,80,160,320 --augment``, batch 64, CIFAR-10 from
+``$PFFBENCH_DATA``: the official tarball, else the JPEG copy), one epoch of 45,000 rows (5,000 held out and
+evaluated on), every schedule with a conv path at p = 1 and 2: the activation pipeline with local-softmax
+and cwcomp, dp-backprop, ddp, gpipe and 1f1b.  The pipelines split their blocks by the step times
+``python -m pffbench.probes.layer_costs`` measures first, as jobs/race.sbatch does (a block's FLOPs
+misjudge its time); the model calibrates a conv net from its 1-rank run (docs/model.md, *Conv nets*).
 
 Run it on an idle machine: it measures the host as much as the model.
 """
@@ -54,6 +62,17 @@ ONE_NODE = [
     ("gpipe", (1, 2), ["--variant", "gpipe", "--layers", W2, *BP]),
     ("1f1b", (1, 2), ["--variant", "1f1b", "--layers", W2, *BP]),
 ]
+CONV_BP = ["--epochs", "1", "--lr", "1e-3"]
+# (label, rank counts, run arguments, the layer-costs probe's arguments or None: no --layer-costs)
+CONV_CASES = [
+    ("ls", (1, 2), ["--variant", "pipeline", "--objective", "local-softmax", *CONV_BP],
+     ["--objective", "local-softmax"]),
+    ("cw", (1, 2), ["--variant", "pipeline", "--objective", "cwcomp", *CONV_BP], ["--objective", "cwcomp"]),
+    ("dp", (1, 2), ["--variant", "dp-backprop", *CONV_BP], None),
+    ("ddp", (1, 2), ["--variant", "ddp", *CONV_BP], None),
+    ("gpipe", (1, 2), ["--variant", "gpipe", *CONV_BP], ["--variant", "gpipe"]),
+    ("1f1b", (1, 2), ["--variant", "1f1b", *CONV_BP], ["--variant", "gpipe"]),  # a stage's work is gpipe's
+]
 TWO_NODES = [
     ("pipe2", ["--variant", "pipeline", "--layers", "784,544", *FF_EPOCHS]),
     ("dp", ["--variant", "dp-backprop", "--layers", W2, *BP]),
@@ -77,6 +96,34 @@ def one_node(repeats: int, out: str) -> None:
             for p in ranks:
                 trace = ["--trace"] if (label, p, repeat) == ("pipe4", 2, 0) else []  # plots/model_timeline
                 _run([MPIEXEC, "-n", str(p), *pffbench_run(args + trace, out, f"{label}-p{p}-r{repeat}")])
+
+
+def conv_data(data: str) -> list[str]:
+    """The CIFAR-10 flags for the data folder ``data``: the official tarball when it is there, else the
+    JPEG copy's image folder (as jobs/race.sbatch chooses)."""
+    root = Path(data)
+    if (root / "cifar-10-python.tar.gz").exists() or (root / "cifar-10-batches-py").is_dir():
+        return ["--dataset", "cifar10", "--data-dir", data]
+    return ["--dataset", "imagefolder", "--data-dir", str(root / "cifar10-jpeg")]
+
+
+def conv(repeats: int, out: str, data: str) -> None:
+    net = [*conv_data(data), "--conv", "20,80,160,320", "--augment", "--batch-size", "64", "--validation", "5000"]
+    costs = {}
+    for label, _, _, probe in CONV_CASES:
+        if probe is not None and tuple(probe) not in costs:
+            argv = [PYTHON, "-m", "pffbench.probes.layer_costs", *probe, *net, "--threads", "1"]
+            print("+", " ".join(argv), flush=True)
+            done = subprocess.run(argv, cwd=ROOT, timeout=1800, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"model_validation: the layer-costs probe failed: {done.stderr.strip()[-300:]}")
+            costs[tuple(probe)] = done.stdout.split()[-2:]  # the last line: --layer-costs C1,C2,...
+            print(" ".join(costs[tuple(probe)]), flush=True)
+    for repeat in range(repeats):
+        for label, ranks, args, probe in CONV_CASES:
+            split = costs[tuple(probe)] if probe is not None else []
+            for p in ranks:
+                _run([MPIEXEC, "-n", str(p), *pffbench_run([*net, *args, *split], out, f"conv-{label}-p{p}-r{repeat}")])
 
 
 def _shape(cluster, rate: str | None) -> None:
@@ -115,15 +162,21 @@ def nodes(repeats: int, outs: dict[str, str]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/model_validation.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=("one-node", "nodes"))
-    parser.add_argument("--out", default="results/model-validation.h5")
+    parser.add_argument("--only", choices=("one-node", "nodes", "conv"))
+    parser.add_argument("--out", default=None, help="the one-node (or, with --only conv, the conv) results file "
+                        "(default results/model-validation.h5, results/model-validation-conv.h5)")
     opts = parser.parse_args(argv)
     if not os.environ.get("PFFBENCH_DATA"):
-        print("model_validation: set PFFBENCH_DATA to the folder holding MNIST", file=sys.stderr)
+        print("model_validation: set PFFBENCH_DATA to the folder holding MNIST (and CIFAR-10 for --only conv)",
+              file=sys.stderr)
         return 2
     start = time.time()
+    if opts.only == "conv":
+        conv(opts.repeats, opts.out or "results/model-validation-conv.h5", os.environ["PFFBENCH_DATA"])
+        print(f"model_validation: done in {time.time() - start:.0f} s")
+        return 0
     if opts.only != "nodes":
-        one_node(opts.repeats, opts.out)
+        one_node(opts.repeats, opts.out or "results/model-validation.h5")
     if opts.only != "one-node":
         nodes(opts.repeats, {"open": "results/model-validation-2nodes.h5",
                              "1gbit": "results/model-validation-1gbit.h5"})
