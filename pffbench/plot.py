@@ -104,8 +104,30 @@ def _busy(case) -> str:
 
 
 def _machine(runs) -> str:
-    hosts = sorted({run.attrs.get("hostname", "?") for run in runs})
-    return ", ".join(hosts)
+    """The runs' hosts, each with its CPU model where recorded: "vm (Intel(R) Xeon(R) Processor)"."""
+    hosts = sorted({(_text(run.attrs.get("hostname", "?")), _text(run.attrs.get("cpu_model", ""))) for run in runs})
+    return ", ".join(f"{host} ({cpu})" if cpu else host for host, cpu in hosts)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _workload(run: results.Run, rival: bool) -> str:
+    """A run's data and net for a title: "mnist, [784, 784, 544]" or "imagefolder cifar10-jpeg, --conv
+    20,80,160,320" (an image folder named by its folder; a conv net by its blocks, then its dense layers)."""
+    config = run.config
+    data = config["dataset"]
+    if data == "imagefolder" and config.get("data_dir"):
+        data += " " + os.path.basename(os.path.normpath(config["data_dir"]))
+    if config.get("conv"):
+        net = "--conv " + ",".join(map(str, config["conv"]))
+        return f"{data}, {net}" + (f" + dense {','.join(map(str, config['layers']))}" if config.get("layers") else "")
+    if run.attrs.get("dims") is None:
+        dims = list(config["layers"])
+    else:  # the recorded widths, input first; a baseline's end with its head
+        dims = list(run.attrs["dims"])[:-1] if rival else list(run.attrs["dims"])
+    return f"{data}, [{', '.join(map(str, dims))}]"
 
 
 def speedup_figure(runs: list[results.Run], title: str | None = None) -> plt.Figure | None:
@@ -240,7 +262,7 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
 
 def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figure | None:
     """The race (``python -m pffbench.tune`` runs, jobs/race.sbatch): test accuracy against training time
-    for every contender at its pick for the highest target, one panel per rank count p, the curve of
+    for every contender at its pick for the highest target it repeated, one panel per rank count p, the curve of
     its first repetition, a star at each target's median time over the repetitions (analysis/race.py);
     the y axis starts 5 points below the lowest target.  None without tune runs with repetitions."""
     contenders = [c for c in race.contenders(runs) if c.trials and c.repeats]
@@ -254,10 +276,13 @@ def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figur
     styles = Styles()
     for ax, p in zip(axes[0], ranks):
         for contender in (c for c in contenders if c.ranks == p):
-            lr, _ = race.pick_for(contender, goals[-1])
-            repeats = contender.repeats.get(lr)
-            if not repeats:
+            # its pick for the highest target it has repeated (a contender that never reached the top target
+            # in its trials has no repetitions of that pick)
+            picks = (race.pick_for(contender, goal)[0] for goal in reversed(goals))
+            lr = next((lr for lr in picks if contender.repeats.get(lr)), None)
+            if lr is None:
                 continue
+            repeats = contender.repeats[lr]
             busy = any(analysis.busy_host(run) for run in repeats)
             look = styles.of(contender.variant, p, contender.objective, busy=busy)
             table = race.evaluations(repeats[0])
@@ -274,14 +299,12 @@ def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figur
         ax.set_title(f"p = {p} rank{'s' if p > 1 else ''}", fontsize=10)
         ax.grid(True, alpha=0.3)
         legend_marks(ax, star="median time to a target (repetitions)", busy=any("busy host" in t for t in ax.get_legend_handles_labels()[1]),
-                     fontsize=7.5, loc="lower right")
+                     fontsize=7.5, loc="best")
     axes[0][0].set_ylabel("test accuracy (%), first repetition")
     some = contenders[0].trials[next(iter(contenders[0].trials))]
-    dims = list(some.attrs.get("dims") or some.config["layers"])
-    dims = dims[:-1] if contenders[0].rival else dims  # a baseline's dims end with its head
-    fig.suptitle(f"The race to {', '.join(f'{100 * g:g}' for g in goals)} % ({some.config['dataset']}, "
-                 f"[{', '.join(map(str, dims))}], batch {some.config['batch_size']}; star: median of the "
-                 f"repetitions)\n{_machine(runs)}", fontsize=10)
+    fig.suptitle(f"The race to {', '.join(f'{100 * g:g}' for g in goals)} % ({_workload(some, contenders[0].rival)}, "
+                 f"batch {some.config['batch_size']}; star: median of the repetitions)\n{_machine(runs)}",
+                 fontsize=10)
     return fig
 
 

@@ -87,6 +87,17 @@ def test_report_race_reads_the_race_from_a_results_file(tmp_path, capsys):
     assert list(drawn) == ["race"]  # the trials crowd no other figure
 
 
+def test_the_race_figure_draws_a_contender_that_never_reached_the_top_target_at_its_lower_pick():
+    # cwcomp in the CIFAR-10 race: its most accurate trial (the top target's pick) was never repeated;
+    # the pick for the lower target was, and its curve belongs in the figure
+    short = _contender("pipeline", "cwcomp", 2, {1e-3: [0.971, 0.972, 0.973], 1e-2: [0.9, 0.95, 0.975]},
+                       {1e-3: [[0.97, 0.972, 0.974]] * 3})
+    fig = plot.race_figure(BACKPROP + LOCAL + short, targets=[0.97, 0.98])
+    labels = [text for ax in fig.axes for text in ax.get_legend_handles_labels()[1]]
+    assert "pipeline x cwcomp, 2 x 1, lr 0.001" in labels
+    assert "mnist, [784, 544]" in fig._suptitle.get_text()
+
+
 def test_every_series_of_a_figure_looks_different_whatever_their_count():
     kinds = [("pipeline", "ff"), ("pipeline", "local-softmax"), ("pipeline", "scff"), ("backprop", None),
              ("dp-backprop", None), ("ddp", None), ("gpipe", None), ("1f1b", None), ("all-layers", None),
