@@ -105,17 +105,22 @@ def _busy(case) -> str:
 
 def _machine(runs) -> str:
     """The runs' hosts, each with its CPU model where recorded: "vm (Intel(R) Xeon(R) Processor)"."""
-    hosts = sorted({(_text(run.attrs.get("hostname", "?")), _text(run.attrs.get("cpu_model", ""))) for run in runs})
-    return ", ".join(f"{host} ({cpu})" if cpu else host for host, cpu in hosts)
+    cpus = {}
+    for run in runs:
+        cpus.setdefault(_text(run.attrs.get("hostname") or "?"), set()).add(_text(run.attrs.get("cpu_model") or ""))
+    return ", ".join(f"{host} ({', '.join(sorted(c for c in cpu if c))})" if any(cpu) else host
+                     for host, cpu in sorted(cpus.items()))
 
 
 def _text(value) -> str:
+    """An attribute as text (older files stored text as bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _workload(run: results.Run, rival: bool) -> str:
-    """A run's data and net for a title: "mnist, [784, 784, 544]" or "imagefolder cifar10-jpeg, --conv
-    20,80,160,320" (an image folder named by its folder; a conv net by its blocks, then its dense layers)."""
+    """A run's data and net for a title: "mnist, [784, 784, 544]" (the recorded widths, input first; the
+    hidden widths alone where a run recorded none) or "imagefolder cifar10-jpeg, --conv 20,80,160,320" (an
+    image folder named by its folder; a conv net by its blocks, then its dense layers)."""
     config = run.config
     data = config["dataset"]
     if data == "imagefolder" and config.get("data_dir"):
@@ -262,7 +267,8 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
 
 def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figure | None:
     """The race (``python -m pffbench.tune`` runs, jobs/race.sbatch): test accuracy against training time
-    for every contender at its pick for the highest target it repeated, one panel per rank count p, the curve of
+    for every contender at its pick for the highest target whose pick it repeated, one panel per rank count p,
+    the curve of
     its first repetition, a star at each target's median time over the repetitions (analysis/race.py);
     the y axis starts 5 points below the lowest target.  None without tune runs with repetitions."""
     contenders = [c for c in race.contenders(runs) if c.trials and c.repeats]
@@ -276,8 +282,8 @@ def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figur
     styles = Styles()
     for ax, p in zip(axes[0], ranks):
         for contender in (c for c in contenders if c.ranks == p):
-            # its pick for the highest target it has repeated (a contender that never reached the top target
-            # in its trials has no repetitions of that pick)
+            # its pick for the highest target whose pick was repeated (a contender that never reached the top
+            # target in its trials has no repetitions of that pick)
             picks = (race.pick_for(contender, goal)[0] for goal in reversed(goals))
             lr = next((lr for lr in picks if contender.repeats.get(lr)), None)
             if lr is None:

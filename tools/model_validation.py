@@ -20,8 +20,8 @@ pffbench.probes.linkprobe``) and the alpha and beta printed, to pass to
 devvm-* links; on another machine probe them first (``mpiexec -n 2 python -m
 pffbench.probes.linkprobe [--gloo]``) and pass ``--intra``/``--group``.
 
-Conv nets (``results/model-validation-conv.h5``, ``--only conv``, not in the default set: about 10 min a
-repeat on 2 cores): the CIFAR-10 race's CNN (``--conv 20,80,160,320 --augment``, batch 64, CIFAR-10 from
+Conv nets (``results/model-validation-conv.h5``, ``--only conv``, not in the default set: 12 runs of an
+epoch a repeat): the CIFAR-10 race's CNN (``--conv 20,80,160,320 --augment``, batch 64, CIFAR-10 from
 ``$PFFBENCH_DATA``: the official tarball, else the JPEG copy), one epoch of 45,000 rows (5,000 held out and
 evaluated on), every schedule with a conv path at p = 1 and 2: the activation pipeline with local-softmax
 and cwcomp, dp-backprop, ddp, gpipe and 1f1b.  The pipelines split their blocks by the step times
@@ -62,16 +62,16 @@ ONE_NODE = [
     ("gpipe", (1, 2), ["--variant", "gpipe", "--layers", W2, *BP]),
     ("1f1b", (1, 2), ["--variant", "1f1b", "--layers", W2, *BP]),
 ]
-CONV_BP = ["--epochs", "1", "--lr", "1e-3"]
+CONV_EPOCH = ["--epochs", "1", "--lr", "1e-3"]
 # (label, rank counts, run arguments, the layer-costs probe's arguments or None: no --layer-costs)
 CONV_CASES = [
-    ("ls", (1, 2), ["--variant", "pipeline", "--objective", "local-softmax", *CONV_BP],
+    ("ls", (1, 2), ["--variant", "pipeline", "--objective", "local-softmax", *CONV_EPOCH],
      ["--objective", "local-softmax"]),
-    ("cw", (1, 2), ["--variant", "pipeline", "--objective", "cwcomp", *CONV_BP], ["--objective", "cwcomp"]),
-    ("dp", (1, 2), ["--variant", "dp-backprop", *CONV_BP], None),
-    ("ddp", (1, 2), ["--variant", "ddp", *CONV_BP], None),
-    ("gpipe", (1, 2), ["--variant", "gpipe", *CONV_BP], ["--variant", "gpipe"]),
-    ("1f1b", (1, 2), ["--variant", "1f1b", *CONV_BP], ["--variant", "gpipe"]),  # a stage's work is gpipe's
+    ("cw", (1, 2), ["--variant", "pipeline", "--objective", "cwcomp", *CONV_EPOCH], ["--objective", "cwcomp"]),
+    ("dp", (1, 2), ["--variant", "dp-backprop", *CONV_EPOCH], None),
+    ("ddp", (1, 2), ["--variant", "ddp", *CONV_EPOCH], None),
+    ("gpipe", (1, 2), ["--variant", "gpipe", *CONV_EPOCH], ["--variant", "gpipe"]),
+    ("1f1b", (1, 2), ["--variant", "1f1b", *CONV_EPOCH], ["--variant", "gpipe"]),  # a stage's work is gpipe's
 ]
 TWO_NODES = [
     ("pipe2", ["--variant", "pipeline", "--layers", "784,544", *FF_EPOCHS]),
@@ -117,8 +117,12 @@ def conv(repeats: int, out: str, data: str) -> None:
             done = subprocess.run(argv, cwd=ROOT, timeout=1800, capture_output=True, text=True)
             if done.returncode:
                 raise SystemExit(f"model_validation: the layer-costs probe failed: {done.stderr.strip()[-300:]}")
-            costs[tuple(probe)] = done.stdout.split()[-2:]  # the last line: --layer-costs C1,C2,...
-            print(" ".join(costs[tuple(probe)]), flush=True)
+            print(done.stdout.rstrip(), flush=True)  # the milliseconds per layer and the split they give
+            flag = done.stdout.strip().splitlines()[-1].split() if done.stdout.strip() else []
+            if len(flag) != 2 or flag[0] != "--layer-costs":
+                raise SystemExit(f"model_validation: the layer-costs probe's last line is not --layer-costs C1,...: "
+                                 f"{' '.join(flag)!r}")
+            costs[tuple(probe)] = flag
     for repeat in range(repeats):
         for label, ranks, args, probe in CONV_CASES:
             split = costs[tuple(probe)] if probe is not None else []

@@ -98,6 +98,15 @@ def test_the_race_figure_draws_a_contender_that_never_reached_the_top_target_at_
     assert "mnist, [784, 544]" in fig._suptitle.get_text()
 
 
+def test_a_figure_title_names_a_conv_net_by_its_blocks_and_an_image_folder_by_its_folder():
+    run = _run("tune-pipeline-cwcomp-p2-lr0.001-validation", "pipeline", 1e-3, 0, [0.5], 5000, 2, "cwcomp")
+    run.config.update(dataset="imagefolder", data_dir="/data/cifar10-jpeg/", conv=[20, 80], layers=[])
+    run.attrs.update(hostname="vm", cpu_model=b"Intel(R) Xeon(R) Processor",
+                     dims=[3072, 5120, 5120])  # flattened block outputs: not what a reader knows the net by
+    assert plot._workload(run, rival=False) == "imagefolder cifar10-jpeg, --conv 20,80"
+    assert plot._machine([run, _run("other", "backprop", 1e-3, 0, [0.5])]) == "?, vm (Intel(R) Xeon(R) Processor)"
+
+
 def test_every_series_of_a_figure_looks_different_whatever_their_count():
     kinds = [("pipeline", "ff"), ("pipeline", "local-softmax"), ("pipeline", "scff"), ("backprop", None),
              ("dp-backprop", None), ("ddp", None), ("gpipe", None), ("1f1b", None), ("all-layers", None),

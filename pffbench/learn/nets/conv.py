@@ -220,7 +220,7 @@ class ConvModel(torch.nn.Module):
 def accuracy(net: ConvNet, layers: list, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_ROWS) -> float:
     """Test accuracy of the net made of ``layers`` (every hidden layer, then the head; e.g. gathered from a
     pipeline's stages) on rows ``x`` [n, C*H*W] with labels ``y`` [n], ``batch_size`` rows at a time
-    (EVAL_ROWS: a block's activity is channels times the image)."""
+    (default EVAL_ROWS: a chunk's activations stay in the cache)."""
     correct = 0
     for start in range(0, x.shape[0], batch_size):
         h = x[start:start + batch_size]
