@@ -133,7 +133,7 @@ def prepare(config: Config, world: World):
     # update of them is slow; measured 4 % off the FF step, with no effect on what is learnt
     torch.set_flush_denormal(True)
     torch.set_num_threads(config.threads or world.default_threads())
-    message = world.missing_gpu(config.device) or world.comm.bcast(
+    message = world.missing_gpu(config.device, gpu_per_rank=VARIANTS[config.variant].torch_group) or world.comm.bcast(
         checks.output_problem(config, world.size) if world.is_first else None, root=0)
     if message:
         raise UsageError(message)
@@ -148,6 +148,12 @@ def prepare(config: Config, world: World):
     validate_shape(config, shape)  # every rank knows the shape: the same verdict everywhere
     # torch imports torch._dynamo when it makes its first optimizer (~1 s): here, not on a schedule's clock
     optim.adam([torch.zeros(1, requires_grad=True)], 1e-3)
+    if config.device == "cuda":  # the context, cuBLAS's set-up, the first kernels' loading: not on epoch 0's clock
+        device = world.device(config.device)
+        weight = torch.ones(64, 64, device=device, requires_grad=True)
+        (weight @ weight).sum().backward()
+        optim.adam([weight], 1e-3).step()
+        torch.cuda.synchronize(device)
     return dataset, shape
 
 

@@ -43,6 +43,9 @@ class Variant:
     # what its timing's "sync" column holds, as the end-of-run summary names it: (column, what it is)
     sync: tuple[str, str] = ("sync", "the ranks' agreement at epoch or chapter boundaries")
     shares: str = ""  # how p > 1 ranks that each hold every layer share the work (the start line says it)
+    # trains through a torch.distributed group (schedules/backprop/process_group.py): NCCL on GPUs, which needs
+    # a GPU per rank (run.py refuses fewer in one line)
+    torch_group: bool = False
 
     @property
     def own_heads(self) -> bool:
@@ -86,13 +89,14 @@ VARIANTS = {v.name: v for v in (
             "data-parallel backprop, gradients allreduced over MPI", checks_finite=False, objective=None, program="data-parallel",
             sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
     Variant("ddp", "backprop", _BACKPROP + "ddp", "data-parallel backprop, torch DistributedDataParallel",
-            checks_finite=False, objective=None, program="ddp", sync=_ALLREDUCE, shares="each minibatch split over the ranks"),
+            checks_finite=False, objective=None, program="ddp", sync=_ALLREDUCE, shares="each minibatch split over the ranks",
+            torch_group=True),
     Variant("gpipe", "backprop", _BACKPROP + "torch_pipeline",
             "pipeline-parallel backprop, torch.distributed.pipelining's GPipe", checks_finite=False, objective=None,
-            microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE),
+            microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE, torch_group=True),
     Variant("1f1b", "backprop", _BACKPROP + "torch_pipeline",
             "pipeline-parallel backprop, torch.distributed.pipelining's 1F1B", checks_finite=False, objective=None,
-            microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE),
+            microbatched=True, ranks="stage", program="torch-pipeline", sync=_BUBBLE, torch_group=True),
 )}
 BASELINES = tuple(name for name, v in VARIANTS.items() if v.baseline)
 AGREEING = tuple(name for name, v in VARIANTS.items() if v.agreement is not None)

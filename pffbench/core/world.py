@@ -49,12 +49,20 @@ class World:
             threads = min(threads, max(1, self.quota.whole_cpus // max(1, self.quota_sharing)))
         return threads
 
-    def missing_gpu(self, kind: str) -> str | None:
+    def missing_gpu(self, kind: str, gpu_per_rank: bool = False) -> str | None:
         """One line if some rank cannot use ``--device kind`` (asked of every
-        rank together, so all of them stop, not only those without a GPU)."""
-        hosts = self.comm.allgather(self.hostname if kind == "cuda" and not torch.cuda.is_available() else None)
-        missing = sorted({host for host in hosts if host})
-        return f"--device cuda: torch sees no CUDA device on {', '.join(missing)}" if missing else None
+        rank together, so all of them stop, not only those without a GPU).
+        ``gpu_per_rank``: the run's torch.distributed group needs a GPU of its
+        own for each rank of a node (NCCL refuses two ranks on one device at
+        its set-up: "Duplicate GPU detected")."""
+        gpus = torch.cuda.device_count() if kind == "cuda" and torch.cuda.is_available() else 0
+        problems = self.comm.allgather(None if kind != "cuda" else (
+            f"torch sees no CUDA device on {self.hostname}" if gpus == 0 else
+            f"{self.local_size} ranks on {self.hostname} share {plural(gpus, 'GPU')}: this variant's NCCL group "
+            f"needs a GPU per rank (run at most {gpus} rank(s) a node)" if gpu_per_rank and gpus < self.local_size
+            else None))
+        problems = sorted({problem for problem in problems if problem})
+        return f"--device cuda: {'; '.join(problems)}" if problems else None
 
     def device(self, kind: str) -> torch.device:
         if kind == "cuda":

@@ -94,3 +94,29 @@ def test_progress_eta_counts_only_this_processs_epochs(capsys, monkeypatch):
     line = capsys.readouterr().out
     assert "epoch   7/10" in line and "300 samples/s" in line and "ETA    6.0s" in line, line
     assert "elapsed     2.0s" in line, line  # the wall time since training began, not a sum of epochs
+
+
+class OneRankComm:
+    def allgather(self, value):
+        return [value]
+
+
+@pytest.mark.parametrize("gpus,local_size,gpu_per_rank,expected", [
+    (0, 1, False, "--device cuda: torch sees no CUDA device on node0"),
+    (1, 2, False, None),  # the MPI schedules: ranks may share a GPU
+    (1, 2, True, "--device cuda: 2 ranks on node0 share 1 GPU: this variant's NCCL group needs a GPU per rank"),
+    (2, 2, True, None),
+])
+def test_a_torch_group_on_gpus_needs_a_gpu_per_rank_and_says_so_in_one_line(monkeypatch, gpus, local_size,
+                                                                            gpu_per_rank, expected):
+    # NCCL refuses two ranks on one device at its set-up ("Duplicate GPU detected"): ddp, gpipe and 1f1b
+    # with more ranks than GPUs on a node are refused before anything starts
+    import torch
+    from pffbench.core.world import World
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    world = FakeWorld([])
+    world.comm, world.hostname, world.local_size = OneRankComm(), "node0", local_size
+    message = World.missing_gpu(world, "cuda", gpu_per_rank=gpu_per_rank)
+    assert message == expected or (expected and message.startswith(expected))
+    assert World.missing_gpu(world, "cpu", gpu_per_rank=True) is None
