@@ -1,7 +1,8 @@
 """Where and with what a run was measured: the attrs every run records
-beside its timings (versions, git commit, host, CPU model, host load), so
-that a reader can tell runs of different machines, code or load apart
-(analysis/analysis.py never pools them unless asked)."""
+beside its timings (versions, git commit, host, CPU model, on a GPU the
+GPU's model and CUDA version, host load), so that a reader can tell runs
+of different machines, code or load apart (analysis/analysis.py never
+pools them unless asked)."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -9,6 +10,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 
 
 def provenance() -> dict:
@@ -34,6 +36,10 @@ def provenance() -> dict:
     info["cpu_model"] = cpu_model()
     info["host_cores"] = os.cpu_count() or 0
     info["load_avg_end"] = load_average()
+    torch = sys.modules.get("torch")  # imported by every run; not imported here for the readers that need no torch
+    if torch is not None and torch.cuda.is_initialized():  # a --device cuda run: which GPU (an H100 is not an H200)
+        info["gpu_model"] = torch.cuda.get_device_name()
+        info["cuda_version"] = torch.version.cuda or ""
     return info
 
 

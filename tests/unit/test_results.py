@@ -344,6 +344,16 @@ def test_provenance_describes_this_process(monkeypatch):
     assert len(info["load_avg_end"]) == 3 and all(load >= 0 for load in info["load_avg_end"])
 
 
+def test_provenance_names_the_gpu_of_a_cuda_run_and_no_gpu_otherwise(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert "gpu_model" not in provenance()  # a CPU run: no CUDA context is made to ask
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    info = provenance()
+    assert info["gpu_model"] == "NVIDIA H200" and set(info) == PROVENANCE_KEYS | {"gpu_model", "cuda_version"}
+
+
 def test_provenance_without_git(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     info = provenance()
