@@ -88,6 +88,7 @@ figures: install
 	$(PY) -m pffbench.model plot results/model-validation.h5 --intra devvm-shm --cores-per-node 2 -o plots
 	$(PY) -m pffbench.plot results/race-mnist.h5 -o plots --target 0.97 --target 0.98
 	$(PY) -m pffbench.model plot results/race-mnist.h5 --race --target 0.97 -o plots
+	$(PY) -m pffbench.plot results/race-cifar10-intel-xeon.h5 -o plots --prefix cifar10_ --target 0.6 --target 0.7
 
 clean:
 	rm -rf $(VENV) .venv-openmpi *.egg-info .pytest_cache
