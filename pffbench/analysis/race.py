@@ -76,11 +76,14 @@ def contenders(runs: list) -> list[Contender]:
     """The tune runs among ``runs`` (named tune-..., in the order appended), grouped by contender and
     workload (data set, net, epochs, batch size), in the order first seen.  A run repeated under its
     name (a contender cut off and run again) counts once, the newest; so does a seed repeated at one lr.
-    A contender with test repeats but no trials of its own (tune --trials-of) takes those of the first
-    contender computing the same weights (``same_weights``) that has them, named in ``trials_of``."""
+    A run interrupted (a signal, a session's end: status "interrupted") is a measurement not yet made,
+    which tune makes again when it resumes: it counts as neither a trial nor a repetition (a "failed" one
+    does, reaching nothing).  A contender with test repeats but no trials of its own (tune --trials-of)
+    takes those of the first contender computing the same weights (``same_weights``) that has them, named
+    in ``trials_of``."""
     found: dict = {}
     for run in runs:
-        if not run.name.startswith("tune-"):
+        if not run.name.startswith("tune-") or run.attrs.get("status") == "interrupted":
             continue
         c = run.config
         key = (c["variant"], c.get("objective"), int(run.attrs.get("world_size", 1)), _threads(run))

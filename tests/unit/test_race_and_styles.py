@@ -211,3 +211,17 @@ def test_a_contender_run_again_counts_each_seed_once_and_a_failed_repeat_reaches
     for run in other_net:
         run.config["layers"] = [784, 100]
     assert len(race.contenders(LOCAL + other_net)) == 2  # two workloads are two races
+
+
+def test_an_interrupted_repeat_is_not_yet_measured_rather_than_a_repeat_that_reached_nothing():
+    # the CIFAR-10 race: a session's end cut cwcomp's first test repeat (recorded "interrupted"); the table
+    # said it reached the target 0 times out of 1 until tune ran the seed again
+    cut = _run("tune-pipeline-local-softmax-p2-lr0.003-test-seed3", "pipeline", 3e-3, 3, [0.9], 0, 2,
+               "local-softmax")
+    cut.attrs["status"] = "interrupted"
+    contender, = race.contenders(LOCAL + [cut])
+    assert [run.config["seed"] for run in contender.repeats[3e-3]] == [0, 1, 2]
+    row, = race.race_rows([contender], [0.97])
+    assert row["reached"] == 3 and row["repeats"] == 3
+    alone, = race.contenders([r for r in LOCAL if "validation" in r.name] + [cut])
+    assert not alone.repeats  # its only repeat was cut: nothing measured yet
