@@ -268,8 +268,7 @@ def accuracy_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.F
 def race_figure(runs: list[results.Run], targets: list[float] = ()) -> plt.Figure | None:
     """The race (``python -m pffbench.tune`` runs, jobs/race.sbatch): test accuracy against training time
     for every contender at its pick for the highest target whose pick it repeated, one panel per rank count p,
-    the curve of
-    its first repetition, a star at each target's median time over the repetitions (analysis/race.py);
+    the curve of its first repetition, a star at each target's median time over the repetitions (analysis/race.py);
     the y axis starts 5 points below the lowest target.  None without tune runs with repetitions."""
     contenders = [c for c in race.contenders(runs) if c.trials and c.repeats]
     goals = sorted(set(targets) | set(analysis.recorded_targets([r for c in contenders for r in c.trials.values()])))

@@ -101,10 +101,12 @@ def one_node(repeats: int, out: str) -> None:
 def conv_data(data: str) -> list[str]:
     """The CIFAR-10 flags for the data folder ``data``: the official tarball when it is there, else the
     JPEG copy's image folder (as jobs/race.sbatch chooses)."""
+    from pffbench.datasets.files import CIFAR_FOLDER, CIFAR_TARBALL
+    from pffbench.paper_claims import JPEG_COPY
     root = Path(data)
-    if (root / "cifar-10-python.tar.gz").exists() or (root / "cifar-10-batches-py").is_dir():
+    if (root / CIFAR_TARBALL).exists() or (root / CIFAR_FOLDER).is_dir():
         return ["--dataset", "cifar10", "--data-dir", data]
-    return ["--dataset", "imagefolder", "--data-dir", str(root / "cifar10-jpeg")]
+    return ["--dataset", "imagefolder", "--data-dir", str(root / JPEG_COPY)]
 
 
 def conv(repeats: int, out: str, data: str) -> None:
