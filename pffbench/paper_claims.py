@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from . import results
 from .analysis.analysis import busy_host, training_seconds
-from .datasets.files import CIFAR_FOLDER, CIFAR_TARBALL
+from .datasets.files import cifar10_flags
 
 @dataclass(frozen=True)
 class Spec:
@@ -72,17 +72,12 @@ class Claim:
     verdict: str
 
 
-JPEG_COPY = "cifar10-jpeg"  # an image folder of CIFAR-10 as JPEG files (lossy: "CIFAR-10 (JPEG copy)")
-
-
 def data_flags(args, preset: str) -> list[str]:
-    """Where a run's data comes from: --data-dir; for CIFAR-10, where the official tarball is not there
-    but its JPEG copy is (DATA_DIR/cifar10-jpeg/{train,test}/<class>/), that image folder."""
+    """Where a run's data comes from: --data-dir (else PFFBENCH_DATA, which the run reads itself); for
+    CIFAR-10, its official files there, else its JPEG copy (datasets.files.cifar10_flags)."""
     base = args.data_dir or os.environ.get("PFFBENCH_DATA")
-    official = any(os.path.exists(os.path.join(base or ".", p)) for p in (CIFAR_TARBALL, CIFAR_FOLDER))
-    if preset.startswith("cifar10") and base and not official and os.path.isdir(os.path.join(base, JPEG_COPY)):
-        return ["--dataset", "imagefolder", "--data-dir", os.path.join(base, JPEG_COPY)]
-    return ["--data-dir", args.data_dir] if args.data_dir else []
+    found = cifar10_flags(base) if preset.startswith("cifar10") and base else None
+    return found or (["--data-dir", args.data_dir] if args.data_dir else [])
 
 
 def layers_of(spec: Spec, args) -> str:

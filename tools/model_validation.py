@@ -99,14 +99,15 @@ def one_node(repeats: int, out: str) -> None:
 
 
 def conv_data(data: str) -> list[str]:
-    """The CIFAR-10 flags for the data folder ``data``: the official tarball when it is there, else the
-    JPEG copy's image folder (as jobs/race.sbatch chooses)."""
-    from pffbench.datasets.files import CIFAR_FOLDER, CIFAR_TARBALL
-    from pffbench.paper_claims import JPEG_COPY
-    root = Path(data)
-    if (root / CIFAR_TARBALL).exists() or (root / CIFAR_FOLDER).is_dir():
-        return ["--dataset", "cifar10", "--data-dir", data]
-    return ["--dataset", "imagefolder", "--data-dir", str(root / JPEG_COPY)]
+    """The CIFAR-10 flags for the data folder ``data``: the official files when they are there, else the
+    JPEG copy's image folder (datasets.files.cifar10_flags, as jobs/race.sbatch chooses); exits with a
+    line where there is neither."""
+    from pffbench.datasets.files import cifar10_flags
+    flags = cifar10_flags(data)
+    if flags is None:
+        sys.exit(f"model_validation: no CIFAR-10 in {data} (cifar-10-python.tar.gz, cifar-10-batches-py/ or "
+                 f"cifar10-jpeg/): set --data-dir or PFFBENCH_DATA")
+    return flags
 
 
 def conv(repeats: int, out: str, data: str) -> None:

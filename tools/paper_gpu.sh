@@ -125,11 +125,9 @@ fi
 
 # 3. every row, --jobs at a time, until the deadline
 data="${PFFBENCH_DATA:-$ROOT/data}"
-CIFAR=()  # how a CIFAR-10 row finds its data here: the official files, else the JPEG copy, else none
-if [ -e "$data/cifar-10-python.tar.gz" ] || [ -d "$data/cifar-10-batches-py" ]; then CIFAR=(--data-dir "$data")
-elif [ -d "$data/cifar10-jpeg" ]; then  # "CIFAR-10 (JPEG copy)"
-  CIFAR=(--dataset imagefolder --data-dir "$data/cifar10-jpeg")
-fi
+# how a CIFAR-10 row finds its data here: the official files, else the JPEG copy ("CIFAR-10 (JPEG copy)"), else none
+mapfile -t CIFAR < <("$PYTHON" -c 'import sys; from pffbench.datasets.files import cifar10_flags
+print("\n".join(cifar10_flags(sys.argv[1]) or []), end="")' "$data")
 ROWS=()
 while read -r name ranks; do
   if [[ "$name" == cifar10-* ]] && [ "$DRY" = 0 ] && [ "${#CIFAR[@]}" = 0 ]; then

@@ -22,6 +22,7 @@ IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 CIFAR_TARBALL = "cifar-10-python.tar.gz"
 CIFAR_FOLDER = "cifar-10-batches-py"
+JPEG_COPY = "cifar10-jpeg"  # CIFAR-10 re-encoded as JPEG files in an image folder (lossy: "CIFAR-10 (JPEG copy)")
 
 # MNIST's sums are of the decompressed files: they are the canonical ones, and
 # they hold for every mirror and for re-compressed copies (like the bundled one).
@@ -90,6 +91,20 @@ class Dataset:
     @property
     def num_features(self) -> int:
         return self.x_train.shape[1]
+
+
+def cifar10_flags(data_dir: str | os.PathLike) -> list[str] | None:
+    """The run flags that read CIFAR-10 from the data folder ``data_dir``: its official files (the
+    tarball, or the folder extracted from it) as ``--dataset cifar10 --data-dir DIR``, else its JPEG
+    copy DIR/cifar10-jpeg/{train,test}/<class>/ as ``--dataset imagefolder --data-dir DIR/cifar10-jpeg``;
+    None where neither is there.  The one place that choice is made: paper_claims, tools/model_validation.py,
+    and the shell scripts (jobs/race.sbatch, tools/paper_gpu.sh) through ``python -c``."""
+    root = Path(data_dir)
+    if (root / CIFAR_TARBALL).is_file() or (root / CIFAR_FOLDER).is_dir():
+        return ["--dataset", "cifar10", "--data-dir", str(root)]
+    if (root / JPEG_COPY).is_dir():
+        return ["--dataset", "imagefolder", "--data-dir", str(root / JPEG_COPY)]
+    return None
 
 
 def _download_paths(name: str, data_dir: str) -> list[Path]:

@@ -52,3 +52,15 @@ def test_the_cifar10_race_measures_costs_once_and_shares_searches(image_folder, 
     again = subprocess.run(["bash", "jobs/race.sbatch", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)  # resumed: every contender done before, nothing runs again
     assert again.returncode == 0 and again.stdout.count("done before") == 4, again.stdout + again.stderr
+
+
+@pytest.mark.timeout(120)
+def test_the_cifar10_race_without_cifar10_says_so_before_anything_runs(tmp_path):
+    if MPIEXEC is None:
+        pytest.skip("no mpiexec found")
+    env = {**os.environ, "WORKLOAD": "cifar10", "PFFBENCH_DATA": str(tmp_path), "OUT": str(tmp_path / "race.h5"),
+           "SUMMARIES": str(tmp_path / "race"), "PYTHON": os.path.join(os.path.dirname(MPIEXEC), "python"),
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(["bash", "jobs/race.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stdout + done.stderr
+    assert f"no CIFAR-10 in {tmp_path}" in done.stderr and not (tmp_path / "race").exists()

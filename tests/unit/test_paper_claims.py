@@ -12,7 +12,8 @@ def test_cifar_rows_use_the_jpeg_copy_only_where_the_official_data_is_absent(tmp
         "--dataset", "imagefolder", "--data-dir", str(tmp_path / "cifar10-jpeg")]
     assert paper_claims.data_flags(args, "mnist-perf-opt") == ["--data-dir", str(tmp_path)]
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")
-    assert paper_claims.data_flags(args, "cifar10-perf-opt") == ["--data-dir", str(tmp_path)]  # the official one
+    assert paper_claims.data_flags(args, "cifar10-perf-opt") == [  # the official one
+        "--dataset", "cifar10", "--data-dir", str(tmp_path)]
 
 
 def test_a_failed_run_is_said_and_the_next_one_runs(tmp_path, capsys):
