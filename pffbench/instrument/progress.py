@@ -51,6 +51,13 @@ def chapter_done(chapter: int, work_done: int, work_total: int, drain: float = 0
         _CURRENT.chapter(chapter, work_done, work_total, drain)
 
 
+def stops_after(lag: int) -> None:
+    """PFF: a first signal stops the run ``lag`` rounds of chapters after the round in progress (the ranks'
+    lagged agreement, schedules/pff/boundaries.py), which the stop line's estimate counts."""
+    if _CURRENT is not None:
+        _CURRENT.round_lag = lag
+
+
 def resumed(epochs_done: int) -> None:
     """The run resumed after ``epochs_done`` epochs: its rate counts only the epochs it runs."""
     if _CURRENT is not None:
@@ -74,6 +81,8 @@ class Progress:
         self.fraction_at_start = 0.0  # a resumed run starts mid-way: its rate counts only what it ran
         self.epoch = 0                # the epoch (or chapter) in progress
         self.drain = 0.0              # PFF: the run ends this share of the run after rank 0's work
+        self.round_lag = 0            # PFF: rounds a first signal runs on after the round in progress
+        self._rounds, self._round_end = 0, None  # PFF: rank 0's rounds of chapters in all, when its last one ended
         self._last_line, self._bar = self.t0, None
 
     def install(self) -> "Progress":
@@ -153,6 +162,7 @@ class Progress:
         """PFF: rank 0 finished its share of ``chapter``; the other ranks' shares are alike and staggered,
         the last one ``drain`` units of rank 0's work behind."""
         self.fraction, self.epoch, self.drain = work_done / work_total, chapter + 1, drain / work_total
+        self._rounds, self._round_end = work_total, time.perf_counter()
         self._print(f"chapter {chapter + 1:>3}/{self.chapters} done on rank 0 ({work_done}/{work_total} of its "
                     f"work)  {self._times()}")
 
@@ -164,11 +174,22 @@ class Progress:
             print(f"epoch {epoch + 1:>3}/{self.epochs}  loss {np.nansum(loss[:, epoch]):8.4f}{acc}",
                   file=self.stream, flush=True)
 
+    def until_stop(self) -> float | None:
+        """About how many seconds a first signal now leaves the run (None before its pace is known): at most
+        an epoch's time in the pipeline and the baselines (they stop at the end of the epoch in progress);
+        in PFF the rest of the round of chapters in progress and ``round_lag`` more (the ranks agree on a
+        signal that many rounds late, so that none waits for another), at rank 0's pace per round."""
+        ran = self.fraction - self.fraction_at_start
+        if ran <= 0:
+            return None
+        if self._round_end is None:
+            return self.elapsed() / (ran * self.epochs)
+        per_round = (self._round_end - self.t0) / (ran * self._rounds)
+        return max(0.0, (1 + self.round_lag) * per_round - (time.perf_counter() - self._round_end))
+
     def stop_line(self, signal_name: str, boundary: str) -> str:
         """What a first signal answers: when the run stops and how to stop it at once."""
-        eta = self.eta()
-        per = None if eta is None or self.fraction <= self.fraction_at_start else \
-            self.elapsed() / ((self.fraction - self.fraction_at_start) * self.epochs)
+        per = self.until_stop()
         about = "" if per is None else f", in about {per:.0f}s" if per >= 1 else ", in under a second"
         return (f"pffbench: {signal_name} received: stopping at the end of {boundary}{about}; "
                 f"send it again to abort at once (nothing more is recorded then)")

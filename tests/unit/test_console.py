@@ -290,3 +290,23 @@ def test_list_presets_reads_the_full_length_rows_from_results(tmp_path):
     assert "mnist-perf-opt" in presets.listing().split("98.43 %")[0].splitlines()[-1]
     (tmp_path / "paper-full-broken.h5").write_text("not HDF5")  # a listing never fails on a file
     assert presets.full_rows(tmp_path) == {}
+
+
+def test_a_signal_in_pff_announces_the_rest_of_the_round_and_the_lagged_rounds(monkeypatch):
+    """PFF ranks agree on a signal ``lag`` rounds of chapters late: a SIGTERM 74 s into round 2 of an
+    All-Layers run (230 s a round, lag 1) stopped it 378 s later, not in the 152 s once announced (one
+    epoch's time)."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    reporter = progress.Progress(epochs=100, num_train=60000, eval_share=0.0, evals=1, chapters=100,
+                                 stream=io.StringIO()).install()
+    try:
+        progress.stops_after(1)
+        reporter.start()
+        now[0] = 230.0
+        progress.chapter_done(0, 1, 50)  # rank 0's first round of chapters (one of its 50)
+        now[0] = 304.0
+        line = reporter.stop_line("SIGTERM", "the next round of chapters")
+        assert "in about 386s" in line, line  # the rest of round 2 (156 s), then round 3 (230 s)
+    finally:
+        reporter.uninstall()

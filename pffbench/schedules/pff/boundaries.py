@@ -42,6 +42,7 @@ class Boundaries:
         self.per_round, self.num_rounds = per_round, -(-pff.num_chapters // per_round)
         comm = pff.world.comm
         self.agreement = LaggedAgreement(comm, lag)
+        progress.stops_after(self.agreement.lag)
         self.checkpoints = checkpoint.Checkpoints.from_config(pff.config, comm)
         self.start, self.carry, self.error, self.committed = 0, {}, "", None
         self.first_posted = None  # the first round whose flags carried a signal or a failure
