@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import ff, results, sweep
-from .launch.cli import _int_list
+from .launch.cli import _int_list, _Parser
 from .launch.command import command
 from .core.config import UsageError
 from .core.cpu_quota import usable_cores
@@ -119,7 +119,7 @@ def ff_step_rate(width_in: int, width_out: int, batch: int, steps: int = 200) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pffbench.bench", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pffbench.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=784, help="the first hidden layer")
     parser.add_argument("--second-width", type=int, default=0,
                         help="the second hidden layer (default: the width whose step takes as long as rank 0's "

@@ -21,14 +21,15 @@ from .datasets.idx import _idx_folder
 # the loaders' API, re-exported here where users and tests find it
 from .datasets.files import BUNDLED_DIRS, CIFAR_FOLDER, CLASS_NAMES, MIRRORS, Dataset  # noqa: F401
 from .datasets.load import DATASETS, load_dataset, source_of, validation_split  # noqa: F401
+from .core.config import UsageError
 from .launch.command import command
 
 
 # --- command line ------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message: str):  # one line under the command's name (@command), as every command's
+        raise UsageError(message)
 
 
 def _check(name: str, data_dir: str) -> list[str]:
@@ -49,7 +50,7 @@ def _check(name: str, data_dir: str) -> list[str]:
     return [f"ok  {path}  md5{of} {MD5[name][path.name]}" for path in paths]
 
 
-@command("python -m pffbench.data")
+@command("pffbench.data")
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m pffbench.data", description="Download or verify pffbench data sets.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"ok  {path}" for path in fetch(args.name, data_dir)] if args.command == "fetch" \
             else _check(args.name, data_dir)
     except DataError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        print(f"pffbench.data: error: {error}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0

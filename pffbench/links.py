@@ -22,8 +22,8 @@ from mpi4py import MPI
 
 from .comm import guard
 from .launch.command import command
-from .launch.cli import _int_list
-from .core.config import Config
+from .launch.cli import _int_list, _Parser
+from .core.config import Config, UsageError
 from .core.words import plural
 from .probes.link_timing import pipeline_messages, rows_for, summary, time_link
 from .store import writer
@@ -33,7 +33,7 @@ COLUMNS = ("size[B]", "lat_min[us]", "lat_med[us]", "lat_max[us]", "bw_med[MB/s]
 
 def build_parser() -> argparse.ArgumentParser:
     d = Config()
-    parser = argparse.ArgumentParser(prog="python -m pffbench.links", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pffbench.links", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=_int_list, default=d.layers, metavar="W1,W2,...",
                         help="hidden widths, as for pffbench.run (default %(default)s)")
     parser.add_argument("--features", type=int, default=784, help="input width (default 784: MNIST)")
@@ -118,11 +118,11 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
-@command("pffbench")
+@command("pffbench.links")
 def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
-    opts = build_parser().parse_args(argv)
     try:
+        opts = build_parser().parse_args(argv)
         if comm.Get_size() != 2:
             raise _Usage(f"run on 2 ranks (mpiexec -n 2 python -m pffbench.links), not {comm.Get_size()}")
         problem = writer.unappendable(opts.out) if comm.Get_rank() == 0 else None
@@ -130,9 +130,9 @@ def main(argv=None) -> int:
         if problem:
             raise _Usage(f"--out: {problem}")
         sizes_of(opts)
-    except _Usage as error:
+    except (_Usage, UsageError) as error:  # one line, from rank 0
         if comm.Get_rank() == 0:
-            print(f"pffbench: error: {error}", file=sys.stderr, flush=True)
+            print(f"pffbench.links: error: {error}", file=sys.stderr, flush=True)
         return 2
     hostnames = comm.allgather(MPI.Get_processor_name())
     guard.set_hosts(hostnames)

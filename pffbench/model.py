@@ -318,7 +318,7 @@ def cmd_validate(args) -> int:
     return 0
 
 
-@command("pffbench")
+@command("pffbench.model")
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
         headline.deeper(args)
         return 0
     except (UsageError, ValueError) as error:  # the rest of bad input (OSError, ResultsError): @command
-        print(f"pffbench: error: {one_line(str(error))}", file=sys.stderr)
+        print(f"pffbench.model: error: {one_line(str(error))}", file=sys.stderr)
         return 2
 
 

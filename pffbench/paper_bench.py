@@ -8,13 +8,13 @@ N cores.  The wavefront bound is the speedup the schedule allows when every
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
 
 from . import results
+from .launch.cli import _Parser
 from .launch.command import command
 from .core.config import UsageError
 from .core.partition import layer_costs
@@ -35,7 +35,7 @@ RUNS = [  # (label, variant, extra flags, parallel ranks)
 
 @command("pffbench.paper_bench")
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pffbench.paper_bench", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m pffbench.paper_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", default="500,500,500,500")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--splits", type=int, default=4)

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         trials = _search(args, passthrough, targets, tag, contender)
         _measure(args, passthrough, targets, tag, contender)
     except UsageError as error:
-        print(f"pffbench: error: {error}", file=sys.stderr)
+        print(f"pffbench.tune: error: {error}", file=sys.stderr)
         return 2
     own = [run for runs in contender.repeats.values() for run in runs] or list(contender.trials.values())
     if own:  # the threads this contender's runs had (0 asks for the default; shared trials are the twin's)

@@ -21,14 +21,13 @@ variants are timed in turn, step by step, so load drift hits all alike.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..launch.cli import _int_list
+from ..launch.cli import _int_list, _Parser
 from ..launch.command import command
 from ..schedules.backprop.mlp import MLP
 from ..schedules.backprop.torch_pipeline import SCHEDULES, stage_layers
@@ -121,7 +120,7 @@ def measure(dims: list[int], batch: int, m: int, ranks: int, steps: int) -> dict
 
 @command("pffbench.probes.library_overhead")
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pffbench.probes.library_overhead", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m pffbench.probes.library_overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=_int_list, default=(784, 544), metavar="W1,W2,...")
     parser.add_argument("--inputs", type=int, default=784)
     parser.add_argument("--classes", type=int, default=10)

@@ -120,14 +120,14 @@ def _report(title: str, sizes: list[int], seconds: list[float], allreduce: bool)
     print(f"alpha {alpha * 1e6:.2f} us, beta {beta / 1e9:.2f} GB/s  (--alpha {alpha:.3g} --beta {beta:.3g})")
 
 
-@command("pffbench")
+@command("pffbench.probes.linkprobe")
 def main(argv=None) -> int:
     from mpi4py import MPI
     argv = sys.argv[1:] if argv is None else argv
     comm = MPI.COMM_WORLD
     if comm.size != 2 or [a for a in argv if a != "--gloo"]:
         if comm.rank == 0:
-            print("pffbench: error: the link probe needs exactly 2 ranks (mpiexec -n 2) and takes only --gloo",
+            print("pffbench.probes.linkprobe: error: the link probe needs exactly 2 ranks (mpiexec -n 2) and takes only --gloo",
                   file=sys.stderr)
         return 2
     gloo = "--gloo" in argv

@@ -263,7 +263,7 @@ def test_bench_stage_seconds_times_each_stage():
 def test_bench_refuses_bad_sizes_and_reports_a_failed_run():
     done = run_module("pffbench.bench", "--second-width", "-5", timeout=120)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == \
-        "python -m pffbench.bench: error: --second-width must be >= 1 (or 0: measure the balanced one)"
+        "pffbench.bench: error: --second-width must be >= 1 (or 0: measure the balanced one)"
     done = run_module("pffbench.bench", "--mpiexec", "/bin/false", "--width", "32", "--second-width", "16",
                       "--batch-size", "8", timeout=300)
     assert done.returncode == 1

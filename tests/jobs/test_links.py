@@ -45,7 +45,7 @@ def test_links_on_one_node_times_the_ring_and_messages_and_report_shows_them(tmp
 def test_links_needs_two_ranks(tmp_path):
     done = mpirun(1, "-m", "pffbench.links", "--out", str(tmp_path / "r.h5"), timeout=60)
     assert done.returncode == 2 and done.stderr.strip() == \
-        "pffbench: error: run on 2 ranks (mpiexec -n 2 python -m pffbench.links), not 1"
+        "pffbench.links: error: run on 2 ranks (mpiexec -n 2 python -m pffbench.links), not 1"
     assert not (tmp_path / "r.h5").exists()
 
 

@@ -83,3 +83,29 @@ def test_setup_cfg_installs_the_pffbench_command_and_keeps_the_old_scripts():
     for target in scripts.values():  # every script names a function that exists
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function))
+
+
+# the commands that run in one process (links and the link probe need 2 ranks: tests/jobs/test_links.py)
+ONE_PROCESS = ["model", "tune", "report", "plot", "bench", "paper_bench", "sweep", "data", "probes.layer_costs",
+               "probes.library_overhead"]
+
+
+@pytest.mark.parametrize("name", ONE_PROCESS)
+def test_a_command_says_every_error_under_its_own_name(name, capsys):
+    """A bad flag (argparse's error) and the command's own errors share one prefix, pffbench.NAME: bench
+    once said "python -m pffbench.bench: error:" for one and "pffbench.bench: error:" for the other, tune and
+    model "pffbench: error:" for theirs."""
+    main = importlib.import_module(f"pffbench.{name}").main
+    argv = {"model": ["predict"], "tune": ["--target-accuracy", "0.9"], "report": ["runs.h5"], "plot": ["runs.h5"],
+            "data": ["check", "mnist"]}.get(name, []) + ["--no-such-flag"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pffbench.{name}: error: ") and "--no-such-flag" in err[0], err
+
+
+@pytest.mark.parametrize("name,argv,needle", [("tune", ["--target-accuracy", "0.9", "--ranks", "0"], "--ranks"),
+                                              ("model", ["predict", "--ranks", "0"], "0")])
+def test_a_commands_own_check_says_it_under_the_same_name(name, argv, needle, capsys):
+    assert importlib.import_module(f"pffbench.{name}").main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pffbench.{name}: error: ") and needle in err[0], err

@@ -158,7 +158,7 @@ def test_the_breakdown_adds_up_to_the_predicted_time():
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("pffbench: error:") and needle in err[0]
+    assert len(err) == 1 and err[0].startswith("pffbench.model: error:") and needle in err[0]
 
 
 def backprop_costs(fb0=0.0, fb1=0.0, adam=0.0, microbatches=4, library=0.0, tail=0.0, dims=(784, 784, 544)):
