@@ -104,7 +104,7 @@ def run_all(mpiexec: str, args, specs: list[Spec], seeds: range = range(1)) -> l
             done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if done.returncode != 0:
                 why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-                print(f"pffbench: warning: {name} failed ({why}); going on", file=sys.stderr, flush=True)
+                print(f"pffbench.paper_bench: warning: {name} failed ({why}); going on", file=sys.stderr, flush=True)
                 failed.append(name)
     return failed
 
@@ -263,7 +263,7 @@ def predict_paper() -> dict:
         return {"all-layers": model.predict("all-layers", costs, cluster, 1, PAPER).seconds / seconds["all-layers"],
                 "single-layer": seconds["single-layer"] / seconds["all-layers"]}
     except Exception as error:  # the table still prints; the claim then says why
-        print(f"pffbench: warning: no model prediction ({type(error).__name__}: {error})", file=sys.stderr)
+        print(f"pffbench.paper_bench: warning: no model prediction ({type(error).__name__}: {error})", file=sys.stderr)
         return {}
 
 

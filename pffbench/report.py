@@ -257,11 +257,11 @@ def main(argv=None) -> int:
 def _race(runs: list, opts) -> int:
     contenders = [c for c in race.contenders(runs) if c.trials and c.repeats]  # one cut off in its trials: none yet
     if not contenders:
-        print(f"pffbench.report: no runs of python -m pffbench.tune in {', '.join(opts.files)}", file=sys.stderr)
+        print(f"pffbench.report: error: no runs of python -m pffbench.tune in {', '.join(opts.files)}", file=sys.stderr)
         return 1
     targets = opts.target or analysis.recorded_targets(runs)
     if not targets:
-        print("pffbench.report: --race needs --target A (the runs name none)", file=sys.stderr)
+        print("pffbench.report: error: --race needs --target A (the runs name none)", file=sys.stderr)
         return 2
     rows = race.race_rows(contenders, sorted(targets))
     if opts.format == "json":

@@ -100,14 +100,9 @@ def one_node(repeats: int, out: str) -> None:
 
 def conv_data(data: str) -> list[str]:
     """The CIFAR-10 flags for the data folder ``data``: the official files when they are there, else the
-    JPEG copy's image folder (datasets.files.cifar10_flags, as jobs/race.sbatch chooses); exits with a
-    line where there is neither."""
+    JPEG copy's image folder (datasets.files.cifar10_flags, as jobs/race.sbatch chooses); None if neither."""
     from pffbench.datasets.files import cifar10_flags
-    flags = cifar10_flags(data)
-    if flags is None:
-        sys.exit(f"model_validation: no CIFAR-10 in {data} (cifar-10-python.tar.gz, cifar-10-batches-py/ or "
-                 f"cifar10-jpeg/): set --data-dir or PFFBENCH_DATA")
-    return flags
+    return cifar10_flags(data)
 
 
 def conv(repeats: int, out: str, data: str) -> None:
@@ -176,6 +171,10 @@ def main(argv=None) -> int:
     if not os.environ.get("PFFBENCH_DATA"):
         print("model_validation: set PFFBENCH_DATA to the folder holding MNIST (and CIFAR-10 for --only conv)",
               file=sys.stderr)
+        return 2
+    if opts.only == "conv" and conv_data(os.environ["PFFBENCH_DATA"]) is None:
+        print(f"model_validation: no CIFAR-10 in PFFBENCH_DATA={os.environ['PFFBENCH_DATA']} (cifar-10-python.tar.gz, "
+              f"cifar-10-batches-py/ or cifar10-jpeg/)", file=sys.stderr)
         return 2
     start = time.time()
     if opts.only == "conv":

@@ -126,8 +126,11 @@ fi
 # 3. every row, --jobs at a time, until the deadline
 data="${PFFBENCH_DATA:-$ROOT/data}"
 # how a CIFAR-10 row finds its data here: the official files, else the JPEG copy ("CIFAR-10 (JPEG copy)"), else none
-mapfile -t CIFAR < <("$PYTHON" -c 'import sys; from pffbench.datasets.files import cifar10_flags
-print("\n".join(cifar10_flags(sys.argv[1]) or []), end="")' "$data")
+found=$("$PYTHON" -c 'import sys; from pffbench.datasets.files import cifar10_flags
+print("\n".join(cifar10_flags(sys.argv[1]) or []), end="")' "$data") \
+  || { echo "paper_gpu: $PYTHON cannot import pffbench" >&2; exit 1; }
+CIFAR=()
+[ -z "$found" ] || mapfile -t CIFAR <<< "$found"
 ROWS=()
 while read -r name ranks; do
   if [[ "$name" == cifar10-* ]] && [ "$DRY" = 0 ] && [ "${#CIFAR[@]}" = 0 ]; then

@@ -83,6 +83,7 @@ class Progress:
         self.drain = 0.0              # PFF: the run ends this share of the run after rank 0's work
         self.round_lag = 0            # PFF: rounds a first signal runs on after the round in progress
         self._rounds, self._round_end = 0, None  # PFF: rank 0's rounds of chapters in all, when its last one ended
+        self._rounds_run = 0          # PFF: rounds rank 0 finished in this process (a resumed run: since resuming)
         self._last_line, self._bar = self.t0, None
 
     def install(self) -> "Progress":
@@ -162,7 +163,7 @@ class Progress:
         """PFF: rank 0 finished its share of ``chapter``; the other ranks' shares are alike and staggered,
         the last one ``drain`` units of rank 0's work behind."""
         self.fraction, self.epoch, self.drain = work_done / work_total, chapter + 1, drain / work_total
-        self._rounds, self._round_end = work_total, time.perf_counter()
+        self._rounds, self._round_end, self._rounds_run = work_total, time.perf_counter(), self._rounds_run + 1
         self._print(f"chapter {chapter + 1:>3}/{self.chapters} done on rank 0 ({work_done}/{work_total} of its "
                     f"work)  {self._times()}")
 
@@ -178,13 +179,16 @@ class Progress:
         """About how many seconds a first signal now leaves the run (None before its pace is known): at most
         an epoch's time in the pipeline and the baselines (they stop at the end of the epoch in progress);
         in PFF the rest of the round of chapters in progress and ``round_lag`` more (the ranks agree on a
-        signal that many rounds late, so that none waits for another), at rank 0's pace per round."""
+        signal that many rounds late, so that none waits for another), at rank 0's pace per round, unless
+        that is past the run's last boundary with a verdict: then the run finishes (``eta``)."""
         ran = self.fraction - self.fraction_at_start
         if ran <= 0:
             return None
         if self._round_end is None:
             return self.elapsed() / (ran * self.epochs)
-        per_round = (self._round_end - self.t0) / (ran * self._rounds)
+        if round(self.fraction * self._rounds) + self.round_lag > self._rounds - 2:  # boundaries.Boundaries.after
+            return self.eta()
+        per_round = (self._round_end - self.t0) / self._rounds_run
         return max(0.0, (1 + self.round_lag) * per_round - (time.perf_counter() - self._round_end))
 
     def stop_line(self, signal_name: str, boundary: str) -> str:

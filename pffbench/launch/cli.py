@@ -32,17 +32,17 @@ class _Parser(argparse.ArgumentParser):
     caller decides which rank speaks."""
 
     def error(self, message):
-        raise UsageError(one_line(message + _launch_hint(message)))
+        raise UsageError(one_line(message + _launch_hint(message, self.prog)))
 
 
-def _launch_hint(message: str) -> str:
+def _launch_hint(message: str, prog: str = "python -m pffbench.run") -> str:
     """`run -n 4` (or -np 4): the rank count is the launcher's flag, not ours."""
     import re
     match = re.search(r"unrecognized arguments:.*?(?:^|\s)-(?:np|n)(?:\s+|=)?(\d+)?", message)
     if not match:
         return ""
     n = match.group(1) or "N"
-    return f"; the number of ranks is mpiexec's: mpiexec -n {n} python -m pffbench.run ..."
+    return f"; the number of ranks is mpiexec's: mpiexec -n {n} {prog} ..."
 
 
 RUN_DESCRIPTION = ("Train a Forward-Forward network with its layers pipelined over MPI ranks and append the run's "

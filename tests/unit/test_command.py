@@ -109,3 +109,10 @@ def test_a_commands_own_check_says_it_under_the_same_name(name, argv, needle, ca
     assert importlib.import_module(f"pffbench.{name}").main(argv) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"pffbench.{name}: error: ") and needle in err[0], err
+
+
+def test_a_launcher_flag_given_to_a_command_is_answered_with_that_commands_launch_line(capsys):
+    from pffbench import bench
+    assert bench.main(["-n", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "mpiexec -n 4 python -m pffbench.bench ..." in err and "pffbench.run" not in err, err

@@ -310,3 +310,34 @@ def test_a_signal_in_pff_announces_the_rest_of_the_round_and_the_lagged_rounds(m
         assert "in about 386s" in line, line  # the rest of round 2 (156 s), then round 3 (230 s)
     finally:
         reporter.uninstall()
+
+
+def test_a_signal_too_late_to_stop_a_pff_run_announces_its_end_and_a_resumed_run_its_own_pace(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    reporter = progress.Progress(epochs=10, num_train=600, eval_share=0.0, evals=0, chapters=10,
+                                 stream=io.StringIO()).install()
+    try:
+        progress.stops_after(1)
+        reporter.start()
+        for done in range(1, 5):  # 5 rounds of 2 chapters; the last boundary with a verdict ends round 4
+            now[0] = 100.0 * done
+            progress.chapter_done(2 * done - 2, done, 5)
+        now[0] = 410.0  # in round 5, the last: no boundary is left to stop at, the run finishes
+        assert reporter.until_stop() == pytest.approx(reporter.eta())
+    finally:
+        reporter.uninstall()
+    # resumed after round 1 of 17 chapters on 4 ranks (rounds of 4, 4, 4, 4, 1): its pace is that of the
+    # rounds it ran (once 1.2x too slow: its start counted in epochs, its progress in rounds)
+    reporter = progress.Progress(epochs=17, num_train=600, eval_share=0.0, evals=0, chapters=17,
+                                 stream=io.StringIO()).install()
+    try:
+        progress.stops_after(1)
+        now[0] = 1000.0
+        progress.resumed(4)
+        reporter.start(4 / 17)
+        now[0] = 1050.0
+        progress.chapter_done(4, 2, 5)  # round 2 of 5 took 50 s
+        assert reporter.until_stop() == pytest.approx(100.0)  # round 3, then round 4 (lag 1)
+    finally:
+        reporter.uninstall()

@@ -51,3 +51,15 @@ def test_a_seed_missing_a_run_is_left_out_and_no_seed_is_not_measurable():
     assert paper_claims._order(data, ["a", "b"], ["A", "B"])[1] == "holds (1 of 1 seed in this order)"
     data = paper_claims.Seeds(_runs({"a": [0.97]}), range(2))
     assert paper_claims._order(data, ["a", "b"], ["A", "B"]) == ("not run", "not measurable here: a run is missing")
+
+
+def test_cifar10_flags_keep_the_data_folder_as_given(tmp_path, monkeypatch):
+    """A run's --data-dir is recorded and part of what a resumed race matches its finished runs by:
+    "./data" must stay "./data", not become "data"."""
+    from pffbench.datasets.files import cifar10_flags
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "cifar10-jpeg").mkdir(parents=True)
+    assert cifar10_flags("./data") == ["--dataset", "imagefolder", "--data-dir", "./data/cifar10-jpeg"]
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir()
+    assert cifar10_flags("./data/") == ["--dataset", "cifar10", "--data-dir", "./data/"]
+    assert cifar10_flags(tmp_path / "nothing") is None
