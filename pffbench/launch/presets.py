@@ -73,8 +73,6 @@ def _table() -> dict[str, Preset]:
                                     variant="pipeline"), 4, None, "(98.10)",
                                "pffbench: the activation pipeline on the paper's net, 20 epochs (measured here)",
                                measured="4111 s on 2 ranks")
-    # docs/measurements.md, "A short run of a preset": 11 min 49 s for --epochs 2 on 2 ranks
-    rows["mnist-goodness-random-all-layers"].measured = "709 s for --epochs 2 on 2 ranks"
     return rows
 
 
