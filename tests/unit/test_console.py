@@ -1,5 +1,6 @@
 """Issue 13, in process: presets shortened with --epochs, the messages of
 run/report/plot, the progress lines' pieces, plot's record of its figures."""
+import contextlib
 import io
 import re
 import os
@@ -292,52 +293,57 @@ def test_list_presets_reads_the_full_length_rows_from_results(tmp_path):
     assert presets.full_rows(tmp_path) == {}
 
 
-def test_a_signal_in_pff_announces_the_rest_of_the_round_and_the_lagged_rounds(monkeypatch):
+@pytest.fixture
+def clock(monkeypatch):
+    """progress's clock, set by hand: clock[0] seconds."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    return now
+
+
+@contextlib.contextmanager
+def pff_progress(chapters: int, lag: int = 1):
+    """Rank 0's Progress of a PFF run of ``chapters`` epochs in as many chapters, its ranks agreeing ``lag``
+    rounds late."""
+    reporter = progress.Progress(epochs=chapters, num_train=600, eval_share=0.0, evals=0, chapters=chapters,
+                                 stream=io.StringIO()).install()
+    try:
+        progress.stops_after(lag)
+        yield reporter
+    finally:
+        reporter.uninstall()
+
+
+def test_a_signal_in_pff_announces_the_rest_of_the_round_and_the_lagged_rounds(clock):
     """PFF ranks agree on a signal ``lag`` rounds of chapters late: a SIGTERM 74 s into round 2 of an
     All-Layers run (230 s a round, lag 1) stopped it 378 s later, not in the 152 s once announced (one
     epoch's time)."""
-    now = [0.0]
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
-    reporter = progress.Progress(epochs=100, num_train=60000, eval_share=0.0, evals=1, chapters=100,
-                                 stream=io.StringIO()).install()
-    try:
-        progress.stops_after(1)
+    with pff_progress(100) as reporter:
         reporter.start()
-        now[0] = 230.0
+        clock[0] = 230.0
         progress.chapter_done(0, 1, 50)  # rank 0's first round of chapters (one of its 50)
-        now[0] = 304.0
+        clock[0] = 304.0
         line = reporter.stop_line("SIGTERM", "the next round of chapters")
         assert "in about 386s" in line, line  # the rest of round 2 (156 s), then round 3 (230 s)
-    finally:
-        reporter.uninstall()
 
 
-def test_a_signal_too_late_to_stop_a_pff_run_announces_its_end_and_a_resumed_run_its_own_pace(monkeypatch):
-    now = [0.0]
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
-    reporter = progress.Progress(epochs=10, num_train=600, eval_share=0.0, evals=0, chapters=10,
-                                 stream=io.StringIO()).install()
-    try:
-        progress.stops_after(1)
+def test_a_signal_too_late_to_stop_a_pff_run_announces_its_end(clock):
+    with pff_progress(10) as reporter:
         reporter.start()
         for done in range(1, 5):  # 5 rounds of 2 chapters; the last boundary with a verdict ends round 4
-            now[0] = 100.0 * done
+            clock[0] = 100.0 * done
             progress.chapter_done(2 * done - 2, done, 5)
-        now[0] = 410.0  # in round 5, the last: no boundary is left to stop at, the run finishes
+        clock[0] = 410.0  # in round 5, the last: no boundary is left to stop at, the run finishes
         assert reporter.until_stop() == pytest.approx(reporter.eta())
-    finally:
-        reporter.uninstall()
-    # resumed after round 1 of 17 chapters on 4 ranks (rounds of 4, 4, 4, 4, 1): its pace is that of the
-    # rounds it ran (once 1.2x too slow: its start counted in epochs, its progress in rounds)
-    reporter = progress.Progress(epochs=17, num_train=600, eval_share=0.0, evals=0, chapters=17,
-                                 stream=io.StringIO()).install()
-    try:
-        progress.stops_after(1)
-        now[0] = 1000.0
+
+
+def test_a_resumed_pff_run_announces_a_stop_at_the_pace_of_the_rounds_it_ran(clock):
+    """Resumed after round 1 of 17 chapters on 4 ranks (rounds of 4, 4, 4, 4, 1): once 1.2x too slow, its
+    start counted in epochs and its progress in rounds."""
+    with pff_progress(17) as reporter:
+        clock[0] = 1000.0
         progress.resumed(4)
         reporter.start(4 / 17)
-        now[0] = 1050.0
+        clock[0] = 1050.0
         progress.chapter_done(4, 2, 5)  # round 2 of 5 took 50 s
         assert reporter.until_stop() == pytest.approx(100.0)  # round 3, then round 4 (lag 1)
-    finally:
-        reporter.uninstall()
