@@ -11,7 +11,6 @@ Command line::
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,16 +20,11 @@ from .datasets.idx import _idx_folder
 # the loaders' API, re-exported here where users and tests find it
 from .datasets.files import BUNDLED_DIRS, CIFAR_FOLDER, CLASS_NAMES, MIRRORS, Dataset  # noqa: F401
 from .datasets.load import DATASETS, load_dataset, source_of, validation_split  # noqa: F401
-from .core.config import UsageError
+from .launch.cli import _Parser
 from .launch.command import command
 
 
 # --- command line ------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line under the command's name (@command), as every command's
-        raise UsageError(message)
-
 
 def _check(name: str, data_dir: str) -> list[str]:
     """One line per verified file (or one summary line for data sets without published sums)."""

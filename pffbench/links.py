@@ -52,26 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Usage(Exception):
-    pass
-
-
 def sizes_of(opts) -> list[tuple[str, int, int]]:
     """(what, rows, width) of every message to measure: the pipeline's, then the sweep's."""
     dims = [opts.features, *opts.layers]
     if opts.batch_size < 1 or opts.features < 1 or not 2 <= opts.ranks <= len(opts.layers):
-        raise _Usage(f"need --batch-size >= 1, --features >= 1 and 2 <= --ranks <= {len(opts.layers)} (the layers)")
+        raise UsageError(f"need --batch-size >= 1, --features >= 1 and 2 <= --ranks <= {len(opts.layers)} (the layers)")
     if opts.warmup < 0 or opts.repetitions < 1:
-        raise _Usage("--warmup must be >= 0 and --repetitions >= 1")
+        raise UsageError("--warmup must be >= 0 and --repetitions >= 1")
     cases = [(f"pipeline link {r}->{r + 1}", rows, width)
              for r, (rows, width) in enumerate(pipeline_messages(dims, opts.batch_size, opts.ranks))]
     if opts.sweep != "none":
         try:
             low, high = (int(part) for part in opts.sweep.split(":"))
         except ValueError:
-            raise _Usage(f"--sweep: expected MIN:MAX in bytes or 'none', got {opts.sweep!r}") from None
+            raise UsageError(f"--sweep: expected MIN:MAX in bytes or 'none', got {opts.sweep!r}") from None
         if not 8 <= low <= high <= 1 << 30:
-            raise _Usage("--sweep: need 8 <= MIN <= MAX <= 1 GiB")
+            raise UsageError("--sweep: need 8 <= MIN <= MAX <= 1 GiB")
         size = 1 << (low - 1).bit_length()
         while size <= high:
             cases.append(("sweep", *rows_for(size)))
@@ -124,13 +120,13 @@ def main(argv=None) -> int:
     try:
         opts = build_parser().parse_args(argv)
         if comm.Get_size() != 2:
-            raise _Usage(f"run on 2 ranks (mpiexec -n 2 python -m pffbench.links), not {comm.Get_size()}")
+            raise UsageError(f"run on 2 ranks (mpiexec -n 2 python -m pffbench.links), not {comm.Get_size()}")
         problem = writer.unappendable(opts.out) if comm.Get_rank() == 0 else None
         problem = comm.bcast(problem, root=0)
         if problem:
-            raise _Usage(f"--out: {problem}")
+            raise UsageError(f"--out: {problem}")
         sizes_of(opts)
-    except (_Usage, UsageError) as error:  # one line, from rank 0
+    except UsageError as error:  # one line, from rank 0
         if comm.Get_rank() == 0:
             print(f"pffbench.links: error: {error}", file=sys.stderr, flush=True)
         return 2
