@@ -22,6 +22,10 @@ The protocol (docs/tuning.md):
    is the median of the repeats (MLPerf's clock: from the first minibatch to
    the evaluation that first reaches the target, evaluation excluded;
    instrument/target.py), the evaluation time reported beside it.
+   ``--repeats-stop-at-target`` ends each repeat at the highest target its
+   pick serves instead (MLPerf's time-to-train run): for a contender whose
+   twin (below) measures the final accuracy it would reach; the race then
+   gives it no final accuracy of its own.
 
 Contenders that compute the same weights (to round-off) from the same
 learning rate share one search (``--trials-of TAG``: the trials another
@@ -89,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every-steps", type=int, default=100, metavar="K",
                    help="evaluate every K steps, trials and repeats (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="runs of the pick on the test set (default: %(default)s)")
+    p.add_argument("--repeats-stop-at-target", action="store_true",
+                   help="end each repeat at the highest target its learning rate was picked for, not at the end of "
+                        "its epochs (its final accuracy is then not measured): for a contender whose twin "
+                        "(--trials-of) runs to the end, e.g. the p = 1 runs of a strong-scaling pair")
     p.add_argument("--seed", type=int, default=0, help="seed of the trials and of the first repeat")
     p.add_argument("--out", default="results/tune.h5", metavar="FILE.h5", help="results file (default: %(default)s)")
     p.add_argument("--summary", default=None, metavar="FILE.json", help="also write the summary here")
@@ -287,16 +295,19 @@ def _seconds(seconds: float) -> str:
 
 def _measure(args, passthrough, targets, tag, contender) -> dict:
     """Each distinct pick (per target, race.pick_for) runs --repeats times on the test set, to the end of
-    its epochs; the picks, by target."""
+    its epochs (--repeats-stop-at-target: to the highest target it serves); the picks, by target."""
     if not contender.trials:
         raise UsageError("every trial failed (see the lines above)")
     picks = {a: race.pick_for(contender, a) for a in targets}
     for lr in dict.fromkeys(lr for lr, _ in picks.values()):
-        print(f"pick: lr {lr:g} for " + ", ".join(f"{a:g} ({how})" for a, (p, how) in picks.items() if p == lr),
-              flush=True)
+        served = [a for a, (p, _) in picks.items() if p == lr]
+        print(f"pick: lr {lr:g} for " + ", ".join(f"{a:g} ({picks[a][1]})" for a in served)
+              + (f"; its repeats stop at {max(served):g}" if args.repeats_stop_at_target else ""), flush=True)
+        end = ["--target-accuracy", f"{max(served):g}", "--stop-at-target"] if args.repeats_stop_at_target \
+            else ["--target-accuracy", f"{max(targets):g}"]
         for i in range(args.repeats):
             run = _launch(args, passthrough, f"{tag}-lr{lr:g}-test-seed{args.seed + i}",
-                          ["--target-accuracy", f"{max(targets):g}", "--lr", repr(lr), "--seed", str(args.seed + i)])
+                          [*end, "--lr", repr(lr), "--seed", str(args.seed + i)])
             if run is not None:
                 contender.repeats.setdefault(lr, []).append(run)
     return picks
@@ -320,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     if own:  # the threads this contender's runs had (0 asks for the default; shared trials are the twin's)
         contender.threads = race._threads(own[0])
     rows = race.race_rows([contender], targets, planned=args.repeats)
-    keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "eval_seconds")
+    keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "stopped",
+            "eval_seconds")
     summary = {"targets": targets, "ranks": args.ranks, "variant": config.variant, "objective": config.objective,
                "threads": config.threads, "learning_rates": [t["lr"] for t in trials],
                "validation_rows": args.validation, "trials": trials, "trials_of": args.trials_of, "out": args.out,
@@ -328,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{tag}: to {r['target']:g}: lr {r['lr']:g} ({r['picked_by']}); test time median {_seconds(r['seconds'])} "
               f"({r['reached']} of {r['repeats']} reached it), {r['samples']:.0f} samples, evaluation "
-              f"{r['eval_seconds']:.2f} s apart; final accuracy median {r['accuracy']:.4f}", flush=True)
+              f"{r['eval_seconds']:.2f} s apart; " + ("stopped at the target: no final accuracy" if r["stopped"]
+                                                         else f"final accuracy median {r['accuracy']:.4f}"), flush=True)
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(race.without_nan(summary), f, indent=1, allow_nan=False)

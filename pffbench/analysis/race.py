@@ -16,7 +16,8 @@ Figures per contender and target (``race_rows``):
   repetition reached it), MLPerf's clock (first minibatch to the evaluation that first shows
   the target, evaluation excluded); ``reached``: how many repetitions did;
 - ``samples``: median training samples seen by then (steps x global minibatch);
-- ``accuracy``: median test accuracy at the end of the repetitions' epochs;
+- ``accuracy``: median test accuracy at the end of the repetitions' epochs (NaN if any of them was
+  ended at its target, tune --repeats-stop-at-target: ``stopped`` counts those);
 - ``eval_seconds``: median evaluation seconds of a repetition (kept apart from training);
 - ``busy``: how many repetitions ran on a busy host (analysis.busy_host: load beyond the run's own);
 - ``speedup``: the fastest backprop rival's median seconds / this contender's (>1: faster than
@@ -181,9 +182,10 @@ def measured(runs: list, accuracy: float, planned: int | None = None) -> dict:
     hits = [reaching(run, accuracy) for run in runs]
     hits += [(math.nan, math.nan)] * max(0, (planned or 0) - len(hits))
     eval_seconds = [float(np.nansum(run.arrays["timing/eval"], axis=1).max()) for run in runs]
+    stopped = sum(bool(run.attrs.get("stop_reason")) for run in runs)  # ended at a target: no final accuracy
     return {"seconds": _median([s for s, _ in hits]), "reached": sum(math.isfinite(s) for s, _ in hits),
-            "repeats": len(hits), "samples": _median([n for _, n in hits]),
-            "accuracy": _median([final_accuracy(run) for run in runs]),
+            "repeats": len(hits), "samples": _median([n for _, n in hits]), "stopped": stopped,
+            "accuracy": math.nan if stopped else _median([final_accuracy(run) for run in runs]),
             "eval_seconds": _median(eval_seconds), "seconds_each": [s for s, _ in hits],
             "busy": sum(busy_host(run) for run in runs)}
 
@@ -226,6 +228,7 @@ def race_table(rows: list[dict]) -> str:
         note = "" if r["picked_by"] == "shortest time to target" else (
             " (most accurate)" if r["picked_by"].startswith("no trial") else f" ({r['picked_by']})")
         busy = f" (busy host: {r['busy']} of {r['repeats']})" if r.get("busy") else ""
+        busy += " (stopped at the target)" if r.get("stopped") else ""
         lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"] + busy, f"{r['lr']:g}{note}",
                                         cell(r["seconds"]), f"{r['reached']}/{r['repeats']}",
                                         cell(r["samples"], 0), cell(r["speedup"]), cell(100 * r["accuracy"]),

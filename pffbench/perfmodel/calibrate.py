@@ -19,6 +19,7 @@ from ..store import reader as results
 from ..core.config import UsageError
 from ..core.types import batch_rows
 from ..core.variants import VARIANTS
+from ..instrument import target
 from ..probes.profile import RULE_KINDS, BackpropProfile, FFProfile, profile_backprop, profile_ff
 
 
@@ -155,9 +156,10 @@ def from_run(run: results.Run, profile=None):
     full = sum(sizes) / batch  # minibatches an epoch, a partial one counted by its rows
     compute, data = a["timing/compute"][0], a["timing/data"][0]
     if not VARIANTS[variant].pff:
-        scale = float(compute.mean()) / (full * sum(profile.step))
-        data_scale = float(data.mean()) / full / profile.data
-        return _ff_costs(profile, scale, data_scale, sync=float(a["timing/sync"][0].mean()), eval=evaluation,
+        epochs = epochs_trained(run)
+        scale = float(compute.sum()) / epochs / (full * sum(profile.step))
+        data_scale = float(data.sum()) / epochs / full / profile.data
+        return _ff_costs(profile, scale, data_scale, sync=float(a["timing/sync"][0].sum()) / epochs, eval=evaluation,
                          source=f"run {run.name}")
     return _pff_costs(run, profile, sizes, evaluation)
 
@@ -189,6 +191,20 @@ def _at_threads(threads: int, measure):
         torch.set_num_threads(previous)
 
 
+def epochs_trained(run: results.Run) -> float:
+    """The epochs' worth of minibatches rank 0 trained: every epoch's timing column for a run that ran its
+    epochs; for one ended by --stop-at-target (tune --repeats-stop-at-target), whose later columns are
+    zero and whose last is partial, the steps of its last evaluation (where it stopped) over an epoch's."""
+    epochs = run.arrays["timing/compute"].shape[1]
+    if not run.attrs.get("stop_reason"):
+        return float(epochs)
+    per_epoch = int(run.attrs.get("minibatches_per_epoch", 0))
+    evaluations = target.evaluations_of(run.arrays, per_epoch)
+    if per_epoch <= 0 or not len(evaluations):
+        raise ValueError(f"run {run.name} stopped at its target but records no steps to scale its times by")
+    return float(evaluations[-1, 0]) / per_epoch
+
+
 def _evaluation(run: results.Run) -> float:
     """Rank 0's seconds an evaluation (the longest of the run's; 0 if it evaluated none)."""
     evals = run.arrays["timing/eval"][0]
@@ -214,13 +230,14 @@ def _conv_from_run(run: results.Run) -> FFCosts:
     rule, net = rules.module(rules.objective_of(config)), ConvNet.of(config, shape)
     a = run.arrays
     sizes = batch_rows(shape.num_train, batch)
-    full = sum(sizes) / batch
-    scale = float(a["timing/compute"][0].mean()) / (full * sum(step))
+    full, epochs = sum(sizes) / batch, epochs_trained(run)
+    scale = float(a["timing/compute"][0].sum()) / epochs / (full * sum(step))
     layers = [rule.make_conv_layer(i, net, config, "cpu") for i in range(len(step))]
     weight_bytes = [4 * sum(t.numel() for t in layer.parameters()) for layer in layers]
     zeros = [0.0] * len(step)
     return FFCosts(list(run.attrs["dims"]), batch, threads, "conv", [s * scale for s in step], zeros, zeros,
-                   float(a["timing/data"][0].mean()) / full, 0.0, 0.0, sync=float(a["timing/sync"][0].mean()),
+                   float(a["timing/data"][0].sum()) / epochs / full, 0.0, 0.0,
+                   sync=float(a["timing/sync"][0].sum()) / epochs,
                    eval=_evaluation(run), scale=scale,
                    source=f"run {run.name}", message_rows=rule.message_rows(1),
                    split=list(config.layer_costs or rule.conv_costs(net)), weight_bytes=weight_bytes,
@@ -244,7 +261,7 @@ def _conv_backprop_from_run(run: results.Run) -> BackpropCosts:
     slope = [max(0.0, (b - a) / (batch - small)) if batch > small else 0.0 for a, b in zip(at_small, at_large)]
     fb = [(max(0.0, b - k * batch), k) for b, k in zip(at_large, slope)]
     a = run.arrays
-    steps = len(batch_rows(shape.num_train, batch)) * a["timing/compute"].shape[1]
+    steps = len(batch_rows(shape.num_train, batch)) * epochs_trained(run)
     compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps
     scale = compute / (sum(m * (f0 + f1 * batch / m) for f0, f1 in fb) + sum(adam))
     fb = [(f0 * scale, f1 * scale) for f0, f1 in fb]
@@ -269,7 +286,7 @@ def _backprop_from_run(run, variant: str, batch: int, threads: int, evaluation: 
     a = run.arrays
     dims = list(run.attrs["dims"])[:-1]  # the head is not a hidden layer
     profile = profile or profile_backprop(dims, batch, threads)
-    steps = len(batch_rows(int(run.attrs["num_train"]), batch)) * a["timing/compute"].shape[1]
+    steps = len(batch_rows(int(run.attrs["num_train"]), batch)) * epochs_trained(run)
     microbatched = VARIANTS[variant].microbatched
     m = int(run.config.get("microbatches") or 1) if microbatched else 1
     compute, sync = float(a["timing/compute"][0].sum()) / steps, float(a["timing/sync"][0].sum()) / steps

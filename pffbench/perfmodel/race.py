@@ -39,14 +39,15 @@ def _one_rank_twin(variant: str) -> str | None:
 
 def _calibrating_run(contenders: list, contender):
     """A 1-rank repetition of the same variant (or the one it equals on 1 rank), rule, threads and
-    workload: of those, the one with the least training time (a busy host only ever slows a run,
-    so the fastest is the least disturbed); None if there is none."""
+    workload: of those, the one with the least training time an epoch (a busy host only ever slows a run,
+    so the fastest is the least disturbed; an epoch's, for repeats stopped at different targets); None if
+    there is none."""
     variants = {contender.variant, _one_rank_twin(contender.variant)}
     runs = [run for other in contenders if other.variant in variants and other.ranks == 1
             and (other.objective, other.threads, other.workload) == (contender.objective, contender.threads,
                                                                      contender.workload)
             for repeats in other.repeats.values() for run in repeats if run.attrs.get("status") == "complete"]
-    return min(runs, key=training_seconds, default=None)
+    return min(runs, key=lambda run: training_seconds(run) / calibrate.epochs_trained(run), default=None)
 
 
 def predict_race(runs: list, target: float, ranks: list[int], cluster, threads: int = 1) -> tuple[list[dict], list[str]]:

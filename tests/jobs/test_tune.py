@@ -105,14 +105,20 @@ def test_a_contender_computing_the_same_weights_takes_its_twins_trials_and_runs_
     done = tune(*flags, "--summary", str(first))
     assert done.returncode == 0, done.stderr
     before = {run.name for run in results.read_runs(str(out))}
-    done = tune(*flags, "--ranks", "2", "--trials-of", "tune-pipeline-local-softmax-p1-t1", "--summary", str(second))
+    # its final accuracy is its twin's: its repeats may stop at the target (a strong-scaling pair's other half)
+    done = tune(*flags, "--ranks", "2", "--trials-of", "tune-pipeline-local-softmax-p1-t1", "--summary", str(second),
+                "--repeats-stop-at-target")
     assert done.returncode == 0, done.stderr
     after = {run.name: run for run in results.read_runs(str(out))}
     new = set(after) - before
     assert new and all("-test-" in name and after[name].attrs["world_size"] == 2 for name in new)  # no search
+    assert all(after[name].config["stop_at_target"] and after[name].attrs.get("stop_reason") for name in new)
     p1, p2 = json.loads(first.read_text()), json.loads(second.read_text())
     assert p2["trials_of"] == "tune-pipeline-local-softmax-p1-t1" and p2["trials"] == p1["trials"]
     assert p2["picks"]["0.5"]["lr"] == p1["picks"]["0.5"]["lr"]
+    assert p2["picks"]["0.5"]["stopped"] == 1 and p2["picks"]["0.5"]["accuracy"] is None
+    assert p1["picks"]["0.5"]["stopped"] == 0 and p1["picks"]["0.5"]["accuracy"] > 0.5
+    assert "stopped at the target: no final accuracy" in done.stdout
     missing = tune(*flags, "--trials-of", "tune-nobody", timeout=120)
     assert missing.returncode == 2 and "--trials-of tune-nobody: no trial of it in" in missing.stderr
     other = [flag if flag != "1" or i == 0 or flags[i - 1] != "--epochs" else "2" for i, flag in enumerate(flags)]

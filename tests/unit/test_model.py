@@ -302,3 +302,32 @@ def test_the_model_help_says_each_default_once():
     text = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["predict"].format_help().split())
     assert "(default: 64)" in text and "(default: None)" not in text  # the formatter's, where help has none
     assert "default shm) (default" not in text and text.count("(default: 0.98)") == 1
+
+
+def test_a_run_stopped_at_its_target_calibrates_by_the_steps_it_trained():
+    # tune --repeats-stop-at-target: the CIFAR-10 race's 1-rank twins stop at 70 %, their later epochs' timing
+    # columns zero and the last one partial; dividing by every configured epoch made their steps look cheaper
+    import numpy as np
+
+    from pffbench.perfmodel import calibrate
+    from pffbench.probes.profile import BackpropProfile
+    from pffbench.store.reader import Run
+
+    profile = BackpropProfile([784, 100], 64, 1, 1e-4, 1e-5, 1e-4, 0.0, 1000)
+
+    def run(compute, stopped_at=None):  # 640 training rows, batch 64: 10 steps an epoch, 0.1 s each
+        attrs = {"variant": "backprop", "dims": [784, 100, 10], "num_train": 640, "world_size": 1,
+                 "threads_per_rank": [1], "minibatches_per_epoch": 10, "status": "complete",
+                 "config": {"batch_size": 64}}
+        arrays = {f"timing/{k}": np.zeros((1, len(compute))) for k in ("sync", "data", "eval")}
+        arrays["timing/compute"] = np.array([compute])
+        steps = range(5, 10 * len(compute) + 1, 5) if stopped_at is None else range(5, stopped_at + 1, 5)
+        arrays["evaluations"] = np.array([[s, (s - 1) // 10, 0.01 * s, 0.5] for s in steps])
+        if stopped_at is not None:
+            attrs["stop_reason"] = "reached the target test accuracy 0.5: --stop-at-target"
+        return Run("tune-backprop-default-p1-t1-lr0.001-test-seed0", attrs, arrays)
+
+    full = calibrate.from_run(run([1.0, 1.0]), profile)
+    stopped = calibrate.from_run(run([1.0, 0.5, 0.0, 0.0], stopped_at=15), profile)
+    assert stopped.scale == pytest.approx(full.scale)
+    assert calibrate.epochs_trained(run([1.0, 0.5, 0.0, 0.0], stopped_at=15)) == 1.5

@@ -225,3 +225,21 @@ def test_an_interrupted_repeat_is_not_yet_measured_rather_than_a_repeat_that_rea
     assert row["reached"] == 3 and row["repeats"] == 3
     alone, = race.contenders([r for r in LOCAL if "validation" in r.name] + [cut])
     assert not alone.repeats  # its only repeat was cut: nothing measured yet
+
+
+def test_a_contender_whose_repeats_stopped_at_the_target_has_no_final_accuracy_and_says_so():
+    # tune --repeats-stop-at-target (the p = 1 twins of the CIFAR-10 race): the accuracy at a repeat's stop
+    # is not its final accuracy, so the table gives none rather than the target's neighbourhood
+    runs = [r for r in LOCAL if "validation" in r.name]
+    for seed in range(3):
+        stopped = _run(f"tune-pipeline-local-softmax-p1-lr0.003-test-seed{seed}", "pipeline", 3e-3, seed,
+                       [0.972, 0.981], 0, 1, "local-softmax")
+        stopped.attrs["stop_reason"] = "reached the target test accuracy 0.98: --stop-at-target"
+        runs.append(stopped)
+    twin, contender = race.contenders(runs)  # the p = 2 trials, the p = 1 repeats sharing them
+    row, = race.race_rows([contender], [0.98])
+    assert contender.trials_of == twin.label and row["seconds"] == 2.0 and row["reached"] == 3 and row["stopped"] == 3 and math.isnan(row["accuracy"])
+    line = race.race_table([row]).splitlines()[-1]
+    assert "pipeline x local-softmax, 1 x 1 (stopped at the target)" in line and "| - |" in line
+    full, = race.race_rows(race.contenders(LOCAL), [0.98])
+    assert full["stopped"] == 0 and full["accuracy"] == 0.984
