@@ -8,14 +8,15 @@ Command line::
 
     python -m pffbench.data fetch mnist [--data-dir DIR]   # download + verify
     python -m pffbench.data check mnist [--data-dir DIR]   # verify what is there
+    python -m pffbench.data flags cifar10 [--data-dir DIR] # the run flags that read it there, a line each
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from .datasets.files import (CIFAR_TARBALL, IDX_FILES, MD5, _MD5_OF_DECOMPRESSED, DataError, _read_verified,
-                             default_data_dir, fetch)
+from .datasets.files import (CIFAR_TARBALL, IDX_FILES, JPEG_COPY, MD5, _MD5_OF_DECOMPRESSED, DataError,
+                             _read_verified, cifar10_flags, default_data_dir, fetch)
 from .datasets.idx import _idx_folder
 # the loaders' API, re-exported here where users and tests find it
 from .datasets.files import BUNDLED_DIRS, CIFAR_FOLDER, CLASS_NAMES, MIRRORS, Dataset  # noqa: F401
@@ -53,11 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(command, help=help_text)
         sub.add_argument("name", choices=DATASETS)
         sub.add_argument("--data-dir", default=None, help="default: $PFFBENCH_DATA, else ./data")
+    sub = commands.add_parser("flags", help="the run flags that read the data set in --data-dir, a line each "
+                                            "(cifar10: its official files, else its JPEG copy); for scripts")
+    sub.add_argument("name", choices=("cifar10",))
+    sub.add_argument("--data-dir", default=None, help="default: $PFFBENCH_DATA, else ./data")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     try:
-        lines = [f"ok  {path}" for path in fetch(args.name, data_dir)] if args.command == "fetch" \
-            else _check(args.name, data_dir)
+        if args.command == "flags":
+            lines = cifar10_flags(data_dir)
+            if lines is None:
+                raise DataError(f"no CIFAR-10 in {data_dir} ({CIFAR_TARBALL}, its extracted folder or {JPEG_COPY}/)")
+        else:
+            lines = [f"ok  {path}" for path in fetch(args.name, data_dir)] if args.command == "fetch" \
+                else _check(args.name, data_dir)
     except DataError as error:
         print(f"pffbench.data: error: {error}", file=sys.stderr)
         return 2

@@ -98,7 +98,7 @@ def cifar10_flags(data_dir: str | os.PathLike) -> list[str] | None:
     tarball, or the folder extracted from it) as ``--dataset cifar10 --data-dir DIR``, else its JPEG
     copy DIR/cifar10-jpeg/{train,test}/<class>/ as ``--dataset imagefolder --data-dir DIR/cifar10-jpeg``;
     None where neither is there.  The one place that choice is made: paper_claims, tools/model_validation.py,
-    and the shell scripts (jobs/race.sbatch, tools/paper_gpu.sh) through ``python -c``."""
+    and the shell scripts (jobs/race.sbatch, tools/paper_gpu.sh) through ``python -m pffbench.data flags cifar10``."""
     root = Path(data_dir)  # the flags keep the path as given: a run's recorded --data-dir is part of its identity
     if (root / CIFAR_TARBALL).is_file() or (root / CIFAR_FOLDER).is_dir():
         return ["--dataset", "cifar10", "--data-dir", os.fspath(data_dir)]

@@ -675,3 +675,14 @@ def test_imagefolder_given_the_data_root_names_the_image_folders_inside(tmp_path
     (tmp_path / "mnist").mkdir()
     with pytest.raises(DataError, match=rf"not found \(did you mean --data-dir {tmp_path}/cifar10-jpeg\?\)"):
         load_dataset("imagefolder", tmp_path)
+
+
+def test_data_flags_names_the_cifar10_a_folder_holds_for_scripts(tmp_path, capsys):
+    # jobs/race.sbatch and tools/paper_gpu.sh ask this command which CIFAR-10 to read (each had its own python -c)
+    (tmp_path / "cifar10-jpeg").mkdir()
+    assert data.main(["flags", "cifar10", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split("\n") == ["--dataset", "imagefolder", "--data-dir",
+                                                     str(tmp_path / "cifar10-jpeg"), ""]
+    assert data.main(["flags", "cifar10", "--data-dir", str(tmp_path / "none")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"pffbench.data: error: no CIFAR-10 in {tmp_path}")
