@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "flags":
             lines = cifar10_flags(data_dir)
             if lines is None:
-                raise DataError(f"no CIFAR-10 in {data_dir} ({CIFAR_TARBALL}, its extracted folder or {JPEG_COPY}/)")
+                raise DataError(f"no CIFAR-10 in {data_dir} ({CIFAR_TARBALL}, its extracted folder or {JPEG_COPY}/): "
+                                "set --data-dir or PFFBENCH_DATA")
         else:
             lines = [f"ok  {path}" for path in fetch(args.name, data_dir)] if args.command == "fetch" \
                 else _check(args.name, data_dir)

@@ -299,6 +299,8 @@ def _measure(args, passthrough, targets, tag, contender) -> dict:
     if not contender.trials:
         raise UsageError("every trial failed (see the lines above)")
     picks = {a: race.pick_for(contender, a) for a in targets}
+    if any(math.isnan(lr) for lr, _ in picks.values()):  # the twin's trials (--trials-of) all failed
+        raise UsageError("every trial failed: nothing to pick")
     for lr in dict.fromkeys(lr for lr, _ in picks.values()):
         served = [a for a, (p, _) in picks.items() if p == lr]
         print(f"pick: lr {lr:g} for " + ", ".join(f"{a:g} ({picks[a][1]})" for a in served)
@@ -332,16 +334,17 @@ def main(argv: list[str] | None = None) -> int:
         contender.threads = race._threads(own[0])
     rows = race.race_rows([contender], targets, planned=args.repeats)
     keep = ("lr", "picked_by", "seconds", "seconds_each", "reached", "repeats", "samples", "accuracy", "stopped",
-            "eval_seconds")
+            "stopped_at", "eval_seconds")
     summary = {"targets": targets, "ranks": args.ranks, "variant": config.variant, "objective": config.objective,
                "threads": config.threads, "learning_rates": [t["lr"] for t in trials],
                "validation_rows": args.validation, "trials": trials, "trials_of": args.trials_of, "out": args.out,
                "picks": {f"{r['target']:g}": {k: r[k] for k in keep} for r in rows}}
     for r in rows:
+        end = f"repeats stopped at {r['stopped_at']:g}: no final accuracy" if r["stopped"] else \
+            f"final accuracy median {r['accuracy']:.4f}"
         print(f"{tag}: to {r['target']:g}: lr {r['lr']:g} ({r['picked_by']}); test time median {_seconds(r['seconds'])} "
               f"({r['reached']} of {r['repeats']} reached it), {r['samples']:.0f} samples, evaluation "
-              f"{r['eval_seconds']:.2f} s apart; " + ("stopped at the target: no final accuracy" if r["stopped"]
-                                                         else f"final accuracy median {r['accuracy']:.4f}"), flush=True)
+              f"{r['eval_seconds']:.2f} s apart; {end}", flush=True)
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(race.without_nan(summary), f, indent=1, allow_nan=False)

@@ -126,10 +126,10 @@ fi
 # 3. every row, --jobs at a time, until the deadline
 data="${PFFBENCH_DATA:-$ROOT/data}"
 # how a CIFAR-10 row finds its data here: the official files, else the JPEG copy ("CIFAR-10 (JPEG copy)"), else none
-found=$("$PYTHON" -m pffbench.data flags cifar10 --data-dir "$data" 2>/dev/null)
+found=$("$PYTHON" -m pffbench.data flags cifar10 --data-dir "$data")
 case $? in
-  0|2) ;;  # 2: no CIFAR-10 there (found is empty: the CIFAR-10 rows are left out)
-  *) echo "paper_gpu: $PYTHON cannot import pffbench" >&2; exit 1 ;;
+  0|2) ;;  # 2: its one line said why (found is empty: the CIFAR-10 rows are left out, each said below)
+  *) echo "paper_gpu: $PYTHON cannot run pffbench (see above)" >&2; exit 1 ;;
 esac
 CIFAR=()
 [ -z "$found" ] || mapfile -t CIFAR <<< "$found"

@@ -17,8 +17,10 @@ Figures per contender and target (``race_rows``):
   the target, evaluation excluded); ``reached``: how many repetitions did;
 - ``samples``: median training samples seen by then (steps x global minibatch);
 - ``accuracy``: median test accuracy at the end of the repetitions' epochs (NaN if any of them was
-  ended at its target, tune --repeats-stop-at-target: ``stopped`` counts those);
-- ``eval_seconds``: median evaluation seconds of a repetition (kept apart from training);
+  ended at its target, tune --repeats-stop-at-target: ``stopped`` counts those, ``stopped_at`` is
+  that target);
+- ``eval_seconds``: median evaluation seconds of a repetition (kept apart from training; of a
+  repetition ended at its target, those up to there);
 - ``busy``: how many repetitions ran on a busy host (analysis.busy_host: load beyond the run's own);
 - ``speedup``: the fastest backprop rival's median seconds / this contender's (>1: faster than
   every rival), where a rival is a variant of the backprop family (core/variants.py).
@@ -121,7 +123,7 @@ def reaching(run, accuracy: float) -> tuple[float, float]:
 
 
 def final_accuracy(run) -> float:
-    """The run's final test accuracy; NaN unless it completed (a failed or stopped repetition counts as
+    """The run's final test accuracy; NaN unless it completed (a failed or interrupted repetition counts as
     reaching nothing: ``reaching`` likewise)."""
     if run.attrs.get("status", "complete") != "complete":
         return math.nan
@@ -182,9 +184,10 @@ def measured(runs: list, accuracy: float, planned: int | None = None) -> dict:
     hits = [reaching(run, accuracy) for run in runs]
     hits += [(math.nan, math.nan)] * max(0, (planned or 0) - len(hits))
     eval_seconds = [float(np.nansum(run.arrays["timing/eval"], axis=1).max()) for run in runs]
-    stopped = sum(bool(run.attrs.get("stop_reason")) for run in runs)  # ended at a target: no final accuracy
+    stopped = [run for run in runs if target.ended_at_target(run.attrs, run.config)]  # no final accuracy
     return {"seconds": _median([s for s, _ in hits]), "reached": sum(math.isfinite(s) for s, _ in hits),
-            "repeats": len(hits), "samples": _median([n for _, n in hits]), "stopped": stopped,
+            "repeats": len(hits), "samples": _median([n for _, n in hits]), "stopped": len(stopped),
+            "stopped_at": max((float(run.config["target_accuracy"]) for run in stopped), default=math.nan),
             "accuracy": math.nan if stopped else _median([final_accuracy(run) for run in runs]),
             "eval_seconds": _median(eval_seconds), "seconds_each": [s for s, _ in hits],
             "busy": sum(busy_host(run) for run in runs)}
@@ -227,9 +230,9 @@ def race_table(rows: list[dict]) -> str:
     for r in rows:
         note = "" if r["picked_by"] == "shortest time to target" else (
             " (most accurate)" if r["picked_by"].startswith("no trial") else f" ({r['picked_by']})")
-        busy = f" (busy host: {r['busy']} of {r['repeats']})" if r.get("busy") else ""
-        busy += " (stopped at the target)" if r.get("stopped") else ""
-        lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"] + busy, f"{r['lr']:g}{note}",
+        notes = f" (busy host: {r['busy']} of {r['repeats']})" if r.get("busy") else ""
+        notes += f" (repeats stopped at {100 * r['stopped_at']:g} %)" if r.get("stopped") else ""
+        lines.append("| " + " | ".join([f"{100 * r['target']:g}", r["contender"] + notes, f"{r['lr']:g}{note}",
                                         cell(r["seconds"]), f"{r['reached']}/{r['repeats']}",
                                         cell(r["samples"], 0), cell(r["speedup"]), cell(100 * r["accuracy"]),
                                         cell(r["eval_seconds"], 1)]) + " |")

@@ -91,6 +91,13 @@ def target_attrs(evaluations: np.ndarray, target: float | None) -> dict:
             "target_reached_step": int(row[0])}
 
 
+def ended_at_target(attrs: dict, config: dict) -> bool:
+    """Whether a recorded run ended early because it reached its target (--stop-at-target): complete,
+    asked to stop there, and stopped (a failed or interrupted run also records a stop reason, its own)."""
+    return (attrs.get("status", "complete") == "complete" and bool(config.get("stop_at_target"))
+            and bool(attrs.get("stop_reason")))
+
+
 def evaluations_of(arrays: dict, minibatches_per_epoch: int) -> np.ndarray:
     """A run's evaluations table [k, 4]: recorded (``evaluations``), else
     rebuilt from ``test_accuracy`` [epochs] and the per-rank, per-epoch

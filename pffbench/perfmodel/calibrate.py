@@ -5,7 +5,8 @@ microbenchmarks alone (``measured``).
 From a run: the microbenchmarks (``profile``) give how the cost splits over
 layers and parts, and the run gives its level: every layer's step is scaled
 by one factor so that the steps of an epoch add up to the run's measured
-``compute``, the PFF recomputation likewise to its ``data``.  Rank 0's data
+``compute`` an epoch (of a run ended at its target, by the steps it trained:
+``epochs_trained``), the PFF recomputation likewise to its ``data``.  Rank 0's data
 per minibatch, the end-of-epoch sync and the evaluation are taken from the
 run as they are.  The factor (``scale``) is reported: it says how far the
 microbenchmark (warm caches, no loop) is from the training loop.
@@ -196,7 +197,7 @@ def epochs_trained(run: results.Run) -> float:
     epochs; for one ended by --stop-at-target (tune --repeats-stop-at-target), whose later columns are
     zero and whose last is partial, the steps of its last evaluation (where it stopped) over an epoch's."""
     epochs = run.arrays["timing/compute"].shape[1]
-    if not run.attrs.get("stop_reason"):
+    if not target.ended_at_target(run.attrs, run.config):
         return float(epochs)
     per_epoch = int(run.attrs.get("minibatches_per_epoch", 0))
     evaluations = target.evaluations_of(run.arrays, per_epoch)

@@ -75,6 +75,21 @@ def test_tune_refuses_in_one_line(argv, needle, tmp_path):
     assert not (tmp_path / "t.h5").exists()
 
 
+def test_a_twin_whose_trials_all_failed_leaves_nothing_to_pick_in_one_line():
+    # --trials-of keeps a twin's failed trials (they reached nothing); with none that finished, the pick is NaN
+    import argparse
+
+    from pffbench import tune as tuning
+    from pffbench.core.config import UsageError
+    from pffbench.store.reader import Run
+    contender = race.Contender("pipeline", "local-softmax", 1, 1)
+    contender.trials = {lr: Run(f"tune-x-lr{lr:g}-validation", {"status": "failed", "config": {}}, {})
+                        for lr in (1e-3, 1e-2)}
+    args = argparse.Namespace(repeats=1, repeats_stop_at_target=True, seed=0)
+    with pytest.raises(UsageError, match="every trial failed"):
+        tuning._measure(args, [], [0.6, 0.7], "tune-x", contender)
+
+
 def test_the_grid_is_log_spaced_and_the_pick_is_the_fastest_to_target():
     assert learning_rates(1e-4, 1e-2, 5) == [1e-4, 3.16e-4, 1e-3, 3.16e-3, 1e-2]
     trials = [{"lr": 1, "time_to_target": math.nan, "accuracy": 0.99},

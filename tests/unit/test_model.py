@@ -325,6 +325,7 @@ def test_a_run_stopped_at_its_target_calibrates_by_the_steps_it_trained():
         arrays["evaluations"] = np.array([[s, (s - 1) // 10, 0.01 * s, 0.5] for s in steps])
         if stopped_at is not None:
             attrs["stop_reason"] = "reached the target test accuracy 0.5: --stop-at-target"
+            attrs["config"]["stop_at_target"] = True
         return Run("tune-backprop-default-p1-t1-lr0.001-test-seed0", attrs, arrays)
 
     full = calibrate.from_run(run([1.0, 1.0]), profile)

@@ -235,11 +235,20 @@ def test_a_contender_whose_repeats_stopped_at_the_target_has_no_final_accuracy_a
         stopped = _run(f"tune-pipeline-local-softmax-p1-lr0.003-test-seed{seed}", "pipeline", 3e-3, seed,
                        [0.972, 0.981], 0, 1, "local-softmax")
         stopped.attrs["stop_reason"] = "reached the target test accuracy 0.98: --stop-at-target"
+        stopped.config.update(stop_at_target=True, target_accuracy=0.98)
         runs.append(stopped)
     twin, contender = race.contenders(runs)  # the p = 2 trials, the p = 1 repeats sharing them
     row, = race.race_rows([contender], [0.98])
-    assert contender.trials_of == twin.label and row["seconds"] == 2.0 and row["reached"] == 3 and row["stopped"] == 3 and math.isnan(row["accuracy"])
-    line = race.race_table([row]).splitlines()[-1]
-    assert "pipeline x local-softmax, 1 x 1 (stopped at the target)" in line and "| - |" in line
+    assert contender.trials_of == twin.label and row["seconds"] == 2.0 and row["reached"] == 3
+    assert row["stopped"] == 3 and row["stopped_at"] == 0.98 and math.isnan(row["accuracy"])
+    cells = [cell.strip() for cell in race.race_table([row]).splitlines()[-1].split("|")]
+    assert cells[2] == "pipeline x local-softmax, 1 x 1 (repeats stopped at 98 %)" and cells[8] == "-"
     full, = race.race_rows(race.contenders(LOCAL), [0.98])
     assert full["stopped"] == 0 and full["accuracy"] == 0.984
+    # a repeat that failed also records a stop reason (its own): it did not stop at a target
+    failed = _run("tune-pipeline-local-softmax-p2-lr0.003-test-seed2", "pipeline", 3e-3, 2, [0.97], 0, 2,
+                  "local-softmax")
+    failed.attrs.update(status="failed", stop_reason="peer timeout")
+    row, = race.race_rows([race.contenders(LOCAL + [failed])[0]], [0.98])
+    assert row["stopped"] == 0 and row["reached"] == 2
+    assert " (repeats stopped" not in race.race_table([row])
