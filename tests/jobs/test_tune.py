@@ -133,7 +133,7 @@ def test_a_contender_computing_the_same_weights_takes_its_twins_trials_and_runs_
     assert p2["picks"]["0.5"]["lr"] == p1["picks"]["0.5"]["lr"]
     assert p2["picks"]["0.5"]["stopped"] == 1 and p2["picks"]["0.5"]["accuracy"] is None
     assert p1["picks"]["0.5"]["stopped"] == 0 and p1["picks"]["0.5"]["accuracy"] > 0.5
-    assert "stopped at the target: no final accuracy" in done.stdout
+    assert "repeats stopped at 0.5: no final accuracy" in done.stdout
     missing = tune(*flags, "--trials-of", "tune-nobody", timeout=120)
     assert missing.returncode == 2 and "--trials-of tune-nobody: no trial of it in" in missing.stderr
     other = [flag if flag != "1" or i == 0 or flags[i - 1] != "--epochs" else "2" for i, flag in enumerate(flags)]
